@@ -1,0 +1,5 @@
+import sys
+
+from callstream.cli import main
+
+sys.exit(main())

@@ -1,0 +1,79 @@
+"""The typed events of the Engage Voice Call Streaming protocol (see shared PROTOCOL.md).
+
+These are plain values with no behaviour. `protocol.parse_message` makes them from text frames;
+the call state machine and the timeline consume them. ``Media`` is a NamedTuple rather than a
+frozen dataclass because it is built 100 times per call per second and tuple construction is
+the cheapest immutable record Python has.
+"""
+
+from __future__ import annotations
+
+import enum
+from dataclasses import dataclass, field
+from typing import Any, NamedTuple
+
+
+class Perspective(enum.IntEnum):
+    """Which leg a Media frame belongs to; the value is the stereo channel index."""
+
+    PARTICIPANT = 0  # the agent: left channel
+    CONFERENCE = 1  # the caller and every other leg: right channel
+
+
+@dataclass(frozen=True, slots=True)
+class Connected:
+    """First message of a stream. ``secret`` is set when the message carries one."""
+
+    protocol: str | None = None
+    version: str | None = None
+    secret: str | None = field(default=None, repr=False)
+
+
+@dataclass(frozen=True, slots=True)
+class Start:
+    """Stream metadata.
+
+    ``metadata`` maps the canonical field names (``callId``, ``sessionId``, ``ani``, ``dnis``,
+    ``accountId``, ``subaccountId``, ``rcAccountId``, ``agentId``, ``productType``,
+    ``productId``) to strings, for those present. ``content_type`` is lower-cased;
+    ``sample_rate`` is in Hz. ``raw`` is the metadata object exactly as received.
+    """
+
+    metadata: dict[str, str]
+    content_type: str = "audio/x-mulaw"
+    sample_rate: int = 8000
+    raw: dict[str, Any] = field(default_factory=dict)
+    secret: str | None = field(default=None, repr=False)
+
+
+class Media(NamedTuple):
+    """About 20 ms of audio of one perspective: ``payload`` is G.711 bytes (one byte per sample)."""
+
+    perspective: Perspective
+    sequence: int
+    payload: bytes
+
+
+@dataclass(frozen=True, slots=True)
+class Stop:
+    """One perspective has ended. A Stop names no perspective; the call ends after two."""
+
+    metadata: dict[str, Any] = field(default_factory=dict)
+
+
+@dataclass(frozen=True, slots=True)
+class Unknown:
+    """A well-formed message with an event we do not know; ignored (logged at debug)."""
+
+    event: str
+    raw: dict[str, Any] = field(default_factory=dict)
+
+
+@dataclass(frozen=True, slots=True)
+class BadMessage:
+    """A message that could not be understood; skipped and counted, never fatal by itself."""
+
+    reason: str
+
+
+Event = Connected | Start | Media | Stop | Unknown | BadMessage
