@@ -1,0 +1,313 @@
+"""One call's files: the audio (through a sink) and its JSON sidecar.
+
+Life of a recording: ``create`` reserves ``NAME`` (see ``naming.reserve``), opens the sink on
+``NAME.partial.EXT`` and writes ``NAME.json`` with ``"status": "recording"`` at once, so a crash
+leaves the metadata beside the audio for recovery. ``finish`` closes the sink, renames the audio
+to ``NAME.EXT`` (never over an existing file), hashes it and rewrites the sidecar atomically.
+
+Sidecars of recordings of the same call and session (``NAME``, ``NAME-2`` ... with equal
+``callId`` and ``sessionId``) list each other in ``siblings``. Every sidecar write in this module
+happens under one process-wide lock, so two recordings finishing at once in two threads cannot
+lose each other's update.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import dataclasses
+import hashlib
+import json
+import logging
+import os
+import re
+import threading
+from collections.abc import Mapping
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any, Final
+
+from .errors import RecordingError
+from .naming import FILE_MODE, SIDECAR, Reservation, render_path, reserve
+from .sinks import EXTENSIONS, AudioSink, open_sink
+from .wavfile import CHANNELS, SAMPLE_RATE
+
+LOGGER = logging.getLogger("callstream.recording")
+
+STATUSES: Final = frozenset({"complete", "incomplete", "recovered", "failed"})
+RECORDING: Final = "recording"  # the status of a sidecar whose audio is still being written
+CHANNEL_MAP: Final = {"left": "agent (Participant)", "right": "caller (Conference)"}
+SIDECAR_VERSION: Final = 1
+_HASH_CHUNK: Final = 1 << 20  # bytes read at a time for the SHA-256
+_SIDECAR_LOCK = threading.Lock()
+
+
+def rfc3339(when: datetime) -> str:
+    """``2024-05-01T12:00:00.250Z``: UTC, milliseconds. A naive datetime raises ValueError."""
+    if when.tzinfo is None or when.utcoffset() is None:
+        raise ValueError("timestamps must be timezone-aware")
+    return when.astimezone(UTC).isoformat(timespec="milliseconds").replace("+00:00", "Z")
+
+
+def _error(action: str, path: Path, exc: OSError) -> RecordingError:
+    return RecordingError(f"cannot {action} {str(path)!r}: {exc.strerror or exc}")
+
+
+def _fsync_directory(directory: Path) -> None:
+    fd = os.open(directory, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+def write_sidecar(path: Path, data: Mapping[str, Any]) -> None:
+    """Atomically replace the JSON file ``path`` with ``data``.
+
+    Writes ``path.tmp``, fsyncs it, ``os.replace``s it over ``path`` and fsyncs the directory.
+    Values JSON cannot hold are written as ``str(value)``. Not locked: callers that may race
+    with a running recorder must not rewrite sidecars of live recordings. Raises RecordingError.
+    """
+    path = Path(path)
+    temporary = path.with_name(path.name + ".tmp")
+    text = json.dumps(data, indent=2, default=str) + "\n"  # ASCII: lone surrogates survive
+    try:
+        fd = os.open(temporary, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_CLOEXEC, FILE_MODE)
+        with open(fd, "w", encoding="ascii") as file:
+            file.write(text)
+            file.flush()
+            os.fsync(file.fileno())
+        os.replace(temporary, path)
+        _fsync_directory(path.parent)
+    except OSError as exc:
+        try:
+            temporary.unlink(missing_ok=True)
+        except OSError:
+            LOGGER.warning("cannot remove %s", temporary)
+        raise _error("write", path, exc) from exc
+
+
+def read_sidecar(path: Path) -> dict[str, Any]:
+    """Read a sidecar; RecordingError if it cannot be read or is not a JSON object."""
+    path = Path(path)
+    try:
+        with open(path, encoding="utf-8") as file:
+            data = json.load(file)
+    except OSError as exc:
+        raise _error("read", path, exc) from exc
+    except ValueError as exc:
+        raise RecordingError(f"{str(path)!r} is not valid JSON: {exc}") from exc
+    if not isinstance(data, dict):
+        raise RecordingError(f"{str(path)!r} does not hold a JSON object")
+    return data
+
+
+def sha256_file(path: Path) -> str:
+    """Hex SHA-256 of a file's content; RecordingError on failure."""
+    digest = hashlib.sha256()
+    try:
+        with open(path, "rb") as file:
+            while chunk := file.read(_HASH_CHUNK):
+                digest.update(chunk)
+    except OSError as exc:
+        raise _error("read", Path(path), exc) from exc
+    return digest.hexdigest()
+
+
+class Recording:
+    """The audio file and sidecar of one call stream. Blocking; one thread at a time."""
+
+    def __init__(self, reservation: Reservation, sink: AudioSink, fmt: str, *,
+                 fields: Mapping[str, Any], started: datetime,
+                 metadata: Mapping[str, Any]) -> None:
+        """Use ``create``; this only assembles the parts."""
+        self._reservation = reservation
+        self._sink = sink
+        self._format = fmt
+        self._call_id = _identity(fields.get("callId"))
+        self._session_id = _identity(fields.get("sessionId"))
+        self._started = rfc3339(started)
+        self._metadata = dict(metadata)
+        self._siblings: list[str] = []
+        self._renamed = False
+        self._finished = False
+
+    @classmethod
+    def create(cls, output_dir: Path, template: str, fmt: str, *, fields: Mapping[str, Any],
+               started: datetime, metadata: Mapping[str, Any]) -> Recording:
+        """Reserve the name, open the sink on ``NAME.partial.EXT`` and write the sidecar.
+
+        ``fields`` are the mapped metadata fields (they name the file and identify the call);
+        ``metadata`` is stored in the sidecar as it is. ValueError for an unknown ``fmt``, a bad
+        template or a naive ``started``; RecordingError if the disk fails (nothing is left).
+        """
+        if fmt not in EXTENSIONS:
+            raise ValueError(f"unknown format {fmt!r}; expected one of {sorted(EXTENSIONS)}")
+        rfc3339(started)
+        relative = render_path(template, fields, when=started)
+        reservation = reserve(Path(output_dir), relative, EXTENSIONS[fmt])
+        try:
+            sink = open_sink(fmt, reservation.partial)
+        except BaseException:
+            reservation.partial.unlink(missing_ok=True)
+            raise
+        recording = cls(reservation, sink, fmt, fields=fields, started=started,
+                        metadata=metadata)
+        try:
+            recording._publish(RECORDING, ended=None, sha256=None, statistics={})
+        except BaseException:
+            with contextlib.suppress(RecordingError):
+                sink.close()
+            reservation.partial.unlink(missing_ok=True)
+            raise
+        return recording
+
+    @property
+    def path(self) -> Path:
+        """Where the finished audio file is (or will be)."""
+        return self._reservation.final
+
+    @property
+    def partial_path(self) -> Path:
+        return self._reservation.partial
+
+    @property
+    def sidecar_path(self) -> Path:
+        return self._reservation.sidecar
+
+    @property
+    def name(self) -> str:
+        """The base name (``NAME`` or ``NAME-N``) the sidecars' ``siblings`` refer to."""
+        return self._reservation.base.name
+
+    @property
+    def format(self) -> str:
+        return self._format
+
+    @property
+    def frames_written(self) -> int:
+        """Samples per channel written so far."""
+        return self._sink.frames_written
+
+    @property
+    def siblings(self) -> tuple[str, ...]:
+        """Base names of the other recordings of this call and session, as last published."""
+        return tuple(self._siblings)
+
+    def write(self, left: bytes, right: bytes) -> None:
+        """Append mu-law samples of both channels (equal lengths, else ValueError)."""
+        self._sink.write(left, right)
+
+    def flush(self, fsync: bool = False) -> None:
+        """Make everything written so far readable in the partial file (durable if fsync)."""
+        self._sink.flush(fsync)
+
+    def finish(self, status: str, *, ended: datetime, metadata: Mapping[str, Any],
+               statistics: Mapping[str, Any] | Any) -> Path:
+        """Close the audio, move it to its final name, hash it and write the final sidecar.
+
+        ``status`` is one of STATUSES; ``statistics`` a dict (or a dataclass). Returns the final
+        path. Raises RecordingError if the disk fails, or if a file already sits at the final name
+        (then the audio stays at ``partial_path``). After a RecordingError ``finish`` may be
+        called again, for example with ``"failed"``.
+        """
+        if status not in STATUSES:
+            raise ValueError(f"unknown status {status!r}; expected one of {sorted(STATUSES)}")
+        if self._finished:
+            raise ValueError(f"{self.name!r} is already finished")
+        ended_text = rfc3339(ended)
+        if dataclasses.is_dataclass(statistics) and not isinstance(statistics, type):
+            statistics = dataclasses.asdict(statistics)
+        self._sink.close()
+        final, partial = self._reservation.final, self._reservation.partial
+        if not self._renamed:
+            if final.exists():
+                raise RecordingError(f"{str(final)!r} exists already; the recording stays at "
+                                     f"{str(partial)!r}")
+            try:
+                os.replace(partial, final)
+            except OSError as exc:
+                raise _error("rename", partial, exc) from exc
+            self._renamed = True
+        digest = sha256_file(final)
+        self._metadata = dict(metadata)
+        self._publish(status, ended=ended_text, sha256=digest, statistics=dict(statistics))
+        self._finished = True
+        return final
+
+    # -- sidecars ----------------------------------------------------------------------------
+
+    def _publish(self, status: str, *, ended: str | None, sha256: str | None,
+                 statistics: dict[str, Any]) -> None:
+        frames = self._sink.frames_written
+        with _SIDECAR_LOCK:
+            self._siblings = self._find_siblings()
+            data: dict[str, Any] = {
+                "callId": self._call_id,
+                "sessionId": self._session_id,
+                "status": status,
+                "format": self._format,
+                "file": self._reservation.final.name,
+            }
+            if status == RECORDING:
+                data["partial_file"] = self._reservation.partial.name
+            data.update({
+                "sample_rate": SAMPLE_RATE,
+                "channels": CHANNELS,
+                "channel_map": dict(CHANNEL_MAP),
+                "frames": frames,
+                "duration_seconds": round(frames / SAMPLE_RATE, 3),
+                "started": self._started,
+                "ended": ended,
+                "sha256": sha256,
+                "metadata": self._metadata,
+                "statistics": statistics,
+                "siblings": list(self._siblings),
+                "sidecar_version": SIDECAR_VERSION,
+            })
+            write_sidecar(self._reservation.sidecar, data)
+            for sibling in self._siblings:
+                self._add_to_sibling(sibling)
+
+    def _find_siblings(self) -> list[str]:
+        """Base names of the sidecars ROOT.json, ROOT-N.json of the same call and session."""
+        if not self._call_id or not self._session_id:
+            return []  # without both ids, equal names prove nothing
+        root = self._reservation.root
+        pattern = re.compile(re.escape(root) + r"(?:-([0-9]+))?" + re.escape(SIDECAR))
+        directory = self._reservation.sidecar.parent
+        found: list[tuple[int, str]] = []
+        try:
+            entries = os.listdir(directory)
+        except OSError as exc:
+            raise _error("list", directory, exc) from exc
+        for entry in entries:
+            match = pattern.fullmatch(entry)
+            name = entry[: -len(SIDECAR)]
+            if not match or name == self.name:
+                continue
+            try:
+                data = read_sidecar(directory / entry)
+            except RecordingError as exc:
+                LOGGER.warning("ignoring sidecar: %s", exc)
+                continue
+            if (data.get("callId"), data.get("sessionId")) == (self._call_id, self._session_id):
+                found.append((int(match.group(1) or 1), name))
+        return [name for _, name in sorted(found)]
+
+    def _add_to_sibling(self, sibling: str) -> None:
+        path = self._reservation.sidecar.with_name(sibling + SIDECAR)
+        try:
+            data = read_sidecar(path)
+            listed = data.get("siblings")
+            if not isinstance(listed, list):
+                listed = []
+            if self.name not in listed:
+                data["siblings"] = [*listed, self.name]
+                write_sidecar(path, data)
+        except RecordingError as exc:  # their problem must not fail our recording
+            LOGGER.warning("cannot add %s to the siblings of %s: %s", self.name, sibling, exc)
+
+
+def _identity(value: Any) -> str | None:
+    text = None if value is None else str(value)
+    return text or None

@@ -1,0 +1,197 @@
+"""Audio sinks: one class per output format, one interface (``AudioSink``).
+
+Every sink takes the two perspectives as G.711 mu-law bytes of equal length (left = agent,
+right = caller) and appends them as one stereo file at 8 kHz. Disk failures raise RecordingError
+naming the path, chained to the underlying error.
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+from typing import Final, Protocol
+
+import numpy as np
+import soundfile as sf
+
+from . import codec
+from .errors import RecordingError
+from .wavfile import CHANNELS, FILE_MODE, SAMPLE_RATE, WavEncoding, WavWriter
+
+
+class AudioSink(Protocol):
+    """Where one call's audio goes. Blocking I/O; one thread at a time."""
+
+    extension: str  # file extension without the dot
+
+    @property
+    def frames_written(self) -> int:
+        """Samples per channel accepted so far."""
+        ...
+
+    def write(self, left: bytes, right: bytes) -> None:
+        """Append mu-law samples: ``left`` and ``right`` of equal length, else ValueError."""
+        ...
+
+    def flush(self, fsync: bool = False) -> None:
+        """Put everything written so far in the file (and on stable storage if ``fsync``)."""
+        ...
+
+    def close(self) -> None:
+        """Flush, fsync and close; idempotent."""
+        ...
+
+
+def _check_pair(left: bytes, right: bytes) -> int:
+    n = len(left)
+    if n != len(right):
+        raise ValueError(f"left has {n} samples, right has {len(right)}")
+    return n
+
+
+def _decode(left: bytes, right: bytes) -> np.ndarray:
+    pcm = codec.decode_ulaw_stereo(left, right)
+    return np.ascontiguousarray(pcm, dtype="<i2")
+
+
+class _WavSink:
+    extension = "wav"
+    _encoding: WavEncoding
+
+    def __init__(self, path: os.PathLike[str] | str) -> None:
+        self.path = Path(path)
+        self._writer = WavWriter(self.path, encoding=self._encoding)
+
+    @property
+    def frames_written(self) -> int:
+        return self._writer.frames_written
+
+    def flush(self, fsync: bool = False) -> None:
+        self._writer.flush(fsync)
+
+    def close(self) -> None:
+        self._writer.close(fsync=True)
+
+
+class WavPcmSink(_WavSink):
+    """16-bit PCM WAV (format tag 1): the mu-law input decoded with ``codec``."""
+
+    _encoding = WavEncoding.PCM_16
+
+    def write(self, left: bytes, right: bytes) -> None:
+        if _check_pair(left, right):
+            self._writer.write(_decode(left, right))
+
+
+class WavMulawSink(_WavSink):
+    """G.711 mu-law WAV (format tag 7): the received bytes, interleaved, never re-encoded."""
+
+    _encoding = WavEncoding.MULAW
+
+    def write(self, left: bytes, right: bytes) -> None:
+        n = _check_pair(left, right)
+        if n:
+            frames = np.empty((n, CHANNELS), dtype=np.uint8)
+            frames[:, 0] = np.frombuffer(left, dtype=np.uint8)
+            frames[:, 1] = np.frombuffer(right, dtype=np.uint8)
+            self._writer.write(frames)
+
+
+class FlacSink:
+    """Lossless 16-bit stereo FLAC through soundfile (libsndfile + libFLAC).
+
+    libFLAC writes each encoded frame (4096 samples) to the file as soon as it is complete, so
+    ``flush`` has nothing to push out and only fsyncs when asked. A file never closed has a
+    STREAMINFO without a total sample count; it decodes up to the last complete frame.
+    libsndfile owns the descriptor (``closefd=True``): it is closed exactly once, by ``sf_close``,
+    even when the SoundFile is only garbage-collected.
+    """
+
+    extension = "flac"
+
+    def __init__(self, path: os.PathLike[str] | str) -> None:
+        self.path = Path(path)
+        self._frames = 0
+        self._closed = False
+        try:
+            fd = os.open(self.path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, FILE_MODE)
+        except OSError as exc:
+            raise self._error("create", exc) from exc
+        try:
+            empty = os.fstat(fd).st_size == 0
+        except OSError as exc:
+            os.close(fd)
+            raise self._error("create", exc) from exc
+        if not empty:
+            os.close(fd)
+            raise RecordingError(f"refusing to overwrite non-empty file {str(self.path)!r}")
+        try:  # from here on libsndfile closes fd, also when opening fails
+            self._file = sf.SoundFile(fd, "w", SAMPLE_RATE, CHANNELS, subtype="PCM_16",
+                                      format="FLAC", closefd=True)
+        except sf.SoundFileError as exc:
+            raise self._error("create", exc) from exc
+        self._fd = fd
+
+    @property
+    def frames_written(self) -> int:
+        return self._frames
+
+    def write(self, left: bytes, right: bytes) -> None:
+        n = _check_pair(left, right)
+        self._check_open()
+        if n:
+            try:
+                self._file.write(_decode(left, right))
+            except sf.SoundFileError as exc:
+                raise self._error("write", exc) from exc
+            self._frames += n
+
+    def flush(self, fsync: bool = False) -> None:
+        self._check_open()
+        if fsync:
+            try:
+                os.fsync(self._fd)
+            except OSError as exc:
+                raise self._error("write", exc) from exc
+
+    def close(self) -> None:
+        if self._closed:
+            return
+        self._closed = True
+        try:
+            self._file.close()  # encodes the last frame, rewrites STREAMINFO, closes the fd
+            fd = os.open(self.path, os.O_RDONLY | os.O_CLOEXEC)
+            try:
+                os.fsync(fd)
+            finally:
+                os.close(fd)
+        except (OSError, sf.SoundFileError) as exc:
+            raise self._error("close", exc) from exc
+
+    def _check_open(self) -> None:
+        if self._closed:
+            raise ValueError(f"{str(self.path)!r} is closed")
+
+    def _error(self, action: str, exc: Exception) -> RecordingError:
+        reason = exc.strerror if isinstance(exc, OSError) and exc.strerror else exc
+        return RecordingError(f"cannot {action} {str(self.path)!r}: {reason}")
+
+
+FORMATS: Final[dict[str, type[AudioSink]]] = {
+    "wav": WavPcmSink,
+    "flac": FlacSink,
+    "mulaw-wav": WavMulawSink,
+}
+EXTENSIONS: Final = {name: cls.extension for name, cls in FORMATS.items()}
+
+
+def open_sink(fmt: str, path: os.PathLike[str] | str) -> AudioSink:
+    """Open a sink of format ``fmt`` (a key of FORMATS, else ValueError) writing to ``path``.
+
+    ``path`` must not exist or be empty. Raises RecordingError if it cannot be created.
+    """
+    try:
+        cls = FORMATS[fmt]
+    except KeyError:
+        raise ValueError(f"unknown format {fmt!r}; expected one of {sorted(FORMATS)}") from None
+    return cls(path)

@@ -1,0 +1,233 @@
+"""A crash-tolerant writer of 2-channel 8 kHz RIFF/WAVE files, and its repair.
+
+Theory of operation: the header is written first, with sizes for the data present (none). Sample
+bytes are appended behind it. ``flush()`` writes the buffered bytes, then rewrites the whole header
+in one ``pwrite`` with the RIFF size, the data size and (mu-law) the ``fact`` sample count of the
+data now on disk, then optionally fsyncs. A process killed at any moment therefore leaves a file
+whose header is at most one flush behind its data: every reader plays at least the audio up to the
+last flush, and ``repair_wav`` recovers the rest from the file length.
+
+Two layouts, both fixed (``repair_wav`` recognises exactly these and nothing else):
+
+- PCM 16-bit (format tag 1): ``RIFF`` ``WAVE`` ``fmt `` (16 bytes) ``data``: 44-byte header.
+- G.711 mu-law (format tag 7, 8 bits): ``RIFF`` ``WAVE`` ``fmt `` (18 bytes, cbSize 0)
+  ``fact`` (frames per channel) ``data``: 58-byte header. Bytes are stored as received.
+
+Every frame is 2 channels, interleaved, so the data size is always even and never needs a pad byte.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import enum
+import os
+import struct
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Final
+
+from .errors import RecordingError
+
+SAMPLE_RATE: Final = 8000  # Hz
+CHANNELS: Final = 2
+RIFF_LIMIT: Final = 0xFFFF_FFFF  # bytes: the largest RIFF chunk size a 32-bit field can hold
+FILE_MODE: Final = 0o640  # recordings are personal data: no access for others
+_BUFFER_SIZE: Final = 64 * 1024  # bytes held in user space between flushes
+
+
+class WavEncoding(enum.IntEnum):
+    """The sample encoding of a file; the value is the WAVE format tag."""
+
+    PCM_16 = 1
+    MULAW = 7
+
+    @property
+    def bytes_per_sample(self) -> int:
+        return 2 if self is WavEncoding.PCM_16 else 1
+
+    @property
+    def block_align(self) -> int:
+        """Bytes per sample frame (all channels)."""
+        return self.bytes_per_sample * CHANNELS
+
+
+@dataclass(frozen=True, slots=True)
+class _Layout:
+    encoding: WavEncoding
+    prefix: bytes  # everything from "WAVE" up to (excluding) the fact/data chunk headers
+    header_size: int
+
+    def header(self, data_bytes: int) -> bytes:
+        frames = data_bytes // self.encoding.block_align
+        fact = b""
+        if self.encoding is WavEncoding.MULAW:
+            fact = b"fact" + struct.pack("<II", 4, frames)
+        riff_size = self.header_size - 8 + data_bytes
+        return b"".join(
+            (b"RIFF", struct.pack("<I", riff_size), self.prefix, fact,
+             b"data", struct.pack("<I", data_bytes))
+        )
+
+
+def _layout(encoding: WavEncoding) -> _Layout:
+    bits = encoding.bytes_per_sample * 8
+    byte_rate = SAMPLE_RATE * encoding.block_align
+    fmt = struct.pack("<HHIIHH", encoding, CHANNELS, SAMPLE_RATE, byte_rate, encoding.block_align,
+                      bits)
+    if encoding is WavEncoding.PCM_16:
+        prefix = b"WAVE" + b"fmt " + struct.pack("<I", 16) + fmt
+        return _Layout(encoding, prefix, 12 + 8 + 16 + 8)
+    prefix = b"WAVE" + b"fmt " + struct.pack("<I", 18) + fmt + struct.pack("<H", 0)
+    return _Layout(encoding, prefix, 12 + 8 + 18 + 12 + 8)
+
+
+_LAYOUTS: Final = {encoding: _layout(encoding) for encoding in WavEncoding}
+
+
+def _error(path: os.PathLike[str] | str, action: str, exc: OSError) -> RecordingError:
+    return RecordingError(f"cannot {action} {os.fspath(path)!r}: {exc.strerror or exc}")
+
+
+class WavWriter:
+    """Appends interleaved sample frames to a new WAV file (see the module docstring).
+
+    ``path`` must not exist or be empty (it may be the placeholder ``naming.reserve`` created);
+    a non-empty file is never overwritten. Raises RecordingError (chaining the OSError) on any
+    disk failure, with the path in the message. Not thread-safe; one owner at a time.
+    """
+
+    def __init__(self, path: os.PathLike[str] | str, *,
+                 encoding: WavEncoding = WavEncoding.PCM_16) -> None:
+        self.path = Path(path)
+        self.encoding = WavEncoding(encoding)
+        self._layout = _LAYOUTS[self.encoding]
+        self._data_bytes = 0
+        self._flushed_bytes = -1  # data size the header on disk states; -1: no header yet
+        try:
+            fd = os.open(self.path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, FILE_MODE)
+        except OSError as exc:
+            raise _error(self.path, "create", exc) from exc
+        try:
+            if os.fstat(fd).st_size != 0:
+                raise RecordingError(f"refusing to overwrite non-empty file {str(self.path)!r}")
+            self._file = open(fd, "wb", buffering=_BUFFER_SIZE, closefd=True)  # noqa: SIM115
+        except BaseException:
+            os.close(fd)
+            raise
+        self._closed = False
+        try:
+            self._file.write(self._layout.header(0))
+            self._file.flush()
+        except OSError as exc:
+            self._abandon()
+            raise _error(self.path, "write", exc) from exc
+        self._flushed_bytes = 0
+
+    @property
+    def frames_written(self) -> int:
+        """Sample frames (samples per channel) accepted so far, flushed or not."""
+        return self._data_bytes // self.encoding.block_align
+
+    @property
+    def closed(self) -> bool:
+        return self._closed
+
+    def write(self, data: object) -> None:
+        """Append whole interleaved frames: any C-contiguous buffer (bytes, a numpy array).
+
+        PCM samples must be little-endian int16. Raises ValueError for a partial frame,
+        RecordingError when the file would exceed the 4 GiB RIFF limit or the disk fails.
+        """
+        self._check_open()
+        view = memoryview(data).cast("B")  # type: ignore[arg-type]
+        size = view.nbytes
+        if size % self.encoding.block_align:
+            raise ValueError(f"{size} bytes is not a whole number of "
+                             f"{self.encoding.block_align}-byte frames")
+        if self._layout.header_size - 8 + self._data_bytes + size > RIFF_LIMIT:
+            raise RecordingError(f"{str(self.path)!r} would exceed the 4 GiB RIFF size limit")
+        try:
+            self._file.write(view)
+        except OSError as exc:
+            raise _error(self.path, "write", exc) from exc
+        self._data_bytes += size
+
+    def flush(self, fsync: bool = False) -> None:
+        """Write buffered frames, then the header with the sizes now on disk; fsync if asked."""
+        self._check_open()
+        try:
+            self._file.flush()
+            if self._flushed_bytes != self._data_bytes:
+                os.pwrite(self._file.fileno(), self._layout.header(self._data_bytes), 0)
+                self._flushed_bytes = self._data_bytes
+            if fsync:
+                os.fsync(self._file.fileno())
+        except OSError as exc:
+            raise _error(self.path, "write", exc) from exc
+
+    def close(self, fsync: bool = False) -> None:
+        """Flush (fsync if asked) and close. Idempotent; the descriptor is released even when
+        the final flush fails (which raises RecordingError)."""
+        if self._closed:
+            return
+        try:
+            self.flush(fsync)
+        finally:
+            self._abandon()
+
+    def _abandon(self) -> None:
+        self._closed = True
+        with contextlib.suppress(OSError):  # a lost buffered tail: flush() has reported it
+            self._file.close()
+
+    def _check_open(self) -> None:
+        if self._closed:
+            raise ValueError(f"{str(self.path)!r} is closed")
+
+
+def _identify(header: bytes) -> _Layout | None:
+    for layout in _LAYOUTS.values():
+        size = layout.header_size
+        if len(header) < size or header[:4] != b"RIFF":
+            continue
+        body = header[8:size]
+        expected = layout.header(0)[8:size]
+        if layout.encoding is WavEncoding.MULAW:
+            # compare all but the fact count (bytes 46..50 of the file) and the data size
+            if body[:38] == expected[:38] and body[42:46] == expected[42:46]:
+                return layout
+        elif body[:-4] == expected[:-4]:
+            return layout
+    return None
+
+
+def repair_wav(path: os.PathLike[str] | str) -> int:
+    """Make the header of a WAV file written by ``WavWriter`` match its length on disk.
+
+    Truncates a trailing partial sample frame, rewrites the RIFF size, data size and fact count
+    (only if they differ) and fsyncs. Returns the number of sample frames the file holds.
+    Raises RecordingError if the file is not a WAV written by ``WavWriter`` (for example a header
+    cut short) or on any disk failure.
+    """
+    path = Path(path)
+    try:
+        with open(path, "r+b") as file:
+            header = file.read(max(layout.header_size for layout in _LAYOUTS.values()))
+            layout = _identify(header)
+            if layout is None:
+                raise RecordingError(f"{str(path)!r} is not a WAV file written by callstream")
+            length = os.fstat(file.fileno()).st_size
+            align = layout.encoding.block_align
+            data_bytes = (length - layout.header_size) // align * align
+            data_bytes = min(data_bytes, (RIFF_LIMIT - layout.header_size + 8) // align * align)
+            if layout.header_size + data_bytes != length:
+                file.truncate(layout.header_size + data_bytes)
+            fixed = layout.header(data_bytes)
+            if header[: layout.header_size] != fixed:
+                file.seek(0)
+                file.write(fixed)
+            file.flush()
+            os.fsync(file.fileno())
+    except OSError as exc:
+        raise _error(path, "repair", exc) from exc
+    return data_bytes // align

@@ -1,0 +1,360 @@
+"""A call's recording: partial file and sidecar while live, final file and sidecar after finish."""
+
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+import json
+import threading
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+
+import numpy as np
+import pytest
+import soundfile
+
+from callstream import recording as recording_module
+from callstream.codec import decode_ulaw_stereo
+from callstream.errors import RecordingError
+from callstream.recording import Recording, read_sidecar, rfc3339, write_sidecar
+from callstream.sinks import FORMATS
+
+STARTED = datetime(2024, 5, 1, 12, 0, 0, 250_000, tzinfo=UTC)
+ENDED = STARTED + timedelta(seconds=3)
+FIELDS = {"callId": "call-1", "sessionId": "7", "agentId": "42"}
+TEMPLATE = "{date}/{callId}-{sessionId}"
+
+
+def audio(seed: int, seconds: int = 3) -> list[tuple[bytes, bytes]]:
+    rng = np.random.default_rng(seed)
+    return [(rng.integers(0, 256, 8000, dtype=np.uint8).tobytes(),
+             rng.integers(0, 256, 8000, dtype=np.uint8).tobytes()) for _ in range(seconds)]
+
+
+def create(output_dir: Path, fmt: str = "wav", fields: dict | None = None) -> Recording:
+    return Recording.create(output_dir, TEMPLATE, fmt, fields=FIELDS if fields is None else fields,
+                            started=STARTED, metadata={"query": {"raw": "callId=call-1"}})
+
+
+def record(output_dir: Path, blocks: list[tuple[bytes, bytes]], fmt: str = "wav",
+           fields: dict | None = None) -> tuple[Recording, Path]:
+    rec = create(output_dir, fmt, fields)
+    for left, right in blocks:
+        rec.write(left, right)
+        rec.flush()
+    final = rec.finish("complete", ended=ENDED, metadata={"start": {"callId": "call-1"}},
+                       statistics={"gaps": 0})
+    return rec, final
+
+
+def test_live_recording_has_partial_and_sidecar(tmp_path: Path) -> None:
+    rec = create(tmp_path)
+    day = tmp_path / "2024-05-01"
+    assert rec.partial_path == day / "call-1-7.partial.wav"
+    assert rec.path == day / "call-1-7.wav"
+    assert rec.sidecar_path == day / "call-1-7.json"
+    assert not rec.path.exists()
+    sidecar = read_sidecar(rec.sidecar_path)
+    assert sidecar["status"] == "recording"
+    assert sidecar["partial_file"] == "call-1-7.partial.wav"
+    assert sidecar["file"] == "call-1-7.wav"
+    assert sidecar["metadata"] == {"query": {"raw": "callId=call-1"}}
+    assert sidecar["started"] == "2024-05-01T12:00:00.250Z"
+    left, right = audio(0, 1)[0]
+    rec.write(left, right)
+    rec.flush()
+    data, _ = soundfile.read(str(rec.partial_path), dtype="int16")  # readable while live
+    np.testing.assert_array_equal(data, decode_ulaw_stereo(left, right))
+    rec.finish("incomplete", ended=ENDED, metadata={}, statistics={})
+
+
+@pytest.mark.parametrize("fmt", sorted(FORMATS))
+def test_finish(tmp_path: Path, fmt: str) -> None:
+    blocks = audio(1)
+    rec, final = record(tmp_path, blocks, fmt)
+    assert final == rec.path
+    assert final.exists()
+    assert not rec.partial_path.exists()
+    assert not list(tmp_path.rglob("*.partial.*"))
+    assert not list(tmp_path.rglob("*.tmp"))
+    data, rate = soundfile.read(str(final), dtype="int16")
+    assert rate == 8000
+    left = b"".join(b[0] for b in blocks)
+    right = b"".join(b[1] for b in blocks)
+    np.testing.assert_array_equal(data, decode_ulaw_stereo(left, right))
+
+    sidecar = json.loads(rec.sidecar_path.read_text())
+    assert sidecar == {
+        "callId": "call-1",
+        "sessionId": "7",
+        "status": "complete",
+        "format": fmt,
+        "file": final.name,
+        "sample_rate": 8000,
+        "channels": 2,
+        "channel_map": {"left": "agent (Participant)", "right": "caller (Conference)"},
+        "frames": 24000,
+        "duration_seconds": 3.0,
+        "started": "2024-05-01T12:00:00.250Z",
+        "ended": "2024-05-01T12:00:03.250Z",
+        "sha256": hashlib.sha256(final.read_bytes()).hexdigest(),
+        "metadata": {"start": {"callId": "call-1"}},
+        "statistics": {"gaps": 0},
+        "siblings": [],
+        "sidecar_version": 1,
+    }
+    assert rec.frames_written == 24000
+
+
+def test_two_recordings_of_one_call_name_each_other(tmp_path: Path) -> None:
+    first = create(tmp_path)
+    second = create(tmp_path)  # the same call and session, streamed twice
+    assert (first.path.name, second.path.name) == ("call-1-7.wav", "call-1-7-2.wav")
+    assert read_sidecar(second.sidecar_path)["siblings"] == ["call-1-7"]
+    assert read_sidecar(first.sidecar_path)["siblings"] == ["call-1-7-2"]  # linked at create
+    for rec, seed in ((second, 2), (first, 3)):
+        for left, right in audio(seed, 1):
+            rec.write(left, right)
+        rec.finish("complete", ended=ENDED, metadata={}, statistics={})
+    one, two = read_sidecar(first.sidecar_path), read_sidecar(second.sidecar_path)
+    assert one["siblings"] == ["call-1-7-2"]
+    assert two["siblings"] == ["call-1-7"]
+    assert one["status"] == two["status"] == "complete"  # nobody clobbered a final sidecar
+    assert one["sha256"] != two["sha256"]
+    assert first.path.exists() and second.path.exists()
+
+
+def test_finished_sibling_learns_of_a_later_one(tmp_path: Path) -> None:
+    first, _ = record(tmp_path, audio(4, 1))
+    before = read_sidecar(first.sidecar_path)
+    second, _ = record(tmp_path, audio(5, 1))
+    after = read_sidecar(first.sidecar_path)
+    assert after["siblings"] == ["call-1-7-2"]
+    assert {k: v for k, v in after.items() if k != "siblings"} == {
+        k: v for k, v in before.items() if k != "siblings"}
+    assert read_sidecar(second.sidecar_path)["siblings"] == ["call-1-7"]
+
+
+def test_other_calls_are_not_siblings(tmp_path: Path) -> None:
+    # call "x-2" takes the name that looks like the second recording of call "x"
+    def make(call_id: str) -> Recording:
+        return Recording.create(tmp_path, "{callId}", "wav",
+                                fields={"callId": call_id, "sessionId": "1"}, started=STARTED,
+                                metadata={})
+
+    x, other, again = make("x"), make("x-2"), make("x")
+    for rec in (x, other, again):
+        rec.finish("complete", ended=ENDED, metadata={}, statistics={})
+    assert [r.path.name for r in (x, other, again)] == ["x.wav", "x-2.wav", "x-3.wav"]
+    assert read_sidecar(x.sidecar_path)["siblings"] == ["x-3"]
+    assert read_sidecar(other.sidecar_path)["siblings"] == []
+    assert read_sidecar(again.sidecar_path)["siblings"] == ["x"]
+
+
+def test_no_ids_no_siblings(tmp_path: Path) -> None:
+    a, _ = record(tmp_path, [], fields={"agentId": "1"})
+    b, _ = record(tmp_path, [], fields={"agentId": "1"})
+    assert b.path.name == "unknown-unknown-2.wav"
+    assert read_sidecar(a.sidecar_path)["siblings"] == []
+    assert read_sidecar(b.sidecar_path)["siblings"] == []
+
+
+def test_never_overwrites_a_final_file(tmp_path: Path) -> None:
+    rec = create(tmp_path)
+    rec.write(*audio(6, 1)[0])
+    rec.path.write_bytes(b"somebody else's file")
+    with pytest.raises(RecordingError, match="exists"):
+        rec.finish("complete", ended=ENDED, metadata={}, statistics={})
+    assert rec.path.read_bytes() == b"somebody else's file"
+    assert rec.partial_path.exists()
+    assert read_sidecar(rec.sidecar_path)["status"] == "recording"
+
+
+def test_finish_can_be_retried_after_a_disk_failure(tmp_path: Path,
+                                                    monkeypatch: pytest.MonkeyPatch) -> None:
+    rec = create(tmp_path)
+    rec.write(*audio(7, 1)[0])
+    real = recording_module.write_sidecar
+
+    def full_disk(path: Path, data: dict) -> None:
+        raise RecordingError(f"cannot write {path}: No space left on device")
+
+    monkeypatch.setattr(recording_module, "write_sidecar", full_disk)
+    with pytest.raises(RecordingError):
+        rec.finish("complete", ended=ENDED, metadata={}, statistics={})
+    monkeypatch.setattr(recording_module, "write_sidecar", real)
+    final = rec.finish("failed", ended=ENDED, metadata={}, statistics={})
+    sidecar = read_sidecar(rec.sidecar_path)
+    assert sidecar["status"] == "failed"
+    assert sidecar["frames"] == 8000
+    assert sidecar["sha256"] == hashlib.sha256(final.read_bytes()).hexdigest()
+    with pytest.raises(ValueError):
+        rec.finish("complete", ended=ENDED, metadata={}, statistics={})
+
+
+def test_finish_checks_its_arguments(tmp_path: Path) -> None:
+    rec = create(tmp_path)
+    with pytest.raises(ValueError):
+        rec.finish("done", ended=ENDED, metadata={}, statistics={})
+    with pytest.raises(ValueError):
+        rec.finish("complete", ended=datetime(2024, 5, 1), metadata={}, statistics={})
+    rec.write(b"\xff", b"\xff")  # still open
+    rec.finish("complete", ended=ENDED, metadata={}, statistics={})
+
+
+def test_statistics_dataclass(tmp_path: Path) -> None:
+    @dataclasses.dataclass(frozen=True)
+    class Stats:
+        gaps: int = 2
+
+    rec = create(tmp_path)
+    rec.finish("complete", ended=ENDED, metadata={}, statistics=Stats())
+    assert read_sidecar(rec.sidecar_path)["statistics"] == {"gaps": 2}
+
+
+def test_create_refuses_bad_arguments_without_leaving_files(tmp_path: Path) -> None:
+    with pytest.raises(ValueError):
+        Recording.create(tmp_path, TEMPLATE, "mp3", fields=FIELDS, started=STARTED, metadata={})
+    with pytest.raises(ValueError):
+        Recording.create(tmp_path, "{bogus}", "wav", fields=FIELDS, started=STARTED, metadata={})
+    with pytest.raises(ValueError):
+        Recording.create(tmp_path, TEMPLATE, "wav", fields=FIELDS, started=datetime(2024, 5, 1),
+                         metadata={})
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_create_disk_failure(tmp_path: Path) -> None:
+    blocker = tmp_path / "out"
+    blocker.write_bytes(b"")
+    with pytest.raises(RecordingError, match="out") as info:
+        create(blocker)
+    assert isinstance(info.value.__cause__, OSError)
+
+
+def test_create_cleans_up_when_the_sidecar_fails(tmp_path: Path,
+                                                monkeypatch: pytest.MonkeyPatch) -> None:
+    def full_disk(path: Path, data: dict) -> None:
+        raise RecordingError("No space left on device")
+
+    monkeypatch.setattr(recording_module, "write_sidecar", full_disk)
+    with pytest.raises(RecordingError):
+        create(tmp_path)
+    assert list((tmp_path / "2024-05-01").iterdir()) == []
+
+
+def test_concurrent_finishes_keep_every_sidecar(tmp_path: Path) -> None:
+    recs = [create(tmp_path) for _ in range(8)]
+    barrier = threading.Barrier(len(recs))
+    errors: list[BaseException] = []
+
+    def run(rec: Recording) -> None:
+        try:
+            rec.write(*audio(8, 1)[0])
+            barrier.wait()
+            rec.finish("complete", ended=ENDED, metadata={}, statistics={})
+        except BaseException as exc:  # reported below
+            errors.append(exc)
+
+    threads = [threading.Thread(target=run, args=(rec,)) for rec in recs]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(timeout=60)
+    assert not errors
+    names = {rec.name for rec in recs}
+    for rec in recs:
+        sidecar = read_sidecar(rec.sidecar_path)
+        assert sidecar["status"] == "complete"
+        assert set(sidecar["siblings"]) == names - {rec.name}
+
+
+def test_sidecar_round_trip(tmp_path: Path) -> None:
+    path = tmp_path / "a.json"
+    write_sidecar(path, {"a": 1, "odd": "\ud800", "when": STARTED, "path": tmp_path})
+    write_sidecar(path, {"a": 2, "odd": "\ud800", "when": STARTED})
+    data = read_sidecar(path)
+    assert data == {"a": 2, "odd": "\ud800", "when": str(STARTED)}
+    assert [p.name for p in tmp_path.iterdir()] == ["a.json"]
+
+
+@pytest.mark.parametrize("content", ["", "{", "[1, 2]"])
+def test_read_sidecar_rejects_garbage(tmp_path: Path, content: str) -> None:
+    path = tmp_path / "a.json"
+    path.write_text(content)
+    with pytest.raises(RecordingError):
+        read_sidecar(path)
+
+
+def test_write_sidecar_failure(tmp_path: Path) -> None:
+    with pytest.raises(RecordingError) as info:
+        write_sidecar(tmp_path / "missing" / "a.json", {})
+    assert isinstance(info.value.__cause__, OSError)
+
+
+def test_rfc3339() -> None:
+    assert rfc3339(datetime(2024, 1, 2, 3, 4, 5, tzinfo=UTC)) == "2024-01-02T03:04:05.000Z"
+    with pytest.raises(ValueError):
+        rfc3339(datetime(2024, 1, 2))
+
+
+class _WatchedLock:
+    """Proxies the sidecar lock and reports when ``watched`` thread starts waiting for it."""
+
+    def __init__(self, reached: threading.Event) -> None:
+        self._lock = threading.Lock()
+        self._reached = reached
+        self.watched: threading.Thread | None = None
+
+    def __enter__(self) -> None:
+        if threading.current_thread() is self.watched:
+            self._reached.set()
+        self._lock.acquire()
+
+    def __exit__(self, *exc: object) -> None:
+        self._lock.release()
+
+
+def test_sibling_update_cannot_clobber_a_final_sidecar(tmp_path: Path,
+                                                       monkeypatch: pytest.MonkeyPatch) -> None:
+    """A adds itself to B's sidecar while B finishes: B's final sidecar must survive."""
+    a, b = create(tmp_path), create(tmp_path)
+    a_paused, b_progress, go = threading.Event(), threading.Event(), threading.Event()
+    lock = _WatchedLock(b_progress)
+    monkeypatch.setattr(recording_module, "_SIDECAR_LOCK", lock)
+    real_write = recording_module.write_sidecar
+    errors: list[BaseException] = []
+
+    def slow_write(path: Path, data: dict) -> None:
+        if threading.current_thread() is thread_a and path == b.sidecar_path:
+            a_paused.set()  # A read B's sidecar and is about to write it back
+            assert go.wait(30)
+        real_write(path, data)
+
+    def finish(rec: Recording) -> None:
+        try:
+            rec.finish("complete", ended=ENDED, metadata={}, statistics={})
+        except BaseException as exc:  # reported below
+            errors.append(exc)
+        finally:
+            if rec is b:
+                b_progress.set()
+
+    monkeypatch.setattr(recording_module, "write_sidecar", slow_write)
+    # A's sidecar does not list B yet, so A's finish must update B's sidecar
+    data = read_sidecar(a.sidecar_path)
+    real_write(a.sidecar_path, {**data, "siblings": []})
+    real_write(b.sidecar_path, {**read_sidecar(b.sidecar_path), "siblings": []})
+    thread_a = threading.Thread(target=finish, args=(a,))
+    thread_b = threading.Thread(target=finish, args=(b,))
+    lock.watched = thread_b
+    thread_a.start()
+    assert a_paused.wait(30)
+    thread_b.start()
+    assert b_progress.wait(30)  # B waits for the lock (or, unlocked, has finished already)
+    go.set()
+    thread_a.join(30)
+    thread_b.join(30)
+    assert not errors
+    one, two = read_sidecar(a.sidecar_path), read_sidecar(b.sidecar_path)
+    assert (one["status"], two["status"]) == ("complete", "complete")
+    assert (one["siblings"], two["siblings"]) == ([b.name], [a.name])
