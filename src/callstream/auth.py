@@ -1,0 +1,39 @@
+"""The streaming profile's secret: where a stream may present it and how it is compared.
+
+PROTOCOL.md: how the platform sends the secret is undocumented, so a stream may present it in the
+upgrade's `Authorization` header (`Bearer <secret>` or the bare value), in a `secret` query
+parameter, or, when the upgrade carries neither, in a `secret` field of its first message.
+Comparison is constant-time. Nothing here logs or stores the secret.
+"""
+
+from __future__ import annotations
+
+import hmac
+from collections.abc import Mapping
+
+from callstream.events import Connected, Event, Start
+
+BEARER = "bearer "
+
+
+def upgrade_credential(headers: Mapping[str, str], query_secret: str | None) -> str | None:
+    """The secret presented on the upgrade (header first, then query), or None if none was."""
+    value = headers.get("authorization")
+    if value is not None:
+        value = value.strip()
+        return value[len(BEARER) :].strip() if value.lower().startswith(BEARER) else value
+    return query_secret
+
+
+def message_credential(event: Event) -> str | None:
+    """The secret carried by a first message (Connected or Start), or None."""
+    if isinstance(event, Connected | Start):
+        return event.secret
+    return None
+
+
+def secret_matches(expected: str, presented: str | None) -> bool:
+    """Constant-time comparison; a missing credential never matches."""
+    if presented is None:
+        return False
+    return hmac.compare_digest(expected.encode(), presented.encode())

@@ -1,0 +1,174 @@
+"""Command line: `callstream serve | simulate`. Every flag also reads a CALLSTREAM_* variable."""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import os
+import sys
+from collections.abc import Callable, Sequence
+from pathlib import Path
+from typing import Any
+
+from callstream import __version__
+from callstream import settings as defaults
+from callstream.settings import Settings
+
+LOG_LEVELS = ("debug", "info", "warning", "error")
+SEQUENCE_MODES = ("auto", "perspective", "connection")
+FORMATS = ("wav", "flac", "mulaw-wav")
+
+
+class _EnvDefaults:
+    """Adds flags whose default comes from CALLSTREAM_<NAME> when that variable is set."""
+
+    def __init__(self, parser: argparse.ArgumentParser | argparse._ArgumentGroup, environ: dict[str, str]):
+        self._parser = parser
+        self._environ = environ
+
+    def add(self, flag: str, *, help: str, default: Any = None, type: Callable[[str], Any] = str, **kw: Any) -> None:
+        env = "CALLSTREAM_" + flag.lstrip("-").replace("-", "_").upper()
+        if kw.get("action") == "store_true":
+            raw = self._environ.get(env)
+            value = default if raw is None else raw.strip().lower() in ("1", "true", "yes", "on")
+            self._parser.add_argument(flag, default=value, help=f"{help} [env {env}]", **kw)
+            return
+        if env in self._environ:
+            default = type(self._environ[env])
+        shown = "none" if default is None else default
+        self._parser.add_argument(
+            flag, default=default, type=type, help=f"{help} [env {env}; default: {shown}]", **kw
+        )
+
+
+def _positive(kind: Callable[[str], Any]) -> Callable[[str], Any]:
+    def parse(text: str) -> Any:
+        value = kind(text)
+        if value <= 0:
+            raise argparse.ArgumentTypeError(f"must be positive, got {text}")
+        return value
+
+    parse.__name__ = kind.__name__
+    return parse
+
+
+def _add_serve(sub: argparse._SubParsersAction, environ: dict[str, str]) -> None:
+    parser = sub.add_parser(
+        "serve",
+        help="run the recorder",
+        description="Accept Engage Voice Call Streaming WebSockets and record each call as a stereo file "
+        "(left = agent, right = caller).",
+    )
+    add = _EnvDefaults(parser, environ).add
+    add("--host", default=defaults.DEFAULT_HOST, help="address to listen on")
+    add("--port", default=defaults.DEFAULT_PORT, type=int, help="TCP port to listen on (0: any free port)")
+    add("--output-dir", default=defaults.DEFAULT_OUTPUT_DIR, type=Path, help="directory the recordings go into")
+    add("--format", default=defaults.DEFAULT_FORMAT, choices=FORMATS,
+        help="wav: 16-bit PCM stereo; flac: lossless, about a third of the size; "
+        "mulaw-wav: the G.711 bytes as received, half the size of PCM")
+    add("--path-template", default=defaults.DEFAULT_PATH_TEMPLATE,
+        help="file path under --output-dir, without extension; placeholders: {date} {time} {datetime} "
+        "{year} {month} {day} and any metadata field such as {callId} {sessionId} {agentId} {ani} {dnis}")
+    add("--reorder-window", dest="reorder_window_ms", default=defaults.DEFAULT_REORDER_WINDOW_MS,
+        type=_positive(float), metavar="MS",
+        help="milliseconds of audio held back to put late frames in place; a frame later than this is dropped")
+    add("--discontinuity", dest="discontinuity_ms", default=defaults.DEFAULT_DISCONTINUITY_MS,
+        type=_positive(float), metavar="MS",
+        help="a sequence jump longer than this many ms is a restarted counter, not a gap to fill with silence")
+    add("--sequence-mode", default="auto", choices=SEQUENCE_MODES,
+        help="whether sequenceId counts per perspective or across the connection (auto: detect per call)")
+    add("--flush-interval", default=defaults.DEFAULT_FLUSH_INTERVAL, type=_positive(float), metavar="SECONDS",
+        help="live recordings are flushed to the OS at least this often")
+    add("--fsync", action="store_true", default=False, help="make every flush durable with fsync (costs disk I/O)")
+    add("--max-message-size", dest="max_message_bytes", default=defaults.DEFAULT_MAX_MESSAGE_BYTES,
+        type=_positive(int), metavar="BYTES", help="a larger message closes the call with 1009")
+    add("--handshake-timeout", default=defaults.DEFAULT_HANDSHAKE_TIMEOUT, type=_positive(float),
+        metavar="SECONDS", help="time allowed for the WebSocket upgrade")
+    add("--idle-timeout", default=defaults.DEFAULT_IDLE_TIMEOUT, type=_positive(float), metavar="SECONDS",
+        help="a call with no media for this long is finalised as incomplete and closed with 1001")
+    add("--max-call-duration", dest="max_call_seconds", default=defaults.DEFAULT_MAX_CALL_SECONDS,
+        type=_positive(float), metavar="SECONDS", help="a call is closed (1001) and finalised after this long")
+    add("--max-bad-messages", default=defaults.DEFAULT_MAX_BAD_MESSAGES, type=_positive(int), metavar="N",
+        help="malformed messages tolerated per call before it is closed with 1007")
+    add("--drain-timeout", default=defaults.DEFAULT_DRAIN_TIMEOUT, type=_positive(float), metavar="SECONDS",
+        help="on SIGTERM/SIGINT, time given to live calls before they are closed (1001) and finalised")
+    add("--max-calls", default=defaults.DEFAULT_MAX_CALLS, type=_positive(int), metavar="N",
+        help="live calls accepted at once; beyond, upgrades get HTTP 503 with Retry-After (the platform retries)")
+    add("--secret", help="the streaming profile's secret; streams that do not present it are refused "
+        "(prefer --secret-file or the variable: a flag shows in the process list)")
+    add("--secret-file", type=Path, help="file holding the secret (surrounding whitespace ignored)")
+    add("--tls-cert", type=Path, help="PEM certificate chain: serve wss:// directly")
+    add("--tls-key", type=Path, help="PEM private key for --tls-cert (if not inside the certificate file)")
+    add("--log-level", default=defaults.DEFAULT_LOG_LEVEL, choices=LOG_LEVELS, help="logging verbosity")
+    parser.set_defaults(command=_run_serve)
+
+
+def _add_simulate(sub: argparse._SubParsersAction, environ: dict[str, str]) -> None:
+    from callstream import simulate
+
+    simulate.add_arguments(sub, _EnvDefaults, environ)
+
+
+def build_parser(environ: dict[str, str] | None = None) -> argparse.ArgumentParser:
+    environ = dict(os.environ if environ is None else environ)
+    parser = argparse.ArgumentParser(
+        prog="callstream",
+        description="A production call recorder for RingCentral Engage Voice Call Streaming.",
+    )
+    parser.add_argument("--version", action="version", version=f"callstream {__version__}")
+    sub = parser.add_subparsers(title="commands", metavar="COMMAND")
+    _add_serve(sub, environ)
+    _add_simulate(sub, environ)
+    return parser
+
+
+def settings_from(args: argparse.Namespace) -> Settings:
+    """Build the one Settings object from parsed serve arguments."""
+    from callstream.naming import validate_template
+
+    try:
+        validate_template(args.path_template)
+    except ValueError as error:
+        raise SystemExit(f"callstream: --path-template: {error}") from None
+    if args.secret_file is not None:
+        if args.secret is not None:
+            raise SystemExit("callstream: give --secret or --secret-file, not both")
+        try:
+            args.secret = args.secret_file.read_text().strip()
+        except OSError as error:
+            raise SystemExit(f"callstream: --secret-file: {error}") from None
+        if not args.secret:
+            raise SystemExit(f"callstream: --secret-file: {args.secret_file} is empty")
+    if args.tls_key is not None and args.tls_cert is None:
+        raise SystemExit("callstream: --tls-key needs --tls-cert")
+    fields = {name: getattr(args, name) for name in Settings.__dataclass_fields__ if hasattr(args, name)}
+    return Settings(**fields)
+
+
+def configure_logging(level: str) -> None:
+    logging.basicConfig(
+        level=level.upper(),
+        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
+        stream=sys.stderr,
+    )
+
+
+def _run_serve(args: argparse.Namespace) -> int:
+    import trio
+
+    from callstream.server import run_until_signalled
+
+    settings = settings_from(args)
+    configure_logging(settings.log_level)
+    trio.run(run_until_signalled, settings)
+    return 0
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    command = getattr(args, "command", None)
+    if command is None:
+        parser.print_help()
+        return 2
+    return command(args)

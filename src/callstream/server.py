@@ -1,0 +1,182 @@
+"""`callstream serve`: the WebSocket server. A thin shell: admission, one `CallRecorder` per call,
+one log line per call start and end, and a graceful drain on SIGTERM/SIGINT.
+"""
+
+from __future__ import annotations
+
+import logging
+import signal
+import ssl
+from dataclasses import dataclass
+
+import trio
+
+from callstream.auth import secret_matches, upgrade_credential
+from callstream.errors import CLOSE_POLICY_VIOLATION
+from callstream.protocol import QueryMetadata, parse_query
+from callstream.recorder import CallRecorder, CallResult
+from callstream.settings import Settings
+from callstream.transport import ListenerInfo, MessageStream, Upgrade, serve_trio_websocket
+
+LOGGER = logging.getLogger("callstream.server")
+
+RETRY_AFTER_SECONDS = 5  # what a 503 tells the platform (which retries a 5xx up to 3 times)
+
+
+@dataclass(frozen=True, slots=True)
+class ServerStatistics:
+    live_calls: int
+    calls_started: int
+    calls_finished: int
+    calls_rejected: int
+    draining: bool
+
+
+class Server:
+    """The server's state: live calls and counters. One per process; no module-level state."""
+
+    def __init__(self, settings: Settings) -> None:
+        self.settings = settings
+        self._live: set[CallRecorder] = set()
+        self._started = 0
+        self._finished = 0
+        self._rejected = 0
+        self._draining = False
+        self._admitted = 0
+        self._idle = trio.Event()
+        self._idle.set()
+
+    def statistics(self) -> ServerStatistics:
+        return ServerStatistics(
+            live_calls=len(self._live),
+            calls_started=self._started,
+            calls_finished=self._finished,
+            calls_rejected=self._rejected,
+            draining=self._draining,
+        )
+
+    async def handle(self, upgrade: Upgrade) -> None:
+        """Admit or reject one upgrade, then record the call to its end."""
+        refusal = self._refusal()
+        query = parse_query(upgrade.path)
+        if refusal is None and self.settings.secret is not None:
+            presented = upgrade_credential(upgrade.headers, query.secret)
+            if presented is not None and not secret_matches(self.settings.secret, presented):
+                refusal = (401, "unauthorized", "wrong secret on the upgrade")
+        if refusal is not None:
+            status, body, why = refusal
+            self._rejected += 1
+            LOGGER.warning("refused %s from %s: %s (HTTP %d)", query.mapped.get("callId", "?"), upgrade.remote,
+                           why, status)
+            headers = {"Retry-After": str(RETRY_AFTER_SECONDS)} if status == 503 else None
+            await upgrade.reject(status, body=body, headers=headers)
+            return
+        self._admitted += 1  # counted before the accept's await, so --max-calls cannot be overrun
+        if self._idle.is_set():
+            self._idle = trio.Event()
+        try:
+            stream = await upgrade.accept()
+            await self._record(stream, query, upgrade)
+        finally:
+            self._admitted -= 1
+            if not self._admitted:
+                self._idle.set()
+
+    def _refusal(self) -> tuple[int, str, str] | None:
+        if self._draining:
+            return 503, "shutting down", "draining"
+        if self._admitted >= self.settings.max_calls:
+            return 503, "over capacity", f"{self._admitted} live calls (--max-calls)"
+        return None
+
+    async def _record(self, stream: MessageStream, query: QueryMetadata, upgrade: Upgrade) -> None:
+        require = None
+        if self.settings.secret is not None and upgrade_credential(upgrade.headers, query.secret) is None:
+            require = self.settings.secret  # not on the upgrade: the first message must carry it
+        recorder = CallRecorder(stream, query, self.settings, require_secret=require)
+        self._live.add(recorder)
+        self._started += 1
+        LOGGER.info(
+            "call %s session %s started from %s", recorder.call.call_id, recorder.call.session_id, upgrade.remote
+        )
+        try:
+            result = await recorder.run()
+        finally:
+            self._live.discard(recorder)
+            self._finished += 1
+        if result.close_code == CLOSE_POLICY_VIOLATION:
+            self._rejected += 1
+        _log_result(result)
+
+    async def drain(self, timeout: float) -> None:
+        """Refuse new calls, give live ones ``timeout`` seconds, then stop them (1001)."""
+        self._draining = True
+        LOGGER.info("draining: %d live calls, %g s to finish", len(self._live), timeout)
+        with trio.move_on_after(timeout):
+            await self._idle.wait()
+        while self._admitted:
+            for recorder in list(self._live):
+                recorder.stop("server shutting down")
+            with trio.move_on_after(1.0):  # a call still in its handshake becomes live meanwhile
+                await self._idle.wait()
+
+
+def _log_result(result: CallResult) -> None:
+    stats = result.statistics
+    LOGGER.info(
+        "call %s session %s ended: %s (%s), %.1f s recorded to %s; stats %s",
+        result.call_id,
+        result.session_id,
+        result.status,
+        result.reason,
+        result.frames / 8000,
+        result.path,
+        stats,
+    )
+
+
+def ssl_context_from(settings: Settings) -> ssl.SSLContext | None:
+    if settings.tls_cert is None:
+        return None
+    context = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
+    context.load_cert_chain(settings.tls_cert, settings.tls_key)
+    return context
+
+
+async def serve(
+    settings: Settings,
+    server: Server | None = None,
+    *,
+    task_status: trio.TaskStatus[ListenerInfo] = trio.TASK_STATUS_IGNORED,
+) -> None:
+    """Serve until cancelled. Reports the real listening address through ``task_status``."""
+    server = server or Server(settings)
+    settings.output_dir.mkdir(parents=True, exist_ok=True)
+    await serve_trio_websocket(
+        server.handle,
+        host=settings.host,
+        port=settings.port,
+        ssl_context=ssl_context_from(settings),
+        max_message_bytes=settings.max_message_bytes,
+        handshake_timeout=settings.handshake_timeout,
+        task_status=task_status,
+    )
+
+
+async def run_until_signalled(settings: Settings) -> None:
+    """The process's main: serve, and on SIGTERM or SIGINT drain and return."""
+    server = Server(settings)
+    if settings.secret is None:
+        LOGGER.warning("no --secret: streams are accepted without authentication")
+    with trio.open_signal_receiver(signal.SIGTERM, signal.SIGINT) as signals:
+        async with trio.open_nursery() as nursery:
+            info = await nursery.start(serve, settings, server)
+            LOGGER.info(
+                "listening on %s:%d, recording %s into %s", info.host, info.port, settings.format, settings.output_dir
+            )
+            async for signum in signals:
+                LOGGER.info("received %s", signal.Signals(signum).name)
+                break
+            await server.drain(settings.drain_timeout)
+            nursery.cancel_scope.cancel()
+    LOGGER.info("stopped: %s", server.statistics())

@@ -1,0 +1,61 @@
+"""The command line: --help explains every flag, each flag has a CALLSTREAM_* variable."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from callstream import __version__
+from callstream.cli import build_parser, settings_from
+from callstream.settings import Settings
+
+
+def serve_args(argv: list[str], environ: dict[str, str] | None = None):
+    return build_parser(environ or {}).parse_args(["serve", *argv])
+
+
+def test_defaults_build_default_settings() -> None:
+    assert settings_from(serve_args([])) == Settings()
+
+
+def test_flags_and_environment_variables() -> None:
+    args = serve_args(["--port", "4444", "--format", "flac"], {"CALLSTREAM_REORDER_WINDOW": "300",
+                                                                "CALLSTREAM_FSYNC": "true",
+                                                                "CALLSTREAM_PORT": "5555"})
+    settings = settings_from(args)
+    assert settings.port == 4444  # a flag beats the environment
+    assert settings.format == "flac"
+    assert settings.reorder_window_ms == 300.0
+    assert settings.fsync is True
+    assert settings_from(serve_args([], {"CALLSTREAM_OUTPUT_DIR": "/tmp/x"})).output_dir == Path("/tmp/x")
+
+
+def test_bad_values_are_refused(capsys: pytest.CaptureFixture[str]) -> None:
+    for argv in (["--port", "x"], ["--format", "mp3"], ["--reorder-window", "-5"]):
+        with pytest.raises(SystemExit):
+            serve_args(argv)
+    with pytest.raises(SystemExit, match="path-template"):
+        settings_from(serve_args(["--path-template", "{nosuchfield"]))
+
+
+def test_every_serve_flag_is_in_help_with_its_variable() -> None:
+    parser = build_parser({})
+    serve = parser._subparsers._group_actions[0].choices["serve"]  # type: ignore[union-attr]
+    text = serve.format_help()
+    for action in serve._actions:
+        for flag in action.option_strings:
+            if flag.startswith("--") and flag not in ("--help",):
+                assert flag in text
+                assert "CALLSTREAM_" + flag[2:].replace("-", "_").upper() in text
+
+
+def test_console_entry_points() -> None:
+    out = subprocess.run([sys.executable, "-m", "callstream", "--version"], capture_output=True, text=True,
+                         check=True)
+    assert __version__ in out.stdout
+    out = subprocess.run([sys.executable, "-m", "callstream", "serve", "--help"], capture_output=True,
+                         text=True, check=True)
+    assert "--output-dir" in out.stdout
