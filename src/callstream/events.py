@@ -35,8 +35,9 @@ class Start:
 
     ``metadata`` maps the canonical field names (``callId``, ``sessionId``, ``ani``, ``dnis``,
     ``accountId``, ``subaccountId``, ``rcAccountId``, ``agentId``, ``productType``,
-    ``productId``) to strings, for those present. ``content_type`` is lower-cased;
-    ``sample_rate`` is in Hz. ``raw`` is the metadata object exactly as received.
+    ``productId``) to strings, for those present. ``content_type`` is the canonical name
+    (``audio/pcmu`` becomes ``audio/x-mulaw``); ``sample_rate`` is in Hz. ``raw`` is the
+    metadata object as received, less any ``secret`` key (which goes to ``secret``).
     """
 
     metadata: dict[str, str]

@@ -1,0 +1,449 @@
+"""The Engage Voice Call Streaming message layer, sans-IO: text frames in, typed events out.
+
+No sockets, no tasks, no files, no state: every function here is pure. The server hands each
+text frame to `parse_message` and the upgrade request's target to `parse_query`; the encoders
+build the platform's frames for the simulator and the tests. See shared PROTOCOL.md.
+
+Theory of operation (`parse_message`): Media is 99.9 % of the traffic, so a Media frame in the
+platform's exact shape is decoded in one call to a typed msgspec decoder that also does the
+strict base64 (benchmarks/bench_parse.py measured it against stdlib json + base64 and orjson +
+pybase64). Anything that decoder refuses -- other events, odd casing, numeric ids, bad data --
+falls through to one tolerant dict-based parser, which alone decides what the frame means. The
+fast path is therefore only a shortcut: it accepts a subset of what the tolerant parser accepts
+and gives the same event for it (tests/test_protocol.py checks this).
+
+Malformed frames become `BadMessage` (the call goes on; the caller counts them); a frame over
+`max_bytes`, or a Start announcing audio we cannot record, raises `ProtocolError` with its close
+code. Reasons are short ASCII texts that never quote a secret.
+"""
+
+from __future__ import annotations
+
+import binascii
+import string
+from dataclasses import dataclass, field
+from types import MappingProxyType
+from typing import Any, Final, Literal
+from urllib.parse import parse_qsl, urlencode
+
+import msgspec
+
+from .errors import CLOSE_MESSAGE_TOO_BIG, CLOSE_UNSUPPORTED_DATA, ProtocolError
+from .events import (
+    BadMessage,
+    Connected,
+    Event,
+    Media,
+    Perspective,
+    Start,
+    Stop,
+    Unknown,
+)
+
+__all__ = [
+    "DEFAULT_CONTENT_TYPE",
+    "DEFAULT_MAX_BYTES",
+    "DEFAULT_SAMPLE_RATE",
+    "SUPPORTED_CONTENT_TYPES",
+    "SUPPORTED_SAMPLE_RATES",
+    "QueryMetadata",
+    "build_query",
+    "encode_connected",
+    "encode_media",
+    "encode_start",
+    "encode_stop",
+    "parse_message",
+    "parse_query",
+]
+
+DEFAULT_MAX_BYTES: Final = 65536  # bytes of UTF-8 per text frame; a Media frame is ~300
+DEFAULT_CONTENT_TYPE: Final = "audio/x-mulaw"
+DEFAULT_SAMPLE_RATE: Final = 8000  # Hz
+
+# What a Start may announce: lower-cased media type (parameters stripped) -> canonical name,
+# which is what `Start.content_type` carries. A-law ("audio/x-alaw", "audio/pcma") goes here
+# once the recorder can store it.
+SUPPORTED_CONTENT_TYPES: Final = MappingProxyType(
+    {
+        "audio/x-mulaw": "audio/x-mulaw",
+        "audio/mulaw": "audio/x-mulaw",
+        "audio/pcmu": "audio/x-mulaw",
+        "audio/basic": "audio/x-mulaw",
+    }
+)
+SUPPORTED_SAMPLE_RATES: Final = frozenset({8000})  # Hz
+
+# Field names, compared after lower-casing and dropping ASCII punctuation and white space, so
+# callId, call_id, CallID, CALL-ID and "Call ID" are one key. Shared by Start metadata and the
+# upgrade query; the long forms are the names the platform's guide uses in prose.
+_CANONICAL: Final = MappingProxyType(
+    {
+        "callid": "callId",
+        "sessionid": "sessionId",
+        "ani": "ani",
+        "callerani": "ani",
+        "dnis": "dnis",
+        "accountid": "accountId",
+        "evaccountid": "accountId",
+        "mainaccountid": "accountId",
+        "subaccountid": "subaccountId",
+        "evsubaccountid": "subaccountId",
+        "rcaccountid": "rcAccountId",
+        "rcofficeaccountid": "rcAccountId",
+        "ringcentralofficeaccountid": "rcAccountId",
+        "agentid": "agentId",
+        "producttype": "productType",
+        "productid": "productId",
+    }
+)
+_CONTENT_TYPE_KEYS: Final = frozenset({"contenttype", "audiocontenttype"})
+_SAMPLE_RATE_KEYS: Final = frozenset({"sampleratehertz", "samplerate"})
+_SECRET_KEY: Final = "secret"
+_SEPARATORS: Final = MappingProxyType(str.maketrans("", "", string.punctuation + string.whitespace))
+
+_PERSPECTIVE_BY_LOWER: Final = MappingProxyType(
+    {"participant": Perspective.PARTICIPANT, "conference": Perspective.CONFERENCE}
+)
+_PARTICIPANT: Final = Perspective.PARTICIPANT
+_CONFERENCE: Final = Perspective.CONFERENCE
+_WIRE_BY_PERSPECTIVE: Final = ("Participant", "Conference")  # indexed by Perspective
+_REASON_ECHO: Final = 32  # characters of a peer's value quoted in a close reason (limit 123 B)
+
+
+class _MediaFrame(msgspec.Struct, gc=False):
+    """A Media frame in the platform's exact shape; anything else fails to decode."""
+
+    event: Literal["Media"]
+    perspective: Literal["Participant", "Conference"]
+    sequenceId: str | int  # the wire name; the platform sends a string
+    media: bytes  # msgspec decodes base64 strictly (alphabet and padding)
+
+
+_MEDIA_DECODER: Final = msgspec.json.Decoder(_MediaFrame)
+_decode_json: Final = msgspec.json.decode
+
+
+def parse_message(data: str | bytes, *, max_bytes: int = DEFAULT_MAX_BYTES) -> Event:
+    """Turn one text frame into one event.
+
+    ``data`` is the frame as text, or as bytes holding UTF-8 JSON text. Returns `Connected`,
+    `Start`, `Media`, `Stop`, `Unknown` (a well-formed message with an event we do not know)
+    or `BadMessage` (anything malformed: not UTF-8, not JSON, not an object, no event, a bad
+    field); never raises for those. Raises `ProtocolError` only for what must end the call:
+    a frame over ``max_bytes`` bytes of UTF-8 (code 1009), a Start whose content type is not
+    in `SUPPORTED_CONTENT_TYPES` or whose sample rate is not in `SUPPORTED_SAMPLE_RATES`
+    (code 1003).
+    """
+    if len(data) > max_bytes >> 2 and _utf8_length(data) > max_bytes:
+        raise ProtocolError(f"message over {max_bytes} bytes", code=CLOSE_MESSAGE_TOO_BIG)
+    try:
+        frame = _MEDIA_DECODER.decode(data)
+        seq = frame.sequenceId
+        if type(seq) is str:
+            seq = int(seq) if seq.isascii() and seq.isdigit() else -1
+        if seq >= 0 and frame.media:
+            perspective = _PARTICIPANT if frame.perspective == "Participant" else _CONFERENCE
+            return Media(perspective, seq, frame.media)
+    except (ValueError, RecursionError):  # msgspec's errors, bad UTF-8, deep nesting, int()
+        pass
+    return _parse_tolerant(data)
+
+
+def _utf8_length(data: str | bytes) -> int:
+    if isinstance(data, str):
+        return len(data.encode("utf-8", "surrogatepass"))
+    return len(data)
+
+
+def _parse_tolerant(data: str | bytes) -> Event:
+    try:
+        msg = _decode_json(data)
+    except UnicodeError:
+        return BadMessage("not valid UTF-8")
+    except RecursionError:
+        return BadMessage("JSON nested too deeply")
+    except ValueError:
+        return BadMessage("not valid JSON")
+    if type(msg) is not dict:
+        return BadMessage("not a JSON object")
+    event = msg.get("event")
+    if event is None:
+        return BadMessage("missing event")
+    if type(event) is not str:
+        return BadMessage("event is not a string")
+    kind = event.strip().lower()
+    if kind == "media":
+        return _media(msg)
+    if kind == "start":
+        return _start(msg)
+    if kind == "stop":
+        return _stop(msg)
+    if kind == "connected":
+        return _connected(msg)
+    return Unknown(event, _without_secret(msg))
+
+
+def _media(msg: dict[str, Any]) -> Media | BadMessage:
+    name = msg.get("perspective")
+    perspective = _PERSPECTIVE_BY_LOWER.get(name.strip().lower()) if type(name) is str else None
+    if perspective is None:
+        return BadMessage("Media perspective is not Participant or Conference")
+    sequence = _non_negative_int(msg.get("sequenceId"))
+    if sequence is None:
+        return BadMessage("Media sequenceId is not a non-negative integer")
+    media = msg.get("media")
+    if type(media) is not str:
+        return BadMessage("Media media is missing or not a string")
+    payload = _decode_base64(media)
+    if payload is None:
+        return BadMessage("Media media is not valid base64")
+    if not payload:
+        return BadMessage("Media payload is empty")
+    return Media(perspective, sequence, payload)
+
+
+def _non_negative_int(value: object) -> int | None:
+    if type(value) is int:
+        return value if value >= 0 else None
+    if type(value) is str:
+        text = value.strip()
+        if text.isascii() and text.isdigit():
+            try:
+                return int(text)
+            except ValueError:  # over the interpreter's int-from-string digit limit
+                return None
+    return None
+
+
+def _decode_base64(text: str) -> bytes | None:
+    """Standard alphabet, padded, nothing else: the same set msgspec's decoder accepts."""
+    if len(text) % 4 or text.endswith("==="):  # strict_mode lets "AAAA====" through
+        return None
+    try:
+        return binascii.a2b_base64(text, strict_mode=True)
+    except ValueError:  # binascii.Error, or non-ASCII text
+        return None
+
+
+def _start(msg: dict[str, Any]) -> Start | BadMessage:
+    raw = msg.get("metadata")
+    if raw is None:
+        raw = {}
+    elif type(raw) is not dict:
+        return BadMessage("Start metadata is not an object")
+    secret = _secret_in(msg)
+    metadata: dict[str, str] = {}
+    content_type: object = None
+    sample_rate: object = None
+    secret_in_metadata = False
+    for key, value in raw.items():
+        norm = _normalise_key(key)
+        canonical = _CANONICAL.get(norm)
+        if canonical is not None:
+            text = _text(value)
+            if text and canonical not in metadata:
+                metadata[canonical] = text
+        elif norm in _CONTENT_TYPE_KEYS:
+            if content_type is None:
+                content_type = value
+        elif norm in _SAMPLE_RATE_KEYS:
+            if sample_rate is None:
+                sample_rate = value
+        elif norm == _SECRET_KEY:
+            secret_in_metadata = True
+            if secret is None:
+                secret = _text(value)
+    return Start(
+        metadata=metadata,
+        content_type=_content_type(content_type),
+        sample_rate=_sample_rate(sample_rate),
+        raw=_without_secret(raw) if secret_in_metadata else raw,
+        secret=secret,
+    )
+
+
+def _content_type(value: object) -> str:
+    if value is None:
+        return DEFAULT_CONTENT_TYPE
+    media_type = value.split(";", 1)[0].strip().lower() if type(value) is str else value
+    canonical = SUPPORTED_CONTENT_TYPES.get(media_type) if type(media_type) is str else None
+    if canonical is None:
+        raise ProtocolError(
+            f"unsupported content type {_echo(media_type)}", code=CLOSE_UNSUPPORTED_DATA
+        )
+    return canonical
+
+
+def _sample_rate(value: object) -> int:
+    if value is None:
+        return DEFAULT_SAMPLE_RATE
+    rate = _integral(value)
+    if rate not in SUPPORTED_SAMPLE_RATES:
+        raise ProtocolError(f"unsupported sample rate {_echo(value)}", code=CLOSE_UNSUPPORTED_DATA)
+    return rate
+
+
+def _integral(value: object) -> int | None:
+    """An int from an int, an integral float, or a string of either ("8000", "8000.0")."""
+    if type(value) is str:
+        try:
+            value = float(value) if not value.strip().isdigit() else int(value)
+        except ValueError:
+            return None
+    if type(value) is int:
+        return value
+    if type(value) is float and value.is_integer():
+        return int(value)
+    return None
+
+
+def _echo(value: object) -> str:
+    """A peer's value, quoted for a close reason: short, ASCII."""
+    return ascii(value if type(value) is str else type(value).__name__)[:_REASON_ECHO]
+
+
+def _stop(msg: dict[str, Any]) -> Stop | BadMessage:
+    metadata = msg.get("metadata")
+    if metadata is None:
+        return Stop({})
+    if type(metadata) is not dict:
+        return BadMessage("Stop metadata is not an object")
+    return Stop(metadata)
+
+
+def _connected(msg: dict[str, Any]) -> Connected:
+    secret = _secret_in(msg)
+    metadata = msg.get("metadata")
+    if secret is None and type(metadata) is dict:
+        secret = _secret_in(metadata)
+    return Connected(
+        protocol=_text(msg.get("protocol")), version=_text(msg.get("version")), secret=secret
+    )
+
+
+def _normalise_key(key: str) -> str:
+    return key.lower().translate(_SEPARATORS)
+
+
+def _text(value: object) -> str | None:
+    """A scalar as the platform would have written it in a string; None for anything else.
+
+    Ids come as numbers or strings: 12345 and 12345.0 both give "12345".
+    """
+    if type(value) is str:
+        return value
+    if type(value) is int:
+        return str(value)
+    if type(value) is float:
+        return str(int(value)) if value.is_integer() else repr(value)
+    return None
+
+
+def _secret_in(obj: dict[str, Any]) -> str | None:
+    """The value of the first key that reads "secret" (any casing), as text."""
+    for key, value in obj.items():
+        if _normalise_key(key) == _SECRET_KEY:
+            return _text(value)
+    return None
+
+
+def _without_secret(obj: dict[str, Any]) -> dict[str, Any]:
+    if not any(_normalise_key(key) == _SECRET_KEY for key in obj):
+        return obj
+    return {key: value for key, value in obj.items() if _normalise_key(key) != _SECRET_KEY}
+
+
+@dataclass(frozen=True, slots=True)
+class QueryMetadata:
+    """What the upgrade request's target says about the call.
+
+    ``mapped``: canonical field names (as in `Start.metadata`) to the first non-empty value;
+    ``raw``: every query parameter, percent-decoded, all values in order; ``path``: the target
+    up to ``?``, as received. A ``secret`` parameter (any casing) is in neither dict, only in
+    ``secret`` (first one wins), which stays out of the repr.
+    """
+
+    mapped: dict[str, str]
+    raw: dict[str, list[str]]
+    path: str
+    secret: str | None = field(default=None, repr=False)
+
+
+def parse_query(target: str) -> QueryMetadata:
+    """Read the call's metadata from an upgrade request target (``/any/path?callId=1&...``).
+
+    Keys match case- and style-insensitively. Never raises: bad percent escapes stay as
+    written, undecodable bytes become U+FFFD, repeated keys keep their first value in
+    ``mapped`` and all values in ``raw``.
+    """
+    path, _, query = target.partition("#")[0].partition("?")
+    mapped: dict[str, str] = {}
+    raw: dict[str, list[str]] = {}
+    secret: str | None = None
+    for key, value in parse_qsl(query, keep_blank_values=True, errors="replace"):
+        norm = _normalise_key(key)
+        if norm == _SECRET_KEY:
+            if secret is None:
+                secret = value
+            continue
+        raw.setdefault(key, []).append(value)
+        canonical = _CANONICAL.get(norm)
+        if canonical is not None and value and canonical not in mapped:
+            mapped[canonical] = value
+    return QueryMetadata(mapped=mapped, raw=raw, path=path, secret=secret)
+
+
+# Encoders: the platform's frames, for the simulator, the load generator and the tests.
+
+_encode_json: Final = msgspec.json.encode
+
+
+def encode_connected(secret: str | None = None) -> str:
+    """The Connected frame; ``secret`` (if given) as a top-level field."""
+    msg: dict[str, Any] = {"event": "Connected", "protocol": "AgentSession", "version": "1.0.0"}
+    if secret is not None:
+        msg["secret"] = secret
+    return _encode_json(msg).decode()
+
+
+def encode_start(
+    metadata: dict[str, Any],
+    *,
+    content_type: str = DEFAULT_CONTENT_TYPE,
+    sample_rate: int = DEFAULT_SAMPLE_RATE,
+    secret: str | None = None,
+) -> str:
+    """The Start frame: ``metadata`` (values as given: the platform sends some ids as numbers)
+    plus ``contentType`` and ``sampleRateHertz``; ``secret`` (if given) as a top-level field."""
+    body = {**metadata, "contentType": content_type, "sampleRateHertz": sample_rate}
+    msg: dict[str, Any] = {"event": "Start", "metadata": body}
+    if secret is not None:
+        msg["secret"] = secret
+    return _encode_json(msg).decode()
+
+
+def encode_media(perspective: Perspective, sequence: int, payload: bytes) -> str:
+    """A Media frame: ``sequence`` (>= 0) as a decimal string, ``payload`` (mu-law bytes) in
+    base64. Raises ValueError for a negative sequence."""
+    if sequence < 0:
+        raise ValueError(f"sequence must be >= 0, got {sequence}")
+    media = binascii.b2a_base64(payload, newline=False).decode("ascii")
+    return (
+        f'{{"event":"Media","perspective":"{_WIRE_BY_PERSPECTIVE[perspective]}",'
+        f'"sequenceId":"{sequence:d}","media":"{media}"}}'
+    )
+
+
+def encode_stop(duration: float, end_time: str) -> str:
+    """A Stop frame; ``duration`` in seconds (an integral value is written as an integer),
+    ``end_time`` an RFC 3339 timestamp."""
+    seconds: float = int(duration) if float(duration).is_integer() else duration
+    msg = {"event": "Stop", "metadata": {"duration": seconds, "end_time": end_time}}
+    return _encode_json(msg).decode()
+
+
+def build_query(fields: dict[str, Any]) -> str:
+    """``?key=value&...`` (percent-encoded; values through str()), or "" for no fields."""
+    if not fields:
+        return ""
+    return "?" + urlencode([(key, str(value)) for key, value in fields.items()])
