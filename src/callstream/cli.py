@@ -109,6 +109,34 @@ def _add_simulate(sub: argparse._SubParsersAction, environ: dict[str, str]) -> N
     simulate.add_arguments(sub, _EnvDefaults, environ)
 
 
+def _add_recover(sub: argparse._SubParsersAction, environ: dict[str, str]) -> None:
+    parser = sub.add_parser(
+        "recover",
+        help="finish recordings an interrupted recorder left behind",
+        description="Repair every NAME.partial.EXT below DIR (a recorder killed mid-call leaves them), rename "
+        "it to NAME.EXT and mark its sidecar 'recovered'. `serve` does this itself at start. Never run it on a "
+        "directory a live recorder is writing into.",
+    )
+    parser.add_argument("directory", type=Path, metavar="DIR", help="the recorder's --output-dir")
+    add = _EnvDefaults(parser, environ).add
+    add("--log-level", default=defaults.DEFAULT_LOG_LEVEL, choices=LOG_LEVELS, help="logging verbosity")
+    parser.set_defaults(command=_run_recover)
+
+
+def _run_recover(args: argparse.Namespace) -> int:
+    from callstream.recovery import recover_directory
+
+    configure_logging(args.log_level)
+    if not args.directory.is_dir():
+        print(f"callstream: {args.directory} is not a directory", file=sys.stderr)
+        return 2
+    recovered = recover_directory(args.directory)
+    for item in recovered:
+        print(f"recovered {item.path} ({item.frames / 8000:.1f} s)")
+    print(f"{len(recovered)} recordings recovered")
+    return 0
+
+
 def build_parser(environ: dict[str, str] | None = None) -> argparse.ArgumentParser:
     environ = dict(os.environ if environ is None else environ)
     parser = argparse.ArgumentParser(
@@ -119,6 +147,7 @@ def build_parser(environ: dict[str, str] | None = None) -> argparse.ArgumentPars
     sub = parser.add_subparsers(title="commands", metavar="COMMAND")
     _add_serve(sub, environ)
     _add_simulate(sub, environ)
+    _add_recover(sub, environ)
     return parser
 
 

@@ -15,6 +15,7 @@ from callstream.auth import secret_matches, upgrade_credential
 from callstream.errors import CLOSE_POLICY_VIOLATION
 from callstream.protocol import QueryMetadata, parse_query
 from callstream.recorder import CallRecorder, CallResult
+from callstream.recovery import recover_directory
 from callstream.settings import Settings
 from callstream.transport import ListenerInfo, MessageStream, Upgrade, serve_trio_websocket
 
@@ -166,6 +167,10 @@ async def serve(
 async def run_until_signalled(settings: Settings) -> None:
     """The process's main: serve, and on SIGTERM or SIGINT drain and return."""
     server = Server(settings)
+    settings.output_dir.mkdir(parents=True, exist_ok=True)
+    recovered = await trio.to_thread.run_sync(recover_directory, settings.output_dir)
+    if recovered:
+        LOGGER.warning("recovered %d recordings left by an interrupted run", len(recovered))
     if settings.secret is None:
         LOGGER.warning("no --secret: streams are accepted without authentication")
     with trio.open_signal_receiver(signal.SIGTERM, signal.SIGINT) as signals:

@@ -1,0 +1,121 @@
+"""Crash safety: a real server process killed with SIGKILL mid-call; a restart recovers everything."""
+
+from __future__ import annotations
+
+import os
+import re
+import signal
+import subprocess
+import sys
+import threading
+from pathlib import Path
+
+import imageio_ffmpeg
+import numpy as np
+import pytest
+import soundfile
+import trio
+from conftest import expected_stereo, metadata, random_frames, read_audio
+from wsclient import Closed, connect
+
+from callstream.events import Perspective
+from callstream.protocol import build_query, encode_connected, encode_media, encode_start
+from callstream.recording import read_sidecar
+
+CALLS = 20
+FLUSH_INTERVAL = 0.5  # seconds
+WINDOW = 0.2  # seconds: the default reorder window holds this much back
+SLACK = 0.5  # seconds: thread hops and scheduling on a loaded 2-core machine
+FRAME = 0.02  # seconds per frame
+
+
+class ServerProcess:
+    """`python -m callstream serve` on 127.0.0.1, port 0; the port is read from its log."""
+
+    def __init__(self, output_dir: Path, fmt: str = "wav") -> None:
+        self.process = subprocess.Popen(
+            [sys.executable, "-m", "callstream", "serve", "--host", "127.0.0.1", "--port", "0",
+             "--output-dir", str(output_dir), "--flush-interval", str(FLUSH_INTERVAL), "--format", fmt],
+            stderr=subprocess.PIPE, text=True,
+        )
+        self.log: list[str] = []
+        ready = threading.Event()
+        self.port = 0
+
+        def read() -> None:
+            for line in self.process.stderr:  # type: ignore[union-attr]
+                self.log.append(line)
+                found = re.search(r"listening on [\d.]+:(\d+)", line)
+                if found:
+                    self.port = int(found.group(1))
+                    ready.set()
+            ready.set()
+
+        threading.Thread(target=read, daemon=True).start()
+        if not ready.wait(30) or not self.port:
+            self.process.kill()
+            raise AssertionError("server did not start:\n" + "".join(self.log))
+
+    @property
+    def url(self) -> str:
+        return f"ws://127.0.0.1:{self.port}"
+
+    def stop(self, signum: int) -> int:
+        self.process.send_signal(signum)
+        code = self.process.wait(30)
+        self.process.stderr.close()  # type: ignore[union-attr]
+        return code
+
+
+async def stream_call(url: str, call_id: str, frames: list[bytes], sent_at: list[float]) -> None:
+    client = await connect(url, "/" + build_query(metadata(call_id)))
+    try:
+        await client.send(encode_connected())
+        await client.send(encode_start(metadata(call_id)))
+        start = trio.current_time()
+        for seq, frame in enumerate(frames, 1):
+            await trio.sleep_until(start + seq * FRAME)
+            for perspective in Perspective:
+                await client.send(encode_media(perspective, seq, frame))
+            sent_at.append(trio.current_time())
+    except Closed:
+        pass
+    finally:
+        await client.drop()
+
+
+@pytest.mark.parametrize("fmt", ["wav", "mulaw-wav", "flac"])
+async def test_sigkill_mid_call_then_restart_recovers_every_recording(tmp_path: Path, fmt: str) -> None:
+    output = tmp_path / "recordings"
+    rng = np.random.default_rng(20)
+    frames = {f"crash-{i}": random_frames(rng, 400) for i in range(CALLS)}  # 8 s each
+    sent = {call_id: [] for call_id in frames}
+    server = ServerProcess(output, fmt)
+    with trio.fail_after(60):
+        async with trio.open_nursery() as nursery:
+            for call_id, call_frames in frames.items():
+                nursery.start_soon(stream_call, server.url, call_id, call_frames, sent[call_id])
+            await trio.sleep(3.0)
+            killed_at = trio.current_time()
+            assert server.stop(signal.SIGKILL) == -signal.SIGKILL
+    assert list(output.rglob("*.partial.*")), "nothing was left to recover"
+
+    restarted = ServerProcess(output)  # recovers before it listens
+    assert restarted.stop(signal.SIGTERM) == 0
+    assert not list(output.rglob("*.partial.*"))
+    ffmpeg = imageio_ffmpeg.get_ffmpeg_exe()
+    for call_id, call_frames in frames.items():
+        sidecar = read_sidecar(next(output.rglob(f"{call_id}-1.json")))
+        assert sidecar["status"] == "recovered"
+        path = output / next(output.rglob(f"{call_id}-1.json")).parent / sidecar["file"]
+        audio = read_audio(path)
+        assert soundfile.info(str(path)).frames == len(audio) == sidecar["frames"]
+        must_hold = sum(1 for t in sent[call_id] if t <= killed_at - FLUSH_INTERVAL - WINDOW - SLACK)
+        held = len(audio) // 160
+        assert must_hold > 50
+        assert held >= must_hold, (call_id, held, must_hold)
+        np.testing.assert_array_equal(audio, expected_stereo(call_frames[:held], call_frames[:held]))
+        decoded = subprocess.run([ffmpeg, "-v", "error", "-i", str(path), "-f", "s16le", "-"],
+                                 capture_output=True, check=True).stdout
+        np.testing.assert_array_equal(np.frombuffer(decoded, "<i2").reshape(-1, 2), audio)
+    assert os.path.isdir(output)
