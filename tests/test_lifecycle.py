@@ -22,26 +22,31 @@ async def open_call(url: str, call_id: str) -> WsClient:
 
 async def stream_until_closed(client: WsClient, frames: list[bytes], sent: list[bytes]) -> int | None:
     """Send Connected, Start and frames (both sides) until the server closes; returns its close code."""
-    await client.send(encode_connected())
-    await client.send(encode_start(metadata("live")))
-    try:
-        for seq, frame in enumerate(frames, 1):
-            for perspective in Perspective:
-                await client.send(encode_media(perspective, seq, frame))
-            sent.append(frame)
-            await trio.sleep(0.002)
-        await client.receive()
-    except Closed:
-        pass
-    code = client.close_code
-    with trio.move_on_after(5):
+    code: list[int | None] = []
+
+    async def watch(cancel_scope: trio.CancelScope) -> None:
         try:
             while True:
                 await client.receive()
         except Closed as closed:
-            code = closed.code
+            code.append(closed.code)
+        cancel_scope.cancel()
+
+    async with trio.open_nursery() as nursery:
+        nursery.start_soon(watch, nursery.cancel_scope)
+        await client.send(encode_connected())
+        await client.send(encode_start(metadata("live")))
+        try:
+            for seq, frame in enumerate(frames, 1):
+                for perspective in Perspective:
+                    await client.send(encode_media(perspective, seq, frame))
+                sent.append(frame)
+                await trio.sleep(0.002)
+        except Closed:
+            pass
+        await trio.sleep_forever()
     await client.close()
-    return code
+    return code[0] if code else None
 
 
 async def test_max_calls_rejects_with_503_and_retry_after(nursery, settings) -> None:

@@ -32,13 +32,17 @@ class WsClient:
     stream: trio.SocketStream
     connection: wsproto.WSConnection
     close_code: int | None = None
-    _pending: list = field(default_factory=list)
+    _lock: trio.Lock = field(default_factory=trio.Lock)
+
+    async def _send_raw(self, data: bytes) -> None:
+        async with self._lock:  # a receiving task may answer a ping or a close meanwhile
+            await self.stream.send_all(data)
 
     async def send(self, text: str) -> None:
         if self.close_code is not None:
             raise Closed(self.close_code)
         try:
-            await self.stream.send_all(self.connection.send(ev.TextMessage(data=text)))
+            await self._send_raw(self.connection.send(ev.TextMessage(data=text)))
         except (trio.BrokenResourceError, trio.ClosedResourceError):
             raise Closed(self.close_code) from None
 
@@ -54,10 +58,10 @@ class WsClient:
                 elif isinstance(event, ev.CloseConnection):
                     self.close_code = event.code
                     if self.connection.state == wsproto.connection.ConnectionState.REMOTE_CLOSING:
-                        await self.stream.send_all(self.connection.send(event.response()))
+                        await self._send_raw(self.connection.send(event.response()))
                     raise Closed(event.code)
                 elif isinstance(event, ev.Ping):
-                    await self.stream.send_all(self.connection.send(event.response()))
+                    await self._send_raw(self.connection.send(event.response()))
             try:
                 data = await self.stream.receive_some(65536)
             except (trio.BrokenResourceError, trio.ClosedResourceError):
@@ -69,7 +73,7 @@ class WsClient:
     async def close(self, code: int = 1000) -> None:
         if self.close_code is None and self.connection.state == wsproto.connection.ConnectionState.OPEN:
             try:
-                await self.stream.send_all(self.connection.send(ev.CloseConnection(code=code)))
+                await self._send_raw(self.connection.send(ev.CloseConnection(code=code)))
                 with trio.move_on_after(5):
                     while True:
                         await self.receive()
