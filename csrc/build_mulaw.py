@@ -1,0 +1,36 @@
+"""cffi build of the G.711 kernel into ``callstream._mulaw`` (out-of-line API mode).
+
+``setup.py`` names ``ffibuilder`` in ``cffi_modules``, so ``pip install -e .`` (or
+``python setup.py build_ext --inplace``) compiles it into ``src/callstream/``.  The header
+``mulaw.h`` is both the C prototypes and the cdef, so the two cannot drift apart.
+"""
+
+from __future__ import annotations
+
+import os
+import sys
+from pathlib import Path
+
+from cffi import FFI
+
+HERE = Path(__file__).resolve().parent
+
+# setuptools wants source paths relative to the project root (the directory pip builds in).
+SOURCES = [os.path.relpath(HERE / "mulaw.c")]
+DEPENDS = [os.path.relpath(HERE / "mulaw.h")]  # rebuild when the header changes
+INCLUDE_DIRS = [os.path.relpath(HERE)]
+
+# No -march: the wheel must run on any x86-64 or arm64 CPU; mulaw.c picks its vector path at
+# run time.
+EXTRA_COMPILE_ARGS = ["/O2"] if sys.platform == "win32" else ["-O3"]
+
+ffibuilder = FFI()
+ffibuilder.cdef((HERE / "mulaw.h").read_text(encoding="utf-8"))
+ffibuilder.set_source(
+    "callstream._mulaw",
+    '#include <stddef.h>\n#include <stdint.h>\n#include "mulaw.h"\n',
+    sources=SOURCES,
+    depends=DEPENDS,
+    include_dirs=INCLUDE_DIRS,
+    extra_compile_args=EXTRA_COMPILE_ARGS,
+)
