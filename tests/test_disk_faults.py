@@ -1,0 +1,91 @@
+"""A disk error under one call closes that call with 1011; other calls and the server go on."""
+
+from __future__ import annotations
+
+import errno
+from dataclasses import replace
+
+import numpy as np
+import pytest
+import trio
+from conftest import RunningServer, start_server, call_messages, expected_stereo, metadata, random_frames, read_audio, recordings, send_all, wait_for_calls
+from wsclient import Closed, connect
+
+from callstream.errors import RecordingError
+from callstream.events import Perspective
+from callstream.protocol import build_query
+from callstream.recording import Recording
+
+TIMEOUT = 30
+
+
+@pytest.fixture
+def failing_disk(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Writes of recordings whose name starts with 'doomed' fail as a full disk would."""
+    write = Recording.write
+
+    def faulty(self: Recording, left: bytes, right: bytes) -> None:
+        if self.name.startswith("doomed"):
+            raise RecordingError(f"cannot write {self.partial_path}: {errno.errorcode[errno.ENOSPC]}")
+        write(self, left, right)
+
+    monkeypatch.setattr(Recording, "write", faulty)
+
+
+async def test_disk_error_closes_only_that_call_with_1011(server: RunningServer, failing_disk: None) -> None:
+    rng = np.random.default_rng(13)
+    good = random_frames(rng, 200)
+    media = [(p, seq, f) for seq, f in enumerate(good, 1) for p in Perspective]
+    codes: list[int | None] = []
+
+    async def doomed_call() -> None:
+        client = await connect(server.url, "/" + build_query(metadata("doomed")))
+        messages = call_messages(metadata("doomed"), media, stops=0)
+        try:
+            for message in messages:
+                await client.send(message)
+            while True:
+                await client.receive()
+        except Closed as closed:
+            codes.append(closed.code)
+        await client.close()
+
+    with trio.fail_after(TIMEOUT):
+        async with trio.open_nursery() as nursery:
+            nursery.start_soon(doomed_call)
+            nursery.start_soon(send_all, server.url, call_messages(metadata("healthy"), media))
+        await wait_for_calls(server, 2)
+        # the server still serves
+        await send_all(server.url, call_messages(metadata("after"), media[:20]))
+        await wait_for_calls(server, 3)
+    assert codes == [1011]
+    found = {sidecar["callId"]: (path, sidecar) for path, sidecar in recordings(server.settings.output_dir)}
+    assert found["doomed"][1]["status"] == "failed"
+    for call_id, frames in (("healthy", good), ("after", good[:10])):
+        path, sidecar = found[call_id]
+        assert sidecar["status"] == "complete"
+        np.testing.assert_array_equal(read_audio(path), expected_stereo(frames, frames))
+
+
+async def test_unwritable_output_directory_fails_the_call_not_the_server(nursery, settings) -> None:
+    running = await start_server(nursery, replace(settings, path_template="blocked/{callId}"))
+    # A file where the call's directory must go: fails for root too, which ignores permissions.
+    (running.settings.output_dir / "blocked").write_text("not a directory")
+    frames = random_frames(np.random.default_rng(14), 150)
+    media = [(p, seq, f) for seq, f in enumerate(frames, 1) for p in Perspective]
+    with trio.fail_after(TIMEOUT):
+        client = await connect(running.url, "/")
+        with pytest.raises(Closed) as closed:
+            for message in call_messages(metadata("blocked-call"), media, stops=0):
+                await client.send(message)
+            while True:
+                await client.receive()
+        await client.close()
+        await wait_for_calls(running, 1)
+        (running.settings.output_dir / "blocked").unlink()
+        await send_all(running.url, call_messages(metadata("next"), media))
+        await wait_for_calls(running, 2)
+    assert closed.value.code == 1011
+    [(path, sidecar)] = recordings(running.settings.output_dir)
+    assert sidecar["callId"] == "next"
+    np.testing.assert_array_equal(read_audio(path), expected_stereo(frames, frames))
