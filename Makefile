@@ -25,6 +25,7 @@ test: $(STAMP)
 	$(BIN)/python -m pytest
 
 bench: $(STAMP)
+	$(BIN)/python -m pip install --quiet -e '.[test,dev,bench]'
 	$(BIN)/python benchmarks/run_all.py
 
 lint: $(STAMP)

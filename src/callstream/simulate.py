@@ -1,27 +1,38 @@
-"""`callstream simulate`: play one call at a recorder exactly as the platform would.
+"""`callstream simulate`: play calls at a recorder exactly as the platform would.
 
 Upgrade with the platform's query parameters, then Connected, Start, Media for both
 perspectives every 20 ms (Participant = agent, Conference = caller), and one Stop per
-perspective. Operators use it to check a deployment end to end; the tests use it too.
+perspective. One call checks a deployment end to end; ``--calls N`` makes it a load generator
+(`callstream.loadgen`) and ``--verify DIR`` checks every recording against what was sent
+(`callstream.simverify`). The tests and benchmarks/bench_e2e.py use it too.
 """
 
 from __future__ import annotations
 
 import argparse
+import json
 import logging
 import ssl
+import sys
+import time
 from collections.abc import Iterator, Mapping, Sequence
-from dataclasses import dataclass, field
+from dataclasses import asdict, dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
 
 import numpy as np
 import trio
-from trio_websocket import open_websocket_url
 
 from callstream.codec import encode_ulaw
 from callstream.events import Perspective
-from callstream.protocol import build_query, encode_connected, encode_media, encode_start, encode_stop
+from callstream.protocol import (
+    build_query,
+    encode_connected,
+    encode_media,
+    encode_start,
+    encode_stop,
+)
+from callstream.simclient import connect
 
 LOGGER = logging.getLogger("callstream.simulate")
 
@@ -29,7 +40,11 @@ SAMPLE_RATE = 8000  # Hz, what the platform streams
 FRAME_BYTES = 160  # 20 ms of 8 kHz G.711
 DEFAULT_URL = "ws://127.0.0.1:3333"
 DEFAULT_SECONDS = 10.0
+DEFAULT_RAMP = 1.0  # seconds over which the starts of several calls are spread
 TEST_TONES_HZ = (440.0, 697.0)  # agent, caller: distinct so a swapped channel is audible
+NOISE_DBFS = -40.0  # the seeded noise on the pool's tone: every frame differs
+POOL_SEED = 20261125
+CLOSE_WAIT = 60.0  # seconds to wait for the server's close after the Stops
 
 
 @dataclass(frozen=True, slots=True)
@@ -63,20 +78,42 @@ def tone_audio(seconds: float) -> CallAudio:
     """Two sine tones at -12 dBFS: agent 440 Hz, caller 697 Hz."""
     t = np.arange(int(seconds * SAMPLE_RATE)) / SAMPLE_RATE
     amplitude = 32767 * 10 ** (-12 / 20)
-    sides = [encode_ulaw(np.round(amplitude * np.sin(2 * np.pi * hz * t)).astype(np.int16)) for hz in TEST_TONES_HZ]
+    sides = [
+        encode_ulaw(np.round(amplitude * np.sin(2 * np.pi * hz * t)).astype(np.int16))
+        for hz in TEST_TONES_HZ
+    ]
+    return CallAudio(agent=sides[0], caller=sides[1])
+
+
+def noisy_tone_audio(seconds: float, seed: int = POOL_SEED) -> CallAudio:
+    """The test tones with seeded noise at NOISE_DBFS, so that no two frames are alike."""
+    t = np.arange(int(seconds * SAMPLE_RATE)) / SAMPLE_RATE
+    rng = np.random.default_rng(seed)
+    amplitude, noise = 32767 * 10 ** (-12 / 20), 32767 * 10 ** (NOISE_DBFS / 20)
+    sides = [
+        encode_ulaw(
+            np.round(amplitude * np.sin(2 * np.pi * hz * t) + rng.normal(0, noise, len(t))).astype(
+                np.int16
+            )
+        )
+        for hz in TEST_TONES_HZ
+    ]
     return CallAudio(agent=sides[0], caller=sides[1])
 
 
 def _to_8k_int16(data: np.ndarray, rate: int) -> np.ndarray:
-    """Resample float audio in [-1, 1] to 8 kHz by linear interpolation (a test signal, not hi-fi)."""
+    """Resample float audio in [-1, 1] to 8 kHz by linear interpolation (a test signal)."""
     if rate != SAMPLE_RATE and len(data):
         positions = np.arange(0, len(data) * SAMPLE_RATE / rate) * rate / SAMPLE_RATE
         data = np.interp(positions, np.arange(len(data)), data)
     return np.clip(np.round(data * 32767), -32768, 32767).astype(np.int16)
 
 
-def load_audio(*, stereo: Path | None = None, agent: Path | None = None, caller: Path | None = None) -> CallAudio:
-    """Read a stereo WAV (left = agent) or two mono ones; mix down extra channels; pad to equal length."""
+def load_audio(
+    *, stereo: Path | None = None, agent: Path | None = None, caller: Path | None = None
+) -> CallAudio:
+    """Read a stereo WAV (left = agent) or two mono ones; mix down extra channels; pad the
+    shorter side to the same length."""
     import soundfile
 
     def read(path: Path, channel: int | None) -> np.ndarray:
@@ -118,60 +155,207 @@ async def play_call(
     realtime: bool = True,
     ssl_context: ssl.SSLContext | None = None,
     extra_headers: Sequence[tuple[str, str]] = (),
-) -> None:
-    """Play one call at ``url`` (``ws://`` or ``wss://``, no query: the plan's metadata is added)."""
+) -> int | None:
+    """Play one call at ``url`` (``ws://`` or ``wss://``, no query: the plan's metadata is added).
+
+    Returns the server's close code (None if it did not close within `CLOSE_WAIT` seconds of the
+    Stops, when the client closes). Raises simclient.Rejected, simclient.Closed or OSError."""
     target = url.rstrip("/") + "/" + build_query(plan.metadata)
-    headers = [(k.encode(), v.encode()) for k, v in extra_headers]
     frame_seconds = plan.frame_bytes / SAMPLE_RATE
-    async with open_websocket_url(target, ssl_context, extra_headers=headers) as ws:
-        await ws.send_message(encode_connected(secret=plan.secret))
-        await ws.send_message(encode_start(plan.metadata))
+    client = await connect(target, ssl_context=ssl_context, headers=extra_headers)
+    try:
+        await client.send_text(encode_connected(secret=plan.secret))
+        await client.send_text(encode_start(plan.metadata))
         started = trio.current_time()
         for index, (agent, caller) in enumerate(plan.media_messages()):
             if realtime:
                 await trio.sleep_until(started + index * frame_seconds)
-            await ws.send_message(agent)
-            await ws.send_message(caller)
+            else:
+                await trio.lowlevel.checkpoint()
+            await client.send_text(agent)
+            await client.send_text(caller)
         duration = len(plan.audio.agent) / SAMPLE_RATE
         end_time = datetime.now(UTC).isoformat().replace("+00:00", "Z")
         for _ in Perspective:
-            await ws.send_message(encode_stop(duration, end_time))
+            await client.send_text(encode_stop(duration, end_time))
+        with trio.move_on_after(CLOSE_WAIT):
+            return await client.wait_closed()
+        return await client.close()
+    finally:
+        await client.aclose()
 
 
-def add_arguments(sub: argparse._SubParsersAction, env_defaults: type, environ: Mapping[str, str]) -> None:
+def add_arguments(
+    sub: argparse._SubParsersAction, env_defaults: type, environ: Mapping[str, str]
+) -> None:
     parser = sub.add_parser(
         "simulate",
-        help="play a call at a recorder as the platform would",
-        description="Play one call at a callstream server (or any Call Streaming receiver) exactly as the "
-        "platform would: upgrade query, Connected, Start, Media for both perspectives every 20 ms, two Stops. "
-        "Audio comes from a stereo WAV (left = agent), two mono WAVs, or a generated test tone.",
+        help="play calls at a recorder as the platform would (one, or a load test)",
+        description="Play calls at a callstream server (or any Call Streaming receiver) exactly as "
+        "the platform would: upgrade query, Connected, Start, Media for both perspectives every 20 "
+        "ms, two Stops. Audio comes from a stereo WAV (left = agent), two mono WAVs, or a "
+        "generated test tone. With --calls N it is a load generator (each call with its own "
+        "content), and --verify DIR checks every recording against what was sent. Exits 1 if any "
+        "call or check fails.",
     )
     add = env_defaults(parser, environ).add
     add("--url", default=DEFAULT_URL, help="the recorder's ws:// or wss:// URL")
     add("--stereo", type=Path, help="stereo audio file: left = agent, right = caller (any rate)")
     add("--agent", type=Path, help="mono audio file for the agent (Participant) side")
     add("--caller", type=Path, help="mono audio file for the caller (Conference) side")
-    add("--seconds", type=float, default=DEFAULT_SECONDS, help="length of the generated test tone")
-    add("--call-id", default="sim-1", help="callId sent in the query and Start")
-    add("--session-id", default="1", help="sessionId sent in the query and Start")
+    add(
+        "--seconds",
+        type=float,
+        default=DEFAULT_SECONDS,
+        help="length of each call with generated audio",
+    )
+    add("--calls", type=int, default=1, metavar="N", help="calls to play at once")
+    add(
+        "--ramp",
+        type=float,
+        metavar="SECONDS",
+        help="each call starts at a random offset within this many seconds "
+        f"(default: {DEFAULT_RAMP:g} for several calls, 0 for one)",
+    )
+    add(
+        "--processes",
+        type=int,
+        default=1,
+        metavar="K",
+        help="client processes to spread the calls over, if one core cannot generate enough",
+    )
+    add("--seed", type=int, default=0, help="seed of the start offsets")
+    add(
+        "--call-id",
+        help="callId (one call; default sim-1), or the prefix of PREFIX-1 ... PREFIX-N "
+        "(default sim)",
+    )
+    add(
+        "--session-id",
+        help="sessionId sent in the query and Start (default: 1 for one call, the start "
+        "time for several, so that runs do not collide)",
+    )
     add("--secret", help="secret to present (Authorization header and Connected message)")
-    add("--cafile", type=Path, help="CA bundle to verify a wss:// server with (default: system store)")
-    add("--fast", action="store_true", default=False, help="send as fast as possible instead of in real time")
+    add(
+        "--cafile",
+        type=Path,
+        help="CA bundle to verify a wss:// server with (default: system store)",
+    )
+    add(
+        "--fast",
+        action="store_true",
+        default=False,
+        help="send as fast as possible instead of in real time",
+    )
+    add(
+        "--verify",
+        type=Path,
+        metavar="DIR",
+        help="after the run, check each call's recording in DIR (the server's --output-dir) "
+        "sample for sample",
+    )
+    add(
+        "--json",
+        type=Path,
+        metavar="PATH",
+        help="write the summary and every call's result to PATH",
+    )
+    add("--quiet", action="store_true", default=False, help="no progress line on stderr")
     parser.set_defaults(command=_run)
 
 
 def _run(args: argparse.Namespace) -> int:
-    if args.stereo or args.agent or args.caller:
-        audio = load_audio(stereo=args.stereo, agent=args.agent, caller=args.caller)
+    from callstream.loadgen import (
+        FRAME_SECONDS,
+        POOL_FRAMES,
+        LoadSpec,
+        Progress,
+        build_pool,
+        plan_calls,
+        run_load,
+    )
+
+    if args.calls < 1 or args.processes < 1 or args.seconds <= 0 or (args.ramp or 0) < 0:
+        print(
+            "callstream simulate: --calls, --processes and --seconds must be positive, --ramp >= 0",
+            file=sys.stderr,
+        )
+        return 2
+    many = args.calls > 1
+    files = (args.stereo, args.agent, args.caller)
+    spec = LoadSpec(
+        url=args.url,
+        calls=args.calls,
+        frames=None if any(files) or not many else max(1, round(args.seconds / FRAME_SECONDS)),
+        realtime=not args.fast,
+        ramp=(DEFAULT_RAMP if many else 0.0) if args.ramp is None else args.ramp,
+        seed=args.seed,
+        call_id=args.call_id or ("sim" if many else "sim-1"),
+        session_id=args.session_id or (time.strftime("%Y%m%d%H%M%S") if many else "1"),
+        secret=args.secret,
+        cafile=args.cafile,
+        audio=files,
+        tone_seconds=POOL_FRAMES * FRAME_SECONDS if many else args.seconds,
+        noisy_tone=many,
+        processes=args.processes,
+    )
+    try:
+        pool = build_pool(spec)
+    except ValueError as error:
+        print(f"callstream simulate: {error}", file=sys.stderr)
+        return 2
+    calls = plan_calls(spec, pool)
+    seconds = calls[0].frames * FRAME_SECONDS
+    if many:
+        pace = (
+            "as fast as possible"
+            if args.fast
+            else f"in real time, starts spread over {spec.ramp:g} s"
+        )
+        print(f"playing {args.calls} calls of {seconds:.1f} s at {args.url} {pace}", flush=True)
     else:
-        audio = tone_audio(args.seconds)
-    plan = CallPlan(audio=audio, metadata=default_metadata(args.call_id, args.session_id), secret=args.secret)
-    context = None
-    if args.url.startswith("wss:"):
-        context = ssl.create_default_context(cafile=args.cafile)
-    headers = [("Authorization", f"Bearer {args.secret}")] if args.secret else []
-    seconds = len(audio.agent) / SAMPLE_RATE
-    print(f"playing {seconds:.1f} s call {args.call_id}/{args.session_id} at {args.url}", flush=True)
-    trio.run(lambda: play_call(args.url, plan, realtime=not args.fast, ssl_context=context, extra_headers=headers))
-    print("done: both Stops sent", flush=True)
-    return 0
+        print(
+            f"playing {seconds:.1f} s call {spec.call_id}/{spec.session_id} at {args.url}",
+            flush=True,
+        )
+    report = run_load(spec, calls, pool, Progress(enabled=not args.quiet and sys.stderr.isatty()))
+    for outcome in report.failed:
+        print(f"FAIL {outcome.call_id}: {outcome.error}", flush=True)
+    summary = report.summary()
+    if not many and not report.failed:
+        print("done: both Stops sent", flush=True)
+    print(
+        f"{summary['ok']}/{summary['calls']} calls ok; {summary['messages']} Media messages in "
+        f"{summary['wall_seconds']:.1f} s ({summary['messages_per_second'] or 0:,.0f}/s); "
+        f"generator CPU {summary['generator_cpu_seconds']:.2f} s, "
+        f"{summary['generator_cpu_us_per_message'] or 0:.1f} us per message",
+        flush=True,
+    )
+    verdicts = []
+    if args.verify is not None:
+        from callstream.simverify import verify
+
+        verdicts = verify(args.verify, calls, pool)
+        for verdict in verdicts:
+            print(f"{'PASS' if verdict.ok else 'FAIL'} {verdict.call_id}: {verdict.detail}")
+        passed = sum(v.ok for v in verdicts)
+        print(f"verify: {passed} passed, {len(verdicts) - passed} failed", flush=True)
+    if args.json is not None:
+        detail = {
+            "summary": summary,
+            "spec": {
+                "calls": args.calls,
+                "seconds": seconds,
+                "fast": args.fast,
+                "ramp": spec.ramp,
+                "processes": spec.processes,
+            },
+            "calls": [asdict(o) for o in report.outcomes],
+            "verify": [
+                {"call_id": v.call_id, "ok": v.ok, "detail": v.detail, "path": str(v.path)}
+                for v in verdicts
+            ],
+        }
+        args.json.write_text(json.dumps(detail, indent=1) + "\n")
+    failed = report.failed or any(not v.ok for v in verdicts)
+    return 1 if failed else 0

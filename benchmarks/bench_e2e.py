@@ -1,0 +1,577 @@
+"""Benchmark: the whole recorder, end to end: `callstream serve` in one process, `callstream
+simulate` in another, over loopback.
+
+1. blast: calls sent as fast as possible (--fast); server CPU time per Media message through
+   receive, parse, timeline, decode and write, on one worker.
+2. capacity: steps of concurrent real-time calls; per step the server's CPU share, write lag
+   p50/p99, frames lost and RSS. Capacity is the largest step with no failed call, nothing lost
+   and lag p99 under 1.5 s; stepping stops at the first step that fails.
+3. the same with two workers, and 4. per transport, where `serve --help` offers them.
+
+Write lag comes from the server's `callstream_write_lag_seconds` histogram when it has
+--metrics-port; otherwise from the client side: for each live call, the seconds since the
+recording started minus the seconds of audio in its .partial file (so it includes the block
+the server holds in memory by design: about 1 s).
+
+    .venv/bin/python benchmarks/bench_e2e.py [--quick] [--steps 25,50,100] [--step-seconds 30]
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import re
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import tempfile
+import time
+import urllib.request
+from datetime import datetime
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+
+from machine import RESULTS, describe_machine, write_result
+
+FULL_STEPS = (25, 50, 75, 100, 150, 250, 500, 750, 1000, 1500, 2000)  # concurrent calls
+QUICK_STEPS = (25, 50, 100, 200)
+LAG_LIMIT = 1.5  # seconds: write lag p99 a step may have
+FULL_BUDGET = 480.0  # seconds of stepping in a full run (all variants); the blast comes first
+QUICK_BUDGET = 75.0
+CLK_TCK = os.sysconf("SC_CLK_TCK")
+WAV_HEADER = 44  # bytes before the PCM of a 16-bit WAV (the default format)
+STEREO_PCM_BYTES = 4  # per sample frame: 2 channels x 16 bit
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+def serve_features() -> dict:
+    """Which optional flags `callstream serve` has right now."""
+    text = subprocess.run(
+        [sys.executable, "-m", "callstream", "serve", "--help"],
+        capture_output=True,
+        text=True,
+        check=True,
+    ).stdout
+    transports = re.search(r"--transport \{([^}]*)\}", text)
+    return {
+        "metrics": "--metrics-port" in text,
+        "workers": "--workers" in text,
+        "transports": transports.group(1).split(",") if transports else [],
+    }
+
+
+class Server:
+    """`python -m callstream serve` on 127.0.0.1 with its own output directory."""
+
+    def __init__(self, output: Path, extra: list[str], metrics: bool) -> None:
+        self.port = free_port()
+        self.metrics_port = free_port() if metrics else None
+        self.output = output
+        argv = [
+            sys.executable,
+            "-m",
+            "callstream",
+            "serve",
+            "--host",
+            "127.0.0.1",
+            "--port",
+            str(self.port),
+            "--output-dir",
+            str(output),
+            "--log-level",
+            "warning",
+            *extra,
+        ]
+        if self.metrics_port:
+            argv += ["--metrics-port", str(self.metrics_port)]
+        self.log = open(output.parent / f"server-{self.port}.log", "w")  # noqa: SIM115
+        self.process = subprocess.Popen(argv, stderr=self.log, stdout=self.log)
+        deadline = time.monotonic() + 30
+        while True:
+            try:
+                socket.create_connection(("127.0.0.1", self.port), timeout=1).close()
+                break
+            except OSError:
+                if self.process.poll() is not None or time.monotonic() > deadline:
+                    raise RuntimeError(f"server did not start: {' '.join(argv)}") from None
+                time.sleep(0.1)
+
+    @property
+    def url(self) -> str:
+        return f"ws://127.0.0.1:{self.port}"
+
+    def cpu(self) -> float:
+        """Seconds of CPU (user + system, all threads) the server has used."""
+        fields = Path(f"/proc/{self.process.pid}/stat").read_text().rsplit(")", 1)[1].split()
+        return (int(fields[11]) + int(fields[12])) / CLK_TCK
+
+    def rss_mb(self) -> float:
+        for line in Path(f"/proc/{self.process.pid}/status").read_text().splitlines():
+            if line.startswith("VmRSS:"):
+                return int(line.split()[1]) / 1024
+        return 0.0
+
+    def lag_histogram(self) -> dict[float, float] | None:
+        """Cumulative bucket counts of callstream_write_lag_seconds, by upper bound."""
+        if not self.metrics_port:
+            return None
+        try:
+            with urllib.request.urlopen(
+                f"http://127.0.0.1:{self.metrics_port}/metrics", timeout=5
+            ) as reply:
+                text = reply.read().decode()
+        except OSError:
+            return None
+        buckets: dict[float, float] = {}
+        for found in re.finditer(
+            r'^callstream_write_lag_seconds_bucket\{[^}]*le="([^"]+)"[^}]*\}\s+(\S+)', text, re.M
+        ):
+            bound = float("inf") if found.group(1) == "+Inf" else float(found.group(1))
+            buckets[bound] = buckets.get(bound, 0.0) + float(found.group(2))
+        return buckets or None
+
+    def stop(self) -> None:
+        self.process.send_signal(signal.SIGTERM)
+        try:
+            self.process.wait(60)
+        except subprocess.TimeoutExpired:
+            self.process.kill()
+            self.process.wait()
+        self.log.close()
+
+
+def histogram_quantile(
+    before: dict[float, float], after: dict[float, float], q: float
+) -> float | None:
+    bounds = sorted(after)
+    counts = [after[b] - before.get(b, 0.0) for b in bounds]
+    total = counts[-1] if counts else 0
+    if total <= 0:
+        return None
+    for bound, count in zip(bounds, counts, strict=True):
+        if count >= q * total:
+            return bound
+    return bounds[-1]
+
+
+def client_side_lags(output: Path) -> list[float]:
+    """Per live recording: seconds since it started minus seconds of audio in its .partial file."""
+    now = time.time()
+    lags = []
+    for sidecar in output.rglob("*.json"):
+        try:
+            data = json.loads(sidecar.read_text())
+            if data.get("status") != "recording" or data.get("format") != "wav":
+                continue
+            partial = sidecar.parent / data["partial_file"]
+            size = partial.stat().st_size
+        except (OSError, ValueError, KeyError):
+            continue
+        started = datetime.fromisoformat(data["started"].replace("Z", "+00:00")).timestamp()
+        audio = max(0, size - WAV_HEADER) / STEREO_PCM_BYTES / 8000
+        lags.append(now - started - audio)
+    return lags
+
+
+def quantile(values: list[float], q: float) -> float | None:
+    if not values:
+        return None
+    ordered = sorted(values)
+    return ordered[min(len(ordered) - 1, int(q * len(ordered)))]
+
+
+def simulate(
+    server: Server,
+    calls: int,
+    seconds: float,
+    *,
+    fast: bool,
+    ramp: float,
+    tag: str,
+    processes: int,
+    work: Path,
+    sample,
+) -> tuple[dict, float]:
+    """Run the generator, calling ``sample()`` every 0.5 s; its JSON report and wall time."""
+    report = work / f"{tag}.json"
+    argv = [
+        sys.executable,
+        "-m",
+        "callstream",
+        "simulate",
+        "--url",
+        server.url,
+        "--calls",
+        str(calls),
+        "--seconds",
+        str(seconds),
+        "--ramp",
+        str(ramp),
+        "--quiet",
+        "--json",
+        str(report),
+        "--call-id",
+        tag,
+        "--session-id",
+        tag,
+        "--processes",
+        str(processes),
+    ]
+    if fast:
+        argv.append("--fast")
+    started = time.monotonic()
+    generator = subprocess.Popen(argv, stdout=subprocess.DEVNULL)
+    while generator.poll() is None:
+        sample()
+        time.sleep(0.5)
+    wall = time.monotonic() - started
+    return json.loads(report.read_text()), wall
+
+
+def recordings_of(output: Path, tag: str, wait: float = 60.0) -> list[dict]:
+    deadline = time.monotonic() + wait
+    while True:
+        found = []
+        for path in output.rglob(f"{tag}-*.json"):
+            try:
+                found.append(json.loads(path.read_text()))
+            except (OSError, ValueError):
+                continue
+        if all(d.get("status") != "recording" for d in found) or time.monotonic() > deadline:
+            return found
+
+
+def frames_lost(sidecars: list[dict], frames_per_call: int) -> int:
+    """20 ms frames missing from the recordings: shortfall, gaps and late drops."""
+    lost = 0
+    for data in sidecars:
+        stats = data.get("statistics") or {}
+        short = max(0, frames_per_call * 160 - int(data.get("frames") or 0)) // 160
+        sides = [stats.get(side) or {} for side in ("participant", "conference")]
+        lost += short + sum(int(s.get("gaps", 0)) + int(s.get("late_drops", 0)) for s in sides)
+    return lost
+
+
+def blast(
+    work: Path, extra: list[str], features: dict, calls: int, seconds: float, processes: int
+) -> dict:
+    output = work / "blast"
+    server = Server(output, extra, features["metrics"])
+    try:
+        cpu0 = server.cpu()
+        report, wall = simulate(
+            server,
+            calls,
+            seconds,
+            fast=True,
+            ramp=0.5,
+            tag="blast",
+            processes=processes,
+            work=work,
+            sample=lambda: None,
+        )
+        cpu = server.cpu() - cpu0
+    finally:
+        server.stop()
+    summary = report["summary"]
+    messages = summary["messages"]
+    lost = frames_lost(recordings_of(output, "blast"), round(seconds * 50))
+    shutil.rmtree(output, ignore_errors=True)
+    return {
+        "calls": calls,
+        "seconds_of_audio": seconds,
+        "messages": messages,
+        "wall_seconds": round(wall, 2),
+        "messages_per_second": round(messages / summary["wall_seconds"]),
+        "server_cpu_seconds": round(cpu, 2),
+        "server_cpu_us_per_message": round(1e6 * cpu / messages, 1),
+        "generator_cpu_us_per_message": summary["generator_cpu_us_per_message"],
+        "failed_calls": summary["failed"],
+        "frames_lost": lost,
+    }
+
+
+def step(
+    work: Path, server: Server, calls: int, seconds: float, ramp: float, processes: int, tag: str
+) -> dict:
+    cpu_samples: list[tuple[float, float]] = []
+    rss: list[float] = []
+    lags: list[float] = []
+    started = time.monotonic()
+    steady = (started + ramp + 2, started + ramp + seconds - 1)  # all calls live
+    hist: dict[str, dict | None] = {"before": None, "after": None}
+
+    def sample() -> None:
+        now = time.monotonic()
+        rss.append(server.rss_mb())
+        if steady[0] <= now <= steady[1]:
+            cpu_samples.append((now, server.cpu()))
+            if server.metrics_port:
+                histogram = server.lag_histogram()
+                if hist["before"] is None:
+                    hist["before"] = histogram
+                hist["after"] = histogram
+            else:
+                lags.extend(client_side_lags(server.output))
+
+    report, wall = simulate(
+        server,
+        calls,
+        seconds,
+        fast=False,
+        ramp=ramp,
+        tag=tag,
+        processes=processes,
+        work=work,
+        sample=sample,
+    )
+    summary = report["summary"]
+    sidecars = recordings_of(server.output, tag)
+    frames = round(seconds * 50)
+    lost = frames_lost(sidecars, frames) + frames * max(0, calls - len(sidecars))
+    share = None
+    if len(cpu_samples) >= 2:
+        (t0, c0), (t1, c1) = cpu_samples[0], cpu_samples[-1]
+        share = (c1 - c0) / (t1 - t0) if t1 > t0 else None
+    if hist["before"] and hist["after"]:
+        method = "server histogram"
+        p50 = histogram_quantile(hist["before"], hist["after"], 0.5)
+        p99 = histogram_quantile(hist["before"], hist["after"], 0.99)
+    else:
+        method = "client side (.partial sizes)"
+        p50, p99 = quantile(lags, 0.5), quantile(lags, 0.99)
+    ok = summary["failed"] == 0 and lost == 0 and p99 is not None and p99 < LAG_LIMIT
+    return {
+        "calls": calls,
+        "seconds": seconds,
+        "ok": ok,
+        "failed_calls": summary["failed"],
+        "frames_lost": lost,
+        "server_cpu_share": None if share is None else round(share, 3),
+        "lag_p50_s": None if p50 is None else round(p50, 3),
+        "lag_p99_s": None if p99 is None else round(p99, 3),
+        "lag_method": method,
+        "rss_mb_max": round(max(rss), 1) if rss else None,
+        "generator_cpu_us_per_message": summary["generator_cpu_us_per_message"],
+        "wall_seconds": round(wall, 1),
+    }
+
+
+def capacity(
+    work: Path,
+    name: str,
+    extra: list[str],
+    features: dict,
+    steps: tuple[int, ...],
+    seconds: float,
+    ramp: float,
+    processes: int,
+    deadline: float,
+) -> dict:
+    output = work / name
+    results = []
+    server = Server(output, extra, features["metrics"])
+    try:
+        for calls in steps:
+            if time.monotonic() + seconds + ramp + 10 > deadline:
+                print(f"  {name}: out of time before {calls} calls", flush=True)
+                break
+            tag = re.sub(r"\W+", "", name) + f"-{calls}"
+            result = step(work, server, calls, seconds, ramp, processes, tag)
+            results.append(result)
+            print(f"  {name}: {calls} calls: {json.dumps(result)}", flush=True)
+            for path in list(output.rglob("*")):  # keep the disk small between steps
+                if path.is_file() and not path.name.endswith(".partial.wav"):
+                    path.unlink(missing_ok=True)
+            if not result["ok"]:
+                break
+    finally:
+        server.stop()
+        shutil.rmtree(output, ignore_errors=True)
+    passed = [r["calls"] for r in results if r["ok"]]
+    return {
+        "variant": name,
+        "server_args": extra,
+        "steps": results,
+        "capacity_calls": max(passed, default=0),
+    }
+
+
+def markdown(data: dict) -> str:
+    b = data["blast"]
+    lines = [
+        f"# End to end ({data['utc']})",
+        "",
+        f"Machine: {data['machine']['cpu']}, {data['machine']['cores_usable']} usable cores; "
+        "load average at start "
+        f"{data['load_average_start']}.",
+        "",
+        f"Blast ({b['calls']} calls x {b['seconds_of_audio']} s, --fast, one worker): "
+        f"{b['messages_per_second']:,} Media messages/s, server "
+        f"{b['server_cpu_us_per_message']} us CPU per "
+        f"message, generator {b['generator_cpu_us_per_message']} us per message; "
+        f"{b['failed_calls']} failed calls, {b['frames_lost']} frames lost.",
+        "",
+        "| variant | calls | ok | server CPU | lag p50 (s) | lag p99 (s) | frames lost | failed |"
+        " RSS max (MB) |"
+        " generator us/msg |",
+        "|---|---:|:---:|---:|---:|---:|---:|---:|---:|---:|",
+    ]
+    for variant in data["capacity"]:
+        for s in variant["steps"]:
+            share = "-" if s["server_cpu_share"] is None else f"{100 * s['server_cpu_share']:.0f} %"
+            lines.append(
+                f"| {variant['variant']} | {s['calls']} | {'yes' if s['ok'] else 'NO'} | {share} "
+                f"| {s['lag_p50_s']} | {s['lag_p99_s']} | {s['frames_lost']} | {s['failed_calls']} "
+                f"| {s['rss_mb_max']} | "
+                f"{s['generator_cpu_us_per_message']} |"
+            )
+    lines.append("")
+    for variant in data["capacity"]:
+        method = variant["steps"][0]["lag_method"] if variant["steps"] else "-"
+        lines.append(
+            f"- capacity of {variant['variant']}: **{variant['capacity_calls']} calls** "
+            f"(lag measured: {method})"
+        )
+    lines += [f"- {note}" for note in data["notes"]]
+    return "\n".join(lines) + "\n"
+
+
+def plot(data: dict, path: Path) -> bool:
+    try:
+        import matplotlib
+
+        matplotlib.use("Agg")
+        import matplotlib.pyplot as plt
+    except ImportError:
+        print("matplotlib is not installed: no plot (pip install matplotlib)", flush=True)
+        return False
+    figure, (cpu_axis, lag_axis) = plt.subplots(1, 2, figsize=(11, 4.2))
+    for variant in data["capacity"]:
+        steps = [s for s in variant["steps"] if s["server_cpu_share"] is not None]
+        calls = [s["calls"] for s in steps]
+        cpu_axis.plot(
+            calls, [100 * s["server_cpu_share"] for s in steps], "o-", label=variant["variant"]
+        )
+        lag_axis.plot(calls, [s["lag_p99_s"] for s in steps], "o-", label=variant["variant"])
+    cpu_axis.axhline(100, color="grey", linestyle=":", linewidth=1)
+    lag_axis.axhline(
+        LAG_LIMIT, color="red", linestyle=":", linewidth=1, label=f"limit {LAG_LIMIT} s"
+    )
+    cpu_axis.set(
+        xlabel="concurrent real-time calls", ylabel="server CPU (% of one core)", title="Server CPU"
+    )
+    lag_axis.set(
+        xlabel="concurrent real-time calls", ylabel="write lag p99 (s)", title="Write lag p99"
+    )
+    for axis in (cpu_axis, lag_axis):
+        axis.grid(alpha=0.3)
+        axis.legend()
+    figure.suptitle(f"callstream end to end - {data['machine']['cpu']}", fontsize=9)
+    figure.tight_layout()
+    figure.savefig(path, dpi=110)
+    plt.close(figure)
+    return True
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--quick", action="store_true", help="a run of about two minutes")
+    parser.add_argument("--steps", help="comma-separated concurrent call counts")
+    parser.add_argument("--step-seconds", type=float, help="seconds of audio per call in a step")
+    parser.add_argument("--blast-calls", type=int)
+    parser.add_argument("--processes", type=int, default=1, help="generator processes")
+    args = parser.parse_args()
+    quick = args.quick
+    steps = (
+        tuple(int(n) for n in args.steps.split(","))
+        if args.steps
+        else (QUICK_STEPS if quick else FULL_STEPS)
+    )
+    seconds = args.step_seconds or (8.0 if quick else 30.0)
+    ramp = 2.0 if quick else 5.0
+    features = serve_features()
+    notes = []
+    load = os.getloadavg()
+    started = time.monotonic()
+    with tempfile.TemporaryDirectory(prefix="bench-e2e-") as temporary:
+        work = Path(temporary)
+        print(f"serve features: {features}", flush=True)
+        blast_result = blast(
+            work,
+            [],
+            features,
+            args.blast_calls or (50 if quick else 100),
+            10.0 if quick else 20.0,
+            args.processes,
+        )
+        print(f"blast: {json.dumps(blast_result)}", flush=True)
+        variants: list[tuple[str, list[str]]] = [("1 worker", [])]
+        if features["workers"]:
+            variants.append(("2 workers", ["--workers", "2"]))
+        else:
+            notes.append("two workers: skipped, `serve` has no --workers yet")
+        if features["transports"]:
+            variants = [
+                (f"{name}, {t}", [*extra, "--transport", t])
+                for name, extra in variants
+                for t in features["transports"]
+            ]
+        else:
+            notes.append("transports: only the built-in one, `serve` has no --transport yet")
+        if not features["metrics"]:
+            notes.append(
+                "write lag measured from the client side: `serve` has no --metrics-port yet; "
+                "it includes "
+                "the ~1 s block the server holds before writing"
+            )
+        budget = QUICK_BUDGET if quick else FULL_BUDGET
+        deadline = time.monotonic() + budget
+        results = []
+        for index, (name, extra) in enumerate(variants):
+            share = (deadline - time.monotonic()) / (len(variants) - index)
+            results.append(
+                capacity(
+                    work,
+                    name,
+                    extra,
+                    features,
+                    steps,
+                    seconds,
+                    ramp,
+                    args.processes,
+                    time.monotonic() + share,
+                )
+            )
+    data = {
+        "quick": quick,
+        "features": features,
+        "load_average_start": [round(x, 2) for x in load],
+        "blast": blast_result,
+        "capacity": results,
+        "notes": notes,
+        "total_seconds": round(time.monotonic() - started, 1),
+        "machine": describe_machine(),
+    }
+    path = write_result("e2e", data)
+    data = json.loads(path.read_text())
+    table = markdown(data)
+    print("\n" + table)
+    (RESULTS / "e2e-latest.md").write_text(table)
+    if plot(data, RESULTS / "e2e-latest.png"):
+        print(f"plot: {RESULTS / 'e2e-latest.png'}")
+    print(f"results: {path}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
