@@ -1,0 +1,106 @@
+"""Benchmark: frames per second through ``Timeline.push`` + ``pop_block`` (the per-frame hot path).
+
+Plain seeded script: the frames of one call (both perspectives, 20 ms mu-law frames) are built
+once, then fed to a fresh Timeline per round, popping whenever ``push`` says a block is ready, as
+the recorder does. Variants run interleaved round by round in the same process, so their ratio
+holds on a noisy machine: in order; jittered (reordered within the window, 1 % lost, 0.5 %
+duplicated); one side silent (the other forces it forward with silence).
+
+    .venv/bin/python benchmarks/bench_timeline.py [--seconds 60] [--rounds 15]
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import platform
+import random
+import statistics
+import sys
+import time
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "src"))
+
+from callstream.timeline import Timeline
+
+SEED = 20240611
+FRAME_BYTES = 160  # 20 ms of mu-law at 8 kHz
+WINDOW_FRAMES = 10  # the default 200 ms window
+
+Push = tuple[int, int, bytes]
+
+
+def build(seconds: int, rng: random.Random) -> dict[str, list[Push]]:
+    frames = seconds * 50
+    payloads = [[rng.randbytes(FRAME_BYTES) for _ in range(frames)] for _ in range(2)]
+    in_order = [(side, 1 + i, payloads[side][i]) for i in range(frames) for side in (0, 1)]
+    keyed = []
+    for side in (0, 1):
+        for i in range(frames):
+            roll = rng.random()
+            if roll < 0.01:
+                continue  # lost
+            item = (side, 1 + i, payloads[side][i])
+            keyed.append((i + rng.randrange(WINDOW_FRAMES), side, i, item))
+            if roll > 0.995:
+                keyed.append((i + rng.randrange(WINDOW_FRAMES), side, i, item))  # duplicate
+    keyed.sort(key=lambda k: k[:3])
+    one_side = [(0, 1 + i, payloads[0][i]) for i in range(frames)]
+    return {"in order": in_order, "jittered": [k[3] for k in keyed], "one side": one_side}
+
+
+def run(pushes: list[Push]) -> tuple[float, int]:
+    timeline = Timeline()
+    push = timeline.push
+    pop = timeline.pop_block
+    emitted = 0
+    started = time.perf_counter()
+    for perspective, sequence, payload in pushes:
+        if push(perspective, sequence, payload):
+            while (block := pop()) is not None:
+                emitted += len(block.left)
+    tail = timeline.finish()
+    elapsed = time.perf_counter() - started
+    return elapsed, emitted + (len(tail.left) if tail is not None else 0)
+
+
+def machine() -> str:
+    cpu = platform.processor() or platform.machine()
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                cpu = line.split(":", 1)[1].strip()
+                break
+    except OSError:
+        pass
+    return (f"{cpu}, {os.cpu_count()} CPUs, {platform.system()} {platform.release()}, "
+            f"{platform.python_implementation()} {platform.python_version()}")
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--seconds", type=int, default=60, help="call length, s")
+    parser.add_argument("--rounds", type=int, default=15)
+    args = parser.parse_args()
+    variants = build(args.seconds, random.Random(SEED))
+    expected = {name: run(pushes)[1] for name, pushes in variants.items()}  # warm-up + check
+    times: dict[str, list[float]] = {name: [] for name in variants}
+    for _ in range(args.rounds):
+        for name, pushes in variants.items():
+            elapsed, emitted = run(pushes)
+            assert emitted == expected[name], name
+            times[name].append(elapsed)
+    print(f"machine: {machine()}")
+    print(f"call: {args.seconds} s, 20 ms frames; {args.rounds} rounds; median (best)")
+    for name, pushes in variants.items():
+        median, best = statistics.median(times[name]), min(times[name])
+        rate = len(pushes) / median
+        print(f"  {name:9s} {len(pushes):6d} frames  {rate / 1e3:8.0f} k frames/s "
+              f"({len(pushes) / best / 1e3:.0f} k)  {1e9 / rate:6.0f} ns/frame  "
+              f"~{rate / 100:,.0f} calls/core at 100 frames/s")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

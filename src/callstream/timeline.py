@@ -1,0 +1,621 @@
+"""One call's two perspectives, reordered and aligned into stereo blocks (sans-IO, pure Python).
+
+Theory of operation
+-------------------
+Each perspective (0 = participant = left, 1 = conference = right) is a ``_Side``. A side learns
+its *nominal* frame length N (samples) from its first non-empty payload; its window is
+W = max(1, round(window_ms / frame_ms)) frames and its jump bound J = round(discontinuity_ms /
+frame_ms) frames (until then the other side's, or 20 ms, stands in). All limits count sequence
+progress, never time: there is no clock.
+
+Placement. A side holds arriving frames in a dict ``seq -> payload`` and releases them in sequence
+order from ``next`` (the next expected number). ``next`` is not fixed by the first frame: the side
+starts at the lowest number held at the moment its first frame must go. Frame ``next`` is released
+when a frame >= ``next + W`` has arrived (the window has passed), or when the side is *forced*
+(below). A released number that is missing becomes N samples of silence (0xFF) and counts as a
+gap; a present frame is emitted with its own length. Released audio is appended to the side's
+``acc`` (committed, not yet popped). So at most W frames are held per side.
+
+Arrivals. ``seq`` already held: duplicate. ``seq`` below ``next``: if it equals a recently
+released frame byte for byte (a ring over the last 8W numbers), duplicate; otherwise a *late*
+frame. A jump of more than J, either way, from the next expected number (one past the highest
+number taken in since the side's (re)start) is a *discontinuity*: flush what is held (in order,
+gaps filled), then re-anchor the side at the new number at its current position, as at the
+start. Late frames are kept in a small
+*run* buffer while they keep arriving close to one another; an in-order frame or a distant late
+frame abandons the run (its frames count as late drops). A run that reaches W frames is a paused
+or rewound counter: flush, re-anchor at the run's lowest number, and place the run.
+
+Alignment. Stereo is emitted up to the shorter ``acc``. After every push, while one side's
+committed length exceeds the other's by more than ``max(window, N)`` samples the lagging side is
+forced one frame: its ``next`` is released even if missing (a held frame, or silence). A side that
+has nothing to offer (never received a frame; or connection mode with nothing held) is padded
+with silence counted as *fill*. A forced side that later receives its frames starts (or carries
+on) at its current, silence-filled position.
+
+Sequence mode. "perspective": numbers count per side, gaps are filled. "connection": one counter
+across both sides; a side's numbers step by ~2, so the window and jump bound double in numbers,
+held frames are still capped at W, missing numbers are skipped, never filled. "auto" starts as
+"perspective" and decides at the first release of a side, from the frames held then (until it
+has decided, a side's first release waits for a span of 2W numbers or more than W frames held,
+so that a connection-wide counter shows enough numbers; W >= 2 is needed): switch to
+"connection" when a side holds >= 3 numbers, no two consecutive, with numbers of the other side
+strictly between them, the other side's numbers also free of consecutive pairs and of shared
+numbers. A side holding >= 3 numbers with a consecutive pair, or the second side's first release,
+settles "perspective".
+
+Memory: held <= W frames per side, the late run < W frames, the ring 8W references; committed but
+unpopped audio stays below one block + the window as long as the caller pops whenever ``push``
+returns True (a forward jump below J may add up to J frames of silence at once).
+"""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass
+from itertools import pairwise
+from typing import Any, Final
+
+from callstream.errors import CallstreamError
+
+SILENCE: Final = 0xFF  # mu-law silence (decodes to 0); 0x00 decodes to -32124
+MODES: Final = ("auto", "perspective", "connection")
+DEFAULT_FRAME_MS: Final = 20.0  # stands in for the frame length until a side's first payload
+RING_WINDOWS: Final = 8  # exact replays are recognised up to 8 windows of numbers back
+
+
+class TimelineFinishedError(CallstreamError, RuntimeError):
+    """``push`` was called after ``finish``."""
+
+
+@dataclass(frozen=True, slots=True)
+class StereoBlock:
+    """Aligned stereo audio: ``left`` and ``right`` are mu-law bytes of equal length; ``start``
+    is the sample index (at the sample rate) of their first sample on the call's timeline."""
+
+    left: bytes
+    right: bytes
+    start: int
+
+    @property
+    def samples(self) -> int:
+        return len(self.left)
+
+    @property
+    def end(self) -> int:
+        """Sample index just past the block."""
+        return self.start + len(self.left)
+
+
+@dataclass(frozen=True, slots=True)
+class PerspectiveStatistics:
+    """Counters of one perspective. Frames are counted by push; samples at the sample rate.
+
+    ``frames_received == frames_placed + duplicates + late_drops + frames_held`` at any moment
+    (``frames_held`` includes a pending late run). ``samples_committed == sum of placed payload
+    lengths + gap_samples + fill_samples``.
+    """
+
+    frames_received: int
+    frames_placed: int
+    duplicates: int
+    late_drops: int
+    gaps: int  # missing sequence numbers replaced by silence of the nominal length
+    gap_samples: int
+    gap_ms: float
+    fill_samples: int  # silence with no sequence number behind it (side silent or ended first)
+    fill_ms: float
+    discontinuities: int  # re-anchors: jumps beyond the bound, plus counter_resumes
+    counter_resumes: int  # re-anchors on a run of window-many late frames (paused counter)
+    frames_held: int
+    samples_committed: int  # position of this side on the call's timeline
+    nominal_frame_samples: int | None  # None until the side's first non-empty payload
+
+
+@dataclass(frozen=True, slots=True)
+class TimelineStatistics:
+    """Counters of one call's timeline; ``as_dict()`` is ready for a JSON sidecar."""
+
+    participant: PerspectiveStatistics
+    conference: PerspectiveStatistics
+    samples_emitted: int  # per channel, popped or returned by finish
+    sequence_mode: str  # in force: "perspective" or "connection"
+    sequence_mode_decided: bool  # False while "auto" has not settled yet
+    sample_rate: int
+
+    def by_perspective(self, perspective: int) -> PerspectiveStatistics:
+        return self.conference if perspective else self.participant
+
+    def as_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+
+class _Side:
+    """The state of one perspective. Plain attributes, no behaviour: ``Timeline`` drives it."""
+
+    __slots__ = (
+        "acc",
+        "committed",
+        "discontinuities",
+        "duplicates",
+        "ever_started",
+        "fill_gaps",
+        "fill_samples",
+        "force_limit",
+        "gap_samples",
+        "gaps",
+        "held",
+        "hi",
+        "jump",
+        "jump_frames",
+        "late",
+        "learnt",
+        "lo",
+        "next",
+        "nominal",
+        "placed",
+        "received",
+        "resumes",
+        "ring_payload",
+        "ring_seq",
+        "ring_size",
+        "run",
+        "run_hi",
+        "run_lo",
+        "silence",
+        "span",
+        "window",
+    )
+
+    def __init__(self) -> None:
+        self.held: dict[int, bytes] = {}
+        self.next: int | None = None  # next sequence to release; None until (re)started
+        self.lo = 0  # lowest held number, valid while next is None and held is not empty
+        self.hi = 0  # highest number taken in since the (re)start, >= next - 1: hi + 1 is expected
+        self.ever_started = False
+        self.run: dict[int, bytes] = {}
+        self.run_lo = 0
+        self.run_hi = 0
+        self.acc = bytearray()
+        self.committed = 0
+        self.learnt = False
+        self.fill_gaps = True
+        self.received = self.placed = self.duplicates = self.late = 0
+        self.gaps = self.gap_samples = self.fill_samples = 0
+        self.discontinuities = self.resumes = 0
+        # set by Timeline._configure:
+        self.nominal = 0
+        self.silence = b""
+        self.window = self.span = self.jump = self.jump_frames = 0
+        self.force_limit = self.ring_size = 0
+        self.ring_seq: list[int | None] = []
+        self.ring_payload: list[bytes | None] = []
+
+
+def _is_replay(side: _Side, sequence: int, payload: bytes) -> bool:
+    """True when ``sequence`` was released recently with exactly this payload."""
+    i = sequence % side.ring_size
+    return side.ring_seq[i] == sequence and side.ring_payload[i] == payload
+
+
+class Timeline:
+    """Reorders and aligns one call's two perspectives (see the module's theory of operation).
+
+    Usage: ``push`` every Media frame; whenever it returns True, ``pop_block()`` until None; on a
+    flush timer, ``pop_block(partial=True)``; at the end of the call, ``finish()``. Not thread
+    safe; one instance per call. Payloads are kept by reference until released: do not mutate them.
+    """
+
+    def __init__(
+        self,
+        *,
+        window_ms: float = 200,  # reorder window, ms of sequence progress
+        discontinuity_ms: float = 10_000,  # larger jumps re-anchor instead of filling silence
+        block_ms: float = 1000,  # pop_block size, ms
+        sample_rate: int = 8000,  # Hz; one mu-law byte per sample
+        sequence_mode: str = "auto",  # "auto" | "perspective" | "connection"
+    ) -> None:
+        if sequence_mode not in MODES:
+            raise ValueError(f"sequence_mode must be one of {MODES}, not {sequence_mode!r}")
+        if not sample_rate > 0:
+            raise ValueError("sample_rate must be positive")
+        if not window_ms > 0 or not block_ms > 0:
+            raise ValueError("window_ms and block_ms must be positive")
+        if not discontinuity_ms > window_ms:
+            raise ValueError("discontinuity_ms must exceed window_ms")
+        self._window_ms = float(window_ms)
+        self._discontinuity_ms = float(discontinuity_ms)
+        self._sample_rate = int(sample_rate)
+        self._block = max(1, round(block_ms * sample_rate / 1000))
+        self._window_samples = max(1, round(window_ms * sample_rate / 1000))
+        self._connection = sequence_mode == "connection"
+        self._pending = sequence_mode == "auto"
+        self._emitted = 0
+        self._finished = False
+        self._left = _Side()
+        self._right = _Side()
+        default = max(1, round(DEFAULT_FRAME_MS * sample_rate / 1000))
+        self._configure(self._left, default)
+        self._configure(self._right, default)
+
+    # ----------------------------------------------------------------------------- public API
+
+    @property
+    def block_samples(self) -> int:
+        """Samples per channel in a full block."""
+        return self._block
+
+    @property
+    def window_samples(self) -> int:
+        """The reorder window in samples: the most one side may lead the other."""
+        return self._window_samples
+
+    @property
+    def sequence_mode(self) -> str:
+        """The mode in force: "perspective" or "connection"."""
+        return "connection" if self._connection else "perspective"
+
+    @property
+    def frames_received(self) -> int:
+        """Frames pushed so far, both sides (cheap: for an idle timer)."""
+        return self._left.received + self._right.received
+
+    @property
+    def buffered_frames(self) -> int:
+        """Frames held for reordering on both sides, a pending late run included."""
+        left, right = self._left, self._right
+        return len(left.held) + len(left.run) + len(right.held) + len(right.run)
+
+    def push(self, perspective: int, sequence: int, payload: bytes) -> bool:
+        """Place one frame: ``perspective`` 0 (left) or 1 (right), its ``sequence`` number, its
+        mu-law ``payload`` (one byte per sample; kept by reference). Returns True when at least
+        one full block is ready to pop. Raises ValueError for another perspective and
+        TimelineFinishedError after ``finish``. O(1) amortised."""
+        if perspective == 0:
+            side = self._left
+        elif perspective == 1:
+            side = self._right
+        else:
+            raise ValueError(f"perspective must be 0 or 1, not {perspective!r}")
+        if self._finished:
+            raise TimelineFinishedError("push after finish")
+        side.received += 1
+        if not side.learnt and payload:
+            self._learn(side, len(payload))
+        held = side.held
+        nxt = side.next
+        if nxt is None:  # not started: collect, start once the window has passed the lowest
+            if not held:
+                held[sequence] = payload
+                side.lo = side.hi = sequence
+            elif sequence in held or (sequence < side.lo and _is_replay(side, sequence, payload)):
+                side.duplicates += 1
+            elif abs(sequence - side.hi - 1) > side.jump:
+                self._discontinuity(side, sequence, payload)
+            else:
+                held[sequence] = payload
+                if sequence > side.hi:
+                    side.hi = sequence
+                elif sequence < side.lo:
+                    side.lo = sequence
+                if side.hi - side.lo >= side.span or len(held) > side.window:
+                    self._start(side)
+                    self._release_window(side)
+        elif sequence >= nxt:
+            if sequence - side.hi - 1 > side.jump:
+                self._discontinuity(side, sequence, payload)
+            elif sequence in held:
+                side.duplicates += 1
+            else:
+                if side.run:
+                    self._abandon_run(side)
+                held[sequence] = payload
+                if sequence > side.hi:
+                    side.hi = sequence
+                if side.hi - nxt >= side.span or len(held) > side.window:
+                    self._release_window(side)
+        else:
+            i = sequence % side.ring_size
+            if side.ring_seq[i] == sequence and side.ring_payload[i] == payload:
+                side.duplicates += 1
+            elif side.hi + 1 - sequence > side.jump:
+                self._discontinuity(side, sequence, payload)
+            else:
+                self._late(side, sequence, payload)
+        left = self._left
+        right = self._right
+        lead = left.committed - right.committed
+        if lead > right.force_limit or -lead > left.force_limit:
+            self._align()
+        block = self._block
+        return len(left.acc) >= block and len(right.acc) >= block
+
+    def pop_block(self, *, partial: bool = False) -> StereoBlock | None:
+        """The next ``block_samples`` aligned stereo samples, or None when fewer are aligned.
+        With ``partial=True``: whatever is aligned, at most one block; None when nothing is."""
+        left_acc = self._left.acc
+        right_acc = self._right.acc
+        n = min(len(left_acc), len(right_acc))
+        if n >= self._block:
+            n = self._block
+        elif not partial or n == 0:
+            return None
+        return self._take(n)
+
+    def finish(self) -> StereoBlock | None:
+        """End of call: release every held frame in order (gaps become silence; a pending late
+        run is dropped), pad the shorter side with silence, and return everything not yet
+        popped as one block (possibly longer than ``block_samples``), or None when empty.
+        Later ``push`` raises TimelineFinishedError; a second ``finish`` returns None."""
+        if self._finished:
+            return None
+        self._finished = True
+        for side in (self._left, self._right):
+            self._abandon_run(side)
+            self._flush(side)
+        left, right = self._left, self._right
+        if left.committed < right.committed:
+            self._fill(left, right.committed - left.committed)
+        elif right.committed < left.committed:
+            self._fill(right, left.committed - right.committed)
+        n = min(len(left.acc), len(right.acc))
+        return self._take(n) if n else None
+
+    def statistics(self) -> TimelineStatistics:
+        """A snapshot of the counters (see PerspectiveStatistics)."""
+        return TimelineStatistics(
+            participant=self._side_statistics(self._left),
+            conference=self._side_statistics(self._right),
+            samples_emitted=self._emitted,
+            sequence_mode=self.sequence_mode,
+            sequence_mode_decided=not self._pending,
+            sample_rate=self._sample_rate,
+        )
+
+    # ------------------------------------------------------------------------------- internals
+
+    def _configure(self, side: _Side, nominal: int) -> None:
+        frame_ms = nominal * 1000 / self._sample_rate
+        window = max(1, round(self._window_ms / frame_ms))
+        jump = max(window + 1, round(self._discontinuity_ms / frame_ms))
+        side.nominal = nominal
+        side.silence = bytes([SILENCE]) * nominal
+        side.window = window
+        side.jump_frames = jump
+        side.force_limit = max(self._window_samples, nominal)
+        self._apply_mode(side)
+        side.ring_size = RING_WINDOWS * window
+        side.ring_seq = [None] * side.ring_size
+        side.ring_payload = [None] * side.ring_size
+
+    def _learn(self, side: _Side, nominal: int) -> None:
+        side.learnt = True
+        self._configure(side, nominal)
+        other = self._right if side is self._left else self._left
+        if not other.learnt and other.nominal != nominal and not other.held and not other.run:
+            self._configure(other, nominal)  # provisional, until its own first payload
+
+    def _apply_mode(self, side: _Side) -> None:
+        # connection-wide numbers step by ~2 per frame of a side: twice the span in numbers.
+        # While auto is undecided, a side may wait for that span before its first release (it
+        # still releases once it holds more than a window of frames), so that the decision
+        # sees enough numbers either way.
+        factor = 2 if self._connection else 1
+        side.span = side.window * (2 if self._connection or self._pending else 1)
+        side.jump = side.jump_frames * factor
+        side.fill_gaps = not self._connection
+
+    def _set_mode(self, connection: bool) -> None:
+        self._connection = connection
+        self._pending = False
+        self._apply_mode(self._left)
+        self._apply_mode(self._right)
+
+    def _start(self, side: _Side) -> None:
+        if not side.ever_started:
+            side.ever_started = True
+            if self._pending:
+                self._decide_mode()
+        side.next = side.lo
+
+    def _decide_mode(self) -> None:
+        sides = (self._left, self._right)
+        consecutive = False
+        for index in (0, 1):
+            mine = sorted(sides[index].held)
+            if len(mine) < 3:
+                continue
+            if any(b - a == 1 for a, b in pairwise(mine)):
+                consecutive = True
+                continue
+            other = sides[1 - index]
+            theirs = set(other.held)
+            theirs.update(
+                s for s, p in zip(other.ring_seq, other.ring_payload, strict=True) if p is not None
+            )
+            ordered = sorted(theirs)
+            if (
+                ordered
+                and not any(b - a == 1 for a, b in pairwise(ordered))
+                and theirs.isdisjoint(mine)
+                and any(mine[0] < s < mine[-1] for s in ordered)
+            ):
+                self._set_mode(True)
+                return
+        if consecutive or (self._left.ever_started and self._right.ever_started):
+            self._set_mode(False)
+
+    def _release_window(self, side: _Side) -> None:
+        """Release what the window has passed; in connection mode also enforce the held cap."""
+        self._release_to(side, side.hi - side.span)
+        held = side.held
+        while len(held) > side.window:
+            seq = side.next
+            while seq not in held:
+                seq += 1
+            self._release_to(side, seq)
+
+    def _release_to(self, side: _Side, last: int) -> None:
+        """Release every number from ``next`` to ``last`` inclusive, in order."""
+        nxt = side.next
+        if last < nxt:
+            return
+        held = side.held
+        acc = side.acc
+        ring_seq = side.ring_seq
+        ring_payload = side.ring_payload
+        size = side.ring_size
+        committed = side.committed
+        placed = 0
+        if side.fill_gaps:
+            silence = side.silence
+            gaps = 0
+            while nxt <= last:
+                payload = held.pop(nxt, None)
+                i = nxt % size
+                ring_seq[i] = nxt
+                ring_payload[i] = payload
+                if payload is None:
+                    acc += silence
+                    gaps += 1
+                else:
+                    acc += payload
+                    committed += len(payload)
+                    placed += 1
+                nxt += 1
+            if gaps:
+                side.gaps += gaps
+                side.gap_samples += gaps * len(silence)
+                committed += gaps * len(silence)
+        else:
+            while nxt <= last:
+                payload = held.pop(nxt, None)
+                if payload is not None:
+                    i = nxt % size
+                    ring_seq[i] = nxt
+                    ring_payload[i] = payload
+                    acc += payload
+                    committed += len(payload)
+                    placed += 1
+                nxt += 1
+        side.placed += placed
+        side.committed = committed
+        side.next = nxt
+        if side.hi < nxt - 1:  # forced past everything received: expect nxt next
+            side.hi = nxt - 1
+
+    def _flush(self, side: _Side) -> None:
+        """Release everything held, in order."""
+        if side.held:
+            if side.next is None:
+                self._start(side)
+            self._release_to(side, max(side.held))
+
+    def _fill(self, side: _Side, samples: int) -> None:
+        side.acc += side.silence if samples == side.nominal else bytes([SILENCE]) * samples
+        side.committed += samples
+        side.fill_samples += samples
+
+    def _discontinuity(self, side: _Side, sequence: int, payload: bytes) -> None:
+        self._abandon_run(side)
+        self._flush(side)
+        side.discontinuities += 1
+        side.next = None
+        side.held[sequence] = payload
+        side.lo = side.hi = sequence
+
+    def _late(self, side: _Side, sequence: int, payload: bytes) -> None:
+        run = side.run
+        if run:
+            if sequence in run:
+                side.duplicates += 1
+                return
+            if sequence > side.run_hi + side.span or sequence < side.run_lo - side.span:
+                self._abandon_run(side)
+        if run:
+            if sequence > side.run_hi:
+                side.run_hi = sequence
+            elif sequence < side.run_lo:
+                side.run_lo = sequence
+        else:
+            side.run_lo = side.run_hi = sequence
+        run[sequence] = payload
+        if len(run) >= side.window:
+            self._resume(side)
+
+    def _abandon_run(self, side: _Side) -> None:
+        if side.run:
+            side.late += len(side.run)
+            side.run.clear()
+
+    def _resume(self, side: _Side) -> None:
+        """A run of window-many late frames: the counter was paused or rewound. Re-anchor."""
+        run = side.run
+        side.run = {}
+        self._flush(side)
+        side.discontinuities += 1
+        side.resumes += 1
+        side.held = run
+        side.next = None
+        side.lo = side.run_lo
+        side.hi = side.run_hi
+        if side.hi - side.lo >= side.span:
+            self._start(side)
+            self._release_window(side)
+
+    def _force(self, side: _Side) -> None:
+        """Move a lagging side forward by one frame: its next frame, or silence."""
+        if side.next is None:
+            if not side.held:
+                self._fill(side, side.nominal)
+                return
+            self._start(side)
+        if side.fill_gaps:
+            self._release_to(side, side.next)
+        elif side.held:
+            seq = side.next
+            held = side.held
+            while seq not in held:
+                seq += 1
+            self._release_to(side, seq)
+        else:
+            self._fill(side, side.nominal)
+
+    def _align(self) -> None:
+        left = self._left
+        right = self._right
+        while True:
+            lead = left.committed - right.committed
+            if lead > right.force_limit:
+                self._force(right)
+            elif -lead > left.force_limit:
+                self._force(left)
+            else:
+                return
+
+    def _take(self, n: int) -> StereoBlock:
+        left_acc = self._left.acc
+        right_acc = self._right.acc
+        block = StereoBlock(bytes(left_acc[:n]), bytes(right_acc[:n]), self._emitted)
+        del left_acc[:n]
+        del right_acc[:n]
+        self._emitted += n
+        return block
+
+    def _side_statistics(self, side: _Side) -> PerspectiveStatistics:
+        rate = self._sample_rate
+        return PerspectiveStatistics(
+            frames_received=side.received,
+            frames_placed=side.placed,
+            duplicates=side.duplicates,
+            late_drops=side.late,
+            gaps=side.gaps,
+            gap_samples=side.gap_samples,
+            gap_ms=side.gap_samples * 1000 / rate,
+            fill_samples=side.fill_samples,
+            fill_ms=side.fill_samples * 1000 / rate,
+            discontinuities=side.discontinuities,
+            counter_resumes=side.resumes,
+            frames_held=len(side.held) + len(side.run),
+            samples_committed=side.committed,
+            nominal_frame_samples=side.nominal if side.learnt else None,
+        )

@@ -1,0 +1,730 @@
+"""The sans-IO Timeline: reorder, gaps, duplicates, late frames, discontinuities, alignment, modes.
+
+Every property test derives what it expects from a small model of the input (frames in sequence
+order, a missing frame as silence of the frame length, the shorter side padded), never from the
+code under test. Payloads never contain the silence byte, so silence in the output is always ours.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass
+from itertools import pairwise
+
+import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+from hypothesis.stateful import RuleBasedStateMachine, invariant, precondition, rule
+
+from callstream.events import Perspective
+from callstream.timeline import SILENCE, StereoBlock, Timeline, TimelineFinishedError
+
+SIL = bytes([SILENCE])
+PROPERTY = settings(max_examples=60, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+
+Push = tuple[int, int, bytes]
+
+
+def frame(side: int, tag: int, length: int = 160) -> bytes:
+    """A recognisable payload of ``length`` (>= 4) bytes: side and tag in the first four bytes,
+    never the silence byte 0xFF."""
+    head = bytes([side, tag % 255, tag // 255 % 255, tag // 65025 % 255])
+    return head + bytes([(tag * 7 + side + 1) % 255]) * (length - 4)
+
+
+def play(
+    timeline: Timeline, pushes: list[Push], pops: list[int] | None = None
+) -> tuple[bytes, bytes, list[StereoBlock]]:
+    """Feed ``pushes``; after push i do ``pops[i]``: 0 nothing, 1 pop every full block,
+    2 one partial pop (default: 1 after every push, as the recorder does). Then finish."""
+    blocks: list[StereoBlock] = []
+    for i, (perspective, sequence, payload) in enumerate(pushes):
+        ready = timeline.push(perspective, sequence, payload)
+        how = 1 if pops is None else pops[i]
+        if how == 1:
+            block = timeline.pop_block()
+            assert (block is not None) == ready  # True exactly when a full block is ready
+            while block is not None:
+                blocks.append(block)
+                block = timeline.pop_block()
+        elif how == 2 and (block := timeline.pop_block(partial=True)) is not None:
+            blocks.append(block)
+    tail = timeline.finish()
+    if tail is not None:
+        blocks.append(tail)
+    return b"".join(b.left for b in blocks), b"".join(b.right for b in blocks), blocks
+
+
+def side_model(frames: list[bytes | None], nominal: int) -> bytes:
+    """One side: frames by offset from its first sequence number; None = missing -> silence.
+    Missing frames after the last one received are unknown to the receiver: they vanish."""
+    frames = list(frames)
+    while frames and frames[-1] is None:
+        frames.pop()
+    return b"".join(SIL * nominal if f is None else f for f in frames)
+
+
+def stereo_model(left: bytes, right: bytes) -> tuple[bytes, bytes]:
+    length = max(len(left), len(right))
+    return left.ljust(length, SIL), right.ljust(length, SIL)
+
+
+@dataclass
+class Call:
+    window: int  # reorder window, frames
+    length: int  # bytes (samples) per frame
+    frames: tuple[list[bytes | None], list[bytes | None]]
+    pushes: list[Push]
+    duplicates: int
+
+    @property
+    def window_ms(self) -> float:
+        return self.window * self.length * 1000 / 8000
+
+    def timeline(self, **kwargs: object) -> Timeline:
+        return Timeline(window_ms=self.window_ms, **kwargs)  # type: ignore[arg-type]
+
+    def expected(self) -> tuple[bytes, bytes]:
+        return stereo_model(*(side_model(f, self.length) for f in self.frames))
+
+
+@st.composite
+def calls(draw: st.DrawFn, *, drops: bool = False, duplicates: bool = False) -> Call:
+    """Two per-perspective counters; every frame arrives before a frame ``window`` newer on its
+    side (arrival key = index + delay, delay < window), both sides progressing together."""
+    window = draw(st.integers(1, 12))
+    length = draw(st.sampled_from([80, 160, 240]))
+    arrivals: list[tuple[int, int, int, int, bytes]] = []
+    frames: tuple[list[bytes | None], list[bytes | None]] = ([], [])
+    dup_count = 0
+    for side in (0, 1):
+        count = draw(st.integers(1, 70))
+        first = draw(st.integers(0, 2**40))
+        delays = draw(st.lists(st.integers(0, window - 1), min_size=count, max_size=count))
+        present = [True] * count
+        if drops:
+            present = draw(st.lists(st.booleans(), min_size=count, max_size=count))
+            present[0] = True  # a side starts at its lowest number: leading drops are invisible
+        for i in range(count):
+            data = frame(side, i, length)
+            frames[side].append(data if present[i] else None)
+            if present[i]:
+                arrivals.append((i + delays[i], side, i, first + i, data))
+                if duplicates and draw(st.integers(0, 3)) == 0:
+                    late = draw(st.integers(0, 3 * window))
+                    arrivals.append((i + late, side, i, first + i, data))
+                    dup_count += 1
+    arrivals.sort(key=lambda a: a[:3])
+    pushes = [(side, seq, data) for _, side, _, seq, data in arrivals]
+    return Call(window, length, frames, pushes, dup_count)
+
+
+# ------------------------------------------------------------------------------ properties
+
+
+@PROPERTY
+@given(calls())
+def test_any_arrival_order_within_the_window_gives_the_in_order_output(call: Call) -> None:
+    left, right, _ = play(call.timeline(sequence_mode="perspective"), call.pushes)
+    assert (left, right) == call.expected()
+
+
+@PROPERTY
+@given(calls(drops=True))
+def test_drops_become_silence_of_the_nominal_length_in_place(call: Call) -> None:
+    timeline = call.timeline(sequence_mode="perspective")
+    left, right, _ = play(timeline, call.pushes)
+    assert (left, right) == call.expected()
+    stats = timeline.statistics()
+    for side in (0, 1):
+        interior = side_model(call.frames[side], call.length)
+        missing = interior.count(SIL) // call.length
+        assert stats.by_perspective(side).gaps >= missing
+        assert stats.by_perspective(side).late_drops == 0
+
+
+@PROPERTY
+@given(calls(drops=True, duplicates=True))
+def test_duplicates_change_nothing(call: Call) -> None:
+    timeline = call.timeline(sequence_mode="perspective")
+    left, right, _ = play(timeline, call.pushes)
+    assert (left, right) == call.expected()
+    stats = timeline.statistics()
+    assert stats.participant.duplicates + stats.conference.duplicates == call.duplicates
+    assert stats.participant.late_drops + stats.conference.late_drops == 0
+
+
+@PROPERTY
+@given(calls(), st.booleans())
+def test_auto_mode_keeps_per_perspective_counters(call: Call, same_start: bool) -> None:
+    pushes = call.pushes
+    if same_start:  # both counters from 1: the two sides' numbers overlap fully
+        firsts = {side: min(s for p, s, _ in pushes if p == side) for side in (0, 1)}
+        pushes = [(p, s - firsts[p] + 1, d) for p, s, d in pushes]
+        pushes.sort(key=lambda x: (x[1], x[0]))  # in order: auto decides on a clean start
+    timeline = call.timeline()
+    left, right, _ = play(timeline, pushes)
+    assert (left, right) == call.expected()
+    assert timeline.statistics().sequence_mode == "perspective"
+
+
+@PROPERTY
+@given(calls(drops=True), st.data())
+def test_any_pop_pattern_gives_the_same_output(call: Call, data: st.DataObject) -> None:
+    block_ms = data.draw(st.sampled_from([10, 20, 50, 1000]))
+    reference = play(call.timeline(block_ms=block_ms), call.pushes, [0] * len(call.pushes))
+    pops = data.draw(st.lists(st.integers(0, 2), min_size=len(call.pushes),
+                              max_size=len(call.pushes)))
+    timeline = call.timeline(block_ms=block_ms)
+    left, right, blocks = play(timeline, call.pushes, pops)
+    assert (left, right) == reference[:2]
+    assert [b.start for b in blocks] == [sum(len(b.left) for b in blocks[:i])
+                                         for i in range(len(blocks))]
+    for block in blocks[:-1]:
+        assert 0 < len(block.left) == len(block.right) <= timeline.block_samples
+
+
+# Arbitrary input: small frames so short examples cover many windows, blocks and jumps.
+MESSY_LENGTH = 40  # 5 ms
+MESSY = {"window_ms": 20, "discontinuity_ms": 200, "block_ms": 25}  # W=4, J=40 frames
+MESSY_WINDOW = 4
+
+
+@st.composite
+def messy_pushes(draw: st.DrawFn) -> list[Push]:
+    """Anything: in order, skips, late, duplicates, rewinds, huge jumps, one side silent."""
+    seqs = [draw(st.integers(0, 1000)), draw(st.integers(0, 1000))]
+    pushes: list[Push] = []
+    steps = draw(st.lists(st.tuples(st.integers(0, 1), st.integers(0, 9), st.integers(-30, 30),
+                                    st.integers(50, 10**12)), max_size=250))
+    for tag, (side, kind, small, huge) in enumerate(steps):
+        if kind == 9 and pushes:  # an exact duplicate of an earlier push
+            pushes.append(pushes[len(pushes) * abs(small) // 31])
+            continue
+        if kind <= 5:
+            seqs[side] += 1
+            sequence = seqs[side]
+        elif kind <= 7:
+            sequence = seqs[side] + small  # late, early or a skip
+            seqs[side] = max(seqs[side], sequence)
+        else:
+            sequence = seqs[side] = seqs[side] + huge * (1 if small >= 0 else -1)
+        pushes.append((side, sequence, frame(side, tag, MESSY_LENGTH)))
+    return pushes
+
+
+def check_accounting(timeline: Timeline, length: int) -> None:
+    stats = timeline.statistics()
+    for side in (stats.participant, stats.conference):
+        assert side.frames_received == (
+            side.frames_placed + side.duplicates + side.late_drops + side.frames_held)
+        assert side.samples_committed == (
+            side.frames_placed * length + side.gap_samples + side.fill_samples)
+
+
+@PROPERTY
+@given(messy_pushes(), st.data())
+def test_messy_input_keeps_channels_equal_and_output_is_frames_plus_gaps(
+    pushes: list[Push], data: st.DataObject
+) -> None:
+    pops = data.draw(st.lists(st.integers(0, 2), min_size=len(pushes), max_size=len(pushes)))
+    timeline = Timeline(**MESSY)
+    left, right, _ = play(timeline, pushes, pops)
+    assert len(left) == len(right)
+    check_accounting(timeline, MESSY_LENGTH)
+    stats = timeline.statistics()
+    assert stats.participant.frames_held == stats.conference.frames_held == 0
+    assert stats.samples_emitted == len(left)
+    for side, out in ((stats.participant, left), (stats.conference, right)):
+        assert side.samples_committed == len(out)
+    # any pop pattern gives the same output, whatever the input
+    assert play(Timeline(**MESSY), pushes, [0] * len(pushes))[:2] == (left, right)
+
+
+class TimelineMachine(RuleBasedStateMachine):
+    """Drives one Timeline with arbitrary pushes and pops, popping whenever push says so (as the
+    recorder does), against a model: per side a dict sequence -> payload of what was pushed."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.timeline = Timeline(**MESSY, sequence_mode="perspective")
+        self.frontier = [100, 100]
+        self.pushed: tuple[dict[bytes, int], dict[bytes, int]] = ({}, {})  # payload -> sequence
+        self.times: dict[bytes, int] = {}  # payload -> how often it was pushed
+        self.recent: tuple[list[Push], list[Push]] = ([], [])
+        self.tag = 0
+        self.output: list[StereoBlock] = []
+
+    def push(self, side: int, sequence: int) -> None:
+        self.tag += 1
+        self.send((side, sequence, frame(side, self.tag, MESSY_LENGTH)))
+
+    def send(self, item: Push) -> None:
+        side, sequence, payload = item
+        self.pushed[side][payload] = sequence
+        self.times[payload] = self.times.get(payload, 0) + 1
+        self.recent[side].append(item)
+        del self.recent[side][:-8]
+        if self.timeline.push(side, sequence, payload):
+            while (block := self.timeline.pop_block()) is not None:
+                self.output.append(block)
+
+    @rule(side=st.integers(0, 1), step=st.integers(1, 3))
+    def next_frame(self, side: int, step: int) -> None:
+        self.frontier[side] += step
+        self.push(side, self.frontier[side])
+
+    @rule(side=st.integers(0, 1), back=st.integers(1, 3 * MESSY_WINDOW))
+    def late_frame(self, side: int, back: int) -> None:
+        self.push(side, self.frontier[side] - back)
+
+    @precondition(lambda self: self.recent[0] or self.recent[1])
+    @rule(index=st.integers(0, 15))
+    def duplicate(self, index: int) -> None:
+        candidates = self.recent[0] + self.recent[1]
+        self.send(candidates[index % len(candidates)])
+
+    @rule(side=st.integers(0, 1), jump=st.integers(41, 10**12), backward=st.booleans())
+    def discontinuity(self, side: int, jump: int, backward: bool) -> None:
+        self.frontier[side] += -jump if backward else jump
+        self.push(side, self.frontier[side])
+
+    @rule(side=st.integers(0, 1), back=st.integers(5, 35), count=st.integers(1, 8))
+    def rewound_counter(self, side: int, back: int, count: int) -> None:
+        start = self.frontier[side] - back
+        for k in range(count):
+            self.push(side, start + k)
+        self.frontier[side] = max(self.frontier[side], start + count - 1)
+
+    @rule()
+    def partial_pop(self) -> None:
+        if (block := self.timeline.pop_block(partial=True)) is not None:
+            assert len(block.left) <= self.timeline.block_samples
+            self.output.append(block)
+
+    @invariant()
+    def memory_is_bounded_by_the_window(self) -> None:
+        timeline = self.timeline
+        for side in (timeline._left, timeline._right):  # white box: the exact bounds
+            assert len(side.held) <= MESSY_WINDOW
+            assert len(side.run) < MESSY_WINDOW
+        assert timeline.buffered_frames <= 2 * (2 * MESSY_WINDOW - 1)
+        stats = timeline.statistics()
+        left, right = stats.participant, stats.conference
+        assert abs(left.samples_committed - right.samples_committed) <= timeline.window_samples
+        for side in (left, right):  # committed but not popped: under a block plus the window
+            assert side.samples_committed - stats.samples_emitted < (
+                timeline.block_samples + timeline.window_samples)
+        check_accounting(timeline, MESSY_LENGTH)
+
+    def teardown(self) -> None:
+        timeline = self.timeline
+        tail = timeline.finish()
+        blocks = self.output + ([tail] if tail is not None else [])
+        stats = timeline.statistics()
+        check_accounting(timeline, MESSY_LENGTH)
+        for side, key in ((0, "left"), (1, "right")):
+            audio = b"".join(getattr(b, key) for b in blocks)
+            assert len(audio) == stats.samples_emitted
+            chunks = [audio[i:i + MESSY_LENGTH] for i in range(0, len(audio), MESSY_LENGTH)]
+            placed = [c for c in chunks if c != SIL * MESSY_LENGTH]
+            side_stats = stats.by_perspective(side)
+            assert len(placed) == side_stats.frames_placed
+            assert all(c in self.pushed[side] for c in placed)  # nothing invented or crossed
+            # a frame pushed once is placed at most once (a replay beyond the duplicate
+            # memory of 8 windows may be placed again: we cannot tell it from new audio)
+            assert all(placed.count(c) <= self.times[c] for c in set(placed))
+            assert all(placed.count(c) <= 1 for c in set(placed) if self.times[c] == 1)
+            order = [self.pushed[side][c] for c in placed]
+            descents = sum(b < a for a, b in pairwise(order))
+            assert descents <= side_stats.discontinuities
+
+
+class ConnectionTimelineMachine(TimelineMachine):
+    """The same, with one counter across the connection (held frames capped by count)."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.timeline = Timeline(**MESSY, sequence_mode="connection")
+
+
+MACHINE_SETTINGS = settings(max_examples=60, stateful_step_count=60, deadline=None,
+                            suppress_health_check=[HealthCheck.too_slow])
+TestTimelineMachine = TimelineMachine.TestCase
+TestTimelineMachine.settings = MACHINE_SETTINGS
+TestConnectionTimelineMachine = ConnectionTimelineMachine.TestCase
+TestConnectionTimelineMachine.settings = MACHINE_SETTINGS
+
+
+@PROPERTY
+@given(
+    total=st.integers(50, 400),
+    silent_from=st.integers(0, 200),
+    silent_for=st.integers(0, 300),
+    counter_runs_on=st.booleans(),
+)
+def test_one_side_silent_for_seconds_never_holds_the_other_back(
+    total: int, silent_from: int, silent_for: int, counter_runs_on: bool
+) -> None:
+    """Agent streams 20 ms frames; the caller stops for a while (hold) and comes back with its
+    counter either having run on, or paused. The lag stays within the window and blocks flow."""
+    timeline = Timeline(block_ms=100)
+    window = 10  # frames of 20 ms
+    caller: list[bytes] = []
+    pushes: list[Push] = []
+    caller_seq = 5000
+    for i in range(total):
+        pushes.append((Perspective.PARTICIPANT, i, frame(0, i)))
+        if not silent_from <= i < silent_from + silent_for:
+            caller.append(frame(1, i))
+            pushes.append((Perspective.CONFERENCE, caller_seq, caller[-1]))
+            caller_seq += 1
+        elif counter_runs_on:
+            caller_seq += 1
+    popped = 0
+    for perspective, sequence, payload in pushes:
+        timeline.push(perspective, sequence, payload)
+        while (block := timeline.pop_block()) is not None:
+            popped += len(block.left)
+        stats = timeline.statistics()
+        lag = stats.participant.samples_committed - stats.conference.samples_committed
+        assert abs(lag) <= timeline.window_samples
+    # the agent is never held back by more than its own window plus the caller's allowance
+    assert popped >= total * 160 - 2 * timeline.window_samples - timeline.block_samples
+    tail = timeline.finish()
+    right = tail.right if tail is not None else b""
+    stats = timeline.statistics()
+    caller_stats = stats.conference
+    if counter_runs_on:  # the numbers say where the caller resumes: exact placement
+        assert caller_stats.late_drops == 0
+    else:  # a paused counter: everything placed, except a run shorter than the window
+        assert caller_stats.late_drops < window
+        assert caller_stats.frames_placed + caller_stats.late_drops == len(caller)
+    assert right.replace(SIL, b"") in b"".join(caller)
+
+
+def test_a_side_that_never_sends_is_silence_and_blocks_still_flow() -> None:
+    timeline = Timeline()
+    blocks = []
+    for i in range(500):  # 10 s of agent only
+        if timeline.push(Perspective.PARTICIPANT, i, frame(0, i)):
+            while (block := timeline.pop_block()) is not None:
+                blocks.append(block)
+    assert len(blocks) >= 9
+    assert all(block.right == SIL * 8000 for block in blocks)
+    stats = timeline.statistics()
+    assert stats.conference.fill_samples == stats.conference.samples_committed
+    assert stats.conference.frames_received == 0
+    assert stats.conference.nominal_frame_samples is None
+    # the caller's first frame finally arrives: it starts at its current (filled) position
+    position = stats.conference.samples_committed
+    for i in range(500, 530):
+        timeline.push(Perspective.CONFERENCE, 77 + i, frame(1, i))
+        timeline.push(Perspective.PARTICIPANT, i, frame(0, i))
+    tail = timeline.finish()
+    assert tail is not None
+    right = b"".join(b.right for b in blocks) + tail.right
+    assert right[position:position + 160] == frame(1, 500)
+    assert right[:position] == SIL * position
+
+
+@PROPERTY
+@given(
+    before=st.integers(1, 80),
+    after=st.integers(1, 80),
+    jump=st.integers(501, 20_000),  # moderate: a regression fails here instead of eating memory
+    backward=st.booleans(),
+    side=st.integers(0, 1),
+)
+def test_discontinuity_re_anchors_without_allocating_the_jump(
+    before: int, after: int, jump: int, backward: bool, side: int
+) -> None:
+    timeline = Timeline()  # J = 500 frames of 20 ms
+    base = 10**6
+    pushes: list[Push] = []
+    sent: tuple[list[bytes], list[bytes]] = ([], [])
+    for i in range(before + after):
+        for p in (0, 1):
+            sequence = base + i
+            if p == side and i >= before:
+                sequence += -jump if backward else jump
+            sent[p].append(frame(p, i))
+            pushes.append((p, sequence, sent[p][-1]))
+    left, right, _ = play(timeline, pushes)
+    assert (left, right) == (b"".join(sent[0]), b"".join(sent[1]))  # no silence at all
+    stats = timeline.statistics()
+    assert stats.by_perspective(side).discontinuities == 1
+    assert stats.by_perspective(1 - side).discontinuities == 0
+
+
+@pytest.mark.parametrize("jump", [10**5, 10**9, -(10**9), 10**18])  # small first: fail, not OOM
+def test_a_huge_jump_allocates_no_silence(jump: int) -> None:
+    timeline = Timeline()
+    timeline.push(0, 10**9 + 1, frame(0, 1))
+    timeline.push(1, 1, frame(1, 1))
+    timeline.push(0, 10**9 + 1 + jump, frame(0, 2))
+    timeline.push(1, 2, frame(1, 2))
+    assert timeline.statistics().participant.samples_committed <= 2 * 160
+    for i in range(3, 40):
+        timeline.push(0, 10**9 - 1 + jump + i, frame(0, i))
+        timeline.push(1, i, frame(1, i))
+    tail = timeline.finish()
+    assert tail is not None
+    assert tail.left == b"".join(frame(0, i) for i in range(1, 40))
+    assert tail.right == b"".join(frame(1, i) for i in range(1, 40))
+    assert timeline.statistics().participant.discontinuities == 1
+
+
+@PROPERTY
+@given(
+    count=st.integers(4, 80),
+    window=st.integers(2, 10),
+    delays=st.lists(st.integers(0, 9), min_size=160, max_size=160),
+    caller_first=st.booleans(),
+)
+def test_a_connection_wide_counter_is_detected_in_auto_mode(
+    count: int, window: int, delays: list[int], caller_first: bool
+) -> None:
+    """One counter across the connection: each side sees every other number. Auto switches to
+    connection mode at the first release and fills no gaps; reordering is still undone."""
+    arrivals = []
+    sent: tuple[list[bytes], list[bytes]] = ([], [])
+    for i in range(2 * count):
+        side = (i + caller_first) % 2
+        sent[side].append(frame(side, i))
+        arrivals.append((i + delays[i] % window, i, side, 1 + i, sent[side][-1]))
+    arrivals.sort()
+    timeline = Timeline(window_ms=20 * window)
+    left, right, _ = play(timeline, [(p, s, d) for _, _, p, s, d in arrivals])
+    stats = timeline.statistics()
+    assert stats.sequence_mode == "connection"
+    assert stats.sequence_mode_decided
+    assert (left, right) == (b"".join(sent[0]), b"".join(sent[1]))
+    assert stats.participant.gaps == stats.conference.gaps == 0
+
+
+@PROPERTY
+@given(
+    present=st.lists(st.tuples(st.booleans(), st.booleans()), min_size=1, max_size=120),
+)
+def test_connection_mode_never_fills_gaps(present: list[tuple[bool, bool]]) -> None:
+    timeline = Timeline(sequence_mode="connection")
+    pushes: list[Push] = []
+    sent: tuple[list[bytes], list[bytes]] = ([], [])
+    for i, flags in enumerate(present):
+        for side in (0, 1):
+            if flags[side]:
+                sent[side].append(frame(side, i))
+                pushes.append((side, 2 * i + side, sent[side][-1]))
+    left, right, _ = play(timeline, pushes)
+    assert left.replace(SIL, b"") == b"".join(sent[0])
+    assert right.replace(SIL, b"") == b"".join(sent[1])
+    stats = timeline.statistics()
+    assert stats.participant.gaps == stats.conference.gaps == 0
+    assert stats.participant.late_drops == stats.conference.late_drops == 0
+
+
+# ---------------------------------------------------------------------------- example tests
+
+
+def left_only(timeline: Timeline, pushes: list[tuple[int, bytes]]) -> bytes:
+    for sequence, payload in pushes:
+        timeline.push(0, sequence, payload)
+    tail = timeline.finish()
+    return b"" if tail is None else tail.left
+
+
+F = [frame(0, i) for i in range(40)]
+
+
+def test_in_order_frames_come_out_unchanged() -> None:
+    assert left_only(Timeline(), [(i, F[i]) for i in range(20)]) == b"".join(F[:20])
+
+
+def test_a_late_frame_within_the_window_goes_back_in_place() -> None:
+    order = [0, 1, 3, 4, 5, 2, 6, 7]
+    assert left_only(Timeline(), [(i, F[i]) for i in order]) == b"".join(F[:8])
+
+
+def test_the_first_frames_may_arrive_out_of_order_too() -> None:
+    order = [5, 3, 4, 0, 1, 2, 6]
+    assert left_only(Timeline(), [(i, F[i]) for i in order]) == b"".join(F[:7])
+
+
+def test_a_missing_frame_becomes_silence_once_the_window_has_passed() -> None:
+    timeline = Timeline(sequence_mode="perspective")  # window 10 frames of 20 ms
+    for i in [0, *range(2, 11)]:
+        timeline.push(0, i, F[i])
+    stats = timeline.statistics().participant
+    assert (stats.gaps, stats.samples_committed) == (0, 160)  # frame 0 out, 1 may still come
+    timeline.push(0, 11, F[11])  # 11 >= 1 + window: frame 1 is given up
+    stats = timeline.statistics().participant
+    assert (stats.gaps, stats.gap_samples, stats.gap_ms) == (1, 160, 20.0)
+    timeline.push(0, 1, F[1])  # too late now: dropped, counted
+    tail = timeline.finish()
+    assert tail is not None
+    assert tail.left == F[0] + SIL * 160 + b"".join(F[2:12])
+    assert timeline.statistics().participant.late_drops == 1
+
+
+def test_silence_is_0xff_not_0x00() -> None:
+    out = left_only(Timeline(), [(0, F[0]), (2, F[2])])
+    assert out[160:320] == b"\xff" * 160
+
+
+def test_duplicates_are_dropped_and_counted() -> None:
+    timeline = Timeline()
+    pushes = [(i, F[i]) for i in range(15)] + [(14, F[14]), (3, F[3]), (14, F[14])]
+    pushes += [(i, F[i]) for i in range(15, 20)]
+    assert left_only(timeline, pushes) == b"".join(F[:20])
+    stats = timeline.statistics().participant
+    assert (stats.duplicates, stats.late_drops) == (3, 0)
+
+
+def test_a_stray_late_frame_is_dropped_and_counted() -> None:
+    timeline = Timeline()
+    pushes = [(i, F[i]) for i in range(30) if i != 5] + [(5, F[5])]
+    pushes += [(30, frame(0, 30))]
+    out = left_only(timeline, pushes)
+    assert out[5 * 160:6 * 160] == SIL * 160
+    assert timeline.statistics().participant.late_drops == 1
+
+
+def test_frames_keep_their_own_length_and_gaps_use_the_nominal_one() -> None:
+    short, long_ = b"\x01" * 80, b"\x02" * 240
+    out = left_only(Timeline(), [(0, F[0]), (1, short), (3, long_), (4, F[4])])
+    assert out == F[0] + short + SIL * 160 + long_ + F[4]
+
+
+def test_nominal_frame_length_is_learnt_from_the_first_payload() -> None:
+    timeline = Timeline()
+    first = b"\x10" * 320
+    out = left_only(timeline, [(0, first), (2, first)])
+    assert out == first + SIL * 320 + first
+    assert timeline.statistics().participant.nominal_frame_samples == 320
+
+
+def test_a_paused_counter_is_re_anchored_and_its_frames_kept() -> None:
+    """After a hold the platform resumes from an old number: the run of late frames is placed."""
+    timeline = Timeline()
+    agent = [frame(0, i) for i in range(200)]
+    caller = [frame(1, i) for i in range(150)]
+    pushes: list[Push] = []
+    for i in range(200):
+        pushes.append((0, i, agent[i]))
+        if i < 100:
+            pushes.append((1, i, caller[i]))
+        elif i < 150:
+            pushes.append((1, i - 40, caller[i]))  # counter rewound by 40 frames
+    left, right, _ = play(timeline, pushes)
+    stats = timeline.statistics().conference
+    assert (stats.counter_resumes, stats.discontinuities, stats.late_drops) == (1, 1, 0)
+    assert stats.frames_placed == 150
+    assert right.replace(SIL, b"") == b"".join(caller)
+    assert left == b"".join(agent)
+
+
+def test_the_late_run_buffer_is_abandoned_by_an_in_order_frame() -> None:
+    timeline = Timeline()
+    pushes = [(i, F[i]) for i in range(30)] + [(3, F[33]), (4, F[34]), (30, F[30])]
+    left_only(timeline, pushes)
+    stats = timeline.statistics().participant
+    assert (stats.late_drops, stats.counter_resumes) == (2, 0)
+
+
+def test_a_restarted_counter_is_a_discontinuity() -> None:
+    timeline = Timeline()
+    pushes = [(5000 + i, F[i]) for i in range(20)] + [(1 + i, F[20 + i]) for i in range(20)]
+    assert left_only(timeline, pushes) == b"".join(F[:40])
+    assert timeline.statistics().participant.discontinuities == 1
+
+
+def test_lag_is_bounded_by_forcing_the_lagging_side() -> None:
+    timeline = Timeline()  # window 1600 samples
+    for i in range(30):
+        timeline.push(0, i, F[i])
+    stats = timeline.statistics()
+    assert stats.participant.samples_committed == 20 * 160
+    assert stats.conference.samples_committed == 20 * 160 - 1600
+    assert stats.conference.fill_samples == stats.conference.samples_committed
+
+
+def test_finish_pads_the_shorter_side_and_closes() -> None:
+    timeline = Timeline()
+    timeline.push(0, 0, F[0])
+    timeline.push(0, 1, F[1])
+    timeline.push(1, 7, b"\x05" * 160)
+    tail = timeline.finish()
+    assert tail == StereoBlock(F[0] + F[1], b"\x05" * 160 + SIL * 160, 0)
+    with pytest.raises(TimelineFinishedError):
+        timeline.push(0, 2, F[2])
+    assert timeline.finish() is None
+    assert timeline.pop_block(partial=True) is None
+    assert timeline.statistics().conference.fill_samples == 160
+
+
+def test_finish_with_nothing_received_returns_none() -> None:
+    assert Timeline().finish() is None
+
+
+def test_pop_block_returns_exact_blocks_and_partial_returns_what_is_aligned() -> None:
+    timeline = Timeline(block_ms=100)  # 800 samples
+    assert timeline.pop_block() is None
+    assert timeline.pop_block(partial=True) is None
+    ready = [timeline.push(p, i, frame(p, i)) for i in range(16) for p in (0, 1)]
+    assert ready[-1] and not any(ready[:-3])  # 6 frames per side released: 960 >= 800
+    block = timeline.pop_block()
+    assert block is not None and (block.start, block.samples, block.end) == (0, 800, 800)
+    assert timeline.pop_block() is None
+    partial = timeline.pop_block(partial=True)
+    assert partial is not None and (partial.start, partial.samples) == (800, 160)
+    assert timeline.pop_block(partial=True) is None
+
+
+def test_buffered_frames_counts_both_sides() -> None:
+    timeline = Timeline()
+    for i in range(4):
+        timeline.push(0, i, F[i])
+        timeline.push(1, i, F[i])
+    assert timeline.buffered_frames == 8
+    assert timeline.frames_received == 8
+
+
+def test_statistics_are_a_frozen_json_ready_snapshot() -> None:
+    timeline = Timeline(sequence_mode="connection")
+    timeline.push(0, 1, F[0])
+    stats = timeline.statistics()
+    data = json.loads(json.dumps(stats.as_dict()))
+    assert data["participant"]["frames_received"] == 1
+    assert data["sequence_mode"] == "connection"
+    assert data["conference"]["nominal_frame_samples"] is None
+    with pytest.raises(AttributeError):
+        stats.samples_emitted = 3  # type: ignore[misc]
+
+
+def test_auto_mode_is_undecided_until_the_first_release() -> None:
+    timeline = Timeline()
+    timeline.push(0, 1, F[0])
+    assert not timeline.statistics().sequence_mode_decided
+    assert timeline.sequence_mode == "perspective"
+
+
+@pytest.mark.parametrize("perspective", [-1, 2, 5])
+def test_unknown_perspective_is_refused(perspective: int) -> None:
+    with pytest.raises(ValueError):
+        Timeline().push(perspective, 0, F[0])
+
+
+@pytest.mark.parametrize(
+    "kwargs",
+    [
+        {"sequence_mode": "both"},
+        {"window_ms": 0},
+        {"block_ms": -1},
+        {"sample_rate": 0},
+        {"window_ms": 500, "discontinuity_ms": 400},
+    ],
+)
+def test_bad_configuration_is_refused(kwargs: dict[str, object]) -> None:
+    with pytest.raises(ValueError):
+        Timeline(**kwargs)  # type: ignore[arg-type]
