@@ -24,9 +24,12 @@ from callstream.settings import Settings
 SILENCE = 0xFF
 
 
-@pytest.fixture
-def settings(tmp_path: Path) -> Settings:
-    return Settings(host="127.0.0.1", port=0, output_dir=tmp_path / "recordings", flush_interval=0.2)
+@pytest.fixture(params=["websockets", "trio-websocket"], ids=lambda name: name)
+def settings(tmp_path: Path, request: pytest.FixtureRequest) -> Settings:
+    """Every test that uses a server runs once per WebSocket transport."""
+    output_dir = tmp_path / "recordings"
+    return Settings(host="127.0.0.1", port=0, output_dir=output_dir, flush_interval=0.2,
+                    transport=request.param)
 
 
 @dataclass

@@ -33,6 +33,17 @@ def test_flags_and_environment_variables() -> None:
     assert settings_from(serve_args([], {"CALLSTREAM_OUTPUT_DIR": "/tmp/x"})).output_dir == Path("/tmp/x")
 
 
+def test_metrics_endpoint_is_off_by_default_and_local_when_on() -> None:
+    assert settings_from(serve_args([])).metrics_port is None
+    settings = settings_from(serve_args(["--metrics-port", "9333"]))
+    assert (settings.metrics_host, settings.metrics_port) == ("127.0.0.1", 9333)
+    environ = {"CALLSTREAM_METRICS_PORT": "0", "CALLSTREAM_METRICS_HOST": "0.0.0.0"}
+    settings = settings_from(serve_args([], environ))
+    assert (settings.metrics_host, settings.metrics_port) == ("0.0.0.0", 0)
+    with pytest.raises(SystemExit):
+        serve_args(["--metrics-port", "70000"])
+
+
 def test_bad_values_are_refused(capsys: pytest.CaptureFixture[str]) -> None:
     for argv in (["--port", "x"], ["--format", "mp3"], ["--reorder-window", "-5"]):
         with pytest.raises(SystemExit):

@@ -17,6 +17,7 @@ from callstream.settings import Settings
 LOG_LEVELS = ("debug", "info", "warning", "error")
 SEQUENCE_MODES = ("auto", "perspective", "connection")
 FORMATS = ("wav", "flac", "mulaw-wav")
+TRANSPORTS = ("websockets", "trio-websocket")
 
 
 class _EnvDefaults:
@@ -52,6 +53,13 @@ def _positive(kind: Callable[[str], Any]) -> Callable[[str], Any]:
     return parse
 
 
+def _port(text: str) -> int:
+    value = int(text)
+    if not 0 <= value <= 65535:
+        raise argparse.ArgumentTypeError(f"must be a TCP port (0-65535), got {text}")
+    return value
+
+
 def _add_serve(sub: argparse._SubParsersAction, environ: dict[str, str]) -> None:
     parser = sub.add_parser(
         "serve",
@@ -84,6 +92,9 @@ def _add_serve(sub: argparse._SubParsersAction, environ: dict[str, str]) -> None
         type=_positive(int), metavar="BYTES", help="a larger message closes the call with 1009")
     add("--handshake-timeout", default=defaults.DEFAULT_HANDSHAKE_TIMEOUT, type=_positive(float),
         metavar="SECONDS", help="time allowed for the WebSocket upgrade")
+    add("--transport", default=defaults.DEFAULT_TRANSPORT, choices=TRANSPORTS,
+        help="WebSocket library: websockets (sans-IO core with C speedups, several times the "
+        "throughput per core) or trio-websocket (the original adapter)")
     add("--idle-timeout", default=defaults.DEFAULT_IDLE_TIMEOUT, type=_positive(float), metavar="SECONDS",
         help="a call with no media for this long is finalised as incomplete and closed with 1001")
     add("--max-call-duration", dest="max_call_seconds", default=defaults.DEFAULT_MAX_CALL_SECONDS,
@@ -94,6 +105,14 @@ def _add_serve(sub: argparse._SubParsersAction, environ: dict[str, str]) -> None
         help="on SIGTERM/SIGINT, time given to live calls before they are closed (1001) and finalised")
     add("--max-calls", default=defaults.DEFAULT_MAX_CALLS, type=_positive(int), metavar="N",
         help="live calls accepted at once; beyond, upgrades get HTTP 503 with Retry-After (the platform retries)")
+    add("--metrics-port", type=_port, metavar="PORT",
+        help="serve GET /metrics (Prometheus text), /healthz (200 while running) and /readyz "
+        "(503 while draining or at --max-calls) on this TCP port; unset: no such endpoint; "
+        "0: any free port (logged)")
+    add("--metrics-host", default=defaults.DEFAULT_METRICS_HOST,
+        help="address of the --metrics-port endpoint; it has no authentication, so the default "
+        "keeps it local: use 0.0.0.0 (or the pod's address) for a remote Prometheus or a load "
+        "balancer's /readyz")
     add("--secret", help="the streaming profile's secret; streams that do not present it are refused "
         "(prefer --secret-file or the variable: a flag shows in the process list)")
     add("--secret-file", type=Path, help="file holding the secret (surrounding whitespace ignored)")

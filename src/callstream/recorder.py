@@ -18,6 +18,7 @@ was received.
 from __future__ import annotations
 
 import logging
+import time
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
@@ -36,6 +37,7 @@ from callstream.errors import (
     RecordingError,
 )
 from callstream.events import Media
+from callstream.metrics import MediaTotals, Metrics
 from callstream.protocol import QueryMetadata, parse_message
 from callstream.recording import Recording
 from callstream.settings import Settings
@@ -45,6 +47,8 @@ from callstream.transport import MessageStream, StreamClosed
 LOGGER = logging.getLogger("callstream.recorder")
 
 FINALISE_TIMEOUT = 30.0  # seconds allowed to write the tail and close files after the call ends
+
+Ready = tuple[StereoBlock, float]  # a block and when it left the timeline (time.monotonic())
 
 
 @dataclass(frozen=True, slots=True)
@@ -65,10 +69,19 @@ class CallRecorder:
     """One call, from the accepted stream to the finished recording. Use once: `await run()`."""
 
     def __init__(
-        self, stream: MessageStream, query: QueryMetadata, settings: Settings, *, require_secret: str | None = None
+        self,
+        stream: MessageStream,
+        query: QueryMetadata,
+        settings: Settings,
+        *,
+        require_secret: str | None = None,
+        metrics: Metrics | None = None,
     ) -> None:
-        """``require_secret``: when set, the first message must carry this secret (else close 1008)."""
+        """``require_secret``: when set, the first message must carry this secret (else close 1008).
+        ``metrics``: where the call's media counters (once per flush interval) and write lags go."""
         self._stream = stream
+        self._metrics = metrics
+        self._metered = MediaTotals()
         self._require_secret = require_secret
         self._settings = settings
         self.call = CallState(query, max_bad_messages=settings.max_bad_messages)
@@ -93,7 +106,7 @@ class CallRecorder:
 
     async def run(self) -> CallResult:
         """Record until the call ends; never raises for anything the peer or the disk does."""
-        send, receive = trio.open_memory_channel[StereoBlock](self._settings.write_queue_blocks)
+        send, receive = trio.open_memory_channel[Ready](self._settings.write_queue_blocks)
         async with trio.open_nursery() as nursery:
             nursery.start_soon(self._write_blocks, receive)
             async with send:
@@ -101,13 +114,13 @@ class CallRecorder:
                 with trio.CancelScope(shield=True), trio.move_on_after(FINALISE_TIMEOUT):
                     tail = self.timeline.finish()
                     if tail is not None:
-                        await send.send(tail)
+                        await send.send((tail, time.monotonic()))
         with trio.CancelScope(shield=True), trio.move_on_after(FINALISE_TIMEOUT):
             await self._close_stream()
             return await self._finalise()
         raise AssertionError("unreachable")  # pragma: no cover
 
-    async def _receive_until_end(self, send: trio.MemorySendChannel[StereoBlock]) -> None:
+    async def _receive_until_end(self, send: trio.MemorySendChannel[Ready]) -> None:
         with self._receive_scope:
             async with trio.open_nursery() as nursery:
                 nursery.start_soon(self._tick, send)
@@ -119,7 +132,7 @@ class CallRecorder:
                     self._reason, self._close_code = error.reason, error.code
                 nursery.cancel_scope.cancel()
 
-    async def _receive(self, send: trio.MemorySendChannel[StereoBlock]) -> bool:
+    async def _receive(self, send: trio.MemorySendChannel[Ready]) -> bool:
         """The hot loop. Returns True after both Stops, False when the peer closed first."""
         stream, timeline, call = self._stream, self.timeline, self.call
         max_bytes = self._settings.max_message_bytes
@@ -140,18 +153,19 @@ class CallRecorder:
             if type(event) is Media:
                 if timeline.push(event.perspective, event.sequence, event.payload):
                     while (block := timeline.pop_block()) is not None:
-                        await send.send(block)
+                        await send.send((block, time.monotonic()))
             else:
                 call.handle(event)
                 if call.finished:
                     return True
 
-    async def _tick(self, send: trio.MemorySendChannel[StereoBlock]) -> None:
+    async def _tick(self, send: trio.MemorySendChannel[Ready]) -> None:
         settings = self._settings
         deadline = trio.current_time() + settings.max_call_seconds
         idle_since, last_count = trio.current_time(), -1
         while True:
             await trio.sleep(settings.flush_interval)
+            self._meter()
             now = trio.current_time()
             count = self.timeline.frames_received
             if count != last_count:
@@ -162,20 +176,29 @@ class CallRecorder:
                 self.stop(f"maximum call duration of {settings.max_call_seconds:g} s reached")
             block = self.timeline.pop_block(partial=True)
             if block is not None:
-                await send.send(block)
+                await send.send((block, time.monotonic()))
 
-    async def _write_blocks(self, receive: trio.MemoryReceiveChannel[StereoBlock]) -> None:
+    def _meter(self) -> None:
+        """Report the media counters' progress since the last report (cheap: once per tick)."""
+        if self._metrics is None:
+            return
+        statistics = self.timeline.statistics()
+        totals = MediaTotals.of(statistics, bad_messages=self.call.counters().bad_messages)
+        self._metrics.add_media(totals - self._metered, sample_rate=statistics.sample_rate)
+        self._metered = totals
+
+    async def _write_blocks(self, receive: trio.MemoryReceiveChannel[Ready]) -> None:
         async with receive:
-            async for block in receive:
+            async for block, ready in receive:
                 if self._failure is not None:
                     continue  # keep draining so the receive loop is never stuck on a full channel
                 fields = self.call.fields
                 try:
-                    await trio.to_thread.run_sync(self._write_block, block, fields)
+                    await trio.to_thread.run_sync(self._write_block, block, fields, ready)
                 except RecordingError as error:
                     self._fail(error)
 
-    def _write_block(self, block: StereoBlock, fields: dict[str, str]) -> None:
+    def _write_block(self, block: StereoBlock, fields: dict[str, str], ready: float) -> None:
         """In a worker thread: create the recording on first use, write and flush.
 
         Blocks come at most about once per second (full blocks, or the ticker's partial ones),
@@ -184,6 +207,8 @@ class CallRecorder:
         recording = self._recording or self._create_recording(fields)
         recording.write(block.left, block.right)
         recording.flush(fsync=self._settings.fsync)
+        if self._metrics is not None:
+            self._metrics.observe_write_lag(time.monotonic() - ready)
 
     def _create_recording(self, fields: dict[str, str]) -> Recording:
         settings = self._settings
@@ -201,6 +226,8 @@ class CallRecorder:
     def _fail(self, error: RecordingError) -> None:
         LOGGER.error("call %s session %s: recording failed: %s", self.call.call_id, self.call.session_id, error)
         self._failure = error
+        if self._metrics is not None:
+            self._metrics.disk_error()
         self.stop(f"recording failed: {error}", CLOSE_INTERNAL_ERROR)
         self._reason, self._close_code = f"recording failed: {error}", CLOSE_INTERNAL_ERROR
 
@@ -220,6 +247,7 @@ class CallRecorder:
         else:
             status = "incomplete"
         statistics = {**self.timeline.statistics().as_dict(), **_counters(call)}
+        self._meter()
         path = None
         if self._failure is None and (self._recording is not None or call.start is not None):
             try:

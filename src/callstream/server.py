@@ -13,9 +13,11 @@ import trio
 
 from callstream.auth import secret_matches, upgrade_credential
 from callstream.errors import CLOSE_POLICY_VIOLATION
+from callstream.http_metrics import MetricsEndpoint, serve_metrics
+from callstream.metrics import Metrics
 from callstream.protocol import QueryMetadata, parse_query
 from callstream.recorder import CallRecorder, CallResult
-from callstream.recovery import recover_directory
+from callstream.recovery import Recovered, recover_directory
 from callstream.settings import Settings
 from callstream.transport import ListenerInfo, MessageStream, Upgrade, serve_trio_websocket
 
@@ -34,10 +36,13 @@ class ServerStatistics:
 
 
 class Server:
-    """The server's state: live calls and counters. One per process; no module-level state."""
+    """The server's state: live calls and counters. One per process; no module-level state.
 
-    def __init__(self, settings: Settings) -> None:
+    ``metrics``: where the Prometheus counters go (a fresh `Metrics` when not given)."""
+
+    def __init__(self, settings: Settings, *, metrics: Metrics | None = None) -> None:
         self.settings = settings
+        self.metrics = Metrics() if metrics is None else metrics
         self._live: set[CallRecorder] = set()
         self._started = 0
         self._finished = 0
@@ -63,10 +68,11 @@ class Server:
         if refusal is None and self.settings.secret is not None:
             presented = upgrade_credential(upgrade.headers, query.secret)
             if presented is not None and not secret_matches(self.settings.secret, presented):
-                refusal = (401, "unauthorized", "wrong secret on the upgrade")
+                refusal = (401, "unauthorized", "wrong secret on the upgrade", "unauthorized")
         if refusal is not None:
-            status, body, why = refusal
+            status, body, why, reason = refusal
             self._rejected += 1
+            self.metrics.call_rejected(reason)
             LOGGER.warning("refused %s from %s: %s (HTTP %d)", query.mapped.get("callId", "?"), upgrade.remote,
                            why, status)
             headers = {"Retry-After": str(RETRY_AFTER_SECONDS)} if status == 503 else None
@@ -83,31 +89,63 @@ class Server:
             if not self._admitted:
                 self._idle.set()
 
-    def _refusal(self) -> tuple[int, str, str] | None:
+    def _refusal(self) -> tuple[int, str, str, str] | None:
+        """(HTTP status, body, log text, metrics reason) when a new call must be refused."""
         if self._draining:
-            return 503, "shutting down", "draining"
+            return 503, "shutting down", "draining", "draining"
         if self._admitted >= self.settings.max_calls:
-            return 503, "over capacity", f"{self._admitted} live calls (--max-calls)"
+            return 503, "over capacity", f"{self._admitted} live calls (--max-calls)", "capacity"
         return None
+
+    def readiness(self) -> str | None:
+        """None while a new call would be admitted; else why not (for /readyz)."""
+        refusal = self._refusal()
+        return None if refusal is None else refusal[2]
 
     async def _record(self, stream: MessageStream, query: QueryMetadata, upgrade: Upgrade) -> None:
         require = None
         if self.settings.secret is not None and upgrade_credential(upgrade.headers, query.secret) is None:
             require = self.settings.secret  # not on the upgrade: the first message must carry it
-        recorder = CallRecorder(stream, query, self.settings, require_secret=require)
+        recorder = CallRecorder(
+            stream, query, self.settings, require_secret=require, metrics=self.metrics
+        )
         self._live.add(recorder)
         self._started += 1
+        self.metrics.call_started()
         LOGGER.info(
             "call %s session %s started from %s", recorder.call.call_id, recorder.call.session_id, upgrade.remote
         )
+        result: CallResult | None = None
         try:
             result = await recorder.run()
         finally:
             self._live.discard(recorder)
             self._finished += 1
+            self.metrics.call_finished("failed" if result is None else result.status)
+        if result.path is not None:
+            self.metrics.recording_written()
         if result.close_code == CLOSE_POLICY_VIOLATION:
             self._rejected += 1
+            self.metrics.call_rejected("unauthorized")
         _log_result(result)
+
+    async def recover(self) -> list[Recovered]:
+        """Recover what an interrupted run left in the output directory (before serving)."""
+        recovered = await trio.to_thread.run_sync(recover_directory, self.settings.output_dir)
+        self.metrics.recordings_recovered(len(recovered))
+        return recovered
+
+    async def serve_metrics(
+        self, *, task_status: trio.TaskStatus[MetricsEndpoint] = trio.TASK_STATUS_IGNORED
+    ) -> None:
+        """Serve /metrics, /healthz and /readyz on --metrics-host/--metrics-port until cancelled."""
+        port = self.settings.metrics_port
+        if port is None:
+            raise ValueError("no metrics_port in the settings")
+        await serve_metrics(
+            self.metrics, self.readiness, host=self.settings.metrics_host, port=port,
+            task_status=task_status,
+        )
 
     async def drain(self, timeout: float) -> None:
         """Refuse new calls, give live ones ``timeout`` seconds, then stop them (1001)."""
@@ -153,7 +191,13 @@ async def serve(
     """Serve until cancelled. Reports the real listening address through ``task_status``."""
     server = server or Server(settings)
     settings.output_dir.mkdir(parents=True, exist_ok=True)
-    await serve_trio_websocket(
+    if settings.transport == "websockets":
+        from callstream.transport_websockets import serve_websockets as serve_transport
+    elif settings.transport == "trio-websocket":
+        serve_transport = serve_trio_websocket
+    else:
+        raise ValueError(f"unknown transport {settings.transport!r}")
+    await serve_transport(
         server.handle,
         host=settings.host,
         port=settings.port,
@@ -168,7 +212,7 @@ async def run_until_signalled(settings: Settings) -> None:
     """The process's main: serve, and on SIGTERM or SIGINT drain and return."""
     server = Server(settings)
     settings.output_dir.mkdir(parents=True, exist_ok=True)
-    recovered = await trio.to_thread.run_sync(recover_directory, settings.output_dir)
+    recovered = await server.recover()
     if recovered:
         LOGGER.warning("recovered %d recordings left by an interrupted run", len(recovered))
     if settings.secret is None:
@@ -179,6 +223,10 @@ async def run_until_signalled(settings: Settings) -> None:
             LOGGER.info(
                 "listening on %s:%d, recording %s into %s", info.host, info.port, settings.format, settings.output_dir
             )
+            if settings.metrics_port is not None:  # after the listener: /readyz is never early
+                endpoint = await nursery.start(server.serve_metrics)
+                LOGGER.info("metrics on http://%s:%d/metrics (also /healthz, /readyz)",
+                            endpoint.host, endpoint.port)
             async for signum in signals:
                 LOGGER.info("received %s", signal.Signals(signum).name)
                 break

@@ -21,12 +21,14 @@ DEFAULT_FLUSH_INTERVAL: Final = 1.0  # seconds between flushes of a live recordi
 DEFAULT_WRITE_QUEUE_BLOCKS: Final = 8  # blocks waiting for the disk per call before we push back
 DEFAULT_MAX_MESSAGE_BYTES: Final = 64 * 1024  # 64 KiB; a Media frame is about 300 bytes
 DEFAULT_HANDSHAKE_TIMEOUT: Final = 10.0  # seconds for the WebSocket upgrade to complete
+DEFAULT_TRANSPORT: Final = "websockets"  # the WebSocket library: websockets | trio-websocket
 DEFAULT_IDLE_TIMEOUT: Final = 60.0  # seconds without media on either perspective
 DEFAULT_MAX_CALL_SECONDS: Final = 4 * 3600.0  # four hours
 DEFAULT_MAX_BAD_MESSAGES: Final = 1000  # malformed messages tolerated per call
 DEFAULT_LOG_LEVEL: Final = "info"
 DEFAULT_MAX_CALLS: Final = 2000  # live calls per process; beyond, upgrades get 503
 DEFAULT_DRAIN_TIMEOUT: Final = 30.0  # seconds live calls get to finish on SIGTERM/SIGINT
+DEFAULT_METRICS_HOST: Final = "127.0.0.1"  # unauthenticated: local scrapers only unless widened
 
 
 @dataclass(frozen=True, slots=True)
@@ -46,12 +48,15 @@ class Settings:
     write_queue_blocks: int = DEFAULT_WRITE_QUEUE_BLOCKS
     max_message_bytes: int = DEFAULT_MAX_MESSAGE_BYTES
     handshake_timeout: float = DEFAULT_HANDSHAKE_TIMEOUT
+    transport: str = DEFAULT_TRANSPORT
     idle_timeout: float = DEFAULT_IDLE_TIMEOUT
     max_call_seconds: float = DEFAULT_MAX_CALL_SECONDS
     max_bad_messages: int = DEFAULT_MAX_BAD_MESSAGES
     sequence_mode: str = "auto"
     drain_timeout: float = DEFAULT_DRAIN_TIMEOUT
     max_calls: int = DEFAULT_MAX_CALLS
+    metrics_host: str = DEFAULT_METRICS_HOST
+    metrics_port: int | None = None  # None: no metrics/health endpoint; 0: any free port
     tls_cert: Path | None = None
     tls_key: Path | None = None
     log_level: str = DEFAULT_LOG_LEVEL
