@@ -103,6 +103,9 @@ def _add_serve(sub: argparse._SubParsersAction, environ: dict[str, str]) -> None
         help="malformed messages tolerated per call before it is closed with 1007")
     add("--drain-timeout", default=defaults.DEFAULT_DRAIN_TIMEOUT, type=_positive(float), metavar="SECONDS",
         help="on SIGTERM/SIGINT, time given to live calls before they are closed (1001) and finalised")
+    add("--workers", default=1, type=_positive(int), metavar="N",
+        help="worker processes sharing the port (SO_REUSEPORT), each with its own event loop; "
+        "recommended: one per core. --max-calls counts across all of them; /metrics sums them")
     add("--max-calls", default=defaults.DEFAULT_MAX_CALLS, type=_positive(int), metavar="N",
         help="live calls accepted at once; beyond, upgrades get HTTP 503 with Retry-After (the platform retries)")
     add("--metrics-port", type=_port, metavar="PORT",
@@ -193,10 +196,12 @@ def settings_from(args: argparse.Namespace) -> Settings:
     return Settings(**fields)
 
 
-def configure_logging(level: str) -> None:
+def configure_logging(level: str, *, name: str | None = None) -> None:
+    """Log to stderr; ``name`` (a worker's) prefixes every line."""
+    prefix = f"{name}[%(process)d] " if name else ""
     logging.basicConfig(
         level=level.upper(),
-        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
+        format=f"%(asctime)s {prefix}%(levelname)s %(name)s: %(message)s",
         stream=sys.stderr,
     )
 
@@ -207,7 +212,11 @@ def _run_serve(args: argparse.Namespace) -> int:
     from callstream.server import run_until_signalled
 
     settings = settings_from(args)
-    configure_logging(settings.log_level)
+    configure_logging(settings.log_level, name="supervisor" if args.workers > 1 else None)
+    if args.workers > 1:
+        from callstream.workers import run_workers
+
+        return run_workers(settings, args.workers)
     trio.run(run_until_signalled, settings)
     return 0
 

@@ -8,9 +8,12 @@ import logging
 import signal
 import ssl
 from dataclasses import dataclass
+from functools import partial
+from typing import Any
 
 import trio
 
+from callstream.admission import Admission
 from callstream.auth import secret_matches, upgrade_credential
 from callstream.errors import CLOSE_POLICY_VIOLATION
 from callstream.http_metrics import MetricsEndpoint, serve_metrics
@@ -40,8 +43,10 @@ class Server:
 
     ``metrics``: where the Prometheus counters go (a fresh `Metrics` when not given)."""
 
-    def __init__(self, settings: Settings, *, metrics: Metrics | None = None) -> None:
+    def __init__(self, settings: Settings, *, metrics: Metrics | None = None, shared_calls: Any = None) -> None:
+        """``shared_calls``: the workers' shared live-call count (see `Admission`), if any."""
         self.settings = settings
+        self._admission = Admission(settings.max_calls, shared_calls)
         self.metrics = Metrics() if metrics is None else metrics
         self._live: set[CallRecorder] = set()
         self._started = 0
@@ -69,6 +74,8 @@ class Server:
             presented = upgrade_credential(upgrade.headers, query.secret)
             if presented is not None and not secret_matches(self.settings.secret, presented):
                 refusal = (401, "unauthorized", "wrong secret on the upgrade", "unauthorized")
+        if refusal is None and not self._admission.try_admit():
+            refusal = (503, "over capacity", f"{self._admission.live} live calls (--max-calls)", "capacity")
         if refusal is not None:
             status, body, why, reason = refusal
             self._rejected += 1
@@ -85,6 +92,7 @@ class Server:
             stream = await upgrade.accept()
             await self._record(stream, query, upgrade)
         finally:
+            self._admission.release()
             self._admitted -= 1
             if not self._admitted:
                 self._idle.set()
@@ -93,14 +101,16 @@ class Server:
         """(HTTP status, body, log text, metrics reason) when a new call must be refused."""
         if self._draining:
             return 503, "shutting down", "draining", "draining"
-        if self._admitted >= self.settings.max_calls:
-            return 503, "over capacity", f"{self._admitted} live calls (--max-calls)", "capacity"
         return None
 
     def readiness(self) -> str | None:
         """None while a new call would be admitted; else why not (for /readyz)."""
         refusal = self._refusal()
-        return None if refusal is None else refusal[2]
+        if refusal is not None:
+            return refusal[2]
+        if self._admission.live >= self._admission.limit:
+            return f"{self._admission.live} live calls (--max-calls)"
+        return None
 
     async def _record(self, stream: MessageStream, query: QueryMetadata, upgrade: Upgrade) -> None:
         require = None
@@ -186,6 +196,7 @@ async def serve(
     settings: Settings,
     server: Server | None = None,
     *,
+    reuse_port: bool = False,
     task_status: trio.TaskStatus[ListenerInfo] = trio.TASK_STATUS_IGNORED,
 ) -> None:
     """Serve until cancelled. Reports the real listening address through ``task_status``."""
@@ -204,22 +215,29 @@ async def serve(
         ssl_context=ssl_context_from(settings),
         max_message_bytes=settings.max_message_bytes,
         handshake_timeout=settings.handshake_timeout,
+        reuse_port=reuse_port,
         task_status=task_status,
     )
 
 
-async def run_until_signalled(settings: Settings) -> None:
-    """The process's main: serve, and on SIGTERM or SIGINT drain and return."""
-    server = Server(settings)
+async def run_until_signalled(
+    settings: Settings, *, shared_calls: Any = None, recover: bool = True, reuse_port: bool = False
+) -> None:
+    """The process's main: serve, and on SIGTERM or SIGINT drain and return.
+
+    A worker of `--workers N` passes the shared call count, ``recover=False`` (the supervisor
+    recovered before starting it) and ``reuse_port=True``."""
+    server = Server(settings, shared_calls=shared_calls)
     settings.output_dir.mkdir(parents=True, exist_ok=True)
-    recovered = await server.recover()
-    if recovered:
-        LOGGER.warning("recovered %d recordings left by an interrupted run", len(recovered))
+    if recover:
+        recovered = await server.recover()
+        if recovered:
+            LOGGER.warning("recovered %d recordings left by an interrupted run", len(recovered))
     if settings.secret is None:
         LOGGER.warning("no --secret: streams are accepted without authentication")
     with trio.open_signal_receiver(signal.SIGTERM, signal.SIGINT) as signals:
         async with trio.open_nursery() as nursery:
-            info = await nursery.start(serve, settings, server)
+            info = await nursery.start(partial(serve, settings, server, reuse_port=reuse_port))
             LOGGER.info(
                 "listening on %s:%d, recording %s into %s", info.host, info.port, settings.format, settings.output_dir
             )

@@ -10,10 +10,12 @@ from __future__ import annotations
 import ssl
 from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import dataclass
-from typing import Protocol
+from typing import Any, Protocol
 
 import trio
-from trio_websocket import ConnectionClosed, WebSocketConnection, WebSocketRequest, serve_websocket
+from trio_websocket import ConnectionClosed, WebSocketConnection, WebSocketRequest, WebSocketServer
+
+from callstream.listeners import open_listeners
 
 
 class StreamClosed(Exception):
@@ -100,23 +102,25 @@ async def serve_trio_websocket(
     ssl_context: ssl.SSLContext | None,
     max_message_bytes: int,
     handshake_timeout: float,
+    reuse_port: bool = False,
     task_status: trio.TaskStatus[ListenerInfo] = trio.TASK_STATUS_IGNORED,
 ) -> None:
-    """Listen and call ``handler`` with each upgrade, in its own task, until cancelled."""
+    """Listen and call ``handler`` with each upgrade, in its own task, until cancelled.
+
+    ``reuse_port``: bind with SO_REUSEPORT beside other worker processes."""
 
     async def on_request(request: WebSocketRequest) -> None:
         await handler(_TrioWebsocketUpgrade(request))
 
+    listeners: list[Any] = await open_listeners(host, port, reuse_port=reuse_port)
+    if ssl_context is not None:
+        listeners = [trio.SSLListener(listener, ssl_context, https_compatible=True) for listener in listeners]
+    server = WebSocketServer(
+        on_request,
+        listeners,
+        max_message_size=max_message_bytes,
+        connect_timeout=handshake_timeout,
+    )
     async with trio.open_nursery() as nursery:
-        server = await nursery.start(
-            lambda task_status: serve_websocket(
-                on_request,
-                host,
-                port,
-                ssl_context,
-                max_message_size=max_message_bytes,
-                connect_timeout=handshake_timeout,
-                task_status=task_status,
-            )
-        )
+        await nursery.start(server.run)
         task_status.started(ListenerInfo(host=host, port=server.port))

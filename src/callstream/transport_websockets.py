@@ -28,6 +28,7 @@ from websockets.http11 import Request, Response
 from websockets.protocol import SEND_EOF, State
 from websockets.server import ServerProtocol
 
+from callstream.listeners import open_listeners
 from callstream.transport import Handler, ListenerInfo, MessageStream, StreamClosed
 
 LOGGER = logging.getLogger("callstream.transport_websockets")
@@ -271,9 +272,11 @@ async def serve_websockets(
     ssl_context: ssl.SSLContext | None,
     max_message_bytes: int,
     handshake_timeout: float,
+    reuse_port: bool = False,
     task_status: trio.TaskStatus[ListenerInfo] = trio.TASK_STATUS_IGNORED,
 ) -> None:
     """Listen and call ``handler`` with each upgrade, in its own task, until cancelled.
+    ``reuse_port``: bind with SO_REUSEPORT beside other worker processes.
 
     Any path is accepted; the handler accepts or rejects. TLS (``ssl_context``) and the upgrade
     must complete within ``handshake_timeout`` seconds or the connection is dropped; a message
@@ -300,7 +303,7 @@ async def serve_websockets(
         finally:
             await trio.aclose_forcefully(tcp)
 
-    listeners = await trio.open_tcp_listeners(port, host=host)
+    listeners = await open_listeners(host, port, reuse_port=reuse_port)
     real_port = listeners[0].socket.getsockname()[1]
     async with trio.open_nursery() as nursery:
         await nursery.start(trio.serve_listeners, on_connection, listeners)

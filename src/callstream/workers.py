@@ -1,0 +1,161 @@
+"""`callstream serve --workers N`: N processes sharing the port with SO_REUSEPORT, supervised.
+
+The supervisor (this process) recovers what an interrupted run left behind, then starts N
+workers, each with its own trio loop and its own listening socket on the same port; the kernel
+spreads connections across them. --max-calls is counted in shared memory across all workers.
+Metrics use prometheus_client's multiprocess mode: workers write to a directory the supervisor
+made, and only the supervisor serves /metrics (totals over all workers), /healthz and /readyz. A
+worker that dies is restarted. SIGTERM or SIGINT is forwarded to every worker, which drains as a
+single process would; the supervisor exits 0 when they all have.
+"""
+
+from __future__ import annotations
+
+import logging
+import multiprocessing
+import os
+import signal
+import tempfile
+import time
+from dataclasses import replace
+from pathlib import Path
+from typing import Any
+
+import trio
+
+from callstream.listeners import bound_socket
+from callstream.recovery import recover_directory
+from callstream.settings import Settings
+
+LOGGER = logging.getLogger("callstream.workers")
+
+MULTIPROC_ENV = "PROMETHEUS_MULTIPROC_DIR"  # read by prometheus_client when a worker imports it
+SUPERVISE_INTERVAL = 0.5  # seconds between checks that every worker is alive
+RESTART_PAUSE = 1.0  # seconds before restarting a worker that died
+STOP_MARGIN = 30.0  # seconds beyond --drain-timeout a worker gets to finalise before it is killed
+
+
+def _worker_main(settings: Settings, index: int, shared_calls: Any) -> None:
+    from callstream.cli import configure_logging
+    from callstream.server import run_until_signalled
+
+    configure_logging(settings.log_level, name=f"worker-{index}")
+    worker_settings = replace(settings, metrics_port=None)  # the supervisor serves the totals
+    trio.run(lambda: run_until_signalled(worker_settings, shared_calls=shared_calls, recover=False, reuse_port=True))
+
+
+class _AggregateMetrics:
+    """What the supervisor's /metrics renders: the sum of every worker's metrics."""
+
+    def __init__(self, directory: Path) -> None:
+        self._directory = directory
+
+    def render(self) -> bytes:
+        from prometheus_client import generate_latest
+
+        from callstream.metrics import Metrics
+
+        return generate_latest(Metrics.aggregate(self._directory))
+
+
+class Supervisor:
+    """Starts, watches and stops the workers. One per `serve --workers N` process."""
+
+    def __init__(self, settings: Settings, count: int, metrics_dir: Path) -> None:
+        self.settings = settings
+        self.count = count
+        self._context = multiprocessing.get_context("spawn")
+        self.shared_calls = self._context.Value("i", 0)
+        self._metrics_dir = metrics_dir
+        self._workers: list[Any] = []
+        self._stopping = False
+
+    def readiness(self) -> str | None:
+        if self._stopping:
+            return "draining"
+        if self.shared_calls.value >= self.settings.max_calls:
+            return f"{self.shared_calls.value} live calls (--max-calls)"
+        return None
+
+    def _start(self, index: int) -> Any:
+        process = self._context.Process(
+            target=_worker_main, args=(self.settings, index, self.shared_calls), name=f"callstream-worker-{index}"
+        )
+        process.start()
+        return process
+
+    async def supervise(self) -> None:
+        from prometheus_client import multiprocess
+
+        self._workers = [self._start(index) for index in range(self.count)]
+        while True:
+            await trio.sleep(SUPERVISE_INTERVAL)
+            for index, process in enumerate(self._workers):
+                if not process.is_alive():
+                    LOGGER.error("worker %d (pid %s) exited with %s: restarting it", index, process.pid, process.exitcode)
+                    multiprocess.mark_process_dead(process.pid, str(self._metrics_dir))
+                    await trio.sleep(RESTART_PAUSE)
+                    self._workers[index] = self._start(index)
+
+    def stop(self) -> int:
+        """Forward SIGTERM, wait for the drains, kill what does not stop; the exit status."""
+        self._stopping = True
+        for process in self._workers:
+            if process.is_alive():
+                process.terminate()
+        deadline = time.monotonic() + self.settings.drain_timeout + STOP_MARGIN
+        for process in self._workers:
+            process.join(max(0.0, deadline - time.monotonic()))
+            if process.is_alive():
+                LOGGER.error("%s did not stop in time: killing it", process.name)
+                process.kill()
+                process.join()
+        failed = [p.name for p in self._workers if p.exitcode not in (0, -signal.SIGTERM)]
+        if failed:
+            LOGGER.error("workers that failed: %s", ", ".join(failed))
+        return 1 if failed else 0
+
+
+async def _run(settings: Settings, count: int, metrics_dir: Path) -> int:
+    from callstream.http_metrics import serve_metrics
+
+    supervisor = Supervisor(settings, count, metrics_dir)
+    with trio.open_signal_receiver(signal.SIGTERM, signal.SIGINT) as signals:
+        async with trio.open_nursery() as nursery:
+            nursery.start_soon(supervisor.supervise)
+            LOGGER.info("starting %d workers on %s:%d, recording %s into %s",
+                        count, settings.host, settings.port, settings.format, settings.output_dir)
+            if settings.metrics_port is not None:
+                endpoint = await nursery.start(
+                    lambda task_status: serve_metrics(
+                        _AggregateMetrics(metrics_dir), supervisor.readiness,  # type: ignore[arg-type]
+                        host=settings.metrics_host, port=settings.metrics_port, task_status=task_status,
+                    )
+                )
+                LOGGER.info("metrics on http://%s:%d/metrics (all workers)", endpoint.host, endpoint.port)
+            async for signum in signals:
+                LOGGER.info("received %s: draining %d workers", signal.Signals(signum).name, count)
+                break
+            nursery.cancel_scope.cancel()
+    # Outside trio's signal handling: the joins block, and a second Ctrl-C should not interrupt them.
+    return await trio.to_thread.run_sync(supervisor.stop)
+
+
+def run_workers(settings: Settings, count: int) -> int:
+    """Supervise ``count`` workers until SIGTERM/SIGINT; returns the exit status."""
+    settings.output_dir.mkdir(parents=True, exist_ok=True)
+    recovered = recover_directory(settings.output_dir)
+    if recovered:
+        LOGGER.warning("recovered %d recordings left by an interrupted run", len(recovered))
+    # Hold the port from here on: with port 0 this picks it, and the workers bind beside it.
+    holder = bound_socket(settings.host, settings.port, reuse_port=True)
+    try:
+        settings = replace(settings, port=holder.getsockname()[1])
+        with tempfile.TemporaryDirectory(prefix="callstream-metrics-") as metrics_dir:
+            os.environ[MULTIPROC_ENV] = metrics_dir  # spawned workers inherit it before importing
+            try:
+                return trio.run(_run, settings, count, Path(metrics_dir))
+            finally:
+                os.environ.pop(MULTIPROC_ENV, None)
+    finally:
+        holder.close()
