@@ -111,3 +111,27 @@ async def test_idle_call_is_finalised_and_closed_1001(nursery, settings) -> None
     [(_, sidecar)] = recordings(running.settings.output_dir)
     assert sidecar["status"] == "incomplete"
     assert sidecar["frames"] == 160
+
+
+async def test_cancelling_the_server_still_finalises_live_recordings(settings) -> None:
+    frames = random_frames(np.random.default_rng(15), 150)
+    with trio.fail_after(TIMEOUT):
+        async with trio.open_nursery() as server_nursery:
+            running = await start_server(server_nursery, settings)
+            client = await open_call(running.url, "cut")
+            await client.send(encode_connected())
+            await client.send(encode_start(metadata("cut")))
+            for seq, frame in enumerate(frames, 1):
+                for perspective in Perspective:
+                    await client.send(encode_media(perspective, seq, frame))
+            while running.server.statistics().live_calls < 1:
+                await trio.sleep(0.01)
+            await trio.sleep(0.3)
+            server_nursery.cancel_scope.cancel()
+        await client.drop()
+    [(path, sidecar)] = recordings(settings.output_dir)
+    assert sidecar["status"] == "incomplete"
+    assert not list(settings.output_dir.rglob("*.partial.*"))
+    audio = read_audio(path)
+    held = len(audio) // 160
+    np.testing.assert_array_equal(audio, expected_stereo(frames[:held], frames[:held]))

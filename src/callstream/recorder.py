@@ -107,18 +107,21 @@ class CallRecorder:
     async def run(self) -> CallResult:
         """Record until the call ends; never raises for anything the peer or the disk does."""
         send, receive = trio.open_memory_channel[Ready](self._settings.write_queue_blocks)
-        async with trio.open_nursery() as nursery:
-            nursery.start_soon(self._write_blocks, receive)
-            async with send:
-                await self._receive_until_end(send)
-                with trio.CancelScope(shield=True), trio.move_on_after(FINALISE_TIMEOUT):
-                    tail = self.timeline.finish()
-                    if tail is not None:
-                        await send.send((tail, time.monotonic()))
-        with trio.CancelScope(shield=True), trio.move_on_after(FINALISE_TIMEOUT):
-            await self._close_stream()
-            return await self._finalise()
-        raise AssertionError("unreachable")  # pragma: no cover
+        try:
+            async with trio.open_nursery() as nursery:
+                nursery.start_soon(self._write_blocks, receive)
+                async with send:
+                    await self._receive_until_end(send)
+                    with trio.CancelScope(shield=True), trio.move_on_after(FINALISE_TIMEOUT):
+                        tail = self.timeline.finish()
+                        if tail is not None:
+                            await send.send((tail, time.monotonic()))
+        finally:
+            # Also when the whole server is cancelled: close the files with what they have.
+            with trio.CancelScope(shield=True), trio.move_on_after(FINALISE_TIMEOUT):
+                await self._close_stream()
+                result = await self._finalise()
+        return result
 
     async def _receive_until_end(self, send: trio.MemorySendChannel[Ready]) -> None:
         with self._receive_scope:
@@ -139,7 +142,8 @@ class CallRecorder:
         if self._require_secret is not None:
             try:
                 first = parse_message(await stream.receive(), max_bytes=max_bytes)
-            except StreamClosed:
+            except StreamClosed as closed:
+                self._reason = _closed_reason(closed)
                 return False
             if not secret_matches(self._require_secret, message_credential(first)):
                 raise ProtocolError("missing or wrong secret", code=CLOSE_POLICY_VIOLATION)
@@ -147,7 +151,8 @@ class CallRecorder:
         while True:
             try:
                 data = await stream.receive()
-            except StreamClosed:
+            except StreamClosed as closed:
+                self._reason = _closed_reason(closed)
                 return False
             event = parse_message(data, max_bytes=max_bytes)
             if type(event) is Media:
@@ -284,6 +289,12 @@ class CallRecorder:
             return self._finish_recording("failed", statistics)
         except RecordingError:
             return None
+
+
+def _closed_reason(closed: StreamClosed) -> str:
+    if closed.code is None or closed.code == 1006:
+        return "connection lost"
+    return f"stream closed with {closed.code}" + (f" ({closed.reason})" if closed.reason else "")
 
 
 def _counters(call: CallState) -> dict[str, int]:
