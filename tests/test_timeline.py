@@ -416,16 +416,20 @@ def test_a_side_that_never_sends_is_silence_and_blocks_still_flow() -> None:
     assert stats.conference.fill_samples == stats.conference.samples_committed
     assert stats.conference.frames_received == 0
     assert stats.conference.nominal_frame_samples is None
-    # the caller's first frame finally arrives: it starts at its current (filled) position
-    position = stats.conference.samples_committed
+    # the caller's first frame finally arrives, just before the agent's frame 500: it lands
+    # where it arrived (the agent's newest frame, 499, starts there), not at its filled
+    # position, which trails the agent's arrivals by two windows
+    assert stats.conference.samples_committed == (500 - 2 * 10) * 160
     for i in range(500, 530):
         timeline.push(Perspective.CONFERENCE, 77 + i, frame(1, i))
         timeline.push(Perspective.PARTICIPANT, i, frame(0, i))
     tail = timeline.finish()
     assert tail is not None
     right = b"".join(b.right for b in blocks) + tail.right
-    assert right[position:position + 160] == frame(1, 500)
+    position = 499 * 160
     assert right[:position] == SIL * position
+    caller = b"".join(frame(1, i) for i in range(500, 530))
+    assert right[position:] == caller + SIL * 160  # padded to the agent's end by finish
 
 
 @PROPERTY
@@ -728,3 +732,90 @@ def test_unknown_perspective_is_refused(perspective: int) -> None:
 def test_bad_configuration_is_refused(kwargs: dict[str, object]) -> None:
     with pytest.raises(ValueError):
         Timeline(**kwargs)  # type: ignore[arg-type]
+
+
+# ------------------------------------------------------------------- a side that starts late
+
+N = 160  # samples per 20 ms frame at 8 kHz
+
+
+def first_sound(audio: bytes) -> int:
+    """Samples of silence before the first sample of audio (payloads never hold 0xFF)."""
+    return len(audio) - len(audio.lstrip(SIL))
+
+
+@PROPERTY
+@given(
+    late=st.integers(20, 500),
+    after=st.integers(1, 60),
+    late_side=st.integers(0, 1),
+    late_first=st.booleans(),
+    window_ms=st.sampled_from([60, 200, 380]),  # W = 3, 10, 19 frames: late > W
+)
+def test_a_side_starting_late_lands_where_it_arrived(
+    late: int, after: int, late_side: int, late_first: bool, window_ms: int
+) -> None:
+    """The other side streams alone for ``late`` frames; then both send one frame per 20 ms tick
+    (in either order within the tick). The late side's first frame lands within one frame of
+    ``late`` frames of silence, nothing lost; the streaming side is untouched. (Late by at most
+    the window, a first frame is reordering jitter: both sides start together.)"""
+    other = 1 - late_side
+    sent: tuple[list[bytes], list[bytes]] = ([], [])
+    pushes: list[Push] = []
+    for i in range(late + after):
+        tick: list[Push] = []
+        sent[other].append(frame(other, i))
+        tick.append((other, 1000 + i, sent[other][-1]))
+        if i >= late:
+            sent[late_side].append(frame(late_side, i))
+            tick.append((late_side, 7 + i - late, sent[late_side][-1]))
+        pushes.extend(reversed(tick) if late_first else tick)
+    timeline = Timeline(window_ms=window_ms)
+    out = play(timeline, pushes)[:2]
+    assert out[other] == b"".join(sent[other])
+    assert abs(first_sound(out[late_side]) - late * N) <= N
+    assert out[late_side].strip(SIL) == b"".join(sent[late_side])
+    check_accounting(timeline, N)
+
+
+@PROPERTY
+@given(
+    before=st.integers(1, 60),
+    pause=st.integers(30, 500),
+    after=st.integers(10, 60),
+    paused_side=st.integers(0, 1),
+    paused_first=st.booleans(),
+    restarted=st.booleans(),
+)
+def test_a_side_resuming_after_a_pause_lands_where_it_arrived(
+    before: int, pause: int, after: int, paused_side: int, paused_first: bool, restarted: bool
+) -> None:
+    """Both sides stream; one stops for ``pause`` frames (hold), its counter paused (a run of
+    late frames re-anchors it) or restarted far away (a discontinuity), then streams again. Its
+    first frame after the pause lands within one frame of where it arrived."""
+    other = 1 - paused_side
+    sent: tuple[list[bytes], list[bytes]] = ([], [])
+    pushes: list[Push] = []
+    seq = 100
+    for i in range(before + pause + after):
+        tick: list[Push] = []
+        sent[other].append(frame(other, i))
+        tick.append((other, 5000 + i, sent[other][-1]))
+        if not before <= i < before + pause:
+            if i == before + pause and restarted:
+                seq += 10**6
+            sent[paused_side].append(frame(paused_side, i))
+            tick.append((paused_side, seq, sent[paused_side][-1]))
+            seq += 1
+        pushes.extend(reversed(tick) if paused_first else tick)
+    timeline = Timeline()  # window 10 frames
+    out = play(timeline, pushes)[:2]
+    assert out[other] == b"".join(sent[other])
+    audio = out[paused_side]
+    resumed = sent[paused_side][before]
+    assert abs(audio.find(resumed) - (before + pause) * N) <= N
+    assert audio.replace(SIL, b"") == b"".join(sent[paused_side])
+    stats = timeline.statistics().by_perspective(paused_side)
+    assert (stats.counter_resumes, stats.discontinuities) == (1 - restarted, 1)
+    assert stats.late_drops == 0
+    check_accounting(timeline, N)

@@ -20,18 +20,28 @@ Arrivals. ``seq`` already held: duplicate. ``seq`` below ``next``: if it equals 
 released frame byte for byte (a ring over the last 8W numbers), duplicate; otherwise a *late*
 frame. A jump of more than J, either way, from the next expected number (one past the highest
 number taken in since the side's (re)start) is a *discontinuity*: flush what is held (in order,
-gaps filled), then re-anchor the side at the new number at its current position, as at the
-start. Late frames are kept in a small
-*run* buffer while they keep arriving close to one another; an in-order frame or a distant late
-frame abandons the run (its frames count as late drops). A run that reaches W frames is a paused
-or rewound counter: flush, re-anchor at the run's lowest number, and place the run.
+gaps filled), then re-anchor the side at the new number at its current position (caught up, see
+below), as at the start. Late frames are kept in a small *run* buffer while they keep arriving
+close to one another; an in-order frame or a distant late frame abandons the run (its frames
+count as late drops). A run that reaches W frames is a paused or rewound counter: flush,
+re-anchor at the run's lowest number (caught up), and place the run.
 
 Alignment. Stereo is emitted up to the shorter ``acc``. After every push, while one side's
 committed length exceeds the other's by more than ``max(window, N)`` samples the lagging side is
 forced one frame: its ``next`` is released even if missing (a held frame, or silence). A side that
 has nothing to offer (never received a frame; or connection mode with nothing held) is padded
-with silence counted as *fill*. A forced side that later receives its frames starts (or carries
-on) at its current, silence-filled position.
+with silence counted as *fill*. A forced side whose numbers carry on is placed by its numbers.
+
+Catching up. A forced side trails the other side's arrivals by up to two windows (one window
+behind the other's committed audio, which itself trails its arrivals by one). So when a side
+(re)anchors while the other side streams (has started releasing) -- its first frame, a
+discontinuity, a resumed counter -- its silence is topped up (as fill) first, so that its newest
+frame starts where the other side's newest received frame starts: the other's committed audio
+plus its held numbers (perspective mode) or frames (connection mode) before the newest, at most
+the lead bound. A run's lowest frame goes that many frames earlier than its newest. A late side
+thus lands where it arrived, within one frame. A first frame that arrives before the other side
+has started (within about a window of the other's first) is reordering jitter: both sides start
+together, at their current positions.
 
 Sequence mode. "perspective": numbers count per side, gaps are filled. "connection": one counter
 across both sides; a side's numbers step by ~2, so the window and jump bound double in numbers,
@@ -287,6 +297,7 @@ class Timeline:
             if not held:
                 held[sequence] = payload
                 side.lo = side.hi = sequence
+                self._catch_up(side, 0)  # a late first frame: to where it arrived
             elif sequence in held or (sequence < side.lo and _is_replay(side, sequence, payload)):
                 side.duplicates += 1
             elif abs(sequence - side.hi - 1) > side.jump:
@@ -522,6 +533,7 @@ class Timeline:
         side.next = None
         side.held[sequence] = payload
         side.lo = side.hi = sequence
+        self._catch_up(side, 0)
 
     def _late(self, side: _Side, sequence: int, payload: bytes) -> None:
         run = side.run
@@ -558,9 +570,31 @@ class Timeline:
         side.next = None
         side.lo = side.run_lo
         side.hi = side.run_hi
+        # the run's lowest frame arrived that many frames before its newest, which just did
+        self._catch_up(side, side.hi - side.lo if side.fill_gaps else len(run) - 1)
         if side.hi - side.lo >= side.span:
             self._start(side)
             self._release_window(side)
+
+    def _catch_up(self, side: _Side, behind: int) -> None:
+        """``side`` (re)anchors on frames whose newest has just arrived, ``behind`` frames after
+        its lowest. While the other side streams, top the side's silence up so that its newest
+        frame starts where the other side's newest received frame starts (the other side's
+        committed audio plus what it holds), as far as the lead bound allows: a side that was
+        forced while silent trails the other's arrivals by up to two windows."""
+        other = self._right if side is self._left else self._left
+        if not other.ever_started:  # both sides are starting: they start together
+            return
+        if other.next is not None:
+            ahead = other.hi - other.next if other.fill_gaps else len(other.held) - 1
+        elif other.held:  # re-anchoring itself: it starts at its position, at its lowest
+            ahead = other.hi - other.lo if other.fill_gaps else len(other.held) - 1
+        else:
+            return
+        target = other.committed + min(ahead * other.nominal, other.force_limit)
+        target -= behind * side.nominal
+        if target > side.committed:
+            self._fill(side, target - side.committed)
 
     def _force(self, side: _Side) -> None:
         """Move a lagging side forward by one frame: its next frame, or silence."""
