@@ -13,7 +13,7 @@ from callstream.cli import main
 from callstream.loadgen import FRAME_BYTES, LoadSpec, build_pool, plan_calls
 from callstream.settings import Settings
 from callstream.simverify import verify
-from conftest import RunningServer, replace, start_server
+from conftest import RunningServer, replace, start_server, wait_for_calls
 
 TIMEOUT = 60  # seconds: a hang fails instead of blocking the suite
 
@@ -49,6 +49,7 @@ async def test_calls_have_distinct_content(server: RunningServer, tmp_path: Path
     report = tmp_path / "report.json"
     with trio.fail_after(TIMEOUT):
         code = await simulate(*load_args(server, "--json", str(report), "--call-id", "distinct"))
+        await wait_for_calls(server, 5)  # the client is done before the server has renamed the files
     assert code == 0
     assert json.loads(report.read_text())["summary"]["messages"] == 5 * 2 * 100
     audio = [
