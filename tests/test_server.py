@@ -206,3 +206,19 @@ async def test_flac_and_mulaw_formats(nursery: trio.Nursery, settings) -> None:
         assert path.suffix == suffix
         assert sidecar["format"] == fmt
         np.testing.assert_array_equal(read_audio(path), expected_stereo(agent, caller))
+
+
+async def test_connection_wide_sequence_ids_are_ordered_without_gaps(server: RunningServer, caplog) -> None:
+    rng = np.random.default_rng(16)
+    agent, caller = random_frames(rng, 100), random_frames(rng, 100)
+    media = []
+    for index, (a, c) in enumerate(zip(agent, caller, strict=True)):
+        media += [(P, 2 * index + 1, a), (C, 2 * index + 2, c)]  # one counter across both sides
+    with trio.fail_after(TIMEOUT):
+        await send_all(server.url, call_messages(metadata("conn-wide"), media))
+        await wait_for_calls(server, 1)
+    [(path, sidecar)] = recordings(server.settings.output_dir)
+    np.testing.assert_array_equal(read_audio(path), expected_stereo(agent, caller))
+    assert sidecar["statistics"]["sequence_mode"] == "connection"
+    warnings = [r for r in caplog.records if "across the connection" in r.getMessage()]
+    assert len(warnings) == 1

@@ -94,6 +94,7 @@ class CallRecorder:
         self._recording: Recording | None = None
         self._started = datetime.now(UTC)
         self._receive_scope = trio.CancelScope()
+        self._mode_logged = settings.sequence_mode != "auto"
         self._reason = "closed by peer"
         self._close_code: int | None = None
         self._failure: RecordingError | None = None
@@ -148,21 +149,31 @@ class CallRecorder:
             if not secret_matches(self._require_secret, message_credential(first)):
                 raise ProtocolError("missing or wrong secret", code=CLOSE_POLICY_VIOLATION)
             call.handle(first)
+        # Messages already parsed from the last chunk are taken without an await each: between
+        # two of them nothing else runs (no await), so nothing can cancel us either. After an
+        # await (a block sent) the next message comes through receive() again, which checks.
+        receive_nowait = getattr(stream, "receive_nowait", _nothing)
         while True:
             try:
                 data = await stream.receive()
             except StreamClosed as closed:
                 self._reason = _closed_reason(closed)
                 return False
-            event = parse_message(data, max_bytes=max_bytes)
-            if type(event) is Media:
-                if timeline.push(event.perspective, event.sequence, event.payload):
-                    while (block := timeline.pop_block()) is not None:
-                        await send.send((block, time.monotonic()))
-            else:
-                call.handle(event)
-                if call.finished:
-                    return True
+            while data is not None:
+                event = parse_message(data, max_bytes=max_bytes)
+                if type(event) is Media:
+                    if timeline.push(event.perspective, event.sequence, event.payload):
+                        block = timeline.pop_block()
+                        if block is not None:
+                            while block is not None:
+                                await send.send((block, time.monotonic()))
+                                block = timeline.pop_block()
+                            break
+                else:
+                    call.handle(event)
+                    if call.finished:
+                        return True
+                data = receive_nowait()
 
     async def _tick(self, send: trio.MemorySendChannel[Ready]) -> None:
         settings = self._settings
@@ -171,6 +182,7 @@ class CallRecorder:
         while True:
             await trio.sleep(settings.flush_interval)
             self._meter()
+            self._log_sequence_mode()
             now = trio.current_time()
             count = self.timeline.frames_received
             if count != last_count:
@@ -182,6 +194,15 @@ class CallRecorder:
             block = self.timeline.pop_block(partial=True)
             if block is not None:
                 await send.send((block, time.monotonic()))
+
+    def _log_sequence_mode(self) -> None:
+        """PROTOCOL.md: when auto-detection falls back to connection-wide ordering, say so once."""
+        if not self._mode_logged and self.timeline.sequence_mode == "connection":
+            self._mode_logged = True
+            LOGGER.warning(
+                "call %s: sequenceId counts across the connection, not per perspective: "
+                "ordering without gap filling", self.call.call_id,
+            )
 
     def _meter(self) -> None:
         """Report the media counters' progress since the last report (cheap: once per tick)."""
@@ -245,6 +266,7 @@ class CallRecorder:
 
     async def _finalise(self) -> CallResult:
         call = self.call
+        self._log_sequence_mode()
         if self._failure is not None:
             status = "failed"
         elif call.finished:
@@ -289,6 +311,11 @@ class CallRecorder:
             return self._finish_recording("failed", statistics)
         except RecordingError:
             return None
+
+
+def _nothing() -> None:
+    """`receive_nowait` for a stream without one: every message then comes from receive()."""
+    return None
 
 
 def _closed_reason(closed: StreamClosed) -> str:
