@@ -393,14 +393,6 @@ def test_frames_of_the_first_length_are_held_within_budget() -> None:
     assert retained_after(pushes) < 256 * 1024
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="BUG (timeline.py, for its owner): the window and the duplicate ring are counted in "
-    "frames of the *first* payload's length. A peer whose first frame is 1 byte gets W = 1600 "
-    "frames and a ring of 12,800 payloads per side; longer frames after it are then all kept: "
-    "~13 MB here (1,599 frames of 4,000 bytes a side), 1.3 GB RSS for 14,000 frames of 48 KB "
-    "(what a 64 KiB message carries); test_hostile.py shows +160 MB on a live server.",
-)
 @pytest.mark.parametrize("shape", [in_order_after_a_one_byte_frame, late_run_after_one_byte_frames])
 def test_frames_longer_than_the_first_do_not_multiply_what_is_held(shape) -> None:
     retained = retained_after(shape(1599))

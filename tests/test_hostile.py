@@ -613,11 +613,6 @@ async def test_afterwards_the_server_still_records_and_its_memory_came_back(
 
 # ------------------------------------------------------------------- a known bug, for its owner
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="BUG (timeline.py): windows are counted in frames of the first payload's length, so "
-    "1-byte frames and then 48 KB frames make one call hold ~150 MB (see test_fuzz_core.py)",
-)
 async def test_frames_longer_than_the_first_cannot_balloon_the_server(tmp_path: Path) -> None:
     server = ServerProcess(tmp_path / "recordings")
     try:

@@ -23,6 +23,7 @@ from callstream.events import (
     Unknown,
 )
 from callstream.protocol import (
+    MAX_MEDIA_PAYLOAD,
     QueryMetadata,
     build_query,
     encode_connected,
@@ -170,6 +171,29 @@ def test_perspective_is_case_insensitive(name: str, perspective: Perspective) ->
 )
 def test_sequence_id_string_or_int(sequence: object, expected: int) -> None:
     assert parse_message(media_frame(sequenceId=sequence)).sequence == expected
+
+
+@pytest.mark.parametrize("length", [1, 160, 800, MAX_MEDIA_PAYLOAD])
+def test_media_payloads_up_to_the_maximum_are_media(length: int) -> None:
+    payload = bytes([length % 251]) * length
+    for perspective in Perspective:
+        frame = encode_media(perspective, 7, payload)
+        assert parse_message(frame) == Media(perspective, 7, payload)
+        assert protocol._parse_tolerant(frame) == Media(perspective, 7, payload)
+
+
+@pytest.mark.parametrize("length", [MAX_MEDIA_PAYLOAD + 1, 4000, 48_000])
+def test_a_media_payload_over_the_maximum_is_a_bad_message_not_fatal(length: int) -> None:
+    """250 ms of 8 kHz mu-law at most: a longer payload is skipped and counted (BadMessage),
+    by the fast path and the tolerant parser alike, whatever else the frame says."""
+    assert MAX_MEDIA_PAYLOAD == 2000
+    frame = encode_media(Perspective.CONFERENCE, 3, b"\x10" * length)
+    expected = BadMessage(f"Media payload is over {MAX_MEDIA_PAYLOAD} bytes")
+    assert parse_message(frame) == expected
+    assert parse_message(frame.encode()) == expected
+    assert protocol._parse_tolerant(frame) == expected
+    odd = frame.replace('"Media"', '"media"')  # not the exact shape: the tolerant parser
+    assert parse_message(odd) == expected
 
 
 def test_media_payload_length_comes_from_the_frame() -> None:
@@ -352,6 +376,7 @@ MEDIA_REASON = {
     "missing": "Media media is missing or not a string",
     "base64": "Media media is not valid base64",
     "empty": "Media payload is empty",
+    "too long": "Media payload is over 2000 bytes",
 }
 BAD_MEDIA = {
     "no perspective": ({"perspective": ...}, "perspective"),
@@ -386,6 +411,11 @@ BAD_MEDIA = {
     "data after padding": ({"media": "AA==AAAA"}, "base64"),
     "non-ascii": ({"media": "AAA\u00e9"}, "base64"),
     "empty payload": ({"media": ""}, "empty"),
+    "payload over the maximum": ({"media": base64.b64encode(b"\x10" * 2001).decode()}, "too long"),
+    "long payload, odd shape": (
+        {"sequenceId": 1, "media": base64.b64encode(b"\x10" * 48_000).decode()},
+        "too long",
+    ),
 }
 
 
@@ -740,6 +770,9 @@ media_like = st.fixed_dictionaries(
         "sequenceId": st.integers(-5, 2**40).map(str) | st.integers(-5, 2**40) | json_scalars,
         "media": st.text(alphabet=string.ascii_letters + string.digits + "+/=-_ ", max_size=12)
         | st.binary(max_size=12).map(lambda b: base64.b64encode(b).decode())
+        | st.integers(MAX_MEDIA_PAYLOAD - 2, MAX_MEDIA_PAYLOAD + 2).map(
+            lambda n: base64.b64encode(b"\x10" * n).decode()
+        )
         | json_scalars,
     },
 )
@@ -770,7 +803,7 @@ def test_base64_strictness_matches_msgspec(text: str) -> None:
 @given(
     st.sampled_from(Perspective),
     st.integers(min_value=0, max_value=2**31),
-    st.binary(min_size=1, max_size=4000),
+    st.binary(min_size=1, max_size=MAX_MEDIA_PAYLOAD),
 )
 def test_media_round_trip(perspective: Perspective, sequence: int, payload: bytes) -> None:
     frame = encode_media(perspective, sequence, payload)

@@ -14,7 +14,13 @@ from itertools import pairwise
 import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
-from hypothesis.stateful import RuleBasedStateMachine, invariant, precondition, rule
+from hypothesis.stateful import (
+    RuleBasedStateMachine,
+    initialize,
+    invariant,
+    precondition,
+    rule,
+)
 
 from callstream.events import Perspective
 from callstream.timeline import SILENCE, StereoBlock, Timeline, TimelineFinishedError
@@ -185,8 +191,8 @@ def test_any_pop_pattern_gives_the_same_output(call: Call, data: st.DataObject) 
 
 
 # Arbitrary input: small frames so short examples cover many windows, blocks and jumps.
-MESSY_LENGTH = 40  # 5 ms
-MESSY = {"window_ms": 20, "discontinuity_ms": 200, "block_ms": 25}  # W=4, J=40 frames
+MESSY_LENGTH = 80  # 10 ms: the shortest frame the window arithmetic counts (MIN_FRAME_MS)
+MESSY = {"window_ms": 40, "discontinuity_ms": 400, "block_ms": 50}  # W=4, J=40 frames
 MESSY_WINDOW = 4
 
 
@@ -819,3 +825,166 @@ def test_a_side_resuming_after_a_pause_lands_where_it_arrived(
     assert (stats.counter_resumes, stats.discontinuities) == (1 - restarted, 1)
     assert stats.late_drops == 0
     check_accounting(timeline, N)
+
+
+# ------------------------------------------------------------- bytes held, whatever the lengths
+
+LONGEST = 2000  # bytes: protocol.MAX_MEDIA_PAYLOAD, 250 ms at 8 kHz (timeline.LONGEST_FRAME_MS)
+
+
+def byte_bound(timeline: Timeline) -> int:
+    """What one call may keep, derived from the configuration alone (not from the timeline's
+    internals): per side, held frames and a late run within 2 units each and the duplicate ring
+    within 8 units (a unit: the window or the longest frame, whichever is longer), plus committed
+    but unpopped audio under a block and the alignment limit."""
+    unit = max(timeline.window_samples, LONGEST)
+    return 2 * (12 * unit + timeline.block_samples + unit)
+
+
+def bytes_kept(timeline: Timeline) -> int:
+    """White box: payload bytes held, in a late run and in the duplicate ring, and committed
+    audio not popped yet, both sides; also checks the timeline's own byte counters."""
+    total = 0
+    for side in (timeline._left, timeline._right):
+        held = sum(map(len, side.held.values()))
+        run = sum(map(len, side.run.values()))
+        ring = sum(len(p) for p in side.ring_payload if p is not None)
+        assert (side.held_bytes, side.run_bytes, side.ring_bytes) == (held, run, ring)
+        total += held + run + ring + len(side.acc)
+    return total
+
+
+class ByteBoundMachine(RuleBasedStateMachine):
+    """Payloads of any length from 1 to the protocol's maximum (the first one too: a 1-byte first
+    frame once made the window 1600 frames), in any order: in order, skips, late, replays, jumps,
+    rewound counters, partial pops. Whatever it holds stays within the byte bound."""
+
+    @initialize(
+        window_ms=st.sampled_from([20, 200, 1000]),
+        mode=st.sampled_from(["auto", "perspective", "connection"]),
+        first=st.tuples(st.integers(1, LONGEST), st.integers(1, LONGEST)),
+    )
+    def start(self, window_ms: int, mode: str, first: tuple[int, int]) -> None:
+        self.timeline = Timeline(window_ms=window_ms, sequence_mode=mode)
+        self.bound = byte_bound(self.timeline)
+        self.frontier = [1000, 5000]
+        self.recent: list[Push] = []
+        self.tag = 0
+        for side in (0, 1):
+            self.push(side, self.frontier[side], first[side])
+
+    def push(self, side: int, sequence: int, length: int) -> None:
+        self.tag += 1
+        self.send((side, sequence, bytes([self.tag % 255]) * length))
+
+    def send(self, item: Push) -> None:
+        self.recent.append(item)
+        del self.recent[:-16]
+        if self.timeline.push(*item):
+            while self.timeline.pop_block() is not None:
+                pass
+
+    @rule(side=st.integers(0, 1), step=st.integers(1, 3), length=st.integers(1, LONGEST))
+    def next_frame(self, side: int, step: int, length: int) -> None:
+        self.frontier[side] += step
+        self.push(side, self.frontier[side], length)
+
+    @rule(side=st.integers(0, 1), count=st.integers(1, 40), length=st.integers(1, LONGEST))
+    def burst(self, side: int, count: int, length: int) -> None:
+        for _ in range(count):
+            self.frontier[side] += 1
+            self.push(side, self.frontier[side], length)
+
+    @rule(side=st.integers(0, 1), back=st.integers(1, 200), length=st.integers(1, LONGEST))
+    def late_frame(self, side: int, back: int, length: int) -> None:
+        self.push(side, self.frontier[side] - back, length)
+
+    @precondition(lambda self: self.recent)
+    @rule(index=st.integers(0, 15))
+    def replay(self, index: int) -> None:
+        self.send(self.recent[index % len(self.recent)])
+
+    @rule(side=st.integers(0, 1), jump=st.integers(50, 10**12), backward=st.booleans(),
+          length=st.integers(1, LONGEST))
+    def jump(self, side: int, jump: int, backward: bool, length: int) -> None:
+        self.frontier[side] += -jump if backward else jump
+        self.push(side, self.frontier[side], length)
+
+    @rule(side=st.integers(0, 1), back=st.integers(5, 1000), count=st.integers(1, 60),
+          length=st.integers(1, LONGEST))
+    def rewound_counter(self, side: int, back: int, count: int, length: int) -> None:
+        start = self.frontier[side] - back
+        for k in range(count):
+            self.push(side, start + k, length)
+        self.frontier[side] = max(self.frontier[side], start + count - 1)
+
+    @rule()
+    def partial_pop(self) -> None:
+        self.timeline.pop_block(partial=True)
+
+    @invariant()
+    def what_is_kept_is_bounded_in_bytes(self) -> None:
+        kept = bytes_kept(self.timeline)
+        assert kept <= self.bound, (kept, self.bound)
+        stats = self.timeline.statistics()
+        for side in (stats.participant, stats.conference):
+            assert side.frames_received == (
+                side.frames_placed + side.duplicates + side.late_drops + side.frames_held)
+            assert side.samples_committed - stats.samples_emitted == len(
+                (self.timeline._left, self.timeline._right)[side is stats.conference].acc)
+
+    def teardown(self) -> None:
+        if not hasattr(self, "timeline"):
+            return
+        tail = self.timeline.finish()
+        stats = self.timeline.statistics()
+        assert stats.participant.samples_committed == stats.conference.samples_committed
+        assert stats.participant.samples_committed == stats.samples_emitted
+        assert tail is None or len(tail.left) == len(tail.right)
+        assert self.timeline.buffered_frames == 0
+
+
+TestByteBoundMachine = ByteBoundMachine.TestCase
+TestByteBoundMachine.settings = settings(max_examples=80, stateful_step_count=40, deadline=None,
+                                         suppress_health_check=[HealthCheck.too_slow])
+
+
+def test_the_byte_bound_of_a_live_call_is_under_200_kb() -> None:
+    assert byte_bound(Timeline()) <= 200_000
+
+
+def shapes() -> dict[str, list[tuple[int, int, int]]]:
+    """The hostile shapes of tests/test_fuzz_core.py at the protocol's maximum payload."""
+    one_then_long = [(0, 0, 1), (1, 0, 1)]
+    one_then_long += [(p, seq, LONGEST) for seq in range(1, 1600) for p in (0, 1)]
+    late_run = [(p, seq, 1) for seq in range(10_000, 13_200) for p in (0, 1)]
+    late_run += [(p, seq, LONGEST) for seq in range(12_000, 13_600) for p in (0, 1)]
+    rewound = [(p, seq, 1) for seq in range(10_000, 13_200) for p in (0, 1)]
+    rewound += [(p, seq, LONGEST) for seq in range(13_100, 13_150) for p in (0, 1)]
+    return {"one byte then long": one_then_long, "late run": late_run, "rewound": rewound}
+
+
+@pytest.mark.parametrize("name", list(shapes()))
+def test_long_frames_after_a_one_byte_first_frame_are_kept_within_the_bound(name: str) -> None:
+    timeline = Timeline()
+    most = 0
+    for perspective, sequence, length in shapes()[name]:
+        if timeline.push(perspective, sequence, bytes([sequence % 255]) * length):
+            while timeline.pop_block() is not None:
+                pass
+        most = max(most, bytes_kept(timeline))
+    assert most <= byte_bound(timeline)
+    assert timeline.buffered_frames <= 2 * (2 * 20 - 1)  # W <= window_ms / MIN_FRAME_MS = 20
+    timeline.finish()
+    stats = timeline.statistics()
+    assert stats.participant.samples_committed == stats.conference.samples_committed
+
+
+@pytest.mark.parametrize("first", [1, 40, 79, 80])
+def test_the_window_never_counts_frames_shorter_than_10_ms(first: int) -> None:
+    timeline = Timeline()  # 200 ms: at most 20 frames, however short the first one is
+    for seq in range(100):
+        timeline.push(0, seq, b"\x01" * first)
+        assert timeline.statistics().participant.frames_held <= 20 + 1
+    side = timeline._left  # white box: W, the ring and J, counted in frames of 10 ms
+    assert (side.window, side.ring_size, side.jump_frames) == (20, 160, 1000)

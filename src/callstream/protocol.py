@@ -12,7 +12,8 @@ falls through to one tolerant dict-based parser, which alone decides what the fr
 fast path is therefore only a shortcut: it accepts a subset of what the tolerant parser accepts
 and gives the same event for it (tests/test_protocol.py checks this).
 
-Malformed frames become `BadMessage` (the call goes on; the caller counts them); a frame over
+Malformed frames become `BadMessage` (the call goes on; the caller counts them), and so does a
+Media payload over `MAX_MEDIA_PAYLOAD` bytes; a frame over
 `max_bytes`, or a Start announcing audio we cannot record, raises `ProtocolError` with its close
 code. Reasons are short ASCII texts that never quote a secret.
 """
@@ -44,6 +45,7 @@ __all__ = [
     "DEFAULT_CONTENT_TYPE",
     "DEFAULT_MAX_BYTES",
     "DEFAULT_SAMPLE_RATE",
+    "MAX_MEDIA_PAYLOAD",
     "SUPPORTED_CONTENT_TYPES",
     "SUPPORTED_SAMPLE_RATES",
     "QueryMetadata",
@@ -59,6 +61,11 @@ __all__ = [
 DEFAULT_MAX_BYTES: Final = 65536  # bytes of UTF-8 per text frame; a Media frame is ~300
 DEFAULT_CONTENT_TYPE: Final = "audio/x-mulaw"
 DEFAULT_SAMPLE_RATE: Final = 8000  # Hz
+# The longest Media payload we take, bytes: 250 ms of 8 kHz mu-law. The platform sends 160-byte
+# (20 ms) frames, its successor 100 ms chunks; a longer payload is a BadMessage, so that a peer
+# cannot make the timeline hold frames many times its window (timeline.LONGEST_FRAME_MS).
+MAX_MEDIA_PAYLOAD: Final = 2000
+_MEDIA_TOO_LONG: Final = f"Media payload is over {MAX_MEDIA_PAYLOAD} bytes"
 
 # What a Start may announce: lower-cased media type (parameters stripped) -> canonical name,
 # which is what `Start.content_type` carries. A-law ("audio/x-alaw", "audio/pcma") goes here
@@ -129,10 +136,10 @@ def parse_message(data: str | bytes, *, max_bytes: int = DEFAULT_MAX_BYTES) -> E
     ``data`` is the frame as text, or as bytes holding UTF-8 JSON text. Returns `Connected`,
     `Start`, `Media`, `Stop`, `Unknown` (a well-formed message with an event we do not know)
     or `BadMessage` (anything malformed: not UTF-8, not JSON, not an object, no event, a bad
-    field); never raises for those. Raises `ProtocolError` only for what must end the call:
-    a frame over ``max_bytes`` bytes of UTF-8 (code 1009), a Start whose content type is not
-    in `SUPPORTED_CONTENT_TYPES` or whose sample rate is not in `SUPPORTED_SAMPLE_RATES`
-    (code 1003).
+    field, a Media payload over `MAX_MEDIA_PAYLOAD` bytes); never raises for those. Raises
+    `ProtocolError` only for what must end the call: a frame over ``max_bytes`` bytes of UTF-8
+    (code 1009), a Start whose content type is not in `SUPPORTED_CONTENT_TYPES` or whose sample
+    rate is not in `SUPPORTED_SAMPLE_RATES` (code 1003).
     """
     if len(data) > max_bytes >> 2 and _utf8_length(data) > max_bytes:
         raise ProtocolError(f"message over {max_bytes} bytes", code=CLOSE_MESSAGE_TOO_BIG)
@@ -141,9 +148,12 @@ def parse_message(data: str | bytes, *, max_bytes: int = DEFAULT_MAX_BYTES) -> E
         seq = frame.sequenceId
         if type(seq) is str:
             seq = int(seq) if seq.isascii() and seq.isdigit() else -1
-        if seq >= 0 and frame.media:
+        media = frame.media
+        if seq >= 0 and media:
+            if len(media) > MAX_MEDIA_PAYLOAD:  # what the tolerant parser says too
+                return BadMessage(_MEDIA_TOO_LONG)
             perspective = _PARTICIPANT if frame.perspective == "Participant" else _CONFERENCE
-            return Media(perspective, seq, frame.media)
+            return Media(perspective, seq, media)
     except (ValueError, RecursionError):  # msgspec's errors, bad UTF-8, deep nesting, int()
         pass
     return _parse_tolerant(data)
@@ -199,6 +209,8 @@ def _media(msg: dict[str, Any]) -> Media | BadMessage:
         return BadMessage("Media media is not valid base64")
     if not payload:
         return BadMessage("Media payload is empty")
+    if len(payload) > MAX_MEDIA_PAYLOAD:
+        return BadMessage(_MEDIA_TOO_LONG)
     return Media(perspective, sequence, payload)
 
 

@@ -5,8 +5,11 @@ Theory of operation
 Each perspective (0 = participant = left, 1 = conference = right) is a ``_Side``. A side learns
 its *nominal* frame length N (samples) from its first non-empty payload; its window is
 W = max(1, round(window_ms / frame_ms)) frames and its jump bound J = round(discontinuity_ms /
-frame_ms) frames (until then the other side's, or 20 ms, stands in). All limits count sequence
-progress, never time: there is no clock.
+frame_ms) frames (until then the other side's, or 20 ms, stands in), where frame_ms is N's
+duration but at least MIN_FRAME_MS (10 ms): a peer whose first frame is tiny cannot make W, J or
+the duplicate ring many frames long (W <= window_ms / 10). All limits count sequence progress,
+never time: there is no clock. Frames may be longer than N, so what is held is also capped in
+bytes (see Memory).
 
 Placement. A side holds arriving frames in a dict ``seq -> payload`` and releases them in sequence
 order from ``next`` (the next expected number). ``next`` is not fixed by the first frame: the side
@@ -54,9 +57,17 @@ strictly between them, the other side's numbers also free of consecutive pairs a
 numbers. A side holding >= 3 numbers with a consecutive pair, or the second side's first release,
 settles "perspective".
 
-Memory: held <= W frames per side, the late run < W frames, the ring 8W references; committed but
-unpopped audio stays below one block + the window as long as the caller pops whenever ``push``
-returns True (a forward jump below J may add up to J frames of silence at once).
+Memory, in frames: held <= W frames per side, the late run < W frames, the ring 8W references.
+In bytes, with U = max(window, LONGEST_FRAME_MS) samples (2000 at the defaults: 200 ms window,
+250 ms = protocol.MAX_MEDIA_PAYLOAD at 8 kHz), whatever the payload lengths: held payloads <= 2U
+per side (after a push, the lowest held frames are released, as if the window had passed them,
+until they fit); the late run <= 2U (a run over it is a resumed counter, as one of W frames); the
+ring <= 8U (over it, entries are forgotten from about the oldest on: their numbers are no longer
+recognised as replays). Committed but unpopped audio stays below one block + max(window, N) per
+side as long as the caller pops whenever ``push`` returns True (within a push, a forward jump
+below J may add up to J frames of silence at once). So at the defaults, for payloads of at most
+2000 bytes, a call keeps at most 2 x (12U + 8000 + 2000) = 68,000 bytes of audio (+ the ring's
+8W slots and the dicts' overhead; tests/test_timeline.py checks the bound).
 """
 
 from __future__ import annotations
@@ -71,6 +82,9 @@ SILENCE: Final = 0xFF  # mu-law silence (decodes to 0); 0x00 decodes to -32124
 MODES: Final = ("auto", "perspective", "connection")
 DEFAULT_FRAME_MS: Final = 20.0  # stands in for the frame length until a side's first payload
 RING_WINDOWS: Final = 8  # exact replays are recognised up to 8 windows of numbers back
+MIN_FRAME_MS: Final = 10.0  # the window arithmetic never counts frames shorter than this
+LONGEST_FRAME_MS: Final = 250.0  # the longest frame expected (protocol.MAX_MEDIA_PAYLOAD at 8 kHz)
+HOLD_UNITS: Final = 2  # held frames, and a late run, stay within 2 budget units of bytes
 
 
 class TimelineFinishedError(CallstreamError, RuntimeError):
@@ -154,6 +168,7 @@ class _Side:
         "gap_samples",
         "gaps",
         "held",
+        "held_bytes",
         "hi",
         "jump",
         "jump_frames",
@@ -165,10 +180,13 @@ class _Side:
         "placed",
         "received",
         "resumes",
+        "ring_bytes",
+        "ring_cursor",
         "ring_payload",
         "ring_seq",
         "ring_size",
         "run",
+        "run_bytes",
         "run_hi",
         "run_lo",
         "silence",
@@ -178,6 +196,7 @@ class _Side:
 
     def __init__(self) -> None:
         self.held: dict[int, bytes] = {}
+        self.held_bytes = 0  # sum of the held payloads' lengths
         self.next: int | None = None  # next sequence to release; None until (re)started
         self.lo = 0  # lowest held number, valid while next is None and held is not empty
         self.hi = 0  # highest number taken in since the (re)start, >= next - 1: hi + 1 is expected
@@ -185,6 +204,7 @@ class _Side:
         self.run: dict[int, bytes] = {}
         self.run_lo = 0
         self.run_hi = 0
+        self.run_bytes = 0
         self.acc = bytearray()
         self.committed = 0
         self.learnt = False
@@ -199,6 +219,8 @@ class _Side:
         self.force_limit = self.ring_size = 0
         self.ring_seq: list[int | None] = []
         self.ring_payload: list[bytes | None] = []
+        self.ring_bytes = 0  # sum of the ring's payload lengths
+        self.ring_cursor = 0  # where eviction resumes: roughly the oldest entry
 
 
 def _is_replay(side: _Side, sequence: int, payload: bytes) -> bool:
@@ -237,6 +259,11 @@ class Timeline:
         self._sample_rate = int(sample_rate)
         self._block = max(1, round(block_ms * sample_rate / 1000))
         self._window_samples = max(1, round(window_ms * sample_rate / 1000))
+        self._min_frame = max(1, round(MIN_FRAME_MS * sample_rate / 1000))
+        longest = max(1, round(LONGEST_FRAME_MS * sample_rate / 1000))
+        unit = max(self._window_samples, longest)  # the byte budget unit (2000 at the defaults)
+        self._hold_limit = HOLD_UNITS * unit
+        self._ring_limit = RING_WINDOWS * unit
         self._connection = sequence_mode == "connection"
         self._pending = sequence_mode == "auto"
         self._emitted = 0
@@ -296,6 +323,7 @@ class Timeline:
         if nxt is None:  # not started: collect, start once the window has passed the lowest
             if not held:
                 held[sequence] = payload
+                side.held_bytes = len(payload)
                 side.lo = side.hi = sequence
                 self._catch_up(side, 0)  # a late first frame: to where it arrived
             elif sequence in held or (sequence < side.lo and _is_replay(side, sequence, payload)):
@@ -304,6 +332,7 @@ class Timeline:
                 self._discontinuity(side, sequence, payload)
             else:
                 held[sequence] = payload
+                side.held_bytes += len(payload)
                 if sequence > side.hi:
                     side.hi = sequence
                 elif sequence < side.lo:
@@ -320,6 +349,7 @@ class Timeline:
                 if side.run:
                     self._abandon_run(side)
                 held[sequence] = payload
+                side.held_bytes += len(payload)
                 if sequence > side.hi:
                     side.hi = sequence
                 if side.hi - nxt >= side.span or len(held) > side.window:
@@ -332,6 +362,8 @@ class Timeline:
                 self._discontinuity(side, sequence, payload)
             else:
                 self._late(side, sequence, payload)
+        if side.held_bytes > self._hold_limit:
+            self._shed(side)
         left = self._left
         right = self._right
         lead = left.committed - right.committed
@@ -385,7 +417,9 @@ class Timeline:
     # ------------------------------------------------------------------------------- internals
 
     def _configure(self, side: _Side, nominal: int) -> None:
-        frame_ms = nominal * 1000 / self._sample_rate
+        # the window arithmetic counts frames of at least MIN_FRAME_MS: a peer's tiny first
+        # frame cannot make the window, the jump bound or the ring many frames long
+        frame_ms = max(nominal, self._min_frame) * 1000 / self._sample_rate
         window = max(1, round(self._window_ms / frame_ms))
         jump = max(window + 1, round(self._discontinuity_ms / frame_ms))
         side.nominal = nominal
@@ -397,6 +431,7 @@ class Timeline:
         side.ring_size = RING_WINDOWS * window
         side.ring_seq = [None] * side.ring_size
         side.ring_payload = [None] * side.ring_size
+        side.ring_bytes = side.ring_cursor = 0
 
     def _learn(self, side: _Side, nominal: int) -> None:
         side.learnt = True
@@ -475,7 +510,8 @@ class Timeline:
         ring_seq = side.ring_seq
         ring_payload = side.ring_payload
         size = side.ring_size
-        committed = side.committed
+        ring_bytes = side.ring_bytes
+        released = 0  # payload bytes placed
         placed = 0
         if side.fill_gaps:
             silence = side.silence
@@ -483,6 +519,9 @@ class Timeline:
             while nxt <= last:
                 payload = held.pop(nxt, None)
                 i = nxt % size
+                old = ring_payload[i]
+                if old is not None:
+                    ring_bytes -= len(old)
                 ring_seq[i] = nxt
                 ring_payload[i] = payload
                 if payload is None:
@@ -490,29 +529,64 @@ class Timeline:
                     gaps += 1
                 else:
                     acc += payload
-                    committed += len(payload)
+                    released += len(payload)
                     placed += 1
                 nxt += 1
             if gaps:
                 side.gaps += gaps
                 side.gap_samples += gaps * len(silence)
-                committed += gaps * len(silence)
+                side.committed += gaps * len(silence)
         else:
             while nxt <= last:
                 payload = held.pop(nxt, None)
                 if payload is not None:
                     i = nxt % size
+                    old = ring_payload[i]
+                    if old is not None:
+                        ring_bytes -= len(old)
                     ring_seq[i] = nxt
                     ring_payload[i] = payload
                     acc += payload
-                    committed += len(payload)
+                    released += len(payload)
                     placed += 1
                 nxt += 1
         side.placed += placed
-        side.committed = committed
+        side.committed += released
+        side.held_bytes -= released
+        side.ring_bytes = ring_bytes = ring_bytes + released
+        if ring_bytes > self._ring_limit:
+            self._evict(side)
         side.next = nxt
         if side.hi < nxt - 1:  # forced past everything received: expect nxt next
             side.hi = nxt - 1
+
+    def _evict(self, side: _Side) -> None:
+        """The ring is over its byte budget: forget payloads, from about the oldest on, until
+        it is not (their numbers are then no longer recognised as replays)."""
+        ring_seq = side.ring_seq
+        ring_payload = side.ring_payload
+        size = side.ring_size
+        limit = self._ring_limit
+        ring_bytes = side.ring_bytes
+        i = side.ring_cursor
+        while ring_bytes > limit:
+            payload = ring_payload[i]
+            if payload is not None:
+                ring_bytes -= len(payload)
+                ring_payload[i] = ring_seq[i] = None
+            i = i + 1 if i + 1 < size else 0
+        side.ring_bytes = ring_bytes
+        side.ring_cursor = i
+
+    def _shed(self, side: _Side) -> None:
+        """Held payloads are over their byte budget (frames longer than the nominal one): release
+        the lowest held frames, as if the window had passed them, until they are not."""
+        if side.next is None:
+            self._start(side)
+        held = side.held
+        limit = self._hold_limit
+        while side.held_bytes > limit:
+            self._release_to(side, min(held))
 
     def _flush(self, side: _Side) -> None:
         """Release everything held, in order."""
@@ -532,6 +606,7 @@ class Timeline:
         side.discontinuities += 1
         side.next = None
         side.held[sequence] = payload
+        side.held_bytes = len(payload)
         side.lo = side.hi = sequence
         self._catch_up(side, 0)
 
@@ -551,22 +626,27 @@ class Timeline:
         else:
             side.run_lo = side.run_hi = sequence
         run[sequence] = payload
-        if len(run) >= side.window:
+        side.run_bytes += len(payload)
+        if len(run) >= side.window or side.run_bytes > self._hold_limit:
             self._resume(side)
 
     def _abandon_run(self, side: _Side) -> None:
         if side.run:
             side.late += len(side.run)
             side.run.clear()
+            side.run_bytes = 0
 
     def _resume(self, side: _Side) -> None:
-        """A run of window-many late frames: the counter was paused or rewound. Re-anchor."""
+        """A run of window-many late frames (or of more bytes than may be held): the counter
+        was paused or rewound. Re-anchor."""
         run = side.run
         side.run = {}
         self._flush(side)
         side.discontinuities += 1
         side.resumes += 1
         side.held = run
+        side.held_bytes = side.run_bytes
+        side.run_bytes = 0
         side.next = None
         side.lo = side.run_lo
         side.hi = side.run_hi
