@@ -6,7 +6,8 @@ frames, a 10 MB frame, a flood of tiny frames, slow-loris handshakes, a thousand
 connections, path-climbing and oversized ids -- while `GoodCall` streams a real call; that call
 must come out sample for sample. The module is run once per --transport. A final test checks
 that the server still records and that its memory came back to where it was after warm-up.
-A known timeline bug has its own server and an xfail(strict) test at the end of the file.
+The memory bound of a call fed 1-byte frames and then the longest frames the protocol accepts has
+its own server and test at the end of the file.
 """
 
 from __future__ import annotations
@@ -30,6 +31,7 @@ from wsproto.connection import ConnectionState
 from wsproto.utilities import LocalProtocolError
 
 from callstream.events import Perspective
+from callstream.protocol import MAX_MEDIA_PAYLOAD
 from callstream.protocol import (
     build_query,
     encode_connected,
@@ -611,7 +613,7 @@ async def test_afterwards_the_server_still_records_and_its_memory_came_back(
     assert not list(hostile.server.output_dir.rglob("*.partial.*"))
 
 
-# ------------------------------------------------------------------- a known bug, for its owner
+# ------------------------------------- per-call memory with frames longer than the first (a fixed bug)
 
 async def test_frames_longer_than_the_first_cannot_balloon_the_server(tmp_path: Path) -> None:
     server = ServerProcess(tmp_path / "recordings")
@@ -626,7 +628,7 @@ async def test_frames_longer_than_the_first_cannot_balloon_the_server(tmp_path: 
                         await client.send(encode_media(perspective, seq, b"\x10"))
                 await trio.sleep(0.5)
                 before = server.rss_mb()
-                big = os.urandom(48_000)  # 64,000 characters of base64: under --max-message-size
+                big = os.urandom(MAX_MEDIA_PAYLOAD)  # the longest frame the protocol takes
                 for seq in range(1000, 2599):  # late frames, kept as a run of up to 1599
                     for perspective in Perspective:
                         await client.send(encode_media(perspective, seq, big))
