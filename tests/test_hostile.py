@@ -31,8 +31,8 @@ from wsproto.connection import ConnectionState
 from wsproto.utilities import LocalProtocolError
 
 from callstream.events import Perspective
-from callstream.protocol import MAX_MEDIA_PAYLOAD
 from callstream.protocol import (
+    MAX_MEDIA_PAYLOAD,
     build_query,
     encode_connected,
     encode_media,
@@ -613,7 +613,7 @@ async def test_afterwards_the_server_still_records_and_its_memory_came_back(
     assert not list(hostile.server.output_dir.rglob("*.partial.*"))
 
 
-# ------------------------------------- per-call memory with frames longer than the first (a fixed bug)
+# ---------------------------------- per-call memory with frames longer than the first (fixed)
 
 async def test_frames_longer_than_the_first_cannot_balloon_the_server(tmp_path: Path) -> None:
     server = ServerProcess(tmp_path / "recordings")
