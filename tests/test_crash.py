@@ -3,11 +3,8 @@
 from __future__ import annotations
 
 import os
-import re
 import signal
 import subprocess
-import sys
-import threading
 from pathlib import Path
 
 import imageio_ffmpeg
@@ -15,12 +12,13 @@ import numpy as np
 import pytest
 import soundfile
 import trio
-from conftest import expected_stereo, metadata, random_frames, read_audio
-from wsclient import Closed, connect
 
 from callstream.events import Perspective
 from callstream.protocol import build_query, encode_connected, encode_media, encode_start
 from callstream.recording import read_sidecar
+from conftest import expected_stereo, metadata, random_frames, read_audio
+from serverprocess import ServerProcess
+from wsclient import Closed, connect
 
 CALLS = 20
 FLUSH_INTERVAL = 0.5  # seconds
@@ -29,42 +27,8 @@ SLACK = 0.5  # seconds: thread hops and scheduling on a loaded 2-core machine
 FRAME = 0.02  # seconds per frame
 
 
-class ServerProcess:
-    """`python -m callstream serve` on 127.0.0.1, port 0; the port is read from its log."""
-
-    def __init__(self, output_dir: Path, fmt: str = "wav") -> None:
-        self.process = subprocess.Popen(
-            [sys.executable, "-m", "callstream", "serve", "--host", "127.0.0.1", "--port", "0",
-             "--output-dir", str(output_dir), "--flush-interval", str(FLUSH_INTERVAL), "--format", fmt],
-            stderr=subprocess.PIPE, text=True,
-        )
-        self.log: list[str] = []
-        ready = threading.Event()
-        self.port = 0
-
-        def read() -> None:
-            for line in self.process.stderr:  # type: ignore[union-attr]
-                self.log.append(line)
-                found = re.search(r"listening on [\d.]+:(\d+)", line)
-                if found:
-                    self.port = int(found.group(1))
-                    ready.set()
-            ready.set()
-
-        threading.Thread(target=read, daemon=True).start()
-        if not ready.wait(30) or not self.port:
-            self.process.kill()
-            raise AssertionError("server did not start:\n" + "".join(self.log))
-
-    @property
-    def url(self) -> str:
-        return f"ws://127.0.0.1:{self.port}"
-
-    def stop(self, signum: int) -> int:
-        self.process.send_signal(signum)
-        code = self.process.wait(30)
-        self.process.stderr.close()  # type: ignore[union-attr]
-        return code
+def start_server(output_dir: Path, fmt: str = "wav") -> ServerProcess:
+    return ServerProcess(output_dir, "--flush-interval", str(FLUSH_INTERVAL), "--format", fmt)
 
 
 async def stream_call(url: str, call_id: str, frames: list[bytes], sent_at: list[float]) -> None:
@@ -90,7 +54,7 @@ async def test_sigkill_mid_call_then_restart_recovers_every_recording(tmp_path: 
     rng = np.random.default_rng(20)
     frames = {f"crash-{i}": random_frames(rng, 400) for i in range(CALLS)}  # 8 s each
     sent = {call_id: [] for call_id in frames}
-    server = ServerProcess(output, fmt)
+    server = start_server(output, fmt)
     with trio.fail_after(60):
         async with trio.open_nursery() as nursery:
             for call_id, call_frames in frames.items():
@@ -100,7 +64,7 @@ async def test_sigkill_mid_call_then_restart_recovers_every_recording(tmp_path: 
             assert server.stop(signal.SIGKILL) == -signal.SIGKILL
     assert list(output.rglob("*.partial.*")), "nothing was left to recover"
 
-    restarted = ServerProcess(output)  # recovers before it listens
+    restarted = start_server(output)  # recovers before it listens
     assert restarted.stop(signal.SIGTERM) == 0
     assert not list(output.rglob("*.partial.*"))
     ffmpeg = imageio_ffmpeg.get_ffmpeg_exe()

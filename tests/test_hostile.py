@@ -14,12 +14,7 @@ from __future__ import annotations
 
 import json
 import os
-import re
 import resource
-import signal
-import subprocess
-import sys
-import threading
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -40,6 +35,7 @@ from callstream.protocol import (
     encode_stop,
 )
 from conftest import expected_stereo, metadata, random_frames, read_audio
+from serverprocess import ServerProcess
 from wsclient import Closed, Rejected, WsClient, connect
 
 HANDSHAKE_TIMEOUT = 2.0  # seconds: --handshake-timeout of the server under test
@@ -55,65 +51,13 @@ FINISHED = ("complete", "incomplete", "failed")
 TRANSPORTS = ("websockets", "trio-websocket")  # every --transport the server offers
 
 
-class ServerProcess:
-    """`python -m callstream serve` on 127.0.0.1, port 0, with small timeouts; the port is read
-    from its log."""
-
-    def __init__(self, output_dir: Path, *extra: str) -> None:
-        self.output_dir = output_dir
-        self.process = subprocess.Popen(
-            [sys.executable, "-m", "callstream", "serve", "--host", "127.0.0.1", "--port", "0",
-             "--output-dir", str(output_dir), "--flush-interval", str(FLUSH_INTERVAL),
-             "--handshake-timeout", str(HANDSHAKE_TIMEOUT), "--idle-timeout", str(IDLE_TIMEOUT),
-             "--max-bad-messages", str(MAX_BAD_MESSAGES),
-             "--max-message-size", str(MAX_MESSAGE_BYTES), *extra],
-            stderr=subprocess.PIPE, text=True, errors="replace",
-        )
-        self.log: list[str] = []
-        self.port = 0
-        ready = threading.Event()
-
-        def read() -> None:
-            for line in self.process.stderr:  # type: ignore[union-attr]
-                self.log.append(line)
-                found = re.search(r"listening on [\d.]+:(\d+)", line)
-                if found:
-                    self.port = int(found.group(1))
-                    ready.set()
-            ready.set()
-
-        threading.Thread(target=read, daemon=True).start()
-        if not ready.wait(30) or not self.port:
-            self.process.kill()
-            self.process.wait()
-            raise AssertionError("server did not start:\n" + "".join(self.log))
-
-    @property
-    def url(self) -> str:
-        return f"ws://127.0.0.1:{self.port}"
-
-    def rss_mb(self) -> float:
-        with open(f"/proc/{self.process.pid}/status") as status:
-            for line in status:
-                if line.startswith("VmRSS:"):
-                    return int(line.split()[1]) / 1024
-        raise AssertionError("no VmRSS")
-
-    def open_fds(self) -> int:
-        return len(os.listdir(f"/proc/{self.process.pid}/fd"))
-
-    def alive(self) -> bool:
-        return self.process.poll() is None
-
-    def stop(self) -> int:
-        self.process.send_signal(signal.SIGTERM)
-        try:
-            code = self.process.wait(30)
-        except subprocess.TimeoutExpired:
-            self.process.kill()
-            code = self.process.wait()
-        self.process.stderr.close()  # type: ignore[union-attr]
-        return code
+def hostile_server(output_dir: Path, *extra: str) -> ServerProcess:
+    """The server with small timeouts, so the tests need not wait long for them."""
+    return ServerProcess(
+        output_dir, "--flush-interval", str(FLUSH_INTERVAL), "--handshake-timeout", str(HANDSHAKE_TIMEOUT),
+        "--idle-timeout", str(IDLE_TIMEOUT), "--max-bad-messages", str(MAX_BAD_MESSAGES),
+        "--max-message-size", str(MAX_MESSAGE_BYTES), *extra,
+    )
 
 
 class Hostile:
@@ -141,7 +85,7 @@ def hostile(
     request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory
 ) -> Iterator[Hostile]:
     ensure_file_limit(4 * SILENT + 1024)  # before the server starts: it inherits the limit
-    server = ServerProcess(tmp_path_factory.mktemp("hostile") / "recordings",
+    server = hostile_server(tmp_path_factory.mktemp("hostile") / "recordings",
                            "--transport", request.param)
     try:
         yield Hostile(server)
@@ -616,7 +560,7 @@ async def test_afterwards_the_server_still_records_and_its_memory_came_back(
 # ---------------------------------- per-call memory with frames longer than the first (fixed)
 
 async def test_frames_longer_than_the_first_cannot_balloon_the_server(tmp_path: Path) -> None:
-    server = ServerProcess(tmp_path / "recordings")
+    server = hostile_server(tmp_path / "recordings")
     try:
         with trio.fail_after(TIMEOUT):
             client = await connect(server.url, "/?callId=balloon")

@@ -5,61 +5,27 @@ from __future__ import annotations
 import os
 import re
 import signal
-import subprocess
-import sys
-import threading
-import time
 from pathlib import Path
 
 import trio
-from conftest import expect_rejection, metadata
-from wsclient import connect
 
 from callstream.cli import main as cli_main
 from callstream.protocol import build_query
+from conftest import expect_rejection, metadata
+from serverprocess import ServerProcess
+from wsclient import connect
 
 TIMEOUT = 60
 
 
-class Supervisor:
+class Supervisor(ServerProcess):
+    """`serve --workers 2` with its metrics endpoint, once both workers listen."""
+
     def __init__(self, output_dir: Path, *extra: str) -> None:
-        self.process = subprocess.Popen(
-            [sys.executable, "-m", "callstream", "serve", "--workers", "2", "--host", "127.0.0.1", "--port", "0",
-             "--metrics-port", "0", "--output-dir", str(output_dir), "--drain-timeout", "2", *extra],
-            stderr=subprocess.PIPE, text=True,
-        )
-        self.log: list[str] = []
-        self._lock = threading.Lock()
-        threading.Thread(target=self._read, daemon=True).start()
-        self.port = int(self.wait_for(r"starting 2 workers on [\d.]+:(\d+)").group(1))
+        super().__init__(output_dir, "--workers", "2", "--metrics-port", "0", "--drain-timeout", "2", *extra,
+                         ready=r"starting 2 workers on [\d.]+:(\d+)")
         self.wait_for(r"worker-\d\[\d+\] .*listening on", count=2)
         self.metrics_port = int(self.wait_for(r"metrics on http://[\d.]+:(\d+)/metrics").group(1))
-
-    def _read(self) -> None:
-        for line in self.process.stderr:  # type: ignore[union-attr]
-            with self._lock:
-                self.log.append(line)
-
-    def wait_for(self, pattern: str, count: int = 1, timeout: float = 30) -> re.Match[str]:
-        deadline = time.monotonic() + timeout
-        while time.monotonic() < deadline:
-            with self._lock:
-                found = [m for line in self.log if (m := re.search(pattern, line))]
-            if len(found) >= count:
-                return found[count - 1]
-            time.sleep(0.05)
-        self.process.kill()
-        raise AssertionError(f"no {pattern!r} in:\n" + "".join(self.log))
-
-    @property
-    def url(self) -> str:
-        return f"ws://127.0.0.1:{self.port}"
-
-    def stop(self) -> int:
-        self.process.send_signal(signal.SIGTERM)
-        code = self.process.wait(60)
-        self.process.stderr.close()  # type: ignore[union-attr]
-        return code
 
 
 async def scrape(port: int, path: str = "/metrics") -> tuple[int, str]:
