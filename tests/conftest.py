@@ -13,13 +13,12 @@ import soundfile
 import trio
 from trio_websocket import open_websocket_url
 
-from wsclient import Rejected, connect
-
 from callstream.codec import decode_ulaw_stereo
 from callstream.events import Perspective
 from callstream.protocol import build_query, encode_connected, encode_media, encode_start, encode_stop
 from callstream.server import Server, serve
 from callstream.settings import Settings
+from wsclient import Rejected, connect
 
 SILENCE = 0xFF
 

@@ -7,15 +7,24 @@ from dataclasses import replace
 import numpy as np
 import pytest
 import trio
-from conftest import call_messages, expect_rejection, metadata, random_frames, recordings, send_all, start_server, wait_for_calls
 from hypothesis import given
 from hypothesis import strategies as st
 from trio_websocket import open_websocket_url
-from wsclient import Closed, connect
 
 from callstream.auth import message_credential, secret_matches, upgrade_credential
 from callstream.events import Connected, Perspective, Start, Stop
 from callstream.protocol import build_query, encode_connected, encode_media, encode_start
+from conftest import (
+    call_messages,
+    expect_rejection,
+    metadata,
+    random_frames,
+    recordings,
+    send_all,
+    start_server,
+    wait_for_calls,
+)
+from wsclient import Closed, connect
 
 TIMEOUT = 30
 SECRET = "s3cret-value"
@@ -66,7 +75,9 @@ async def test_wrong_secret_on_upgrade_is_http_401(secured) -> None:
 
 async def test_right_secret_on_upgrade_records(secured) -> None:
     with trio.fail_after(TIMEOUT):
-        async with open_websocket_url(secured.url + "/", extra_headers=[(b"Authorization", f"Bearer {SECRET}".encode())]) as ws:
+        async with open_websocket_url(
+            secured.url + "/", extra_headers=[(b"Authorization", f"Bearer {SECRET}".encode())]
+        ) as ws:
             for message in call_messages(metadata("ok-header"), media()):
                 await ws.send_message(message)
         await send_all(secured.url, call_messages(metadata("ok-query"), media()), query={"secret": SECRET})
@@ -86,7 +97,11 @@ async def test_secret_in_first_message(secured) -> None:
 
 
 async def test_missing_or_wrong_secret_in_first_message_closes_1008_before_storing(secured) -> None:
-    for first in (encode_connected(), encode_connected(secret="wrong"), encode_media(Perspective.PARTICIPANT, 1, b"\xff" * 160)):
+    for first in (
+        encode_connected(),
+        encode_connected(secret="wrong"),
+        encode_media(Perspective.PARTICIPANT, 1, b"\xff" * 160),
+    ):
         with trio.fail_after(TIMEOUT):
             client = await connect(secured.url, "/" + build_query(metadata("intruder")))
             await client.send(first)

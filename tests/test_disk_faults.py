@@ -8,13 +8,24 @@ from dataclasses import replace
 import numpy as np
 import pytest
 import trio
-from conftest import RunningServer, start_server, call_messages, expected_stereo, metadata, random_frames, read_audio, recordings, send_all, wait_for_calls
-from wsclient import Closed, connect
 
 from callstream.errors import RecordingError
 from callstream.events import Perspective
 from callstream.protocol import build_query
 from callstream.recording import Recording
+from conftest import (
+    RunningServer,
+    call_messages,
+    expected_stereo,
+    metadata,
+    random_frames,
+    read_audio,
+    recordings,
+    send_all,
+    start_server,
+    wait_for_calls,
+)
+from wsclient import Closed, connect
 
 TIMEOUT = 30
 

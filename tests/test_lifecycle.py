@@ -7,11 +7,20 @@ from dataclasses import replace
 import numpy as np
 import pytest
 import trio
-from conftest import expect_rejection, expected_stereo, metadata, random_frames, read_audio, recordings, start_server, wait_for_calls
-from wsclient import Closed, WsClient, connect
 
 from callstream.events import Perspective
 from callstream.protocol import build_query, encode_connected, encode_media, encode_start
+from conftest import (
+    expect_rejection,
+    expected_stereo,
+    metadata,
+    random_frames,
+    read_audio,
+    recordings,
+    start_server,
+    wait_for_calls,
+)
+from wsclient import Closed, WsClient, connect
 
 TIMEOUT = 30
 

@@ -6,6 +6,9 @@ import json
 
 import numpy as np
 import trio
+
+from callstream.events import Perspective
+from callstream.protocol import build_query, encode_connected, encode_media, encode_start, encode_stop
 from conftest import (
     RunningServer,
     call_messages,
@@ -18,11 +21,7 @@ from conftest import (
     start_server,
     wait_for_calls,
 )
-
 from wsclient import connect
-
-from callstream.events import Perspective
-from callstream.protocol import build_query, encode_connected, encode_media, encode_start, encode_stop
 
 P, C = Perspective.PARTICIPANT, Perspective.CONFERENCE
 TIMEOUT = 60  # seconds: a hang fails the test instead of blocking the suite

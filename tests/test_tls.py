@@ -10,10 +10,19 @@ import numpy as np
 import pytest
 import trio
 import trustme
-from conftest import call_messages, expected_stereo, metadata, random_frames, read_audio, recordings, start_server, wait_for_calls
 from trio_websocket import open_websocket_url
 
 from callstream.events import Perspective
+from conftest import (
+    call_messages,
+    expected_stereo,
+    metadata,
+    random_frames,
+    read_audio,
+    recordings,
+    start_server,
+    wait_for_calls,
+)
 
 TIMEOUT = 30
 

@@ -22,8 +22,17 @@ class Supervisor(ServerProcess):
     """`serve --workers 2` with its metrics endpoint, once both workers listen."""
 
     def __init__(self, output_dir: Path, *extra: str) -> None:
-        super().__init__(output_dir, "--workers", "2", "--metrics-port", "0", "--drain-timeout", "2", *extra,
-                         ready=r"starting 2 workers on [\d.]+:(\d+)")
+        super().__init__(
+            output_dir,
+            "--workers",
+            "2",
+            "--metrics-port",
+            "0",
+            "--drain-timeout",
+            "2",
+            *extra,
+            ready=r"starting 2 workers on [\d.]+:(\d+)",
+        )
         self.wait_for(r"worker-\d\[\d+\] .*listening on", count=2)
         self.metrics_port = int(self.wait_for(r"metrics on http://[\d.]+:(\d+)/metrics").group(1))
 
@@ -40,8 +49,11 @@ async def scrape(port: int, path: str = "/metrics") -> tuple[int, str]:
 
 
 def metric(body: str, name: str) -> float:
-    return sum(float(line.split()[-1]) for line in body.splitlines() if line.startswith(name + " ")
-               or line.startswith(name + "{"))
+    return sum(
+        float(line.split()[-1])
+        for line in body.splitlines()
+        if line.startswith(name + " ") or line.startswith(name + "{")
+    )
 
 
 async def test_two_workers_share_the_port_the_limit_and_the_metrics(tmp_path: Path) -> None:
@@ -50,11 +62,28 @@ async def test_two_workers_share_the_port_the_limit_and_the_metrics(tmp_path: Pa
     try:
         with trio.fail_after(TIMEOUT):
             code = await trio.to_thread.run_sync(
-                lambda: cli_main(["simulate", "--url", supervisor.url, "--calls", "12", "--seconds", "1",
-                                  "--fast", "--quiet", "--ramp", "0.5", "--verify", str(output)]))
+                lambda: cli_main(
+                    [
+                        "simulate",
+                        "--url",
+                        supervisor.url,
+                        "--calls",
+                        "12",
+                        "--seconds",
+                        "1",
+                        "--fast",
+                        "--quiet",
+                        "--ramp",
+                        "0.5",
+                        "--verify",
+                        str(output),
+                    ]
+                )
+            )
             assert code == 0
-            workers = {m.group(1) for m in (re.search(r"worker-(\d)\[\d+\] .*started", line)
-                                             for line in supervisor.log) if m}
+            workers = {
+                m.group(1) for m in (re.search(r"worker-(\d)\[\d+\] .*started", line) for line in supervisor.log) if m
+            }
             assert workers == {"0", "1"}, "calls were not spread over both workers"
             status, body = await scrape(supervisor.metrics_port)
             assert status == 200
@@ -72,8 +101,7 @@ async def test_two_workers_share_the_port_the_limit_and_the_metrics(tmp_path: Pa
             victim = int(supervisor.wait_for(r"worker-0\[(\d+)\]").group(1))
             os.kill(victim, signal.SIGKILL)
             await trio.to_thread.run_sync(lambda: supervisor.wait_for(r"worker 0 .* restarting it"))
-            await trio.to_thread.run_sync(
-                lambda: supervisor.wait_for(r"worker-0\[(?!%d)\d+\] .*listening" % victim))
+            await trio.to_thread.run_sync(lambda: supervisor.wait_for(rf"worker-0\[(?!{victim}\])\d+\] .*listening"))
     finally:
         assert supervisor.stop() == 0
     assert not list(output.rglob("*.partial.*"))

@@ -92,7 +92,9 @@ class Supervisor:
             await trio.sleep(SUPERVISE_INTERVAL)
             for index, process in enumerate(self._workers):
                 if not process.is_alive():
-                    LOGGER.error("worker %d (pid %s) exited with %s: restarting it", index, process.pid, process.exitcode)
+                    LOGGER.error(
+                        "worker %d (pid %s) exited with %s: restarting it", index, process.pid, process.exitcode
+                    )
                     multiprocess.mark_process_dead(process.pid, str(self._metrics_dir))
                     await trio.sleep(RESTART_PAUSE)
                     self._workers[index] = self._start(index)
@@ -123,13 +125,22 @@ async def _run(settings: Settings, count: int, metrics_dir: Path) -> int:
     with trio.open_signal_receiver(signal.SIGTERM, signal.SIGINT) as signals:
         async with trio.open_nursery() as nursery:
             nursery.start_soon(supervisor.supervise)
-            LOGGER.info("starting %d workers on %s:%d, recording %s into %s",
-                        count, settings.host, settings.port, settings.format, settings.output_dir)
+            LOGGER.info(
+                "starting %d workers on %s:%d, recording %s into %s",
+                count,
+                settings.host,
+                settings.port,
+                settings.format,
+                settings.output_dir,
+            )
             if settings.metrics_port is not None:
                 endpoint = await nursery.start(
                     lambda task_status: serve_metrics(
-                        _AggregateMetrics(metrics_dir), supervisor.readiness,  # type: ignore[arg-type]
-                        host=settings.metrics_host, port=settings.metrics_port, task_status=task_status,
+                        _AggregateMetrics(metrics_dir),
+                        supervisor.readiness,  # type: ignore[arg-type]
+                        host=settings.metrics_host,
+                        port=settings.metrics_port,
+                        task_status=task_status,
                     )
                 )
                 LOGGER.info("metrics on http://%s:%d/metrics (all workers)", endpoint.host, endpoint.port)
