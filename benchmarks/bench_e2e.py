@@ -8,6 +8,10 @@ simulate` in another, over loopback.
    and lag p99 under 1.5 s; stepping stops at the first step that fails.
 3. the same with two workers, and 4. per transport, where `serve --help` offers them.
 
+The server's CPU time and RSS are summed over the process and all its descendants (with
+--workers the supervisor and every worker), read from /proc. The generator runs in
+ceil(calls / GENERATOR_CALLS) processes (at least --processes).
+
 Write lag comes from the server's `callstream_write_lag_seconds` histogram when it has
 --metrics-port; otherwise from the client side: for each live call, the seconds since the
 recording started minus the seconds of audio in its .partial file (so it includes the block
@@ -37,11 +41,13 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 from machine import RESULTS, describe_machine, write_result
 
-FULL_STEPS = (25, 50, 75, 100, 150, 250, 500, 750, 1000, 1500, 2000)  # concurrent calls
-QUICK_STEPS = (25, 50, 100, 200)
+FULL_STEPS = (100, 250, 500, 750, 1000, 1500, 2000)  # concurrent calls
+QUICK_STEPS = (50, 100, 200)
 LAG_LIMIT = 1.5  # seconds: write lag p99 a step may have
-FULL_BUDGET = 480.0  # seconds of stepping in a full run (all variants); the blast comes first
-QUICK_BUDGET = 75.0
+FULL_BUDGET = 720.0  # seconds of stepping in a full run (all variants); the blast comes first
+QUICK_BUDGET = 100.0
+STEP_OVERHEAD = 8.0  # seconds a step takes beyond ramp + audio: connects, finalising, checks
+GENERATOR_CALLS = 500  # real-time calls one generator process is given at most (~60 % of a core)
 CLK_TCK = os.sysconf("SC_CLK_TCK")
 WAV_HEADER = 44  # bytes before the PCM of a 16-bit WAV (the default format)
 STEREO_PCM_BYTES = 4  # per sample frame: 2 channels x 16 bit
@@ -109,27 +115,67 @@ class Server:
     def url(self) -> str:
         return f"ws://127.0.0.1:{self.port}"
 
+    def pids(self) -> list[int]:
+        """The server process and all its live descendants (workers of --workers N)."""
+        found, queue = [], [self.process.pid]
+        while queue:
+            pid = queue.pop()
+            found.append(pid)
+            for children in Path(f"/proc/{pid}/task").glob("*/children"):
+                try:
+                    queue.extend(int(child) for child in children.read_text().split())
+                except OSError:
+                    continue
+        return found
+
     def cpu(self) -> float:
-        """Seconds of CPU (user + system, all threads) the server has used."""
-        fields = Path(f"/proc/{self.process.pid}/stat").read_text().rsplit(")", 1)[1].split()
-        return (int(fields[11]) + int(fields[12])) / CLK_TCK
+        """Seconds of CPU (user + system, all threads) the server and its descendants used."""
+        total = 0
+        for pid in self.pids():
+            try:
+                fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+            except OSError:
+                continue
+            total += int(fields[11]) + int(fields[12])
+        return total / CLK_TCK
 
     def rss_mb(self) -> float:
-        for line in Path(f"/proc/{self.process.pid}/status").read_text().splitlines():
-            if line.startswith("VmRSS:"):
-                return int(line.split()[1]) / 1024
-        return 0.0
+        """Resident memory of the server and its descendants, MB."""
+        total = 0
+        for pid in self.pids():
+            try:
+                lines = Path(f"/proc/{pid}/status").read_text().splitlines()
+            except OSError:
+                continue
+            for line in lines:
+                if line.startswith("VmRSS:"):
+                    total += int(line.split()[1])
+        return total / 1024
 
-    def lag_histogram(self) -> dict[float, float] | None:
-        """Cumulative bucket counts of callstream_write_lag_seconds, by upper bound."""
+    def scrape(self) -> str | None:
+        """The /metrics text, or None without metrics (or when it does not answer)."""
         if not self.metrics_port:
             return None
         try:
             with urllib.request.urlopen(
                 f"http://127.0.0.1:{self.metrics_port}/metrics", timeout=5
             ) as reply:
-                text = reply.read().decode()
+                return reply.read().decode()
         except OSError:
+            return None
+
+    def live_calls(self, text: str | None) -> int | None:
+        """callstream_live_calls from a scrape (summed over the workers' series)."""
+        if text is None:
+            return None
+        found = re.findall(r"^callstream_live_calls(?:\{[^}]*\})?\s+(\S+)", text, re.M)
+        return round(sum(float(value) for value in found)) if found else None
+
+    def lag_histogram(self, text: str | None = None) -> dict[float, float] | None:
+        """Cumulative bucket counts of callstream_write_lag_seconds, by upper bound."""
+        if text is None:
+            text = self.scrape()
+        if text is None:
             return None
         buckets: dict[float, float] = {}
         for found in re.finditer(
@@ -203,6 +249,7 @@ def simulate(
 ) -> tuple[dict, float]:
     """Run the generator, calling ``sample()`` every 0.5 s; its JSON report and wall time."""
     report = work / f"{tag}.json"
+    processes = max(processes, -(-calls // GENERATOR_CALLS))
     argv = [
         sys.executable,
         "-m",
@@ -309,14 +356,22 @@ def step(
     started = time.monotonic()
     steady = (started + ramp + 2, started + ramp + seconds - 1)  # all calls live
     hist: dict[str, dict | None] = {"before": None, "after": None}
+    rss_idle = server.rss_mb()
+
+    live_seen: list[int] = []
 
     def sample() -> None:
         now = time.monotonic()
         rss.append(server.rss_mb())
-        if steady[0] <= now <= steady[1]:
+        text = server.scrape()
+        live = server.live_calls(text)
+        if live is not None:
+            live_seen.append(live)
+        # the window: after the ramp, once every call is live (when the server says so)
+        if steady[0] <= now <= steady[1] and (live is None or live >= calls or cpu_samples):
             cpu_samples.append((now, server.cpu()))
             if server.metrics_port:
-                histogram = server.lag_histogram()
+                histogram = server.lag_histogram(text)
                 if hist["before"] is None:
                     hist["before"] = histogram
                 hist["after"] = histogram
@@ -360,7 +415,12 @@ def step(
         "lag_p50_s": None if p50 is None else round(p50, 3),
         "lag_p99_s": None if p99 is None else round(p99, 3),
         "lag_method": method,
+        "live_calls_max": max(live_seen, default=None),
+        "window_seconds": round(cpu_samples[-1][0] - cpu_samples[0][0], 1)
+        if len(cpu_samples) >= 2
+        else None,
         "rss_mb_max": round(max(rss), 1) if rss else None,
+        "rss_kb_per_call": round(1024 * (max(rss) - rss_idle) / calls, 1) if rss else None,
         "generator_cpu_us_per_message": summary["generator_cpu_us_per_message"],
         "wall_seconds": round(wall, 1),
     }
@@ -382,7 +442,7 @@ def capacity(
     server = Server(output, extra, features["metrics"])
     try:
         for calls in steps:
-            if time.monotonic() + seconds + ramp + 10 > deadline:
+            if time.monotonic() + seconds + ramp + STEP_OVERHEAD > deadline:
                 print(f"  {name}: out of time before {calls} calls", flush=True)
                 break
             tag = re.sub(r"\W+", "", name) + f"-{calls}"
@@ -422,9 +482,9 @@ def markdown(data: dict) -> str:
         f"{b['failed_calls']} failed calls, {b['frames_lost']} frames lost.",
         "",
         "| variant | calls | ok | server CPU | lag p50 (s) | lag p99 (s) | frames lost | failed |"
-        " RSS max (MB) |"
+        " RSS max (MB) | KB per call |"
         " generator us/msg |",
-        "|---|---:|:---:|---:|---:|---:|---:|---:|---:|---:|",
+        "|---|---:|:---:|---:|---:|---:|---:|---:|---:|---:|---:|",
     ]
     for variant in data["capacity"]:
         for s in variant["steps"]:
@@ -432,7 +492,7 @@ def markdown(data: dict) -> str:
             lines.append(
                 f"| {variant['variant']} | {s['calls']} | {'yes' if s['ok'] else 'NO'} | {share} "
                 f"| {s['lag_p50_s']} | {s['lag_p99_s']} | {s['frames_lost']} | {s['failed_calls']} "
-                f"| {s['rss_mb_max']} | "
+                f"| {s['rss_mb_max']} | {s.get('rss_kb_per_call', '-')} | "
                 f"{s['generator_cpu_us_per_message']} |"
             )
     lines.append("")
@@ -521,11 +581,14 @@ def main() -> int:
         else:
             notes.append("two workers: skipped, `serve` has no --workers yet")
         if features["transports"]:
+            transports = features["transports"][:1] if quick else features["transports"]
             variants = [
                 (f"{name}, {t}", [*extra, "--transport", t])
+                for t in transports
                 for name, extra in variants
-                for t in features["transports"]
             ]
+            if quick:
+                notes.append(f"--quick: only the {transports[0]} transport")
         else:
             notes.append("transports: only the built-in one, `serve` has no --transport yet")
         if not features["metrics"]:

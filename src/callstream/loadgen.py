@@ -4,26 +4,31 @@ Theory of operation. Every call plays frames from one shared *pool* of mu-law fr
 (the given audio, or a tone with faint seeded noise so that no two frames are alike). Call i
 plays pool frame ``(offset + stride * k) mod P`` as its frame k, with ``offset`` and ``stride``
 derived from i: each call's content is distinct and reproducible, so `verify` rebuilds exactly
-what every call sent. Media messages are pre-encoded: `encode_media` builds each pool frame's
-message once per side, cut at the sequence id, so sending one costs a join and the masking XOR
-of `simclient.text_frame` rather than a base64 and a JSON encoding (about 1.5 us instead of 12).
+what every call sent. Media messages are pre-encoded and pre-masked: `encode_media` builds each
+pool frame's message once per side, cut at the sequence id, and the frames of a load run are
+masked with the all-zero key (legal: RFC 6455 asks clients for unpredictable keys to protect
+proxies' caches, which a load test has none of; the server unmasks exactly as for any key), so
+a frame is a cached prefix (header, key, message head), the sequence id and the cached tail:
+one join per pair of messages, no base64, no JSON, no XOR.
 
-One trio task per call. In real time a call sends its pair of Media messages every 20 ms
-against absolute deadlines from its own start (a random offset within the ramp), so it does
-not drift; in fast mode it sends batches of pairs with a checkpoint between batches. With
-``processes > 1`` the calls are split among child processes, each running its own trio loop.
+One trio task per call for its handshake, Start and Stops. In real time one pacer task per
+process wakes once per 20 ms tick and writes every live call's due pair (both perspectives'
+frames) in one ``os.write`` on the call's socket; a call stays on its own schedule (its start
+plus 20 ms per frame, a random offset within the ramp), so it does not drift, and a call that
+fell behind sends all its due pairs at once. In fast mode each call sends batches of pairs with
+a checkpoint between batches. With ``processes > 1`` the calls are split among child processes,
+each running its own trio loop and pacer.
 """
 
 from __future__ import annotations
 
-import heapq
-import itertools
 import math
 import multiprocessing
 import os
 import random
 import resource
 import ssl
+import struct
 import sys
 import time
 from collections.abc import Callable, Sequence
@@ -41,13 +46,14 @@ from callstream.protocol import (
     encode_start,
     encode_stop,
 )
-from callstream.simclient import Client, Closed, Rejected, connect, text_frame
+from callstream.simclient import Client, Closed, Rejected, connect
 
 FRAME_BYTES = 160  # 20 ms of 8 kHz mu-law
 FRAME_SECONDS = FRAME_BYTES / 8000
 FAST_BATCH = 25  # pairs of Media messages per write in fast mode (0.5 s of audio)
 POOL_FRAMES = 251  # frames of generated audio the calls of a load run share (a prime: ~5 s)
-PACER_TICK = 0.005  # seconds between pacer rounds: the jitter of real-time sends
+PACER_TICK = FRAME_SECONDS  # seconds between pacer rounds (20 ms): the jitter of real-time sends
+ZERO_KEY = b"\x00\x00\x00\x00"  # the masking key of pre-masked Media frames (see above)
 CLOSE_WAIT = (
     60.0  # seconds to wait for the server's close after the Stops (it writes the tail first)
 )
@@ -174,6 +180,25 @@ class FramePool:
                 tails.append(('"' + tail).encode())
             self.heads.append((head + '"sequenceId":"').encode())
             self.tails.append(tuple(tails))
+        # (side, pool index, digits of the sequence id) -> frame header + ZERO_KEY + head
+        self._prefixes: dict[tuple[int, int, int], bytes] = {}
+
+    def prefix(self, side: int, index: int, digits: int) -> bytes:
+        """The bytes of a zero-key masked text frame of pool frame ``index`` of ``side`` up to
+        its sequence id of ``digits`` digits (cached: the header depends only on the length)."""
+        key = (side, index, digits)
+        found = self._prefixes.get(key)
+        if found is None:
+            head = self.heads[side]
+            n = len(head) + digits + len(self.tails[side][index])
+            if n < 126:
+                header = bytes((0x81, 0x80 | n))
+            elif n < 65536:
+                header = struct.pack("!BBH", 0x81, 0xFE, n)
+            else:
+                header = struct.pack("!BBQ", 0x81, 0xFF, n)
+            found = self._prefixes[key] = header + ZERO_KEY + head
+        return found
 
     def expected(self, spec: CallSpec) -> tuple[bytes, bytes]:
         """The mu-law bytes (agent, caller) that ``spec`` sends."""
@@ -283,6 +308,8 @@ class CallMedia:
         "pending",
         "pool",
         "seq",
+        "size",
+        "stride",
         "wake",
     )
 
@@ -297,27 +324,46 @@ class CallMedia:
         self.client, self.call, self.pool = client, call, pool
         self.counters, self.outcome = counters, outcome
         self.frames, self.index, self.seq = call.frames, call.offset, 0
+        self.size, self.stride = pool.size, call.stride
         self.pending = b""  # what the pacer could not write without blocking
-        self.due = 0.0  # when the pair after ``pending`` is due (trio clock)
+        self.due = 0.0  # when the next pair not yet built is due (trio clock)
         self.error = ""
         self.wake = trio.Event()  # the pacer needs the call's task: blocked, failed or done
 
     def next_pair(self) -> bytes:
-        client, pool = self.client, self.pool
-        self.seq += 1
-        number = b"%d" % self.seq
-        (head_a, head_c), (tails_a, tails_c), index = pool.heads, pool.tails, self.index
-        self.index = (index + self.call.stride) % pool.size
+        """The next pair of Media frames (agent, caller), zero-key masked, as one bytes."""
+        pool = self.pool
+        self.seq = seq = self.seq + 1
+        number = b"%d" % seq
+        digits, index = len(number), self.index
+        self.index = (index + self.stride) % self.size
         self.outcome.messages += 2
         self.counters.messages += 2
-        return text_frame(head_a + number + tails_a[index], client.key, client.masks) + text_frame(
-            head_c + number + tails_c[index], client.key, client.masks
+        return b"".join(
+            (
+                pool.prefix(0, index, digits),
+                number,
+                pool.tails[0][index],
+                pool.prefix(1, index, digits),
+                number,
+                pool.tails[1][index],
+            )
         )
 
-    def send_due(self, when: float) -> bool:
-        """The pacer's step: write the pair due at ``when`` without blocking. True if the call
-        stays with the pacer; False once it has handed the call back to its task."""
+    def send_due(self, now: float) -> bool:
+        """The pacer's step: write every pair due by ``now`` in one write, without blocking.
+        True if the call stays with the pacer; False once it has handed the call back to its
+        task (the socket would block, it failed, or the last pair is sent)."""
+        due, frames = self.due, self.frames
         data = self.next_pair()
+        due += FRAME_SECONDS
+        if due <= now and self.seq < frames:  # behind schedule: catch up in the same write
+            parts = [data]
+            while due <= now and self.seq < frames:
+                parts.append(self.next_pair())
+                due += FRAME_SECONDS
+            data = b"".join(parts)
+        self.due = due
         try:
             written = os.write(self.client.fd, data)
         except BlockingIOError:
@@ -327,10 +373,10 @@ class CallMedia:
             self.wake.set()
             return False
         if written < len(data):
-            self.pending, self.due = data[written:], when + FRAME_SECONDS
+            self.pending = data[written:]
             self.wake.set()
             return False
-        if self.seq >= self.frames:
+        if self.seq >= frames:
             self.wake.set()
             return False
         return True
@@ -340,30 +386,35 @@ class Pacer:
     """Writes the Media of every real-time call on plain TCP from one task.
 
     A trio task wake-up per call every 20 ms costs more than building and writing the frames, so
-    the pacer keeps the calls in a heap by deadline and, every PACER_TICK, writes every pair
-    that is due. A call whose socket would block goes back to its own task, which waits until
-    the socket takes the rest and then hands the call back."""
+    the pacer wakes once per 20 ms tick and writes, for every call whose next pair is due, all its
+    due pairs in one write. A call whose socket would block goes back to its own task, which
+    waits until the socket takes the rest and then hands the call back."""
 
     def __init__(self) -> None:
-        self._heap: list[tuple[float, int, CallMedia]] = []
-        self._order = itertools.count()
+        self._calls: list[CallMedia] = []
 
-    def add(self, when: float, media: CallMedia) -> None:
-        heapq.heappush(self._heap, (when, next(self._order), media))
+    def add(self, media: CallMedia) -> None:
+        self._calls.append(media)
 
     async def run(self) -> None:
-        heap, order, push, pop = self._heap, self._order, heapq.heappush, heapq.heappop
+        tick = trio.current_time()
         while True:
-            await trio.sleep(PACER_TICK)
+            tick += PACER_TICK
             now = trio.current_time()
-            while heap and heap[0][0] <= now:
-                when, _, media = pop(heap)
-                if media.send_due(when):
-                    push(heap, (when + FRAME_SECONDS, next(order), media))
+            if tick < now - PACER_TICK:  # the loop was late: do not try to make up for it
+                tick = now
+            await trio.sleep_until(tick)
+            now = trio.current_time()
+            calls, self._calls = self._calls, []
+            keep = self._calls.append
+            for media in calls:  # no await in here: `add` cannot run meanwhile
+                if media.due > now or media.send_due(now):
+                    keep(media)
 
     async def play(self, media: CallMedia) -> None:
         """Send all of ``media``'s frames in real time from now; raises Closed."""
-        self.add(trio.current_time(), media)
+        media.due = trio.current_time()
+        self.add(media)
         while True:
             await media.wake.wait()
             media.wake = trio.Event()
@@ -373,7 +424,7 @@ class Pacer:
                 data, media.pending = media.pending, b""
                 await media.client.send_raw(data)
                 if media.seq < media.frames:
-                    self.add(media.due, media)
+                    self.add(media)
                     continue
             if media.seq >= media.frames:
                 return

@@ -166,7 +166,7 @@ class CallRecorder:
                         block = timeline.pop_block()
                         if block is not None:
                             while block is not None:
-                                await send.send((block, time.monotonic()))
+                                await _queue(send, block)
                                 block = timeline.pop_block()
                             break
                 else:
@@ -193,7 +193,7 @@ class CallRecorder:
                 self.stop(f"maximum call duration of {settings.max_call_seconds:g} s reached")
             block = self.timeline.pop_block(partial=True)
             if block is not None:
-                await send.send((block, time.monotonic()))
+                await _queue(send, block)
 
     def _log_sequence_mode(self) -> None:
         """PROTOCOL.md: when auto-detection falls back to connection-wide ordering, say so once."""
@@ -311,6 +311,14 @@ class CallRecorder:
             return self._finish_recording("failed", statistics)
         except RecordingError:
             return None
+
+
+async def _queue(send: trio.MemorySendChannel[Ready], block: StereoBlock) -> None:
+    """Hand a block popped from the timeline to the writer. Shielded: once popped, a block exists
+    nowhere else, so a cancellation here (stop, drain, the receive loop ending while the ticker
+    sends) would lose its audio; bounded by FINALISE_TIMEOUT for a disk that never takes it."""
+    with trio.CancelScope(shield=True, deadline=trio.current_time() + FINALISE_TIMEOUT):
+        await send.send((block, time.monotonic()))
 
 
 def _nothing() -> None:

@@ -21,7 +21,7 @@ from callstream.metrics import Metrics
 from callstream.protocol import QueryMetadata, parse_query
 from callstream.recorder import CallRecorder, CallResult
 from callstream.recovery import Recovered, recover_directory
-from callstream.settings import Settings
+from callstream.settings import READ_INTERVAL_SHARE, Settings
 from callstream.transport import ListenerInfo, MessageStream, Upgrade, serve_trio_websocket
 
 LOGGER = logging.getLogger("callstream.server")
@@ -202,8 +202,15 @@ async def serve(
     """Serve until cancelled. Reports the real listening address through ``task_status``."""
     server = server or Server(settings)
     settings.output_dir.mkdir(parents=True, exist_ok=True)
+    extra: dict[str, Any] = {}
     if settings.transport == "websockets":
         from callstream.transport_websockets import serve_websockets as serve_transport
+
+        # reads coalesce up to read_interval, never more than a fifth of the flush interval:
+        # what a crash can lose grows by at most that much
+        extra["read_interval"] = min(
+            settings.read_interval, settings.flush_interval * READ_INTERVAL_SHARE
+        )
     elif settings.transport == "trio-websocket":
         serve_transport = serve_trio_websocket
     else:
@@ -217,6 +224,7 @@ async def serve(
         handshake_timeout=settings.handshake_timeout,
         reuse_port=reuse_port,
         task_status=task_status,
+        **extra,
     )
 
 

@@ -22,6 +22,8 @@ DEFAULT_WRITE_QUEUE_BLOCKS: Final = 8  # blocks waiting for the disk per call be
 DEFAULT_MAX_MESSAGE_BYTES: Final = 64 * 1024  # 64 KiB; a Media frame is about 300 bytes
 DEFAULT_HANDSHAKE_TIMEOUT: Final = 10.0  # seconds for the WebSocket upgrade to complete
 DEFAULT_TRANSPORT: Final = "websockets"  # the WebSocket library: websockets | trio-websocket
+DEFAULT_READ_INTERVAL: Final = 0.2  # seconds between reads of a drained stream (websockets);
+READ_INTERVAL_SHARE: Final = 0.2  # ... at most this share of the flush interval
 DEFAULT_IDLE_TIMEOUT: Final = 60.0  # seconds without media on either perspective
 DEFAULT_MAX_CALL_SECONDS: Final = 4 * 3600.0  # four hours
 DEFAULT_MAX_BAD_MESSAGES: Final = 1000  # malformed messages tolerated per call
@@ -49,6 +51,7 @@ class Settings:
     max_message_bytes: int = DEFAULT_MAX_MESSAGE_BYTES
     handshake_timeout: float = DEFAULT_HANDSHAKE_TIMEOUT
     transport: str = DEFAULT_TRANSPORT
+    read_interval: float = DEFAULT_READ_INTERVAL
     idle_timeout: float = DEFAULT_IDLE_TIMEOUT
     max_call_seconds: float = DEFAULT_MAX_CALL_SECONDS
     max_bad_messages: int = DEFAULT_MAX_BAD_MESSAGES

@@ -8,6 +8,23 @@ stream when the conversation is over. So when the recorder stops calling `receiv
 disk), nothing reads the socket: at most one chunk's messages and one partial frame are held,
 and TCP pushes back on the peer.
 
+Fast path (the Media stream): while the protocol is OPEN, `_scan` splits each chunk into
+frames by their headers. A whole, final, masked text or binary frame outside a fragmented
+message becomes a message at once (websockets' C `apply_mask`, one decode); every other whole
+frame (control frames, fragments, unmasked or RSV frames, bad UTF-8) is handed to websockets'
+parser on its own, which answers it as before; a frame cut by the chunk's end waits for the
+next chunk. So websockets' parser only ever sees whole frames, stands at a frame boundary, and
+only the common frame skips its generator-based parser. On plain TCP the chunk is read
+with one `recv` after `wait_readable` rather than through `SocketStream.receive_some`.
+
+Read coalescing (``read_interval``, off by default): a real-time stream brings a pair of small
+frames every 20 ms, and a wake-up per pair costs far more than parsing it. After a read that
+drained the socket, the next read waits for the next tick of one `_ReadTicker` per server
+(every ``read_interval`` seconds, one timer for all connections: a trio sleep per connection
+costs a cancel scope and a deadline each), then takes whatever arrived meanwhile in one read
+(the kernel holds it; TCP flow control is unchanged). A stream that keeps the socket full (a
+backlog, a blast) is read back to back.
+
 Closing: `close()` only sends the close frame. The TCP connection is torn down once the handler
 returns: half-close, discard what the peer still sends until it closes (at most
 `LINGER_SECONDS`; closing with unread data would make the kernel send RST, and the peer could
@@ -17,6 +34,8 @@ lose our close frame), then close.
 from __future__ import annotations
 
 import logging
+import os
+import random
 import ssl
 from collections import deque
 from collections.abc import Mapping
@@ -27,6 +46,11 @@ from websockets.frames import Opcode
 from websockets.http11 import Request, Response
 from websockets.protocol import SEND_EOF, State
 from websockets.server import ServerProtocol
+
+try:
+    from websockets.speedups import apply_mask
+except ImportError:  # pragma: no cover - websockets built without its C extension
+    from websockets.utils import apply_mask
 
 from callstream.listeners import open_listeners
 from callstream.transport import Handler, ListenerInfo, MessageStream, StreamClosed
@@ -41,6 +65,11 @@ CLOSE_INVALID_DATA: Final = 1007
 _BROKEN = (trio.BrokenResourceError, trio.ClosedResourceError)
 _TEXT, _BINARY, _CONT = Opcode.TEXT, Opcode.BINARY, Opcode.CONT
 _checkpoint_if_cancelled = trio.lowlevel.checkpoint_if_cancelled
+_wait_readable = trio.lowlevel.wait_readable
+_cancel_shielded_checkpoint = trio.lowlevel.cancel_shielded_checkpoint
+_OPEN = State.OPEN
+_FAST_TEXT, _FAST_BINARY = 0x81, 0x82  # FIN, no RSV bits, opcode text / binary
+_FAST_OPCODES = (_FAST_TEXT, _FAST_BINARY)
 
 
 class _ProtocolLog(logging.LoggerAdapter):
@@ -56,7 +85,10 @@ _PROTOCOL_LOG = _ProtocolLog(logging.getLogger("callstream.transport_websockets.
 class _Connection:
     """One TCP (or TLS) stream and its protocol; the `MessageStream` once accepted."""
 
-    def __init__(self, stream: trio.abc.Stream, protocol: ServerProtocol, remote: str) -> None:
+    def __init__(
+        self, stream: trio.abc.Stream, protocol: ServerProtocol, remote: str,
+        ticker: _ReadTicker | None = None,
+    ) -> None:
         self._stream = stream
         self._protocol = protocol
         self.remote = remote
@@ -68,6 +100,12 @@ class _Connection:
         self._receiving = False
         self._send_lock = trio.Lock()
         self.dropped = False  # the handshake timed out or TLS failed: close TCP without lingering
+        # plain TCP: read the socket's descriptor directly (see `_receive_chunk`)
+        self._socket = stream.socket if type(stream) is trio.SocketStream else None
+        self._tail = b""  # the start of a frame the next chunk completes (fast path)
+        self._fast = True  # websockets' parser stands at a frame boundary: `_scan` may split frames
+        self._ticker = ticker  # read coalescing (see the module's docstring); None: off
+        self._drained = False  # the last read took everything the socket had
 
     async def receive(self) -> str | bytes:
         messages = self._messages
@@ -79,6 +117,14 @@ class _Connection:
                 raise self._closed
             await self._read()
         return messages.popleft()
+
+    def receive_nowait(self) -> str | bytes | None:
+        """The next message if one is already parsed, else None; never reads, never yields.
+
+        For a caller that has just returned from `receive()` and not yielded since: it can take
+        the rest of the chunk's messages without a checkpoint per message."""
+        messages = self._messages
+        return messages.popleft() if messages else None
 
     async def close(self, code: int, reason: str = "") -> None:
         self._messages.clear()
@@ -92,23 +138,129 @@ class _Connection:
 
     async def _read(self) -> None:
         await self._feed()
-        self._absorb(self._protocol.events_received())
-        await self._flush()
+        protocol = self._protocol
+        if protocol.events:  # what websockets parsed (the fast path's messages are queued)
+            self._absorb(protocol.events_received())
+        if protocol.writes or self._eof:  # a pong, a close reply or the end: send it
+            await self._flush()
 
     async def _feed(self) -> None:
         """Read one chunk (or the end of the stream) into the protocol."""
         self._receiving = True
         try:
-            data = await self._stream.receive_some(RECEIVE_BYTES)
+            data = await self._receive_chunk()
         except _BROKEN:
             data = b""
         finally:
             self._receiving = False
-        if data:
-            self._protocol.receive_data(data)
-        else:
+        protocol, tail = self._protocol, self._tail
+        if not data:
             self._eof = True
-            self._protocol.receive_eof()
+            if tail:
+                self._tail = b""
+                protocol.receive_data(tail)
+            protocol.receive_eof()
+            return
+        if tail:
+            data, self._tail = tail + data, b""
+        if self._fast and protocol.reader.buffer:
+            self._fast = False  # frames came with the upgrade, one of them cut: websockets keeps it
+        if self._fast:
+            self._scan(data)
+        else:
+            protocol.receive_data(data)
+
+    async def _receive_chunk(self) -> bytes:
+        """Up to RECEIVE_BYTES from the peer; b"" at its end (or when the connection broke)."""
+        sock = self._socket
+        if sock is None:
+            return await self._stream.receive_some(RECEIVE_BYTES)
+        ticker = self._ticker
+        if self._drained and ticker is not None:
+            await ticker.wait()
+        else:
+            await _checkpoint_if_cancelled()
+        fd = sock.fileno()  # after any wait: close() may have closed it meanwhile
+        if fd < 0:
+            raise trio.ClosedResourceError("the socket was closed")
+        data: bytes | None = None
+        if not self._drained or ticker is not None:  # likely data: try first, as trio does
+            try:
+                data = os.read(fd, RECEIVE_BYTES)
+            except BlockingIOError:
+                pass
+            except OSError:  # ECONNRESET and the like: the peer is gone
+                return b""
+            else:
+                await _cancel_shielded_checkpoint()
+        while data is None:
+            await _wait_readable(fd)
+            try:
+                data = os.read(fd, RECEIVE_BYTES)
+            except BlockingIOError:
+                continue
+            except OSError:
+                return b""
+        self._drained = len(data) < RECEIVE_BYTES
+        return data
+
+    def _scan(self, data: bytes) -> None:
+        """Split ``data`` into frames (the fast path, see the module's docstring): whole, final,
+        masked text or binary frames become messages here; every other whole frame goes to
+        websockets on its own, its events absorbed at once so that the order holds; a frame cut
+        by the chunk's end waits in ``_tail``. So websockets' parser only ever sees whole frames
+        and always stands at a frame boundary. Once the protocol is no longer OPEN, or a frame
+        is over the size limit (websockets fails it on its header), websockets takes the rest."""
+        protocol = self._protocol
+        out = self._messages
+        limit = protocol.max_message_size
+        size = len(data)
+        pos = 0
+        while pos < size:
+            if protocol.state is not _OPEN:
+                protocol.receive_data(data[pos:])
+                return
+            if pos + 2 > size:
+                break
+            first, second = data[pos], data[pos + 1]
+            length = second & 0x7F
+            start = pos + 2
+            if length == 126:
+                start = pos + 4
+                if start > size:
+                    break
+                length = (data[pos + 2] << 8) | data[pos + 3]
+            elif length == 127:
+                start = pos + 10
+                if start > size:
+                    break
+                length = int.from_bytes(data[pos + 2 : start], "big")
+            if second & 0x80:
+                start += 4
+            if limit is not None and length > limit:
+                protocol.receive_data(data[pos:])
+                self._absorb(protocol.events_received())
+                return
+            end = start + length
+            if end > size:
+                break
+            if first in _FAST_OPCODES and second & 0x80 and protocol.current_size is None:
+                payload = apply_mask(data[start:end], data[start - 4 : start])
+                if first == _FAST_BINARY:
+                    out.append(payload)
+                    pos = end
+                    continue
+                try:
+                    out.append(payload.decode())
+                    pos = end
+                    continue
+                except UnicodeDecodeError:
+                    pass  # websockets parses it again and _absorb fails the connection
+            protocol.receive_data(data[pos:end])
+            self._absorb(protocol.events_received())
+            pos = end
+        if pos < size:
+            self._tail = data[pos:]
 
     def _absorb(self, events: list[Any]) -> None:
         """Whole messages from the protocol's frames into the queue (pings are answered by it)."""
@@ -182,6 +334,39 @@ class _Connection:
             await trio.aclose_forcefully(self._stream)
 
 
+class _ReadTicker:
+    """Wakes every parked reader at once, every ``interval`` seconds on average: one timer for all.
+
+    Each period is drawn from 0.5 to 1.5 intervals, so that the reads do not lock in phase with a
+    sender's own period (a call sends its two perspectives' frames one after the other every
+    20 ms: in phase, every read would fall between the two, and a stop would leave one side a
+    frame ahead far more often than at a random moment)."""
+
+    def __init__(self, interval: float) -> None:
+        self._interval = interval
+        self._parked: dict[Any, None] = {}  # trio tasks waiting in `wait`
+
+    async def run(self) -> None:
+        reschedule = trio.lowlevel.reschedule
+        while True:
+            await trio.sleep(self._interval * (0.5 + random.random()))
+            if self._parked:
+                parked, self._parked = self._parked, {}
+                for task in parked:
+                    reschedule(task)
+
+    async def wait(self) -> None:
+        """Until the next tick; a checkpoint (cancellable) like `trio.sleep`."""
+        task = trio.lowlevel.current_task()
+        self._parked[task] = None
+
+        def abort(_: Any) -> trio.lowlevel.Abort:
+            self._parked.pop(task, None)
+            return trio.lowlevel.Abort.SUCCEEDED
+
+        await trio.lowlevel.wait_task_rescheduled(abort)
+
+
 def _closed_by(protocol: ServerProtocol) -> StreamClosed:
     close = protocol.close_rcvd or protocol.close_sent  # the peer's code, else the one we sent
     if close is None:
@@ -223,16 +408,17 @@ class _Upgrade:
 
 
 async def _open(stream: trio.abc.Stream, ssl_context: ssl.SSLContext | None, max_message_bytes: int,
-                remote: str, deadline: float) -> _Upgrade | _Connection:
+                remote: str, deadline: float, ticker: _ReadTicker | None = None
+                ) -> _Upgrade | _Connection:
     """TLS and the upgrade request, by ``deadline``. An `_Upgrade` for the handler, or the
     `_Connection` to tear down (the peer vanished or was too slow, or the request was invalid
     and answered here)."""
     protocol = ServerProtocol(max_size=max_message_bytes, logger=_PROTOCOL_LOG)
-    connection = _Connection(stream, protocol, remote)
+    connection = _Connection(stream, protocol, remote, ticker)
     with trio.move_on_at(deadline):
         if ssl_context is not None:
             stream = trio.SSLStream(stream, ssl_context, server_side=True, https_compatible=True)
-            connection = _Connection(stream, protocol, remote)
+            connection = _Connection(stream, protocol, remote, ticker)
             try:
                 await stream.do_handshake()
             except _BROKEN:
@@ -273,21 +459,27 @@ async def serve_websockets(
     max_message_bytes: int,
     handshake_timeout: float,
     reuse_port: bool = False,
+    read_interval: float = 0.0,
     task_status: trio.TaskStatus[ListenerInfo] = trio.TASK_STATUS_IGNORED,
 ) -> None:
     """Listen and call ``handler`` with each upgrade, in its own task, until cancelled.
-    ``reuse_port``: bind with SO_REUSEPORT beside other worker processes.
+    ``reuse_port``: bind with SO_REUSEPORT beside other worker processes. ``read_interval``:
+    seconds between reads of a stream that drains its socket (see the module's docstring).
 
     Any path is accepted; the handler accepts or rejects. TLS (``ssl_context``) and the upgrade
     must complete within ``handshake_timeout`` seconds or the connection is dropped; a message
     over ``max_message_bytes`` closes the stream with 1009. An exception from the handler is
     logged and ends only its own connection."""
 
+    ticker = _ReadTicker(read_interval) if read_interval > 0 else None
+
     async def on_connection(tcp: trio.SocketStream) -> None:
         remote = _remote(tcp)
         deadline = trio.current_time() + handshake_timeout
         try:
-            opened = await _open(tcp, ssl_context, max_message_bytes, remote, deadline)
+            opened = await _open(
+                tcp, ssl_context, max_message_bytes, remote, deadline, ticker
+            )
             connection = opened._connection if isinstance(opened, _Upgrade) else opened
             try:
                 if isinstance(opened, _Upgrade):
@@ -306,5 +498,7 @@ async def serve_websockets(
     listeners = await open_listeners(host, port, reuse_port=reuse_port)
     real_port = listeners[0].socket.getsockname()[1]
     async with trio.open_nursery() as nursery:
+        if ticker is not None:
+            nursery.start_soon(ticker.run)
         await nursery.start(trio.serve_listeners, on_connection, listeners)
         task_status.started(ListenerInfo(host=host, port=real_port))
