@@ -28,7 +28,6 @@ import os
 import random
 import resource
 import ssl
-import struct
 import sys
 import time
 from collections.abc import Callable, Sequence
@@ -46,7 +45,7 @@ from callstream.protocol import (
     encode_start,
     encode_stop,
 )
-from callstream.simclient import Client, Closed, Rejected, connect
+from callstream.simclient import Client, Closed, Rejected, connect, masked_text_header
 
 FRAME_BYTES = 160  # 20 ms of 8 kHz mu-law
 FRAME_SECONDS = FRAME_BYTES / 8000
@@ -191,13 +190,7 @@ class FramePool:
         if found is None:
             head = self.heads[side]
             n = len(head) + digits + len(self.tails[side][index])
-            if n < 126:
-                header = bytes((0x81, 0x80 | n))
-            elif n < 65536:
-                header = struct.pack("!BBH", 0x81, 0xFE, n)
-            else:
-                header = struct.pack("!BBQ", 0x81, 0xFF, n)
-            found = self._prefixes[key] = header + ZERO_KEY + head
+            found = self._prefixes[key] = masked_text_header(n) + ZERO_KEY + head
         return found
 
     def expected(self, spec: CallSpec) -> tuple[bytes, bytes]:

@@ -42,16 +42,20 @@ class Closed(Exception):
         self.reason = reason
 
 
+def masked_text_header(n: int) -> bytes:
+    """The first bytes of a final, masked text frame of ``n`` payload bytes (before the key)."""
+    if n < 126:
+        return bytes((0x81, 0x80 | n))
+    if n < 65536:
+        return struct.pack("!BBH", 0x81, 0xFE, n)
+    return struct.pack("!BBQ", 0x81, 0xFF, n)
+
+
 def text_frame(payload: bytes, key: bytes, masks: dict[int, int]) -> bytes:
     """One final, masked text frame holding ``payload`` (UTF-8). ``masks`` caches, per payload
     length, ``key`` repeated to that length as an int; pass the same dict for the same key."""
     n = len(payload)
-    if n < 126:
-        header = bytes((0x81, 0x80 | n))
-    elif n < 65536:
-        header = struct.pack("!BBH", 0x81, 0xFE, n)
-    else:
-        header = struct.pack("!BBQ", 0x81, 0xFF, n)
+    header = masked_text_header(n)
     mask = masks.get(n)
     if mask is None:
         mask = masks[n] = int.from_bytes((key * (n // 4 + 1))[:n], "big")
