@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import json
 from collections.abc import Iterable
-from dataclasses import dataclass, replace
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
@@ -120,5 +120,3 @@ def read_audio(path: Path) -> np.ndarray:
 def random_frames(rng: np.random.Generator, count: int, frame: int = 160) -> list[bytes]:
     return [rng.integers(0, 256, frame, dtype=np.uint8).tobytes() for _ in range(count)]
 
-
-__all__ = ["replace"]

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+from dataclasses import replace
 
 import numpy as np
 import trio
@@ -191,8 +192,6 @@ async def test_second_stream_of_same_call_gets_a_sibling(server: RunningServer) 
 
 
 async def test_flac_and_mulaw_formats(nursery: trio.Nursery, settings) -> None:
-    from dataclasses import replace
-
     rng = np.random.default_rng(9)
     agent, caller = random_frames(rng, 50), random_frames(rng, 50)
     for fmt, suffix in (("flac", ".flac"), ("mulaw-wav", ".wav")):

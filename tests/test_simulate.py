@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+from dataclasses import replace
 from pathlib import Path
 
 import pytest
@@ -13,7 +14,7 @@ from callstream.cli import main
 from callstream.loadgen import FRAME_BYTES, LoadSpec, build_pool, plan_calls
 from callstream.settings import Settings
 from callstream.simverify import verify
-from conftest import RunningServer, replace, start_server, wait_for_calls
+from conftest import RunningServer, start_server, wait_for_calls
 
 TIMEOUT = 60  # seconds: a hang fails instead of blocking the suite
 
