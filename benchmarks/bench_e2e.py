@@ -46,6 +46,8 @@ QUICK_STEPS = (50, 100, 200)
 LAG_LIMIT = 1.5  # seconds: write lag p99 a step may have
 FULL_BUDGET = 720.0  # seconds of stepping in a full run (all variants); the blast comes first
 QUICK_BUDGET = 100.0
+ARRIVALS_PER_SECOND = 100.0  # new calls per second in a step's ramp (at least MIN_RAMP seconds)
+MIN_RAMP = 5.0  # seconds
 STEP_OVERHEAD = 8.0  # seconds a step takes beyond ramp + audio: connects, finalising, checks
 GENERATOR_CALLS = 500  # real-time calls one generator process is given at most (~60 % of a core)
 CLK_TCK = os.sysconf("SC_CLK_TCK")
@@ -433,7 +435,7 @@ def capacity(
     features: dict,
     steps: tuple[int, ...],
     seconds: float,
-    ramp: float,
+    base_ramp: float,
     processes: int,
     deadline: float,
 ) -> dict:
@@ -442,6 +444,7 @@ def capacity(
     server = Server(output, extra, features["metrics"])
     try:
         for calls in steps:
+            ramp = max(base_ramp, calls / ARRIVALS_PER_SECOND) if base_ramp else 0.0
             if time.monotonic() + seconds + ramp + STEP_OVERHEAD > deadline:
                 print(f"  {name}: out of time before {calls} calls", flush=True)
                 break
@@ -550,6 +553,10 @@ def main() -> int:
     parser.add_argument("--step-seconds", type=float, help="seconds of audio per call in a step")
     parser.add_argument("--blast-calls", type=int)
     parser.add_argument("--processes", type=int, default=1, help="generator processes")
+    parser.add_argument(
+        "--only", help="run only the variants whose name contains this text, and no blast; the "
+        "result goes to e2e-partial-*.json, not to the e2e-latest files the README shows",
+    )
     args = parser.parse_args()
     quick = args.quick
     steps = (
@@ -558,7 +565,7 @@ def main() -> int:
         else (QUICK_STEPS if quick else FULL_STEPS)
     )
     seconds = args.step_seconds or (8.0 if quick else 30.0)
-    ramp = 2.0 if quick else 5.0
+    ramp = 2.0 if quick else MIN_RAMP
     features = serve_features()
     notes = []
     load = os.getloadavg()
@@ -566,7 +573,7 @@ def main() -> int:
     with tempfile.TemporaryDirectory(prefix="bench-e2e-") as temporary:
         work = Path(temporary)
         print(f"serve features: {features}", flush=True)
-        blast_result = blast(
+        blast_result = None if args.only else blast(
             work,
             [],
             features,
@@ -597,6 +604,8 @@ def main() -> int:
                 "it includes "
                 "the ~1 s block the server holds before writing"
             )
+        if args.only:
+            variants = [(name, extra) for name, extra in variants if args.only in name]
         budget = QUICK_BUDGET if quick else FULL_BUDGET
         deadline = time.monotonic() + budget
         results = []
@@ -625,6 +634,10 @@ def main() -> int:
         "total_seconds": round(time.monotonic() - started, 1),
         "machine": describe_machine(),
     }
+    if args.only:
+        path = write_result("e2e-partial", data)
+        print(f"results: {path}")
+        return 0
     path = write_result("e2e", data)
     data = json.loads(path.read_text())
     table = markdown(data)

@@ -1,8 +1,9 @@
-"""cffi build of the G.711 kernel into ``callstream._mulaw`` (out-of-line API mode).
+"""cffi build of the C kernels into ``callstream._mulaw`` (out-of-line API mode): G.711
+(``mulaw.c``) and the disk writer's batched WAV appends (``append.c``).
 
 ``setup.py`` names ``ffibuilder`` in ``cffi_modules``, so ``pip install -e .`` (or
 ``python setup.py build_ext --inplace``) compiles it into ``src/callstream/``.  The header
-``mulaw.h`` is both the C prototypes and the cdef, so the two cannot drift apart.
+headers are both the C prototypes and the cdef, so the two cannot drift apart.
 """
 
 from __future__ import annotations
@@ -16,8 +17,9 @@ from cffi import FFI
 HERE = Path(__file__).resolve().parent
 
 # setuptools wants source paths relative to the project root (the directory pip builds in).
-SOURCES = [os.path.relpath(HERE / "mulaw.c")]
-DEPENDS = [os.path.relpath(HERE / "mulaw.h")]  # rebuild when the header changes
+HEADERS = ("mulaw.h", "append.h")
+SOURCES = [os.path.relpath(HERE / "mulaw.c"), os.path.relpath(HERE / "append.c")]
+DEPENDS = [os.path.relpath(HERE / name) for name in HEADERS]  # rebuild when a header changes
 INCLUDE_DIRS = [os.path.relpath(HERE)]
 
 # No -march: the wheel must run on any x86-64 or arm64 CPU; mulaw.c picks its vector path at
@@ -25,10 +27,10 @@ INCLUDE_DIRS = [os.path.relpath(HERE)]
 EXTRA_COMPILE_ARGS = ["/O2"] if sys.platform == "win32" else ["-O3"]
 
 ffibuilder = FFI()
-ffibuilder.cdef((HERE / "mulaw.h").read_text(encoding="utf-8"))
+ffibuilder.cdef("\n".join((HERE / name).read_text(encoding="utf-8") for name in HEADERS))
 ffibuilder.set_source(
     "callstream._mulaw",
-    '#include <stddef.h>\n#include <stdint.h>\n#include "mulaw.h"\n',
+    '#include <stddef.h>\n#include <stdint.h>\n#include "mulaw.h"\n#include "append.h"\n',
     sources=SOURCES,
     depends=DEPENDS,
     include_dirs=INCLUDE_DIRS,

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import errno
+import os
 from dataclasses import replace
 
 import numpy as np
@@ -30,9 +31,27 @@ from wsclient import Closed, connect
 TIMEOUT = 30
 
 
-@pytest.fixture
-def failing_disk(monkeypatch: pytest.MonkeyPatch) -> None:
-    """Writes of recordings whose name starts with 'doomed' fail as a full disk would."""
+@pytest.fixture(params=["kernel", "python"])
+def failing_disk(request: pytest.FixtureRequest, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Writes of recordings whose name starts with 'doomed' fail as a full disk would.
+
+    "kernel": once created, the audio file's descriptor is /dev/full's, so every write and
+    pwrite gets ENOSPC from the kernel, on the batched C path and the Python one alike.
+    "python": `Recording.write` raises and batched appends are off (the path a build without
+    the C extension, or FLAC, takes)."""
+    if request.param == "kernel":
+        create = Recording.create.__func__  # type: ignore[attr-defined]
+
+        def doomed(cls: type[Recording], *args: object, **kwargs: object) -> Recording:
+            recording = create(cls, *args, **kwargs)
+            if recording.name.startswith("doomed"):
+                full = os.open("/dev/full", os.O_WRONLY)
+                os.dup2(full, recording._sink._writer.fileno())  # type: ignore[attr-defined]
+                os.close(full)
+            return recording
+
+        monkeypatch.setattr(Recording, "create", classmethod(doomed))
+        return
     write = Recording.write
 
     def faulty(self: Recording, left: bytes, right: bytes) -> None:
@@ -41,6 +60,7 @@ def failing_disk(monkeypatch: pytest.MonkeyPatch) -> None:
         write(self, left, right)
 
     monkeypatch.setattr(Recording, "write", faulty)
+    monkeypatch.setattr(Recording, "plan", lambda self, left, right: None)
 
 
 async def test_disk_error_closes_only_that_call_with_1011(server: RunningServer, failing_disk: None) -> None:

@@ -176,7 +176,7 @@ def test_finish_can_be_retried_after_a_disk_failure(tmp_path: Path,
     rec.write(*audio(7, 1)[0])
     real = recording_module.write_sidecar
 
-    def full_disk(path: Path, data: dict) -> None:
+    def full_disk(path: Path, data: dict, **options: object) -> None:
         raise RecordingError(f"cannot write {path}: No space left on device")
 
     monkeypatch.setattr(recording_module, "write_sidecar", full_disk)
@@ -233,7 +233,7 @@ def test_create_disk_failure(tmp_path: Path) -> None:
 
 def test_create_cleans_up_when_the_sidecar_fails(tmp_path: Path,
                                                 monkeypatch: pytest.MonkeyPatch) -> None:
-    def full_disk(path: Path, data: dict) -> None:
+    def full_disk(path: Path, data: dict, **options: object) -> None:
         raise RecordingError("No space left on device")
 
     monkeypatch.setattr(recording_module, "write_sidecar", full_disk)
@@ -324,11 +324,11 @@ def test_sibling_update_cannot_clobber_a_final_sidecar(tmp_path: Path,
     real_write = recording_module.write_sidecar
     errors: list[BaseException] = []
 
-    def slow_write(path: Path, data: dict) -> None:
+    def slow_write(path: Path, data: dict, **options: object) -> None:
         if threading.current_thread() is thread_a and path == b.sidecar_path:
             a_paused.set()  # A read B's sidecar and is about to write it back
             assert go.wait(30)
-        real_write(path, data)
+        real_write(path, data, **options)
 
     def finish(rec: Recording) -> None:
         try:

@@ -1,15 +1,16 @@
 """Records one accepted stream: the trio shell around the sans-IO call state and timeline.
 
-Theory of operation: three tasks per call, in the call's own nursery.
-- The receive loop reads messages, parses them, pushes Media into the `Timeline` and sends each
-  full block (about one second of stereo audio) into a bounded memory channel. When the disk is
-  slow the channel fills, the loop stops reading, and TCP pushes back on the platform: memory
-  stays bounded and nothing is dropped.
-- The writer takes blocks from the channel and writes them to the call's `Recording` in a worker
-  thread (so file I/O never blocks the event loop), flushing at least every flush interval.
-- The ticker, once per flush interval, sends whatever is aligned but not yet a full block (so
-  audio reaches disk within about a second even when media stalls) and enforces the idle timeout
-  and the maximum call duration.
+Theory of operation: one task per call, in the call's own nursery, plus two shared services.
+- The receive loop reads messages, parses them, pushes Media into the `Timeline` and hands each
+  full block (about one second of stereo audio) to the call's `Lane` of the process's
+  `DiskWriter`, which writes it to the call's `Recording` in a worker thread, batched with every
+  other call's blocks. A lane holds a bounded number of blocks: when the disk is slow the loop
+  waits, stops reading, and TCP pushes back on the platform: memory stays bounded and nothing is
+  dropped.
+- The server's clock calls `tick()` once per flush interval: it hands over whatever is aligned
+  but not yet a full block (so audio reaches disk within about a second even when media stalls),
+  reports the media counters and enforces the idle timeout and the maximum call duration. One
+  clock for all calls: a timer task per call cost a wake-up per call-second.
 The call ends after both Stops, when the peer closes, on a fatal protocol error, when the
 server stops it (drain), or when the disk fails; every way out finalises the recording with what
 was received.
@@ -28,6 +29,7 @@ import trio
 
 from callstream.auth import message_credential, secret_matches
 from callstream.call import CallState
+from callstream.diskwriter import DiskWriter
 from callstream.errors import (
     CLOSE_GOING_AWAY,
     CLOSE_INTERNAL_ERROR,
@@ -43,13 +45,11 @@ from callstream.recording import Recording
 from callstream.settings import Settings
 from callstream.timeline import StereoBlock, Timeline
 from callstream.transport import MessageStream, StreamClosed
+from callstream.wavbatch import PlannedAppend
 
 LOGGER = logging.getLogger("callstream.recorder")
 
 FINALISE_TIMEOUT = 30.0  # seconds allowed to write the tail and close files after the call ends
-
-Ready = tuple[StereoBlock, float]  # a block and when it left the timeline (time.monotonic())
-
 
 @dataclass(frozen=True, slots=True)
 class CallResult:
@@ -73,13 +73,16 @@ class CallRecorder:
         stream: MessageStream,
         query: QueryMetadata,
         settings: Settings,
+        disk: DiskWriter,
         *,
         require_secret: str | None = None,
         metrics: Metrics | None = None,
     ) -> None:
-        """``require_secret``: when set, the first message must carry this secret (else close 1008).
-        ``metrics``: where the call's media counters (once per flush interval) and write lags go."""
+        """``disk``: the process's writer (running). ``require_secret``: when set, the first
+        message must carry this secret (else close 1008). ``metrics``: where the call's media
+        counters go (at each tick and at the end)."""
         self._stream = stream
+        self._lane = disk.lane(self)
         self._metrics = metrics
         self._metered = MediaTotals()
         self._require_secret = require_secret
@@ -98,6 +101,10 @@ class CallRecorder:
         self._reason = "closed by peer"
         self._close_code: int | None = None
         self._failure: RecordingError | None = None
+        self._ended = False  # the receive loop is over (see run)
+        now = time.monotonic()
+        self._deadline = now + settings.max_call_seconds
+        self._idle_since, self._idle_count = now, -1
 
     def stop(self, reason: str, code: int = CLOSE_GOING_AWAY) -> None:
         """Ask the call to end now (drain, timeout); the recording is still finalised."""
@@ -107,16 +114,15 @@ class CallRecorder:
 
     async def run(self) -> CallResult:
         """Record until the call ends; never raises for anything the peer or the disk does."""
-        send, receive = trio.open_memory_channel[Ready](self._settings.write_queue_blocks)
         try:
-            async with trio.open_nursery() as nursery:
-                nursery.start_soon(self._write_blocks, receive)
-                async with send:
-                    await self._receive_until_end(send)
-                    with trio.CancelScope(shield=True), trio.move_on_after(FINALISE_TIMEOUT):
-                        tail = self.timeline.finish()
-                        if tail is not None:
-                            await send.send((tail, time.monotonic()))
+            try:
+                await self._receive_until_end()
+            finally:
+                self._ended = True  # from here the tail goes as one block: no more ticks
+            with trio.CancelScope(shield=True), trio.move_on_after(FINALISE_TIMEOUT):
+                tail = self.timeline.finish()
+                if tail is not None:
+                    await self._lane.send(tail, time.monotonic())
         finally:
             # Also when the whole server is cancelled: close the files with what they have.
             with trio.CancelScope(shield=True), trio.move_on_after(FINALISE_TIMEOUT):
@@ -124,21 +130,19 @@ class CallRecorder:
                 result = await self._finalise()
         return result
 
-    async def _receive_until_end(self, send: trio.MemorySendChannel[Ready]) -> None:
+    async def _receive_until_end(self) -> None:
         with self._receive_scope:
-            async with trio.open_nursery() as nursery:
-                nursery.start_soon(self._tick, send)
+            async with trio.open_nursery():  # the call's own nursery: its tasks end with it
                 try:
-                    if await self._receive(send):
+                    if await self._receive():
                         self._reason, self._close_code = "both Stops received", CLOSE_NORMAL
                 except ProtocolError as error:
                     LOGGER.warning("call %s: %s (closing %d)", self.call.call_id, error.reason, error.code)
                     self._reason, self._close_code = error.reason, error.code
-                nursery.cancel_scope.cancel()
 
-    async def _receive(self, send: trio.MemorySendChannel[Ready]) -> bool:
+    async def _receive(self) -> bool:
         """The hot loop. Returns True after both Stops, False when the peer closed first."""
-        stream, timeline, call = self._stream, self.timeline, self.call
+        stream, timeline, call, lane = self._stream, self.timeline, self.call, self._lane
         max_bytes = self._settings.max_message_bytes
         if self._require_secret is not None:
             try:
@@ -151,7 +155,8 @@ class CallRecorder:
             call.handle(first)
         # Messages already parsed from the last chunk are taken without an await each: between
         # two of them nothing else runs (no await), so nothing can cancel us either. After an
-        # await (a block sent) the next message comes through receive() again, which checks.
+        # await (waiting for room on the lane) the next message comes through receive() again,
+        # which checks.
         receive_nowait = getattr(stream, "receive_nowait", _nothing)
         while True:
             try:
@@ -163,11 +168,16 @@ class CallRecorder:
                 event = parse_message(data, max_bytes=max_bytes)
                 if type(event) is Media:
                     if timeline.push(event.perspective, event.sequence, event.payload):
+                        waited = False
                         block = timeline.pop_block()
-                        if block is not None:
-                            while block is not None:
-                                await _queue(send, block)
-                                block = timeline.pop_block()
+                        while block is not None:
+                            if lane.has_room():
+                                lane.send_nowait(block, time.monotonic())
+                            else:
+                                await lane.send(block, time.monotonic())
+                                waited = True
+                            block = timeline.pop_block()
+                        if waited:
                             break
                 else:
                     call.handle(event)
@@ -175,25 +185,27 @@ class CallRecorder:
                         return True
                 data = receive_nowait()
 
-    async def _tick(self, send: trio.MemorySendChannel[Ready]) -> None:
+    def tick(self, now: float) -> None:
+        """Once per flush interval (``now``: time.monotonic()), from the server's clock: hand
+        over the aligned audio that is not yet a full block, report the counters, enforce the
+        idle timeout and the maximum duration. Never waits: while the lane is full the partial
+        block stays in the timeline (the receive loop is then waiting for the disk anyway)."""
+        if self._ended:
+            return
+        self._meter()
+        self._log_sequence_mode()
         settings = self._settings
-        deadline = trio.current_time() + settings.max_call_seconds
-        idle_since, last_count = trio.current_time(), -1
-        while True:
-            await trio.sleep(settings.flush_interval)
-            self._meter()
-            self._log_sequence_mode()
-            now = trio.current_time()
-            count = self.timeline.frames_received
-            if count != last_count:
-                idle_since, last_count = now, count
-            elif now - idle_since >= settings.idle_timeout:
-                self.stop(f"no media for {settings.idle_timeout:g} s")
-            if now >= deadline:
-                self.stop(f"maximum call duration of {settings.max_call_seconds:g} s reached")
+        count = self.timeline.frames_received
+        if count != self._idle_count:
+            self._idle_since, self._idle_count = now, count
+        elif now - self._idle_since >= settings.idle_timeout:
+            self.stop(f"no media for {settings.idle_timeout:g} s")
+        if now >= self._deadline:
+            self.stop(f"maximum call duration of {settings.max_call_seconds:g} s reached")
+        if self._failure is None and self._lane.has_room():
             block = self.timeline.pop_block(partial=True)
             if block is not None:
-                await _queue(send, block)
+                self._lane.send_nowait(block, now)
 
     def _log_sequence_mode(self) -> None:
         """PROTOCOL.md: when auto-detection falls back to connection-wide ordering, say so once."""
@@ -213,28 +225,28 @@ class CallRecorder:
         self._metrics.add_media(totals - self._metered, sample_rate=statistics.sample_rate)
         self._metered = totals
 
-    async def _write_blocks(self, receive: trio.MemoryReceiveChannel[Ready]) -> None:
-        async with receive:
-            async for block, ready in receive:
-                if self._failure is not None:
-                    continue  # keep draining so the receive loop is never stuck on a full channel
-                fields = self.call.fields
-                try:
-                    await trio.to_thread.run_sync(self._write_block, block, fields, ready)
-                except RecordingError as error:
-                    self._fail(error)
+    # -- the lane's target: write_block and flush_blocks run in a disk worker thread -----------
 
-    def _write_block(self, block: StereoBlock, fields: dict[str, str], ready: float) -> None:
-        """In a worker thread: create the recording on first use, write and flush.
+    def plan_block(self, block: StereoBlock) -> PlannedAppend | None:
+        """Create the recording on first use; the block as a batched append, or None (then
+        `write_block`)."""
+        recording = self._recording or self._create_recording(self.call.fields)
+        return recording.plan(block.left, block.right)
 
-        Blocks come at most about once per second (full blocks, or the ticker's partial ones),
-        so flushing each one costs two system calls a second and bounds what a crash can lose
-        to one flush interval plus the reorder window."""
-        recording = self._recording or self._create_recording(fields)
+    def write_block(self, block: StereoBlock) -> None:
+        """Create the recording on first use, append the block."""
+        recording = self._recording or self._create_recording(self.call.fields)
         recording.write(block.left, block.right)
-        recording.flush(fsync=self._settings.fsync)
-        if self._metrics is not None:
-            self._metrics.observe_write_lag(time.monotonic() - ready)
+
+    def flush_blocks(self) -> None:
+        """After a batch of this call's blocks: about once per flush interval, so flushing costs
+        two system calls a second and bounds what a crash can lose to one flush interval plus
+        the reorder window (and the writer's batch interval)."""
+        if self._recording is not None:
+            self._recording.flush(fsync=self._settings.fsync)
+
+    def write_failed(self, error: RecordingError) -> None:
+        self._fail(error)
 
     def _create_recording(self, fields: dict[str, str]) -> Recording:
         settings = self._settings
@@ -245,6 +257,7 @@ class CallRecorder:
             fields=fields,
             started=self._started,
             metadata=self.call.sidecar_metadata(),
+            durable=settings.fsync,
         )
         LOGGER.debug("call %s: recording to %s", self.call.call_id, self._recording.partial_path)
         return self._recording
@@ -278,12 +291,12 @@ class CallRecorder:
         path = None
         if self._failure is None and (self._recording is not None or call.start is not None):
             try:
-                path = await trio.to_thread.run_sync(self._finish_recording, status, statistics)
+                path = await self._lane.finish(self._finish_recording, status, statistics)
             except RecordingError as error:
                 self._fail(error)
                 status = "failed"
         elif self._recording is not None:
-            path = await trio.to_thread.run_sync(self._abandon_recording, statistics)
+            path = await self._lane.finish(self._abandon_recording, statistics)
         frames = 0 if self._recording is None else self._recording.frames_written
         return CallResult(
             call_id=call.call_id,
@@ -311,14 +324,6 @@ class CallRecorder:
             return self._finish_recording("failed", statistics)
         except RecordingError:
             return None
-
-
-async def _queue(send: trio.MemorySendChannel[Ready], block: StereoBlock) -> None:
-    """Hand a block popped from the timeline to the writer. Shielded: once popped, a block exists
-    nowhere else, so a cancellation here (stop, drain, the receive loop ending while the ticker
-    sends) would lose its audio; bounded by FINALISE_TIMEOUT for a disk that never takes it."""
-    with trio.CancelScope(shield=True, deadline=trio.current_time() + FINALISE_TIMEOUT):
-        await send.send((block, time.monotonic()))
 
 
 def _nothing() -> None:

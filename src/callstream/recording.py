@@ -19,7 +19,6 @@ import hashlib
 import json
 import logging
 import os
-import re
 import threading
 from collections.abc import Mapping
 from datetime import UTC, datetime
@@ -27,8 +26,9 @@ from pathlib import Path
 from typing import Any, Final
 
 from .errors import RecordingError
-from .naming import FILE_MODE, SIDECAR, Reservation, render_path, reserve
+from .naming import FILE_MODE, MAX_SIBLINGS, SIDECAR, Reservation, render_path, reserve
 from .sinks import EXTENSIONS, AudioSink, open_sink
+from .wavbatch import PlannedAppend
 from .wavfile import CHANNELS, SAMPLE_RATE
 
 LOGGER = logging.getLogger("callstream.recording")
@@ -60,10 +60,11 @@ def _fsync_directory(directory: Path) -> None:
         os.close(fd)
 
 
-def write_sidecar(path: Path, data: Mapping[str, Any]) -> None:
+def write_sidecar(path: Path, data: Mapping[str, Any], *, durable: bool = True) -> None:
     """Atomically replace the JSON file ``path`` with ``data``.
 
-    Writes ``path.tmp``, fsyncs it, ``os.replace``s it over ``path`` and fsyncs the directory.
+    Writes ``path.tmp``, fsyncs it, ``os.replace``s it over ``path`` and fsyncs the directory
+    (without ``durable``: the same, less both fsyncs, which cost more than all the rest).
     Values JSON cannot hold are written as ``str(value)``. Not locked: callers that may race
     with a running recorder must not rewrite sidecars of live recordings. Raises RecordingError.
     """
@@ -75,9 +76,11 @@ def write_sidecar(path: Path, data: Mapping[str, Any]) -> None:
         with open(fd, "w", encoding="ascii") as file:
             file.write(text)
             file.flush()
-            os.fsync(file.fileno())
+            if durable:
+                os.fsync(file.fileno())
         os.replace(temporary, path)
-        _fsync_directory(path.parent)
+        if durable:
+            _fsync_directory(path.parent)
     except OSError as exc:
         try:
             temporary.unlink(missing_ok=True)
@@ -133,12 +136,15 @@ class Recording:
 
     @classmethod
     def create(cls, output_dir: Path, template: str, fmt: str, *, fields: Mapping[str, Any],
-               started: datetime, metadata: Mapping[str, Any]) -> Recording:
+               started: datetime, metadata: Mapping[str, Any], durable: bool = True) -> Recording:
         """Reserve the name, open the sink on ``NAME.partial.EXT`` and write the sidecar.
 
         ``fields`` are the mapped metadata fields (they name the file and identify the call);
-        ``metadata`` is stored in the sidecar as it is. ValueError for an unknown ``fmt``, a bad
-        template or a naive ``started``; RecordingError if the disk fails (nothing is left).
+        ``metadata`` is stored in the sidecar as it is. ``durable``: fsync the first sidecar (a
+        server without --fsync does not: nothing of a live recording is durable then, and the
+        fsyncs cost more than the rest of a create; the final sidecar always is). ValueError for
+        an unknown ``fmt``, a bad template or a naive ``started``; RecordingError if the disk
+        fails (nothing is left).
         """
         if fmt not in EXTENSIONS:
             raise ValueError(f"unknown format {fmt!r}; expected one of {sorted(EXTENSIONS)}")
@@ -153,7 +159,7 @@ class Recording:
         recording = cls(reservation, sink, fmt, fields=fields, started=started,
                         metadata=metadata)
         try:
-            recording._publish(RECORDING, ended=None, sha256=None, statistics={})
+            recording._publish(RECORDING, ended=None, sha256=None, statistics={}, durable=durable)
         except BaseException:
             with contextlib.suppress(RecordingError):
                 sink.close()
@@ -201,6 +207,12 @@ class Recording:
         """Make everything written so far readable in the partial file (durable if fsync)."""
         self._sink.flush(fsync)
 
+    def plan(self, left: bytes, right: bytes) -> PlannedAppend | None:
+        """The block as a batched append (`wavbatch.append_all` writes it), or None when this
+        format or build has none (then use `write` and `flush`)."""
+        planner = getattr(self._sink, "plan", None)
+        return None if planner is None else planner(left, right)
+
     def finish(self, status: str, *, ended: datetime, metadata: Mapping[str, Any],
                statistics: Mapping[str, Any] | Any) -> Path:
         """Close the audio, move it to its final name, hash it and write the final sidecar.
@@ -217,7 +229,13 @@ class Recording:
         ended_text = rfc3339(ended)
         if dataclasses.is_dataclass(statistics) and not isinstance(statistics, type):
             statistics = dataclasses.asdict(statistics)
-        self._sink.close()
+        try:
+            self._sink.close()
+        except RecordingError as exc:
+            if status != "failed":
+                raise
+            # already failed (a full disk): keep what is on disk, and say so in the sidecar
+            LOGGER.warning("closing failed recording %s: %s", self.name, exc)
         final, partial = self._reservation.final, self._reservation.partial
         if not self._renamed:
             if final.exists():
@@ -237,7 +255,7 @@ class Recording:
     # -- sidecars ----------------------------------------------------------------------------
 
     def _publish(self, status: str, *, ended: str | None, sha256: str | None,
-                 statistics: dict[str, Any]) -> None:
+                 statistics: dict[str, Any], durable: bool = True) -> None:
         frames = self._sink.frames_written
         with _SIDECAR_LOCK:
             self._siblings = self._find_siblings()
@@ -264,35 +282,41 @@ class Recording:
                 "siblings": list(self._siblings),
                 "sidecar_version": SIDECAR_VERSION,
             })
-            write_sidecar(self._reservation.sidecar, data)
+            write_sidecar(self._reservation.sidecar, data, durable=durable)
             for sibling in self._siblings:
                 self._add_to_sibling(sibling)
 
     def _find_siblings(self) -> list[str]:
-        """Base names of the sidecars ROOT.json, ROOT-N.json of the same call and session."""
+        """Base names of the sidecars ROOT.json, ROOT-N.json of the same call and session.
+
+        Probed by name rather than by listing the directory (a day's directory holds thousands
+        of recordings; a listing per recording made that quadratic). `naming.reserve` claims
+        the lowest free number, so every number below ours is probed, and above ours the
+        probing stops at the first number without a sidecar."""
         if not self._call_id or not self._session_id:
             return []  # without both ids, equal names prove nothing
         root = self._reservation.root
-        pattern = re.compile(re.escape(root) + r"(?:-([0-9]+))?" + re.escape(SIDECAR))
+        own = self.name
+        own_number = 1 if own == root else int(own.rsplit("-", 1)[1])
         directory = self._reservation.sidecar.parent
-        found: list[tuple[int, str]] = []
-        try:
-            entries = os.listdir(directory)
-        except OSError as exc:
-            raise _error("list", directory, exc) from exc
-        for entry in entries:
-            match = pattern.fullmatch(entry)
-            name = entry[: -len(SIDECAR)]
-            if not match or name == self.name:
+        found: list[str] = []
+        for number in range(1, MAX_SIBLINGS + 1):
+            if number == own_number:
+                continue
+            name = root if number == 1 else f"{root}-{number}"
+            path = directory / (name + SIDECAR)
+            if not os.path.lexists(path):
+                if number > own_number:
+                    break
                 continue
             try:
-                data = read_sidecar(directory / entry)
+                data = read_sidecar(path)
             except RecordingError as exc:
                 LOGGER.warning("ignoring sidecar: %s", exc)
                 continue
             if (data.get("callId"), data.get("sessionId")) == (self._call_id, self._session_id):
-                found.append((int(match.group(1) or 1), name))
-        return [name for _, name in sorted(found)]
+                found.append(name)
+        return found
 
     def _add_to_sibling(self, sibling: str) -> None:
         path = self._reservation.sidecar.with_name(sibling + SIDECAR)

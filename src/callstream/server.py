@@ -7,6 +7,9 @@ from __future__ import annotations
 import logging
 import signal
 import ssl
+import time
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
 from dataclasses import dataclass
 from functools import partial
 from typing import Any
@@ -15,6 +18,7 @@ import trio
 
 from callstream.admission import Admission
 from callstream.auth import secret_matches, upgrade_credential
+from callstream.diskwriter import DiskWriter
 from callstream.errors import CLOSE_POLICY_VIOLATION
 from callstream.http_metrics import MetricsEndpoint, serve_metrics
 from callstream.metrics import Metrics
@@ -56,6 +60,35 @@ class Server:
         self._admitted = 0
         self._idle = trio.Event()
         self._idle.set()
+        self._disk: DiskWriter | None = None  # while `running()`
+
+    @asynccontextmanager
+    async def running(self) -> AsyncIterator[None]:
+        """The services calls need, for the body: the disk writer and the clock that ticks every
+        live call once per flush interval. Calls must end within the body (the writer then
+        writes what they left and stops)."""
+        disk = DiskWriter(
+            per_lane=self.settings.write_queue_blocks,
+            max_lanes=self.settings.max_calls,
+            fsync=self.settings.fsync,
+            observe_lag=self.metrics.observe_write_lag,
+        )
+        async with disk.running(), trio.open_nursery() as nursery:
+            nursery.start_soon(self._clock)
+            self._disk = disk
+            try:
+                yield
+            finally:
+                self._disk = None
+                nursery.cancel_scope.cancel()
+
+    async def _clock(self) -> None:
+        interval = self.settings.flush_interval
+        while True:
+            await trio.sleep(interval)
+            now = time.monotonic()
+            for recorder in list(self._live):
+                recorder.tick(now)
 
     def statistics(self) -> ServerStatistics:
         return ServerStatistics(
@@ -116,8 +149,10 @@ class Server:
         require = None
         if self.settings.secret is not None and upgrade_credential(upgrade.headers, query.secret) is None:
             require = self.settings.secret  # not on the upgrade: the first message must carry it
+        if self._disk is None:
+            raise RuntimeError("Server.handle() outside Server.running()")
         recorder = CallRecorder(
-            stream, query, self.settings, require_secret=require, metrics=self.metrics
+            stream, query, self.settings, self._disk, require_secret=require, metrics=self.metrics
         )
         self._live.add(recorder)
         self._started += 1
@@ -215,17 +250,18 @@ async def serve(
         serve_transport = serve_trio_websocket
     else:
         raise ValueError(f"unknown transport {settings.transport!r}")
-    await serve_transport(
-        server.handle,
-        host=settings.host,
-        port=settings.port,
-        ssl_context=ssl_context_from(settings),
-        max_message_bytes=settings.max_message_bytes,
-        handshake_timeout=settings.handshake_timeout,
-        reuse_port=reuse_port,
-        task_status=task_status,
-        **extra,
-    )
+    async with server.running():
+        await serve_transport(
+            server.handle,
+            host=settings.host,
+            port=settings.port,
+            ssl_context=ssl_context_from(settings),
+            max_message_bytes=settings.max_message_bytes,
+            handshake_timeout=settings.handshake_timeout,
+            reuse_port=reuse_port,
+            task_status=task_status,
+            **extra,
+        )
 
 
 async def run_until_signalled(

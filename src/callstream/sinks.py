@@ -14,7 +14,7 @@ from typing import Final, Protocol
 import numpy as np
 import soundfile as sf
 
-from . import codec
+from . import codec, wavbatch
 from .errors import RecordingError
 from .wavfile import CHANNELS, FILE_MODE, SAMPLE_RATE, WavEncoding, WavWriter
 
@@ -71,6 +71,13 @@ class _WavSink:
 
     def close(self) -> None:
         self._writer.close(fsync=True)
+
+    def plan(self, left: bytes, right: bytes) -> wavbatch.PlannedAppend | None:
+        """The block as a `wavbatch` append (what `write` + `flush` would write), or None
+        without the C extension (then use `write`)."""
+        if not wavbatch.AVAILABLE:
+            return None
+        return wavbatch.plan(self._writer, left, right)
 
 
 class WavPcmSink(_WavSink):

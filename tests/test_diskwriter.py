@@ -1,0 +1,156 @@
+"""The disk writer: per-call order, bounded lanes that push back, finishing after the last block,
+a failing call that stops alone. Real worker threads, a fake target that records what it got."""
+
+from __future__ import annotations
+
+import threading
+
+import pytest
+import trio
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from callstream.diskwriter import DiskWriter, Lane
+from callstream.errors import RecordingError
+from callstream.timeline import StereoBlock
+
+
+class Target:
+    """Records blocks by their start; can be made to fail at a block or to hold writes."""
+
+    def __init__(self, fail_at: int | None = None, gate: threading.Event | None = None) -> None:
+        self.blocks: list[int] = []
+        self.flushes = 0
+        self.errors: list[RecordingError] = []
+        self.fail_at = fail_at
+        self.gate = gate
+        self.max_in_flight = 0
+
+    def plan_block(self, block: StereoBlock) -> None:
+        return None  # the Python path: write_block + flush_blocks
+
+    def write_block(self, block: StereoBlock) -> None:
+        if self.gate is not None:
+            assert self.gate.wait(10)
+        if block.start == self.fail_at:
+            raise RecordingError("disk full")
+        self.blocks.append(block.start)
+
+    def flush_blocks(self) -> None:
+        self.flushes += 1
+
+    def write_failed(self, error: RecordingError) -> None:
+        self.errors.append(error)
+
+
+def block(start: int) -> StereoBlock:
+    return StereoBlock(left=b"\xff", right=b"\xff", start=start)
+
+
+@settings(max_examples=25, deadline=None)
+@given(
+    plan=st.lists(st.tuples(st.integers(0, 4), st.integers(0, 3)), max_size=60),
+    shards=st.integers(1, 3),
+    limit=st.integers(1, 4),
+)
+def test_every_lane_gets_its_blocks_in_order_then_finishes(
+    plan: list[tuple[int, int]], shards: int, limit: int
+) -> None:
+    """Five calls send blocks in a random interleaving, sometimes yielding in between; each
+    target gets exactly its blocks, in order, and its finishing call sees all of them."""
+    targets = [Target() for _ in range(5)]
+    finished: list[list[int]] = [[] for _ in range(5)]
+
+    async def main() -> None:
+        writer = DiskWriter(per_lane=limit, max_lanes=5, shards=shards, batch_interval=0.001)
+        async with writer.running():
+            lanes = [writer.lane(target) for target in targets]
+            sent = [0] * 5
+
+            async def call(index: int) -> None:
+                for lane_index, pause in plan:
+                    if lane_index != index:
+                        continue
+                    await lanes[index].send(block(sent[index]), 0.0)
+                    sent[index] += 1
+                    assert lanes[index].queued <= limit
+                    if pause:
+                        await trio.sleep(0.001 * pause)
+                finished[index] = await lanes[index].finish(lambda t=targets[index]: list(t.blocks))
+
+            async with trio.open_nursery() as nursery:
+                for index in range(5):
+                    nursery.start_soon(call, index)
+
+    trio.run(main)
+    for index, target in enumerate(targets):
+        expected = list(range(sum(1 for lane_index, _ in plan if lane_index == index)))
+        assert target.blocks == expected
+        assert finished[index] == expected
+        assert target.errors == []
+
+
+async def test_a_full_lane_waits_and_keeps_its_order() -> None:
+    """While the disk holds, a lane takes `per_lane` blocks; the next send waits and meanwhile
+    has_room() is False (a partial block popped by the clock must not overtake it)."""
+    gate = threading.Event()
+    target = Target(gate=gate)
+    writer = DiskWriter(per_lane=2, max_lanes=1, shards=1, batch_interval=0.001)
+    async with writer.running():
+        lane = writer.lane(target)
+        lane.send_nowait(block(0), 0.0)
+        lane.send_nowait(block(1), 0.0)
+        assert not lane.has_room()
+        with pytest.raises(ValueError, match="full"):
+            lane.send_nowait(block(2), 0.0)
+        async with trio.open_nursery() as nursery:
+            nursery.start_soon(lane.send, block(2), 0.0)
+            await trio.sleep(0.05)
+            assert lane.queued == 2  # still waiting: the disk has not taken anything
+            assert not lane.has_room()
+            gate.set()
+        assert await lane.finish(lambda: list(target.blocks)) == [0, 1, 2]
+    with pytest.raises(RuntimeError, match="finished"):
+        lane.send_nowait(block(3), 0.0)
+
+
+async def test_a_failing_lane_stops_alone() -> None:
+    doomed, healthy = Target(fail_at=1), Target()
+    writer = DiskWriter(per_lane=8, max_lanes=2, shards=1, batch_interval=0.001)
+    async with writer.running():
+        lanes = [writer.lane(doomed), writer.lane(healthy)]
+        for start in range(4):
+            for lane in lanes:
+                await lane.send(block(start), 0.0)
+        await lanes[0].finish(lambda: None)
+        await lanes[1].finish(lambda: None)
+    assert doomed.blocks == [0]  # block 1 failed, 2 and 3 were skipped
+    assert [str(error) for error in doomed.errors] == ["disk full"]
+    assert healthy.blocks == [0, 1, 2, 3] and healthy.errors == []
+
+
+async def test_a_waiting_sender_is_not_overtaken_when_room_comes() -> None:
+    """The clock sends a partial block whenever has_room(): once the disk frees the lane, the
+    block the receive loop waits with (popped earlier) must still go first."""
+    for _ in range(20):
+        gate = threading.Event()
+        target = Target(gate=gate)
+        writer = DiskWriter(per_lane=2, max_lanes=1, shards=1, batch_interval=0.001)
+        async with writer.running():
+            lane = writer.lane(target)
+            lane.send_nowait(block(0), 0.0)
+            lane.send_nowait(block(1), 0.0)
+
+            async def clock(lane: Lane) -> None:
+                while not lane.has_room():
+                    await trio.sleep(0)
+                lane.send_nowait(block(3), 0.0)
+
+            async with trio.open_nursery() as nursery:
+                nursery.start_soon(lane.send, block(2), 0.0)
+                await trio.sleep(0.01)
+                nursery.start_soon(clock, lane)
+                await trio.sleep(0.01)
+                gate.set()
+            await lane.finish(lambda: None)
+        assert target.blocks == [0, 1, 2, 3]
