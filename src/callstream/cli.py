@@ -89,7 +89,7 @@ def _add_serve(sub: argparse._SubParsersAction, environ: dict[str, str]) -> None
         help="live recordings are flushed to the OS at least this often")
     add("--fsync", action="store_true", default=False, help="make every flush durable with fsync (costs disk I/O)")
     add("--read-interval", default=defaults.DEFAULT_READ_INTERVAL, type=float, metavar="SECONDS",
-        help="websockets transport: a stream that keeps up is read at most this often (capped at a fifth "
+        help="websockets transport: a stream that keeps up is read at most this often (capped at half "
         "of --flush-interval; 0: read on every arrival); fewer wake-ups per call, more calls per core")
     add("--max-message-size", dest="max_message_bytes", default=defaults.DEFAULT_MAX_MESSAGE_BYTES,
         type=_positive(int), metavar="BYTES", help="a larger message closes the call with 1009")

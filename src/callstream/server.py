@@ -241,7 +241,7 @@ async def serve(
     if settings.transport == "websockets":
         from callstream.transport_websockets import serve_websockets as serve_transport
 
-        # reads coalesce up to read_interval, never more than a fifth of the flush interval:
+        # reads coalesce up to read_interval, never more than half the flush interval:
         # what a crash can lose grows by at most that much
         extra["read_interval"] = min(
             settings.read_interval, settings.flush_interval * READ_INTERVAL_SHARE
