@@ -128,6 +128,9 @@ class _MediaFrame(msgspec.Struct, gc=False):
 
 _MEDIA_DECODER: Final = msgspec.json.Decoder(_MediaFrame)
 _decode_json: Final = msgspec.json.decode
+# Media(p, s, m) runs the NamedTuple's Python-level __new__ (0.54 us); building the tuple
+# directly makes the same object in 0.16 us, and this is once per Media message.
+_new_tuple: Final = tuple.__new__
 
 
 def parse_message(data: str | bytes, *, max_bytes: int = DEFAULT_MAX_BYTES) -> Event:
@@ -153,7 +156,7 @@ def parse_message(data: str | bytes, *, max_bytes: int = DEFAULT_MAX_BYTES) -> E
             if len(media) > MAX_MEDIA_PAYLOAD:  # what the tolerant parser says too
                 return BadMessage(_MEDIA_TOO_LONG)
             perspective = _PARTICIPANT if frame.perspective == "Participant" else _CONFERENCE
-            return Media(perspective, seq, media)
+            return _new_tuple(Media, (perspective, seq, media))
     except (ValueError, RecursionError):  # msgspec's errors, bad UTF-8, deep nesting, int()
         pass
     return _parse_tolerant(data)
