@@ -24,9 +24,13 @@ class Target:
         self.errors: list[RecordingError] = []
         self.fail_at = fail_at
         self.gate = gate
-        self.max_in_flight = 0
+        self.opened = 0
+
+    def open_target(self) -> None:
+        self.opened += 1
 
     def plan_block(self, block: StereoBlock) -> None:
+        assert self.opened == 1
         return None  # the Python path: write_block + flush_blocks
 
     def write_block(self, block: StereoBlock) -> None:
@@ -154,3 +158,21 @@ async def test_a_waiting_sender_is_not_overtaken_when_room_comes() -> None:
                 gate.set()
             await lane.finish(lambda: None)
         assert target.blocks == [0, 1, 2, 3]
+
+
+async def test_a_file_that_cannot_be_created_fails_its_lane() -> None:
+    class Unopenable(Target):
+        def open_target(self) -> None:
+            raise RecordingError("cannot create directory")
+
+    doomed, healthy = Unopenable(), Target()
+    writer = DiskWriter(per_lane=8, max_lanes=2, shards=2, batch_interval=0.001)
+    async with writer.running():
+        lanes = [writer.lane(doomed), writer.lane(healthy)]
+        for start in range(3):
+            for lane in lanes:
+                await lane.send(block(start), 0.0)
+        for lane in lanes:
+            await lane.finish(lambda: None)
+    assert doomed.blocks == [] and [str(e) for e in doomed.errors] == ["cannot create directory"]
+    assert healthy.blocks == [0, 1, 2] and healthy.opened == 1

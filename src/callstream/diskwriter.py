@@ -4,15 +4,23 @@ Theory of operation: each call gets a `Lane`. Its receive loop (and the server's
 lane finished stereo blocks; the lane queues them, with a reference to the call's `BlockTarget`,
 into one bounded trio memory channel shared by all calls. A single writer task takes everything
 queued (waiting at least ``batch_interval`` seconds between batches so that batches stay large
-under load), splits it by shard (a lane always uses the same shard, so one call's work stays in
-order), and runs each shard's part in its own worker thread, the shards in parallel. In a thread
-a batch writes every block to its target, then flushes each target it wrote to once, then
-observes each block's write lag.
+under load) and, for a batch:
+1. creates the files of calls whose first block it is, each in a thread of its own, in the
+   background: the lane's items wait in the lane meanwhile, other lanes' blocks go on;
+2. plans every block in the event loop (offsets reserved, no system call; see `wavbatch`) and
+   prepares, per shard (a lane always uses the same shard), one C call for all of them;
+3. runs each shard in a worker thread, the shards in parallel: the C call with the GIL released
+   throughout, then the blocks of targets that cannot be batched (FLAC), in order, each of their
+   targets flushed once;
+4. back in the event loop, reports the results, observes each block's write lag and frees the
+   lanes' room.
 
 Why: a trio-to-thread hop costs about as much as all the per-message work of a second of one
 call; with a hop per block (one a second per call) the hops alone capped the server at a few
 hundred calls per core. Batched, the hops cost at most ``shards / batch_interval`` a second
-whatever the load.
+whatever the load. And Python code in the threads is kept to nothing: while the event loop is
+busy a thread waits for the GIL at every turn (planning 150 blocks in a thread took 0.1-0.8 s of
+wall time at 1,000 calls).
 
 Backpressure: a lane holds at most ``per_lane`` blocks queued or being written. A receive loop
 that would exceed it waits (its socket is then not read: TCP pushes back on the platform); the
@@ -35,7 +43,7 @@ import trio
 
 from callstream.errors import RecordingError
 from callstream.timeline import StereoBlock
-from callstream.wavbatch import PlannedAppend, append_all
+from callstream.wavbatch import AppendBatch, PlannedAppend
 
 T = TypeVar("T")
 
@@ -44,21 +52,27 @@ DEFAULT_SHARDS: Final = 8  # worker threads a batch is spread over
 
 
 class BlockTarget(Protocol):
-    """What a lane writes to (the call's recorder). The first three run in a worker thread."""
+    """What a lane writes to (the call's recorder). ``open_target``, ``write_block`` and
+    ``flush_blocks`` run in a worker thread; ``plan_block`` and ``write_failed`` in the event
+    loop and must not block."""
+
+    def open_target(self) -> None:
+        """Before the lane's first block: create the file. Raises RecordingError."""
 
     def plan_block(self, block: StereoBlock) -> PlannedAppend | None:
-        """The block as a batched append (see `wavbatch`), or None: then `write_block` it.
-        Raises RecordingError when the disk fails."""
+        """The block as a batched append (see `wavbatch`; no system call), or None: then
+        `write_block` it. Raises RecordingError (a file at its size limit)."""
 
     def write_block(self, block: StereoBlock) -> None:
         """Append one block. Raises RecordingError when the disk fails."""
 
     def flush_blocks(self) -> None:
-        """Make what was written readable (and durable, if configured). Raises RecordingError."""
+        """After `write_block`s: make them readable (and durable, if configured). Raises
+        RecordingError."""
 
     def write_failed(self, error: RecordingError) -> None:
-        """In trio, after the batch: the target's write or flush raised ``error``. Blocks the
-        lane still has queued are then skipped."""
+        """The target's open, write or flush raised ``error``. Blocks the lane still has queued
+        are then skipped."""
 
 
 class _Block:
@@ -92,6 +106,8 @@ class Lane:
         self.queued = 0  # blocks queued or being written
         self.failed = False  # a write failed: the lane's remaining blocks are skipped
         self.finished = False  # `finish` was called: no more blocks
+        self.opened = False  # the target's open_target ran
+        self.held: list[Any] | None = None  # items waiting for open_target (see DiskWriter._write)
         self._waiting = False  # a sender waits for room (its block must go first)
         self._room: trio.Event | None = None  # set when the waiting sender may go on
 
@@ -177,7 +193,9 @@ class DiskWriter:
         self._batch_interval = batch_interval
         self._observe_lag = observe_lag
         self._fsync = fsync
-        self._send, self._receive = trio.open_memory_channel[Any](per_lane * max(1, max_lanes) + 64)
+        # room for every lane's blocks, its finish and the wake-up when its file is created
+        self._send, self._receive = trio.open_memory_channel[Any]((per_lane + 2) * max(1, max_lanes) + 64)
+        self._reopened: list[_Block | _Call] = []  # held items of lanes whose file now exists
         self._next_shard = 0
         self._nursery: trio.Nursery | None = None
 
@@ -224,90 +242,142 @@ class DiskWriter:
                 if rest > 0:
                     await trio.sleep(rest)
 
-    async def _write(self, batch: list[_Block | _Call]) -> None:
-        by_shard: dict[int, list[_Block]] = {}
-        calls: list[_Call] = []
+    async def _write(self, batch: list[_Block | _Call | None]) -> None:
+        # Items of lanes whose file is being created wait in the lane (`held`), in order, and
+        # come back through `_reopened`: a slow create never holds back other calls' blocks.
+        ready, self._reopened = self._reopened, []
         for item in batch:
-            if type(item) is _Block:
-                by_shard.setdefault(item.lane.shard, []).append(item)
+            if item is None:  # an open finished: its held items are in `ready` already
+                continue
+            lane = item.lane
+            if lane.held is not None:
+                lane.held.append(item)
+            elif not lane.opened and type(item) is _Block:
+                lane.held = [item]
+                assert self._nursery is not None
+                self._nursery.start_soon(self._open, lane)
             else:
-                calls.append(item)
+                ready.append(item)
+        blocks = [item for item in ready if type(item) is _Block]
         failures: list[tuple[Lane, RecordingError]] = []
-        if len(by_shard) == 1:
-            [blocks] = by_shard.values()
-            failures += await trio.to_thread.run_sync(self._write_shard, blocks)
-        elif by_shard:
+        shards = self._plan(blocks, failures)
+        if shards:
             async with trio.open_nursery() as nursery:
-                for blocks in by_shard.values():
-                    nursery.start_soon(self._write_in_thread, blocks, failures)
-        for item in batch:
-            if type(item) is _Block:
-                item.lane._written(1)
+                for shard in shards:
+                    nursery.start_soon(self._write_shard, shard, failures)
+        written: list[_Block] = []
+        for shard in shards:
+            if shard.batch is not None:
+                errors = shard.batch.results()
+                for (item, _), error in zip(shard.planned, errors, strict=True):
+                    if error is None:
+                        written.append(item)
+                    else:
+                        _fail(item.lane, error, failures)
+            written += shard.written
+        if self._observe_lag is not None:
+            now = time.monotonic()
+            for item in written:
+                if not item.lane.failed:
+                    self._observe_lag(now - item.ready)
+        for item in blocks:
+            item.lane._written(1)
         for lane, error in failures:
             lane.target.write_failed(error)
         assert self._nursery is not None
-        for call in calls:  # every block of its lane is written by now
-            self._nursery.start_soon(self._finish, call)
+        for item in ready:  # every block of its lane is written by now
+            if type(item) is _Call:
+                self._nursery.start_soon(self._finish, item)
+
+    async def _open(self, lane: Lane) -> None:
+        """Create the lane's file in a thread, then hand its held items back to the writer."""
+        with trio.CancelScope(shield=True):  # see _run
+            try:
+                await trio.to_thread.run_sync(lane.target.open_target)
+            except RecordingError as error:
+                lane.failed = True
+                lane.target.write_failed(error)
+        lane.opened = True
+        held, lane.held = lane.held or [], None
+        self._reopened += held
+        self._send.send_nowait(None)  # wake the writer
+
+    def _plan(self, blocks: list[_Block], failures: list[tuple[Lane, RecordingError]]) -> list[_Shard]:
+        """In the event loop: each block planned as a batched append, or left for the Python
+        path; per shard, the appends prepared as one C call."""
+        shards: dict[int, _Shard] = {}
+        for item in blocks:
+            lane = item.lane
+            if lane.failed:
+                continue
+            shard = shards.get(lane.shard)
+            if shard is None:
+                shard = shards[lane.shard] = _Shard()
+            try:
+                plan = lane.target.plan_block(item.block)
+            except RecordingError as error:
+                _fail(lane, error, failures)
+                continue
+            if plan is None:
+                shard.python.append(item)
+            else:
+                shard.planned.append((item, plan))
+        for shard in shards.values():
+            if shard.planned:
+                shard.batch = AppendBatch([plan for _, plan in shard.planned], fsync=self._fsync)
+        return list(shards.values())
+
+    async def _write_shard(self, shard: _Shard, failures: list[tuple[Lane, RecordingError]]) -> None:
+        failures += await trio.to_thread.run_sync(shard.write)
 
     async def _finish(self, call: _Call) -> None:
         with trio.CancelScope(shield=True):  # see _run
             call.result = await trio.to_thread.run_sync(outcome.capture, call.function, *call.args)
         call.done.set()
 
-    async def _write_in_thread(self, blocks: list[_Block], failures: list[Any]) -> None:
-        failures += await trio.to_thread.run_sync(self._write_shard, blocks)
 
-    def _write_shard(self, items: list[_Block]) -> list[tuple[Lane, RecordingError]]:
-        """In a worker thread: one shard's blocks of a batch, in order. Blocks that plan as batched
-        appends are written together in one C call; the others are written here and their
-        targets flushed once at the end."""
+class _Shard:
+    """One shard's part of a batch: its prepared C appends and its Python-path blocks."""
+
+    __slots__ = ("batch", "planned", "python", "written")
+
+    def __init__(self) -> None:
+        self.planned: list[tuple[_Block, PlannedAppend]] = []
+        self.batch: AppendBatch | None = None
+        self.python: list[_Block] = []
+        self.written: list[_Block] = []  # Python-path blocks written and flushed
+
+    def write(self) -> list[tuple[Lane, RecordingError]]:
+        """In a worker thread: the C appends in one call (the GIL released), then the
+        Python-path blocks in order, each of their targets flushed once at the end."""
+        if self.batch is not None:
+            self.batch.run()
         failures: list[tuple[Lane, RecordingError]] = []
-        unflushed: dict[Lane, None] = {}  # lanes written here, not flushed yet
-        planned: list[tuple[_Block, PlannedAppend]] = []
-        written: list[_Block] = []
-
-        def fail(lane: Lane, error: RecordingError) -> None:
-            if not lane.failed:
-                lane.failed = True
-                failures.append((lane, error))
-
-        def append_planned() -> None:
-            errors = append_all([plan for _, plan in planned], fsync=self._fsync)
-            for (item, _), error in zip(planned, errors, strict=True):
-                if error is None:
-                    written.append(item)
-                else:
-                    fail(item.lane, error)
-            planned.clear()
-
-        def flush(lane: Lane) -> None:
-            del unflushed[lane]
-            if not lane.failed:
-                try:
-                    lane.target.flush_blocks()
-                except RecordingError as error:
-                    fail(lane, error)
-
-        for item in items:
+        unflushed: dict[Lane, list[_Block]] = {}
+        for item in self.python:
             lane = item.lane
             if lane.failed:
                 continue
             try:
-                plan = lane.target.plan_block(item.block)
-                if plan is None:
-                    lane.target.write_block(item.block)
-                    unflushed[lane] = None
-                    written.append(item)
-                else:
-                    planned.append((item, plan))
+                lane.target.write_block(item.block)
             except RecordingError as error:
-                fail(lane, error)
-        append_planned()
-        for lane in list(unflushed):
-            flush(lane)
-        if self._observe_lag is not None:
-            now = time.monotonic()
-            for item in written:
-                if not item.lane.failed:
-                    self._observe_lag(now - item.ready)
+                _fail(lane, error, failures)
+                continue
+            unflushed.setdefault(lane, []).append(item)
+        for lane, items in unflushed.items():
+            if lane.failed:
+                continue
+            try:
+                lane.target.flush_blocks()
+            except RecordingError as error:
+                _fail(lane, error, failures)
+                continue
+            self.written += items
         return failures
+
+
+def _fail(lane: Lane, error: RecordingError, failures: list[tuple[Lane, RecordingError]]) -> None:
+    """The lane's first failure is reported; its later blocks are skipped."""
+    if not lane.failed:
+        lane.failed = True
+        failures.append((lane, error))

@@ -82,6 +82,7 @@ class LoadSpec:
     tone_seconds: float = POOL_FRAMES * FRAME_SECONDS  # length of the generated audio (no file)
     noisy_tone: bool = True  # a noisy pool (distinct frames) rather than the plain test tone
     processes: int = 1
+    send_interval: float = PACER_TICK  # real time: seconds between a call's writes (all that is due)
 
 
 @dataclass(frozen=True, slots=True)
@@ -383,18 +384,20 @@ class Pacer:
     due pairs in one write. A call whose socket would block goes back to its own task, which
     waits until the socket takes the rest and then hands the call back."""
 
-    def __init__(self) -> None:
+    def __init__(self, tick: float = PACER_TICK) -> None:
+        """``tick``: seconds between rounds (see `LoadSpec.send_interval`)."""
+        self._tick = tick
         self._calls: list[CallMedia] = []
 
     def add(self, media: CallMedia) -> None:
         self._calls.append(media)
 
     async def run(self) -> None:
-        tick = trio.current_time()
+        tick, step = trio.current_time(), self._tick
         while True:
-            tick += PACER_TICK
+            tick += step
             now = trio.current_time()
-            if tick < now - PACER_TICK:  # the loop was late: do not try to make up for it
+            if tick < now - step:  # the loop was late: do not try to make up for it
                 tick = now
             await trio.sleep_until(tick)
             now = trio.current_time()
@@ -449,7 +452,7 @@ async def run_calls(
     """Play ``calls`` concurrently; ``on_tick`` is called every PROGRESS_INTERVAL meanwhile."""
     outcomes: list[CallOutcome] = []
     t0 = trio.current_time()
-    pacer = Pacer() if spec.realtime else None
+    pacer = Pacer(spec.send_interval) if spec.realtime else None
 
     async def one(call: CallSpec) -> None:
         outcomes.append(await play(spec, call, pool, counters, t0, pacer))

@@ -225,18 +225,22 @@ class CallRecorder:
         self._metrics.add_media(totals - self._metered, sample_rate=statistics.sample_rate)
         self._metered = totals
 
-    # -- the lane's target: write_block and flush_blocks run in a disk worker thread -----------
+    # -- the lane's target (see diskwriter.BlockTarget) ---------------------------------------
+
+    def open_target(self) -> None:
+        """In a disk thread, before the first block: create the recording."""
+        if self._recording is None:
+            self._create_recording(self.call.fields)
 
     def plan_block(self, block: StereoBlock) -> PlannedAppend | None:
-        """Create the recording on first use; the block as a batched append, or None (then
-        `write_block`)."""
-        recording = self._recording or self._create_recording(self.call.fields)
-        return recording.plan(block.left, block.right)
+        """In the event loop: the block as a batched append, or None (then `write_block`)."""
+        assert self._recording is not None, "open_target() first"
+        return self._recording.plan(block.left, block.right)
 
     def write_block(self, block: StereoBlock) -> None:
-        """Create the recording on first use, append the block."""
-        recording = self._recording or self._create_recording(self.call.fields)
-        recording.write(block.left, block.right)
+        """In a disk thread: append the block (formats without batched appends)."""
+        assert self._recording is not None, "open_target() first"
+        self._recording.write(block.left, block.right)
 
     def flush_blocks(self) -> None:
         """After a batch of this call's blocks: about once per flush interval, so flushing costs

@@ -242,6 +242,15 @@ def add_arguments(
         help="CA bundle to verify a wss:// server with (default: system store)",
     )
     add(
+        "--send-interval",
+        type=float,
+        default=0.02,
+        metavar="SECONDS",
+        help="real time: each call writes what is due every this many seconds (0.02: every "
+        "frame pair on its own, as the platform does; 0.1: five pairs per write, which costs the "
+        "generator about a third as much CPU, for load tests where it shares the server's cores)",
+    )
+    add(
         "--fast",
         action="store_true",
         default=False,
@@ -275,9 +284,11 @@ def _run(args: argparse.Namespace) -> int:
         run_load,
     )
 
-    if args.calls < 1 or args.processes < 1 or args.seconds <= 0 or (args.ramp or 0) < 0:
+    if (args.calls < 1 or args.processes < 1 or args.seconds <= 0 or (args.ramp or 0) < 0
+            or not 0 < args.send_interval <= 1):
         print(
-            "callstream simulate: --calls, --processes and --seconds must be positive, --ramp >= 0",
+            "callstream simulate: --calls, --processes and --seconds must be positive, --ramp >= 0, "
+            "--send-interval in (0, 1]",
             file=sys.stderr,
         )
         return 2
@@ -298,6 +309,7 @@ def _run(args: argparse.Namespace) -> int:
         tone_seconds=POOL_FRAMES * FRAME_SECONDS if many else args.seconds,
         noisy_tone=many,
         processes=args.processes,
+        send_interval=args.send_interval,
     )
     try:
         pool = build_pool(spec)
