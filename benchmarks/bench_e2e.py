@@ -557,7 +557,14 @@ def main() -> int:
         "--only", help="run only the variants whose name contains this text, and no blast; the "
         "result goes to e2e-partial-*.json, not to the e2e-latest files the README shows",
     )
+    parser.add_argument(
+        "--send-interval", type=float,
+        help="the generator's --send-interval (default: its own, 0.02 s: every frame pair "
+        "written on its own, as the platform does)",
+    )
     args = parser.parse_args()
+    if args.send_interval is not None:  # the generator reads it from its environment
+        os.environ["CALLSTREAM_SEND_INTERVAL"] = str(args.send_interval)
     quick = args.quick
     steps = (
         tuple(int(n) for n in args.steps.split(","))
@@ -568,6 +575,8 @@ def main() -> int:
     ramp = 2.0 if quick else MIN_RAMP
     features = serve_features()
     notes = []
+    if os.environ.get("CALLSTREAM_SEND_INTERVAL"):
+        notes.append(f"generator --send-interval {os.environ['CALLSTREAM_SEND_INTERVAL']} s")
     load = os.getloadavg()
     started = time.monotonic()
     with tempfile.TemporaryDirectory(prefix="bench-e2e-") as temporary:
