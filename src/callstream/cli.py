@@ -88,6 +88,9 @@ def _add_serve(sub: argparse._SubParsersAction, environ: dict[str, str]) -> None
     add("--flush-interval", default=defaults.DEFAULT_FLUSH_INTERVAL, type=_positive(float), metavar="SECONDS",
         help="live recordings are flushed to the OS at least this often")
     add("--fsync", action="store_true", default=False, help="make every flush durable with fsync (costs disk I/O)")
+    add("--write-queue-blocks", default=defaults.DEFAULT_WRITE_QUEUE_BLOCKS, type=_positive(int), metavar="N",
+        help="blocks (about a second of stereo audio each) a call may have waiting for the disk; beyond, its "
+        "stream is not read until the disk catches up (TCP pushes back on the platform)")
     add("--read-interval", default=defaults.DEFAULT_READ_INTERVAL, type=float, metavar="SECONDS",
         help="websockets transport: a stream that keeps up is read at most this often (capped at half "
         "of --flush-interval; 0: read on every arrival); fewer wake-ups per call, more calls per core")
