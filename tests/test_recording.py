@@ -2,12 +2,15 @@
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import hashlib
 import json
 import threading
+from collections.abc import Callable, Iterator
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import pytest
@@ -239,7 +242,7 @@ def test_create_cleans_up_when_the_sidecar_fails(tmp_path: Path,
     monkeypatch.setattr(recording_module, "write_sidecar", full_disk)
     with pytest.raises(RecordingError):
         create(tmp_path)
-    assert list((tmp_path / "2024-05-01").iterdir()) == []
+    assert [p.name for p in (tmp_path / "2024-05-01").iterdir()] == [recording_module.SIDECAR_LOCK]
 
 
 def test_concurrent_finishes_keep_every_sidecar(tmp_path: Path) -> None:
@@ -298,20 +301,20 @@ def test_rfc3339() -> None:
 
 
 class _WatchedLock:
-    """Proxies the sidecar lock and reports when ``watched`` thread starts waiting for it."""
+    """Wraps the sidecar lock (the real flock) and reports when ``watched`` thread starts waiting
+    for it."""
 
-    def __init__(self, reached: threading.Event) -> None:
-        self._lock = threading.Lock()
+    def __init__(self, reached: threading.Event, real: Callable[[Path], Any]) -> None:
+        self._real = real
         self._reached = reached
         self.watched: threading.Thread | None = None
 
-    def __enter__(self) -> None:
+    @contextlib.contextmanager
+    def __call__(self, directory: Path) -> Iterator[None]:
         if threading.current_thread() is self.watched:
             self._reached.set()
-        self._lock.acquire()
-
-    def __exit__(self, *exc: object) -> None:
-        self._lock.release()
+        with self._real(directory):
+            yield
 
 
 def test_sibling_update_cannot_clobber_a_final_sidecar(tmp_path: Path,
@@ -319,8 +322,8 @@ def test_sibling_update_cannot_clobber_a_final_sidecar(tmp_path: Path,
     """A adds itself to B's sidecar while B finishes: B's final sidecar must survive."""
     a, b = create(tmp_path), create(tmp_path)
     a_paused, b_progress, go = threading.Event(), threading.Event(), threading.Event()
-    lock = _WatchedLock(b_progress)
-    monkeypatch.setattr(recording_module, "_SIDECAR_LOCK", lock)
+    lock = _WatchedLock(b_progress, recording_module._sidecar_lock)
+    monkeypatch.setattr(recording_module, "_sidecar_lock", lock)
     real_write = recording_module.write_sidecar
     errors: list[BaseException] = []
 

@@ -7,20 +7,21 @@ to ``NAME.EXT`` (never over an existing file), hashes it and rewrites the sideca
 
 Sidecars of recordings of the same call and session (``NAME``, ``NAME-2`` ... with equal
 ``callId`` and ``sessionId``) list each other in ``siblings``. Every sidecar write in this module
-happens under one process-wide lock, so two recordings finishing at once in two threads cannot
-lose each other's update.
+happens under an exclusive ``flock`` on ``.sidecars.lock`` in the recording's directory, so two
+recordings finishing at once -- in two threads, or in two worker processes when a reconnected
+call lands on another worker -- cannot lose each other's update.
 """
 
 from __future__ import annotations
 
 import contextlib
 import dataclasses
+import fcntl
 import hashlib
 import json
 import logging
 import os
-import threading
-from collections.abc import Mapping
+from collections.abc import Iterator, Mapping
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any, Final
@@ -38,7 +39,7 @@ RECORDING: Final = "recording"  # the status of a sidecar whose audio is still b
 CHANNEL_MAP: Final = {"left": "agent (Participant)", "right": "caller (Conference)"}
 SIDECAR_VERSION: Final = 1
 _HASH_CHUNK: Final = 1 << 20  # bytes read at a time for the SHA-256
-_SIDECAR_LOCK = threading.Lock()
+SIDECAR_LOCK: Final = ".sidecars.lock"  # in each recording directory (see the module's docstring)
 
 
 def rfc3339(when: datetime) -> str:
@@ -56,6 +57,22 @@ def _fsync_directory(directory: Path) -> None:
     fd = os.open(directory, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
     try:
         os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+@contextlib.contextmanager
+def _sidecar_lock(directory: Path) -> Iterator[None]:
+    """Exclusive against every thread and process of this host doing the same (``flock`` on
+    SIDECAR_LOCK in ``directory``; closing the descriptor releases it). Raises RecordingError."""
+    path = directory / SIDECAR_LOCK
+    try:
+        fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, FILE_MODE)
+    except OSError as exc:
+        raise _error("open", path, exc) from exc
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX)
+        yield
     finally:
         os.close(fd)
 
@@ -257,7 +274,7 @@ class Recording:
     def _publish(self, status: str, *, ended: str | None, sha256: str | None,
                  statistics: dict[str, Any], durable: bool = True) -> None:
         frames = self._sink.frames_written
-        with _SIDECAR_LOCK:
+        with _sidecar_lock(self._reservation.sidecar.parent):
             self._siblings = self._find_siblings()
             data: dict[str, Any] = {
                 "callId": self._call_id,
