@@ -88,6 +88,9 @@ def _add_serve(sub: argparse._SubParsersAction, environ: dict[str, str]) -> None
     add("--flush-interval", default=defaults.DEFAULT_FLUSH_INTERVAL, type=_positive(float), metavar="SECONDS",
         help="live recordings are flushed to the OS at least this often")
     add("--fsync", action="store_true", default=False, help="make every flush durable with fsync (costs disk I/O)")
+    add("--disk-threads", default=defaults.DEFAULT_DISK_THREADS, type=_positive(int), metavar="N",
+        help="threads the disk writer spreads calls over; each batch is one C call per thread (more "
+        "help a disk with high latency, such as a network file system)")
     add("--write-queue-blocks", default=defaults.DEFAULT_WRITE_QUEUE_BLOCKS, type=_positive(int), metavar="N",
         help="blocks (about a second of stereo audio each) a call may have waiting for the disk; beyond, its "
         "stream is not read until the disk catches up (TCP pushes back on the platform)")

@@ -70,6 +70,7 @@ class Server:
         disk = DiskWriter(
             per_lane=self.settings.write_queue_blocks,
             max_lanes=self.settings.max_calls,
+            shards=self.settings.disk_threads,
             fsync=self.settings.fsync,
             observe_lag=self.metrics.observe_write_lag,
         )
