@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import errno
+import multiprocessing
 import os
 from dataclasses import replace
 
@@ -14,9 +15,11 @@ from callstream.errors import RecordingError
 from callstream.events import Perspective
 from callstream.protocol import build_query
 from callstream.recording import Recording
+from callstream.wavbatch import AppendBatch
 from conftest import (
     RunningServer,
     call_messages,
+    expect_rejection,
     expected_stereo,
     metadata,
     random_frames,
@@ -120,3 +123,54 @@ async def test_unwritable_output_directory_fails_the_call_not_the_server(nursery
     [(path, sidecar)] = recordings(running.settings.output_dir)
     assert sidecar["callId"] == "next"
     np.testing.assert_array_equal(read_audio(path), expected_stereo(frames, frames))
+
+
+async def test_a_hung_disk_fails_the_waiting_call_refuses_new_ones_and_recovers(
+    nursery, settings, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Every write hangs (a dead NFS server) until released: the call whose lane is full is
+    closed with 1011 after --disk-stall-timeout instead of waiting forever, new calls are
+    refused with 503 and /readyz says why; once the disk is back, calls are recorded again."""
+    import threading
+
+    disk = threading.Event()
+    run = AppendBatch.run
+
+    def hung(self: AppendBatch) -> None:
+        assert disk.wait(TIMEOUT)
+        run(self)
+
+    monkeypatch.setattr(AppendBatch, "run", hung)
+    running = await start_server(nursery, replace(settings, disk_stall_timeout=1.0, write_queue_blocks=1))
+    flag = running.server._disk_flag = multiprocessing.Value("b", 0)  # what a worker tells its supervisor
+    frames = random_frames(np.random.default_rng(15), 500)
+    media = [(p, seq, f) for seq, f in enumerate(frames, 1) for p in Perspective]
+    with trio.fail_after(TIMEOUT):
+        client = await connect(running.url, "/")
+        started = trio.current_time()
+        with pytest.raises(Closed) as closed:
+            for message in call_messages(metadata("stalled"), media, stops=0):
+                await client.send(message)
+            while True:
+                await client.receive()
+        waited = trio.current_time() - started
+        await client.close()
+        await wait_for_calls(running, 1)
+        assert running.server.readiness() == "the disk has stopped writing"
+        while not flag.value:  # set by the server's clock
+            await trio.sleep(0.01)
+        rejected = await expect_rejection(running.url)
+        assert rejected.status == 503
+        disk.set()
+        while running.server.readiness() is not None or flag.value:
+            await trio.sleep(0.01)
+        await send_all(running.url, call_messages(metadata("after"), media[:200]))
+        await wait_for_calls(running, 2)
+        while len(found := {s["callId"]: (p, s) for p, s in recordings(running.settings.output_dir)}) < 2:
+            await trio.sleep(0.05)  # the stalled call's file is closed once the disk is back
+    assert closed.value.code == 1011
+    assert 1.0 <= waited < 5.0
+    assert found["stalled"][1]["status"] == "failed"
+    path, sidecar = found["after"]
+    assert sidecar["status"] == "complete"
+    np.testing.assert_array_equal(read_audio(path), expected_stereo(frames[:100], frames[:100]))

@@ -11,7 +11,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from callstream.diskwriter import DiskWriter, Lane
-from callstream.errors import RecordingError
+from callstream.errors import DiskStalledError, RecordingError
 from callstream.timeline import StereoBlock
 
 
@@ -116,6 +116,42 @@ async def test_a_full_lane_waits_and_keeps_its_order() -> None:
         assert await lane.finish(lambda: list(target.blocks)) == [0, 1, 2]
     with pytest.raises(RuntimeError, match="finished"):
         lane.send_nowait(block(3), 0.0)
+
+
+async def test_a_hung_disk_gives_up_after_the_stall_timeout_then_recovers() -> None:
+    """A write that hangs: the writer says it is stalled once the timeout has passed, the
+    waiting sender gets DiskStalledError (its lane is failed, so its queued blocks are skipped
+    when the disk is back), finishing does not wait a second timeout, and another call works
+    again once the write returns."""
+    gate = threading.Event()
+    hung, later = Target(gate=gate), Target()
+    writer = DiskWriter(per_lane=1, max_lanes=2, shards=1, batch_interval=0.001, stall_timeout=0.5)
+    with trio.fail_after(10):
+        await _hang_then_recover(writer, gate, hung, later)
+    assert hung.blocks == [0]
+
+
+async def _hang_then_recover(writer: DiskWriter, gate: threading.Event, hung: Target, later: Target) -> None:
+    async with writer.running():
+        lane = writer.lane(hung)
+        lane.send_nowait(block(0), 0.0)
+        await trio.sleep(0.2)
+        assert not writer.stalled  # writing, but not for long yet
+        started = trio.current_time()
+        with pytest.raises(DiskStalledError, match="took no audio"):
+            await lane.send(block(1), 0.0)
+        assert trio.current_time() - started >= 0.5 - 0.01
+        assert writer.stalled and lane.failed
+        await lane.send(block(2), 0.0)  # dropped: the call is failing already
+        started = trio.current_time()
+        with pytest.raises(DiskStalledError, match="did not finish"):
+            await lane.finish(lambda: "closed")
+        assert trio.current_time() - started < 0.25
+        gate.set()
+        other = writer.lane(later)
+        await other.send(block(7), 0.0)
+        assert await other.finish(lambda: list(later.blocks)) == [7]
+        assert not writer.stalled
 
 
 async def test_a_failing_lane_stops_alone() -> None:

@@ -105,3 +105,16 @@ async def test_two_workers_share_the_port_the_limit_and_the_metrics(tmp_path: Pa
     finally:
         assert supervisor.stop() == 0
     assert not list(output.rglob("*.partial.*"))
+
+
+def test_the_supervisor_is_not_ready_while_a_workers_disk_hangs(tmp_path: Path) -> None:
+    """Each worker flags its hung disk (see Server._watch_disk); the supervisor's /readyz says so."""
+    from callstream.settings import Settings
+    from callstream.workers import Supervisor as WorkerSupervisor
+
+    supervisor = WorkerSupervisor(Settings(output_dir=tmp_path), 2, tmp_path)
+    assert supervisor.readiness() is None
+    supervisor.disk_flags[1].value = 1
+    assert supervisor.readiness() == "the disk has stopped writing"
+    supervisor.disk_flags[1].value = 0
+    assert supervisor.readiness() is None

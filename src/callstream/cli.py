@@ -91,6 +91,11 @@ def _add_serve(sub: argparse._SubParsersAction, environ: dict[str, str]) -> None
     add("--disk-threads", default=defaults.DEFAULT_DISK_THREADS, type=_positive(int), metavar="N",
         help="threads the disk writer spreads calls over; each batch is one C call per thread (more "
         "help a disk with high latency, such as a network file system)")
+    add("--disk-stall-timeout", default=defaults.DEFAULT_DISK_STALL_TIMEOUT, type=_positive(float),
+        metavar="SECONDS",
+        help="a hung disk (dead NFS server, failing device): a call whose audio the disk has not taken for "
+        "this long is closed with 1011 (its recording stays .partial), and while a write has hung this long "
+        "new calls are refused (503) and /readyz is not ready")
     add("--write-queue-blocks", default=defaults.DEFAULT_WRITE_QUEUE_BLOCKS, type=_positive(int), metavar="N",
         help="blocks (about a second of stereo audio each) a call may have waiting for the disk; beyond, its "
         "stream is not read until the disk catches up (TCP pushes back on the platform)")

@@ -29,6 +29,13 @@ clock never waits, it skips a partial block while the lane is full. The shared c
 
 A lane's last work (closing the recording) goes through `Lane.finish`: it runs in a thread of
 its own once every block the lane queued is written, and the caller waits for its result.
+
+A hung disk (a dead NFS server, a failing device) blocks a system call for minutes or forever,
+and no thread can be interrupted. Waits on the disk are therefore bounded by ``stall_timeout``:
+a sender or a finisher that waited that long gets `DiskStalledError` (its call then fails with
+1011 and the platform can retry elsewhere) and its lane is marked failed, so that what it still
+has queued is skipped once the disk comes back. `DiskWriter.stalled` says when a batch has been
+running for that long, so that the server can refuse new calls meanwhile.
 """
 
 from __future__ import annotations
@@ -41,7 +48,7 @@ from typing import Any, Final, Protocol, TypeVar
 import outcome
 import trio
 
-from callstream.errors import RecordingError
+from callstream.errors import DiskStalledError, RecordingError
 from callstream.timeline import StereoBlock
 from callstream.wavbatch import AppendBatch, PlannedAppend
 
@@ -49,6 +56,7 @@ T = TypeVar("T")
 
 DEFAULT_BATCH_INTERVAL: Final = 0.05  # seconds at least between the starts of two batches
 DEFAULT_SHARDS: Final = 8  # worker threads a batch is spread over
+DEFAULT_STALL_TIMEOUT: Final = 30.0  # seconds a wait on the disk may last before it is given up
 
 
 class BlockTarget(Protocol):
@@ -107,6 +115,7 @@ class Lane:
         self.failed = False  # a write failed: the lane's remaining blocks are skipped
         self.finished = False  # `finish` was called: no more blocks
         self.opened = False  # the target's open_target ran
+        self.stalled = False  # a wait on the disk was given up (see DiskStalledError)
         self.held: list[Any] | None = None  # items waiting for open_target (see DiskWriter._write)
         self._waiting = False  # a sender waits for room (its block must go first)
         self._room: trio.Event | None = None  # set when the waiting sender may go on
@@ -128,19 +137,29 @@ class Lane:
     async def send(self, block: StereoBlock, ready: float) -> None:
         """Queue ``block``, first waiting for room; one sender at a time. Once a block is popped
         from the timeline it exists nowhere else, so this wait is shielded from cancellation (a
-        stop, a drain): bounded only by the disk taking the lane's earlier blocks."""
+        stop, a drain): bounded by the disk taking the lane's earlier blocks, and by the
+        writer's stall timeout: then raises `DiskStalledError` and the lane is failed. On a
+        failed lane the block is dropped (its call is failing already)."""
         if self._waiting:
             raise RuntimeError("another task is already waiting to send on this lane")
+        if self.failed:
+            return
         if self.queued >= self._limit:
             self._waiting = True
             try:
-                with trio.CancelScope(shield=True):
+                with trio.CancelScope(shield=True), trio.move_on_after(self._writer.stall_timeout):
                     while self.queued >= self._limit:
                         self._room = room = trio.Event()
                         await room.wait()
             finally:
                 self._waiting, self._room = False, None
+            if self.queued >= self._limit:
+                raise self._stalled("took no audio")
         self._put(block, ready)
+
+    def _stalled(self, what: str) -> DiskStalledError:
+        self.failed = self.stalled = True
+        return DiskStalledError(f"the disk {what} of this call for {self._writer.stall_timeout:g} s")
 
     def _put(self, block: StereoBlock, ready: float) -> None:
         if self.finished:
@@ -152,15 +171,21 @@ class Lane:
         """The lane's last work: ``function(*args)`` in a worker thread of its own once every block
         queued before it is written (not in the shard's batch: closing, hashing and renaming a
         file must not hold back other calls' blocks); its result or exception. The lane takes
-        nothing after it. Not cancellable (the file work cannot be interrupted)."""
+        nothing after it. Not cancellable (the file work cannot be interrupted), but bounded by
+        the writer's stall timeout (not waited at all after the lane's earlier stall): then
+        raises `DiskStalledError` (``function`` still runs when the disk comes back; its result
+        is dropped)."""
         if self.finished:
             raise RuntimeError("the lane is finished")
         self.finished = True
         item = _Call(self, function, args)
         self._writer._put(item)
-        with trio.CancelScope(shield=True):
+        # After a stall the disk is known to hang: do not make the call wait a second time.
+        patience = 0.0 if self.stalled else self._writer.stall_timeout
+        with trio.CancelScope(shield=True), trio.move_on_after(patience):
             await item.done.wait()
-        assert item.result is not None
+        if item.result is None:
+            raise self._stalled("did not finish the recording")
         return item.result.unwrap()
 
     def _written(self, count: int) -> None:
@@ -181,13 +206,19 @@ class DiskWriter:
         batch_interval: float = DEFAULT_BATCH_INTERVAL,
         fsync: bool = False,
         observe_lag: Callable[[float], None] | None = None,
+        stall_timeout: float = DEFAULT_STALL_TIMEOUT,
     ) -> None:
         """``per_lane``: blocks a lane may have queued; ``max_lanes``: lanes expected at most
         (sizes the shared channel); ``fsync``: fsync what a batch appended (batched appends; the
         targets' `flush_blocks` decide for themselves); ``observe_lag``: called in a worker
-        thread with each block's seconds from ready to flushed."""
+        thread with each block's seconds from ready to flushed; ``stall_timeout``: seconds a
+        lane's wait on the disk may last (see the module's docstring)."""
         if per_lane < 1 or shards < 1:
             raise ValueError("per_lane and shards must be at least 1")
+        if not stall_timeout > 0:
+            raise ValueError("stall_timeout must be positive")
+        self.stall_timeout = stall_timeout
+        self._batch_started: float | None = None  # trio.current_time() while a batch is written
         self._per_lane = per_lane
         self._shards = shards
         self._batch_interval = batch_interval
@@ -198,6 +229,12 @@ class DiskWriter:
         self._reopened: list[_Block | _Call] = []  # held items of lanes whose file now exists
         self._next_shard = 0
         self._nursery: trio.Nursery | None = None
+
+    @property
+    def stalled(self) -> bool:
+        """True while the batch being written has taken longer than the stall timeout."""
+        started = self._batch_started
+        return started is not None and trio.current_time() - started > self.stall_timeout
 
     def lane(self, target: BlockTarget) -> Lane:
         """A new lane to ``target``, on the next shard in turn."""
@@ -262,9 +299,13 @@ class DiskWriter:
         failures: list[tuple[Lane, RecordingError]] = []
         shards = self._plan(blocks, failures)
         if shards:
-            async with trio.open_nursery() as nursery:
-                for shard in shards:
-                    nursery.start_soon(self._write_shard, shard, failures)
+            self._batch_started = trio.current_time()
+            try:
+                async with trio.open_nursery() as nursery:
+                    for shard in shards:
+                        nursery.start_soon(self._write_shard, shard, failures)
+            finally:
+                self._batch_started = None
         written: list[_Block] = []
         for shard in shards:
             if shard.batch is not None:

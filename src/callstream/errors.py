@@ -36,3 +36,8 @@ class RecordingError(CallstreamError):
     """Writing a recording failed (disk full, permission, I/O error); the call closes with 1011."""
 
     code = CLOSE_INTERNAL_ERROR
+
+
+class DiskStalledError(RecordingError):
+    """The disk took none of a call's audio for the stall timeout (a hung disk or network file
+    system): the call closes with 1011 instead of waiting forever."""

@@ -28,7 +28,7 @@ from callstream.timeline import TimelineStatistics
 
 CONTENT_TYPE: Final = "text/plain; version=0.0.4; charset=utf-8"  # what generate_latest writes
 CALL_STATUSES: Final = ("complete", "incomplete", "failed")
-REJECT_REASONS: Final = ("draining", "capacity", "unauthorized")
+REJECT_REASONS: Final = ("draining", "capacity", "unauthorized", "disk")
 WRITE_LAG_BUCKETS: Final = (0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0)  # seconds
 
 

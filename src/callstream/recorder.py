@@ -18,6 +18,7 @@ was received.
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import time
 from dataclasses import dataclass
@@ -35,6 +36,7 @@ from callstream.errors import (
     CLOSE_INTERNAL_ERROR,
     CLOSE_NORMAL,
     CLOSE_POLICY_VIOLATION,
+    DiskStalledError,
     ProtocolError,
     RecordingError,
 )
@@ -122,7 +124,10 @@ class CallRecorder:
             with trio.CancelScope(shield=True), trio.move_on_after(FINALISE_TIMEOUT):
                 tail = self.timeline.finish()
                 if tail is not None:
-                    await self._lane.send(tail, time.monotonic())
+                    try:
+                        await self._lane.send(tail, time.monotonic())
+                    except DiskStalledError as error:
+                        self._fail(error)
         finally:
             # Also when the whole server is cancelled: close the files with what they have.
             with trio.CancelScope(shield=True), trio.move_on_after(FINALISE_TIMEOUT):
@@ -174,7 +179,11 @@ class CallRecorder:
                             if lane.has_room():
                                 lane.send_nowait(block, time.monotonic())
                             else:
-                                await lane.send(block, time.monotonic())
+                                try:
+                                    await lane.send(block, time.monotonic())
+                                except DiskStalledError as error:
+                                    self._fail(error)
+                                    return False
                                 waited = True
                             block = timeline.pop_block()
                         if waited:
@@ -300,7 +309,9 @@ class CallRecorder:
                 self._fail(error)
                 status = "failed"
         elif self._recording is not None:
-            path = await self._lane.finish(self._abandon_recording, statistics)
+            # After a stall the failure is logged already; the file is closed when the disk is back.
+            with contextlib.suppress(DiskStalledError):
+                path = await self._lane.finish(self._abandon_recording, statistics)
         frames = 0 if self._recording is None else self._recording.frames_written
         return CallResult(
             call_id=call.call_id,

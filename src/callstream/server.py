@@ -47,8 +47,13 @@ class Server:
 
     ``metrics``: where the Prometheus counters go (a fresh `Metrics` when not given)."""
 
-    def __init__(self, settings: Settings, *, metrics: Metrics | None = None, shared_calls: Any = None) -> None:
-        """``shared_calls``: the workers' shared live-call count (see `Admission`), if any."""
+    def __init__(
+        self, settings: Settings, *, metrics: Metrics | None = None, shared_calls: Any = None,
+        disk_flag: Any = None,
+    ) -> None:
+        """``shared_calls``: the workers' shared live-call count (see `Admission`), if any;
+        ``disk_flag``: a ``multiprocessing.Value`` this worker sets to 1 while its disk hangs
+        and back to 0 after (the supervisor's /readyz reads it), if any."""
         self.settings = settings
         self._admission = Admission(settings.max_calls, shared_calls)
         self.metrics = Metrics() if metrics is None else metrics
@@ -61,6 +66,8 @@ class Server:
         self._idle = trio.Event()
         self._idle.set()
         self._disk: DiskWriter | None = None  # while `running()`
+        self._disk_stalled = False  # as last logged (see _watch_disk)
+        self._disk_flag = disk_flag
 
     @asynccontextmanager
     async def running(self) -> AsyncIterator[None]:
@@ -73,6 +80,7 @@ class Server:
             shards=self.settings.disk_threads,
             fsync=self.settings.fsync,
             observe_lag=self.metrics.observe_write_lag,
+            stall_timeout=self.settings.disk_stall_timeout,
         )
         async with disk.running(), trio.open_nursery() as nursery:
             nursery.start_soon(self._clock)
@@ -90,6 +98,20 @@ class Server:
             now = time.monotonic()
             for recorder in list(self._live):
                 recorder.tick(now)
+            self._watch_disk()
+
+    def _watch_disk(self) -> None:
+        """Say once when the disk hangs and once when it is back (see `_refusal`)."""
+        stalled = self._disk is not None and self._disk.stalled
+        if stalled != self._disk_stalled:
+            self._disk_stalled = stalled
+            if self._disk_flag is not None:
+                self._disk_flag.value = int(stalled)
+            if stalled:
+                LOGGER.error("the disk has not finished a write for %g s: refusing new calls",
+                             self.settings.disk_stall_timeout)
+            else:
+                LOGGER.warning("the disk is writing again: accepting calls")
 
     def statistics(self) -> ServerStatistics:
         return ServerStatistics(
@@ -135,6 +157,8 @@ class Server:
         """(HTTP status, body, log text, metrics reason) when a new call must be refused."""
         if self._draining:
             return 503, "shutting down", "draining", "draining"
+        if self._disk is not None and self._disk.stalled:
+            return 503, "disk stalled", "the disk has stopped writing", "disk"
         return None
 
     def readiness(self) -> str | None:
@@ -266,13 +290,14 @@ async def serve(
 
 
 async def run_until_signalled(
-    settings: Settings, *, shared_calls: Any = None, recover: bool = True, reuse_port: bool = False
+    settings: Settings, *, shared_calls: Any = None, disk_flag: Any = None, recover: bool = True,
+    reuse_port: bool = False
 ) -> None:
     """The process's main: serve, and on SIGTERM or SIGINT drain and return.
 
     A worker of `--workers N` passes the shared call count, ``recover=False`` (the supervisor
     recovered before starting it) and ``reuse_port=True``."""
-    server = Server(settings, shared_calls=shared_calls)
+    server = Server(settings, shared_calls=shared_calls, disk_flag=disk_flag)
     settings.output_dir.mkdir(parents=True, exist_ok=True)
     if recover:
         recovered = await server.recover()

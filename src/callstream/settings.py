@@ -20,6 +20,7 @@ DEFAULT_BLOCK_MS: Final = 1000.0  # audio is decoded and written in blocks of th
 DEFAULT_FLUSH_INTERVAL: Final = 1.0  # seconds between flushes of a live recording to the OS
 DEFAULT_WRITE_QUEUE_BLOCKS: Final = 8  # blocks waiting for the disk per call before we push back
 DEFAULT_DISK_THREADS: Final = 8  # threads a batch of blocks is written in (calls spread over them)
+DEFAULT_DISK_STALL_TIMEOUT: Final = 30.0  # seconds a call may wait on a hung disk before it fails
 DEFAULT_MAX_MESSAGE_BYTES: Final = 64 * 1024  # 64 KiB; a Media frame is about 300 bytes
 DEFAULT_HANDSHAKE_TIMEOUT: Final = 10.0  # seconds for the WebSocket upgrade to complete
 DEFAULT_TRANSPORT: Final = "websockets"  # the WebSocket library: websockets | trio-websocket
@@ -50,6 +51,7 @@ class Settings:
     fsync: bool = False
     write_queue_blocks: int = DEFAULT_WRITE_QUEUE_BLOCKS
     disk_threads: int = DEFAULT_DISK_THREADS
+    disk_stall_timeout: float = DEFAULT_DISK_STALL_TIMEOUT
     max_message_bytes: int = DEFAULT_MAX_MESSAGE_BYTES
     handshake_timeout: float = DEFAULT_HANDSHAKE_TIMEOUT
     transport: str = DEFAULT_TRANSPORT

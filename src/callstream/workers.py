@@ -35,13 +35,15 @@ RESTART_PAUSE = 1.0  # seconds before restarting a worker that died
 STOP_MARGIN = 30.0  # seconds beyond --drain-timeout a worker gets to finalise before it is killed
 
 
-def _worker_main(settings: Settings, index: int, shared_calls: Any) -> None:
+def _worker_main(settings: Settings, index: int, shared_calls: Any, disk_flag: Any) -> None:
     from callstream.cli import configure_logging
     from callstream.server import run_until_signalled
 
     configure_logging(settings.log_level, name=f"worker-{index}")
     worker_settings = replace(settings, metrics_port=None)  # the supervisor serves the totals
-    trio.run(lambda: run_until_signalled(worker_settings, shared_calls=shared_calls, recover=False, reuse_port=True))
+    trio.run(lambda: run_until_signalled(
+        worker_settings, shared_calls=shared_calls, disk_flag=disk_flag, recover=False, reuse_port=True
+    ))
 
 
 class _AggregateMetrics:
@@ -66,6 +68,8 @@ class Supervisor:
         self.count = count
         self._context = multiprocessing.get_context("spawn")
         self.shared_calls = self._context.Value("i", 0)
+        # per worker: 1 while its disk hangs (see Server); a restarted worker starts at 0
+        self.disk_flags = [self._context.Value("b", 0, lock=False) for _ in range(count)]
         self._metrics_dir = metrics_dir
         self._workers: list[Any] = []
         self._stopping = False
@@ -75,11 +79,15 @@ class Supervisor:
             return "draining"
         if self.shared_calls.value >= self.settings.max_calls:
             return f"{self.shared_calls.value} live calls (--max-calls)"
+        if any(flag.value for flag in self.disk_flags):
+            return "the disk has stopped writing"
         return None
 
     def _start(self, index: int) -> Any:
+        self.disk_flags[index].value = 0
         process = self._context.Process(
-            target=_worker_main, args=(self.settings, index, self.shared_calls), name=f"callstream-worker-{index}"
+            target=_worker_main, args=(self.settings, index, self.shared_calls, self.disk_flags[index]),
+            name=f"callstream-worker-{index}",
         )
         process.start()
         return process
