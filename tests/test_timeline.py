@@ -323,6 +323,21 @@ class TimelineMachine(RuleBasedStateMachine):
                 timeline.block_samples + timeline.window_samples)
         check_accounting(timeline, MESSY_LENGTH)
 
+    @invariant()
+    def media_counters_agree_with_the_statistics(self) -> None:
+        stats = self.timeline.statistics()
+        left, right = stats.participant, stats.conference
+        gap_samples = left.gap_samples + right.gap_samples
+        assert self.timeline.media_counters() == (
+            left.frames_received + right.frames_received,
+            left.samples_committed + right.samples_committed - gap_samples
+            - left.fill_samples - right.fill_samples,
+            left.gaps + right.gaps,
+            gap_samples,
+            left.duplicates + right.duplicates,
+            left.late_drops + right.late_drops,
+        )
+
     def teardown(self) -> None:
         timeline = self.timeline
         tail = timeline.finish()

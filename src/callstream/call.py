@@ -99,6 +99,10 @@ class CallState:
                 f"more than {self._max_bad_messages} bad messages", code=CLOSE_INVALID_PAYLOAD
             )
 
+    @property
+    def bad_messages(self) -> int:
+        return self._bad_messages
+
     def counters(self) -> CallCounters:
         return CallCounters(
             bad_messages=self._bad_messages,

@@ -6,7 +6,7 @@ message. The recorder reports its timeline's counters as deltas (`MediaTotals`) 
 interval and at the end of the call, the writer one write-lag sample per block, the server the
 call counters.
 
-Multi-process workers (not built yet): prometheus_client's multiprocess mode. The parent sets
+Multi-process workers (``serve --workers N``): prometheus_client's multiprocess mode. The parent sets
 PROMETHEUS_MULTIPROC_DIR to a fresh, emptied directory before it starts the workers (the variable
 must be set before a worker imports prometheus_client); each worker keeps using `Metrics` as it is
 (its values then live in memory-mapped files in that directory; ``live_calls`` is summed over live
@@ -24,7 +24,7 @@ from typing import Final
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest
 from prometheus_client.multiprocess import MultiProcessCollector
 
-from callstream.timeline import TimelineStatistics
+from callstream.timeline import Timeline
 
 CONTENT_TYPE: Final = "text/plain; version=0.0.4; charset=utf-8"  # what generate_latest writes
 CALL_STATUSES: Final = ("complete", "incomplete", "failed")
@@ -50,19 +50,9 @@ class MediaTotals:
     bad_messages: int = 0
 
     @classmethod
-    def of(cls, statistics: TimelineStatistics, *, bad_messages: int) -> MediaTotals:
-        p, c = statistics.participant, statistics.conference
-        return cls(
-            messages=p.frames_received + c.frames_received,
-            payload_bytes=p.samples_committed
-            + c.samples_committed
-            - (p.gap_samples + c.gap_samples + p.fill_samples + c.fill_samples),
-            gaps=p.gaps + c.gaps,
-            gap_samples=p.gap_samples + c.gap_samples,
-            duplicates=p.duplicates + c.duplicates,
-            late_drops=p.late_drops + c.late_drops,
-            bad_messages=bad_messages,
-        )
+    def of(cls, timeline: Timeline, *, bad_messages: int) -> MediaTotals:
+        """The timeline's totals now (`Timeline.media_counters`, in this class's field order)."""
+        return cls(*timeline.media_counters(), bad_messages=bad_messages)
 
     def __sub__(self, other: MediaTotals) -> MediaTotals:
         return MediaTotals(

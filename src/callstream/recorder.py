@@ -229,10 +229,10 @@ class CallRecorder:
         """Report the media counters' progress since the last report (cheap: once per tick)."""
         if self._metrics is None:
             return
-        statistics = self.timeline.statistics()
-        totals = MediaTotals.of(statistics, bad_messages=self.call.counters().bad_messages)
-        self._metrics.add_media(totals - self._metered, sample_rate=statistics.sample_rate)
-        self._metered = totals
+        totals = MediaTotals.of(self.timeline, bad_messages=self.call.bad_messages)
+        if totals != self._metered:
+            self._metrics.add_media(totals - self._metered, sample_rate=self.timeline.sample_rate)
+            self._metered = totals
 
     # -- the lane's target (see diskwriter.BlockTarget) ---------------------------------------
 

@@ -403,6 +403,23 @@ class Timeline:
         n = min(len(left.acc), len(right.acc))
         return self._take(n) if n else None
 
+    @property
+    def sample_rate(self) -> int:
+        return self._sample_rate
+
+    def media_counters(self) -> tuple[int, int, int, int, int, int]:
+        """The counters the metrics report, both perspectives summed, without building
+        `statistics()` (the server asks once per call per flush interval): frames received,
+        samples of received audio placed (neither gap nor fill), gaps, gap samples, duplicates,
+        late drops. Cumulative."""
+        left, right = self._left, self._right
+        gap_samples = left.gap_samples + right.gap_samples
+        placed = left.committed + right.committed - gap_samples - left.fill_samples - right.fill_samples
+        return (
+            left.received + right.received, placed, left.gaps + right.gaps, gap_samples,
+            left.duplicates + right.duplicates, left.late + right.late,
+        )
+
     def statistics(self) -> TimelineStatistics:
         """A snapshot of the counters (see PerspectiveStatistics)."""
         return TimelineStatistics(
