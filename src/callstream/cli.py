@@ -223,10 +223,12 @@ def configure_logging(level: str, *, name: str | None = None) -> None:
 def _run_serve(args: argparse.Namespace) -> int:
     import trio
 
+    from callstream.filelimit import raise_file_limit
     from callstream.server import run_until_signalled
 
     settings = settings_from(args)
     configure_logging(settings.log_level, name="supervisor" if args.workers > 1 else None)
+    raise_file_limit(settings.max_calls)  # before the workers start: they inherit it
     if args.workers > 1:
         from callstream.workers import run_workers
 
