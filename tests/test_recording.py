@@ -361,3 +361,43 @@ def test_sibling_update_cannot_clobber_a_final_sidecar(tmp_path: Path,
     one, two = read_sidecar(a.sidecar_path), read_sidecar(b.sidecar_path)
     assert (one["status"], two["status"]) == ("complete", "complete")
     assert (one["siblings"], two["siblings"]) == ([b.name], [a.name])
+
+
+@pytest.mark.parametrize("fmt", FORMATS)
+def test_recovery_leaves_a_live_recording_alone_and_takes_it_once_its_recorder_is_gone(
+    tmp_path: Path, fmt: str
+) -> None:
+    """The recorder's flock on the partial file tells recovery (in any process) the recording is
+    live; when the recorder dies the kernel drops it (here: the lock is released by hand)."""
+    from callstream.recovery import recover_directory
+
+    live = create(tmp_path, fmt)
+    for left, right in audio(3, seconds=2):
+        live.write(left, right)
+    live.flush()
+    assert recover_directory(tmp_path) == []
+    assert live.partial_path.exists()
+    assert read_sidecar(live.sidecar_path)["status"] == "recording"
+    live._sink.close()  # what the recorder's death does
+    live._reservation.release()
+    [recovered] = recover_directory(tmp_path)
+    assert recovered.path == live.path and not live.partial_path.exists()
+    assert read_sidecar(live.sidecar_path)["status"] == "recovered"
+
+
+def test_recovery_skips_a_name_claimed_a_moment_ago(tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
+    """Between the claim (an empty partial file) and its lock there is an instant; an empty partial
+    file younger than FRESH_CLAIM_SECONDS is left alone (an older one is tried: it holds no WAV)."""
+    import os
+    import time
+
+    from callstream import recovery
+
+    claim = tmp_path / "call.partial.wav"
+    claim.write_bytes(b"")
+    assert recovery.recover_directory(tmp_path) == []
+    assert "failed" not in caplog.text
+    old = time.time() - recovery.FRESH_CLAIM_SECONDS - 1
+    os.utime(claim, (old, old))
+    assert recovery.recover_directory(tmp_path) == []
+    assert f"recovery of {claim} failed" in caplog.text

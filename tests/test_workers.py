@@ -10,10 +10,11 @@ from pathlib import Path
 import trio
 
 from callstream.cli import main as cli_main
-from callstream.protocol import build_query
-from conftest import expect_rejection, metadata
+from callstream.events import Perspective
+from callstream.protocol import build_query, encode_stop
+from conftest import call_messages, expect_rejection, metadata, recordings
 from serverprocess import ServerProcess
-from wsclient import connect
+from wsclient import Closed, WsClient, connect
 
 TIMEOUT = 60
 
@@ -118,3 +119,62 @@ def test_the_supervisor_is_not_ready_while_a_workers_disk_hangs(tmp_path: Path) 
     assert supervisor.readiness() == "the disk has stopped writing"
     supervisor.disk_flags[1].value = 0
     assert supervisor.readiness() is None
+
+
+async def test_a_dead_workers_recordings_are_recovered_beside_the_live_ones(tmp_path: Path) -> None:
+    """SIGKILL a worker mid-call: the supervisor finishes what it was recording (status
+    `recovered`, the audio it had flushed) while the other worker's live recordings, locked by
+    it, are left alone and then finish normally."""
+    output = tmp_path / "recordings"
+    supervisor = Supervisor(output)
+    frames = [bytes([(7 * i) % 256]) * 160 for i in range(300)]  # 6 s per side
+    media = [(p, seq, f) for seq, f in enumerate(frames, 1) for p in Perspective]
+    clients: dict[str, WsClient] = {}
+    by_worker: dict[str, list[str]] = {"0": [], "1": []}
+    try:
+        with trio.fail_after(TIMEOUT):
+            while not (by_worker["0"] and by_worker["1"]):  # the kernel picks the worker
+                call_id = f"live-{len(clients)}"
+                client = clients[call_id] = await connect(supervisor.url, "/" + build_query(metadata(call_id)))
+                for message in call_messages(metadata(call_id), media, stops=0):
+                    await client.send(message)
+                found = await trio.to_thread.run_sync(
+                    lambda c=call_id: supervisor.wait_for(rf"worker-(\d)\[\d+\] .*call {c} session"))
+                by_worker[found.group(1)].append(call_id)
+            while sum(p.stat().st_size > 32_000 for p in output.rglob("*.partial.wav")) < len(clients):
+                await trio.sleep(0.05)  # a second of audio in each file at least
+
+            victim = int(supervisor.wait_for(r"worker-0\[(\d+)\]").group(1))
+            os.kill(victim, signal.SIGKILL)
+            await trio.to_thread.run_sync(
+                lambda: supervisor.wait_for(rf"recovered {len(by_worker['0'])} recordings left by the dead worker"))
+            found = {data["callId"]: (path, data) for path, data in recordings(output)}
+            for call_id in by_worker["0"]:
+                assert found[call_id][1]["status"] == "recovered"
+                assert found[call_id][1]["frames"] >= 8000
+            for call_id in by_worker["1"]:
+                assert found[call_id][1]["status"] == "recording"  # live: untouched
+                assert found[call_id][0].with_suffix(".partial.wav").exists()
+
+            for call_id in by_worker["1"]:
+                client = clients.pop(call_id)
+                await client.send(encode_stop(1.0, "2026-12-01T00:00:00Z"))
+                await client.send(encode_stop(1.0, "2026-12-01T00:00:00Z"))
+                try:
+                    while True:
+                        await client.receive()
+                except Closed as closed:
+                    assert closed.code == 1000
+                await client.close()
+            while {data["callId"]: data["status"] for _, data in recordings(output)}.get(
+                by_worker["1"][-1]) != "complete":
+                await trio.sleep(0.05)
+            for client in clients.values():
+                await client.drop()
+            await trio.to_thread.run_sync(lambda: supervisor.wait_for(rf"worker-0\[(?!{victim}\])\d+\] .*listening"))
+    finally:
+        assert supervisor.stop() == 0
+    found = {data["callId"]: data for _, data in recordings(output)}
+    for call_id in by_worker["1"]:
+        assert found[call_id]["status"] == "complete"
+        assert found[call_id]["frames"] == 300 * 160

@@ -10,6 +10,7 @@ when the settings are read (``validate_template``).
 from __future__ import annotations
 
 import errno
+import fcntl
 import hashlib
 import os
 import re
@@ -134,6 +135,35 @@ class Reservation:
     sidecar: Path  # base + ".json"
     root: str  # the un-numbered base name (relative.name): siblings are root, root-2, ...
     siblings: tuple[str, ...]  # base names of root, root-2, ... that were already taken
+    # The partial file opened and flock()ed from its creation: while this process holds it open,
+    # recovery knows the recording is live (see recovery.py); the kernel lets go when the
+    # process dies. Close it (`release`) once the recording is finished. None: no lock (the
+    # file system refused one).
+    lock: PartialLock | None = None
+
+    def release(self) -> None:
+        """Let recovery take the partial file (the recording is finished or given up)."""
+        if self.lock is not None:
+            self.lock.release()
+
+
+class PartialLock:
+    """An flock held on a partial file through a descriptor of its own. Released by `release`,
+    when the object is collected (a recording dropped after a failed finish: its file is then
+    left for recovery, as after a crash) or by the kernel when the process dies."""
+
+    __slots__ = ("_fd",)
+
+    def __init__(self, fd: int) -> None:
+        self._fd = fd
+
+    def release(self) -> None:
+        fd, self._fd = self._fd, -1
+        if fd >= 0:
+            os.close(fd)
+
+    def __del__(self) -> None:
+        self.release()
 
 
 def _check_relative(relative: PurePosixPath) -> None:
@@ -174,16 +204,29 @@ def reserve(output_dir: Path, relative: PurePosixPath, extension: str) -> Reserv
             continue
         except OSError as exc:
             raise _error("create", partial, exc) from exc
-        os.close(fd)
+        lock = _hold(fd)
         final = base.with_name(f"{name}.{extension}")
         sidecar = base.with_name(f"{name}{SIDECAR}")
         if final.exists() or sidecar.exists():
             _unlink_quietly(partial)
+            if lock is not None:
+                lock.release()
             taken.append(name)
             continue
-        return Reservation(base, partial, final, sidecar, root, tuple(taken))
+        return Reservation(base, partial, final, sidecar, root, tuple(taken), lock)
     raise RecordingError(f"{str(directory / root)!r}: {MAX_SIBLINGS} recordings of this name "
                          f"exist already")
+
+
+def _hold(fd: int) -> PartialLock | None:
+    """``fd`` (a new partial file) locked and kept open as a file object; None, with ``fd``
+    closed, where the file system has no flock (recovery then relies on its other checks)."""
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except OSError:
+        os.close(fd)
+        return None
+    return PartialLock(fd)
 
 
 def _unlink_quietly(path: Path) -> None:

@@ -172,6 +172,7 @@ class Recording:
             sink = open_sink(fmt, reservation.partial)
         except BaseException:
             reservation.partial.unlink(missing_ok=True)
+            reservation.release()
             raise
         recording = cls(reservation, sink, fmt, fields=fields, started=started,
                         metadata=metadata)
@@ -181,6 +182,7 @@ class Recording:
             with contextlib.suppress(RecordingError):
                 sink.close()
             reservation.partial.unlink(missing_ok=True)
+            reservation.release()
             raise
         return recording
 
@@ -267,6 +269,7 @@ class Recording:
         self._metadata = dict(metadata)
         self._publish(status, ended=ended_text, sha256=digest, statistics=dict(statistics))
         self._finished = True
+        self._reservation.release()
         return final
 
     # -- sidecars ----------------------------------------------------------------------------

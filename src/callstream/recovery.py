@@ -4,14 +4,24 @@ A recorder killed mid-call (SIGKILL, power loss, OOM) leaves the audio it had fl
 `NAME.partial.EXT` and a sidecar with status `recording`. Recovery repairs the audio file (WAV:
 header sizes from the file length; FLAC: the complete frames re-encoded into a closed file),
 renames it to `NAME.EXT` and rewrites the sidecar with status `recovered`, the frames found and
-the SHA-256. It runs when `callstream serve` starts, before it listens, and by hand as
-`callstream recover DIR`. It must never run over a directory a live recorder is writing into.
+the SHA-256. It runs when `callstream serve` starts, before it listens, when a worker of
+`serve --workers N` has died (for what it left), and by hand as `callstream recover DIR`.
+
+A live recording is never touched, even by another process: its recorder holds an flock on the
+partial file from the moment it claims the name (see `naming.reserve`) until the recording is
+finished, and the kernel drops the lock when the recorder dies. Recovery takes the same lock
+without waiting, and skips the file when it cannot. (An empty partial file younger than
+`FRESH_CLAIM_SECONDS` is also skipped: a name claimed a moment ago, its lock being taken.)
 """
 
 from __future__ import annotations
 
+import fcntl
 import logging
 import os
+import time
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
@@ -26,6 +36,7 @@ LOGGER = logging.getLogger("callstream.recovery")
 
 PARTIAL_MARK = ".partial"
 FLAC_CHUNK_FRAMES = 8000  # frames decoded at a time while salvaging a FLAC file
+FRESH_CLAIM_SECONDS = 60.0  # an empty partial file this young may be a claim whose lock is coming
 
 
 @dataclass(frozen=True, slots=True)
@@ -105,19 +116,50 @@ def recover_partial(partial: Path) -> Recovered:
     return Recovered(path=final, sidecar=sidecar, frames=frames)
 
 
+@contextmanager
+def _orphaned(partial: Path) -> Iterator[bool]:
+    """Whether no live recorder holds ``partial`` (see the module's docstring); while True,
+    this process holds the file's lock, so that two recoveries never work on one file."""
+    try:
+        fd = os.open(partial, os.O_RDONLY | os.O_CLOEXEC)
+    except FileNotFoundError:  # finished meanwhile
+        yield False
+        return
+    try:
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            yield False
+            return
+        except OSError:  # a file system without flock: recorders could not lock either
+            pass
+        status = os.fstat(fd)
+        yield not (status.st_size == 0 and time.time() - status.st_mtime < FRESH_CLAIM_SECONDS)
+    finally:
+        os.close(fd)
+
+
 def recover_directory(output_dir: Path) -> list[Recovered]:
-    """Recover every partial recording below ``output_dir``; logs each; never raises for one file."""
+    """Recover every partial recording below ``output_dir`` that no live recorder holds; logs
+    each; never raises for one file."""
     recovered = []
     if not output_dir.is_dir():
         return recovered
+    live = 0
     for partial in find_partials(output_dir):
-        try:
-            result = recover_partial(partial)
-        except RecordingError as error:
-            LOGGER.error("recovery of %s failed: %s", partial, error)
-            continue
+        with _orphaned(partial) as orphaned:
+            if not orphaned:
+                live += 1
+                continue
+            try:
+                result = recover_partial(partial)
+            except RecordingError as error:
+                LOGGER.error("recovery of %s failed: %s", partial, error)
+                continue
         LOGGER.warning(
             "recovered %s: %.1f s of audio left by an interrupted recorder", result.path, result.frames / SAMPLE_RATE
         )
         recovered.append(result)
+    if live:
+        LOGGER.info("left %d partial recordings alone: a live recorder is writing them", live)
     return recovered

@@ -96,16 +96,25 @@ class Supervisor:
         from prometheus_client import multiprocess
 
         self._workers = [self._start(index) for index in range(self.count)]
-        while True:
-            await trio.sleep(SUPERVISE_INTERVAL)
-            for index, process in enumerate(self._workers):
-                if not process.is_alive():
-                    LOGGER.error(
-                        "worker %d (pid %s) exited with %s: restarting it", index, process.pid, process.exitcode
-                    )
-                    multiprocess.mark_process_dead(process.pid, str(self._metrics_dir))
-                    await trio.sleep(RESTART_PAUSE)
-                    self._workers[index] = self._start(index)
+        async with trio.open_nursery() as nursery:
+            while True:
+                await trio.sleep(SUPERVISE_INTERVAL)
+                for index, process in enumerate(self._workers):
+                    if not process.is_alive():
+                        LOGGER.error(
+                            "worker %d (pid %s) exited with %s: restarting it", index, process.pid, process.exitcode
+                        )
+                        multiprocess.mark_process_dead(process.pid, str(self._metrics_dir))
+                        nursery.start_soon(self._recover_orphans)
+                        await trio.sleep(RESTART_PAUSE)
+                        self._workers[index] = self._start(index)
+
+    async def _recover_orphans(self) -> None:
+        """Finish the recordings a dead worker left: its partial files are no longer locked,
+        the live workers' still are (see recovery.py), so this runs beside them."""
+        recovered = await trio.to_thread.run_sync(recover_directory, self.settings.output_dir)
+        if recovered:
+            LOGGER.warning("recovered %d recordings left by the dead worker", len(recovered))
 
     def stop(self) -> int:
         """Forward SIGTERM, wait for the drains, kill what does not stop; the exit status."""
