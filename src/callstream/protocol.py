@@ -168,6 +168,16 @@ def _utf8_length(data: str | bytes) -> int:
     return len(data)
 
 
+def _bad_utf8(data: str | bytes) -> bool:
+    if isinstance(data, str):
+        return False  # a str reaching here was decoded already (surrogates raise UnicodeError)
+    try:
+        data.decode("utf-8")
+    except UnicodeDecodeError:
+        return True
+    return False
+
+
 def _parse_tolerant(data: str | bytes) -> Event:
     try:
         msg = _decode_json(data)
@@ -176,7 +186,9 @@ def _parse_tolerant(data: str | bytes) -> Event:
     except RecursionError:
         return BadMessage("JSON nested too deeply")
     except ValueError:
-        return BadMessage("not valid JSON")
+        # msgspec >= 0.23 reports bad UTF-8 in a string as a DecodeError (a ValueError), not
+        # as a UnicodeError: tell the two apart here, on the error path only.
+        return BadMessage("not valid UTF-8" if _bad_utf8(data) else "not valid JSON")
     if type(msg) is not dict:
         return BadMessage("not a JSON object")
     event = msg.get("event")
