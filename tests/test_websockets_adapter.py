@@ -1,4 +1,4 @@
-"""The websockets adapter's fast path against websockets' own parser.
+"""The websockets adapter's internals: its fast path against websockets' own parser, its read ticker.
 
 `_Connection._scan` splits the common frames itself (in C through `FrameSplitter`, or in
 Python without it) and hands every other frame to websockets. Whatever the frames and wherever
@@ -152,3 +152,33 @@ def test_a_chunk_of_many_media_frames_is_split_in_order(count: int) -> None:
     messages, state, answer = _run([data], "c")
     assert messages == texts
     assert state is State.OPEN and answer == b""
+
+
+async def test_the_read_ticker_wakes_each_reader_within_its_interval_a_fifth_at_a_time(autojump_clock) -> None:
+    """`_ReadTicker`: a parked reader waits at most 1.5 intervals; the readers are woken in
+    groups, never all at once (one round of trio's scheduler stays short)."""
+    from callstream.transport_websockets import _ReadTicker
+
+    interval, readers = 0.5, 200
+    ticker = _ReadTicker(interval)
+    waits: list[float] = []
+    woken_at: list[float] = []
+
+    async def reader() -> None:
+        for _ in range(6):
+            parked = trio.current_time()
+            await ticker.wait()
+            waits.append(trio.current_time() - parked)
+            woken_at.append(trio.current_time())
+
+    async with trio.open_nursery() as nursery:
+        nursery.start_soon(ticker.run)
+        async with trio.open_nursery() as readers_nursery:
+            for _ in range(readers):
+                readers_nursery.start_soon(reader)
+        nursery.cancel_scope.cancel()
+    assert len(waits) == 6 * readers
+    assert max(waits) <= 1.5 * interval + 1e-6
+    assert sum(waits) / len(waits) >= 0.25 * interval  # not woken at every tick either
+    largest = max(woken_at.count(t) for t in set(woken_at))
+    assert largest < readers / 2, largest
