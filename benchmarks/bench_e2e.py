@@ -644,9 +644,11 @@ def main() -> int:
             notes.append("two workers: skipped, `serve` has no --workers yet")
         if features["transports"]:
             transports = features["transports"][:1] if quick else features["transports"]
+            # The default transport (listed first) runs last: each variant gets an equal share
+            # of the time left, so what the slower transport leaves unused goes to the default.
             variants = [
                 (f"{name}, {t}", [*extra, "--transport", t])
-                for t in transports
+                for t in reversed(transports)
                 for name, extra in variants
             ]
             if quick:
