@@ -219,7 +219,7 @@ def reserve(output_dir: Path, relative: PurePosixPath, extension: str) -> Reserv
 
 
 def _hold(fd: int) -> PartialLock | None:
-    """``fd`` (a new partial file) locked and kept open as a file object; None, with ``fd``
+    """``fd`` (a new partial file) locked and kept open in a `PartialLock`; None, with ``fd``
     closed, where the file system has no flock (recovery then relies on its other checks)."""
     try:
         fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
