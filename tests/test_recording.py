@@ -387,7 +387,8 @@ def test_recovery_leaves_a_live_recording_alone_and_takes_it_once_its_recorder_i
 
 def test_recovery_skips_a_name_claimed_a_moment_ago(tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
     """Between the claim (an empty partial file) and its lock there is an instant; an empty partial
-    file younger than FRESH_CLAIM_SECONDS is left alone (an older one is tried: it holds no WAV)."""
+    file younger than FRESH_CLAIM_SECONDS is left alone; an older one, a claim whose recorder died
+    before writing the header, is removed."""
     import os
     import time
 
@@ -396,8 +397,10 @@ def test_recovery_skips_a_name_claimed_a_moment_ago(tmp_path: Path, caplog: pyte
     claim = tmp_path / "call.partial.wav"
     claim.write_bytes(b"")
     assert recovery.recover_directory(tmp_path) == []
-    assert "failed" not in caplog.text
+    assert claim.exists() and "removed" not in caplog.text
     old = time.time() - recovery.FRESH_CLAIM_SECONDS - 1
     os.utime(claim, (old, old))
     assert recovery.recover_directory(tmp_path) == []
-    assert f"recovery of {claim} failed" in caplog.text
+    assert not claim.exists()
+    assert f"removed {claim}: an empty claim" in caplog.text
+    assert "failed" not in caplog.text

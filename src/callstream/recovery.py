@@ -11,7 +11,9 @@ A live recording is never touched, even by another process: its recorder holds a
 partial file from the moment it claims the name (see `naming.reserve`) until the recording is
 finished, and the kernel drops the lock when the recorder dies. Recovery takes the same lock
 without waiting, and skips the file when it cannot. (An empty partial file younger than
-`FRESH_CLAIM_SECONDS` is also skipped: a name claimed a moment ago, its lock being taken.)
+`FRESH_CLAIM_SECONDS` is also skipped: a name claimed a moment ago, its lock being taken. An
+older one is removed: its recorder died between claiming the name and writing the header,
+so it holds nothing and has no sidecar.)
 """
 
 from __future__ import annotations
@@ -139,6 +141,19 @@ def _orphaned(partial: Path) -> Iterator[bool]:
         os.close(fd)
 
 
+def _remove_if_empty(partial: Path) -> bool:
+    """Remove an orphaned claim that never got a header (see the module's docstring)."""
+    try:
+        if partial.stat().st_size:
+            return False
+        partial.unlink()
+    except OSError as error:
+        LOGGER.error("cannot remove the empty claim %s: %s", partial, error)
+        return True
+    LOGGER.warning("removed %s: an empty claim left by a recorder that died before recording", partial)
+    return True
+
+
 def recover_directory(output_dir: Path) -> list[Recovered]:
     """Recover every partial recording below ``output_dir`` that no live recorder holds; logs
     each; never raises for one file."""
@@ -150,6 +165,8 @@ def recover_directory(output_dir: Path) -> list[Recovered]:
         with _orphaned(partial) as orphaned:
             if not orphaned:
                 live += 1
+                continue
+            if _remove_if_empty(partial):
                 continue
             try:
                 result = recover_partial(partial)
