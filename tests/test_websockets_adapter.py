@@ -9,12 +9,12 @@ bytes (pongs, close frames) in the same state.
 from __future__ import annotations
 
 import itertools
-import os
 
 import pytest
 import trio
 from hypothesis import example, given, settings
 from hypothesis import strategies as st
+from websockets.frames import Frame, Opcode
 from websockets.protocol import State
 from websockets.server import ServerProtocol
 
@@ -113,19 +113,12 @@ def _run(chunks: list[bytes], way: str) -> tuple[list[str | bytes], State, bytes
 
 
 def _masked_text(text: str) -> bytes:
-    payload = text.encode()
-    mask = os.urandom(4)
-    header = bytes([0x81, 0x80 | len(payload)]) if len(payload) < 126 else (
-        bytes([0x81, 0x80 | 126]) + len(payload).to_bytes(2, "big")
-    )
-    return header + mask + bytes(b ^ mask[i % 4] for i, b in enumerate(payload))
+    return Frame(Opcode.TEXT, text.encode()).serialize(mask=True, extensions=[])
 
 
 def _fragment(text: str) -> bytes:
     """The first frame of a fragmented text message."""
-    frame = bytearray(_masked_text(text))
-    frame[0] = 0x01
-    return bytes(frame)
+    return Frame(Opcode.TEXT, text.encode(), fin=False).serialize(mask=True, extensions=[])
 
 
 @settings(max_examples=300)

@@ -119,39 +119,38 @@ def recover_partial(partial: Path) -> Recovered:
 
 
 @contextmanager
-def _orphaned(partial: Path) -> Iterator[bool]:
-    """Whether no live recorder holds ``partial`` (see the module's docstring); while True,
-    this process holds the file's lock, so that two recoveries never work on one file."""
+def _orphaned(partial: Path) -> Iterator[os.stat_result | None]:
+    """``partial``'s status when no live recorder holds it, else None (see the module's
+    docstring); while not None, this process holds the file's lock, so that two recoveries
+    never work on one file."""
     try:
         fd = os.open(partial, os.O_RDONLY | os.O_CLOEXEC)
     except FileNotFoundError:  # finished meanwhile
-        yield False
+        yield None
         return
     try:
         try:
             fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
         except BlockingIOError:
-            yield False
+            yield None
             return
         except OSError:  # a file system without flock: recorders could not lock either
             pass
         status = os.fstat(fd)
-        yield not (status.st_size == 0 and time.time() - status.st_mtime < FRESH_CLAIM_SECONDS)
+        young = time.time() - status.st_mtime < FRESH_CLAIM_SECONDS
+        yield None if status.st_size == 0 and young else status
     finally:
         os.close(fd)
 
 
-def _remove_if_empty(partial: Path) -> bool:
+def _remove_claim(partial: Path) -> None:
     """Remove an orphaned claim that never got a header (see the module's docstring)."""
     try:
-        if partial.stat().st_size:
-            return False
         partial.unlink()
     except OSError as error:
         LOGGER.error("cannot remove the empty claim %s: %s", partial, error)
-        return True
+        return
     LOGGER.warning("removed %s: an empty claim left by a recorder that died before recording", partial)
-    return True
 
 
 def recover_directory(output_dir: Path) -> list[Recovered]:
@@ -162,11 +161,12 @@ def recover_directory(output_dir: Path) -> list[Recovered]:
         return recovered
     live = 0
     for partial in find_partials(output_dir):
-        with _orphaned(partial) as orphaned:
-            if not orphaned:
+        with _orphaned(partial) as status:
+            if status is None:
                 live += 1
                 continue
-            if _remove_if_empty(partial):
+            if status.st_size == 0:
+                _remove_claim(partial)
                 continue
             try:
                 result = recover_partial(partial)

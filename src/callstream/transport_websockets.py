@@ -110,21 +110,18 @@ class FrameSplitter:
             if 2 not in frames[0::4] and buffer.isascii():  # the Media stream: one decode
                 text = buffer.decode("ascii")
                 out.extend([text[s : s + n] for s, n in zip(frames[1::4], frames[2::4], strict=True)])
-                pos += self._consumed[0]
-                if count < self.FRAMES:
-                    return pos
-                continue
-            view = memoryview(buffer)
-            for i in range(0, 4 * count, 4):
-                start = frames[i + 1]
-                payload = view[start : start + frames[i + 2]]
-                if frames[i] == 2:
-                    out.append(bytes(payload))
-                    continue
-                try:
-                    out.append(str(payload, "utf-8"))
-                except UnicodeDecodeError:
-                    return pos + frames[i + 3]
+            else:
+                view = memoryview(buffer)
+                for i in range(0, 4 * count, 4):
+                    start = frames[i + 1]
+                    payload = view[start : start + frames[i + 2]]
+                    if frames[i] == 2:
+                        out.append(bytes(payload))
+                        continue
+                    try:
+                        out.append(str(payload, "utf-8"))
+                    except UnicodeDecodeError:
+                        return pos + frames[i + 3]
             pos += self._consumed[0]
             if count < self.FRAMES:
                 return pos
