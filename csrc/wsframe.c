@@ -6,7 +6,7 @@
 #include "wsframe.h"
 
 size_t cs_ws_split(const uint8_t *data, size_t size, uint64_t max_payload, uint8_t *out,
-                   uint32_t *frames, size_t max_frames, size_t *consumed)
+                   uint32_t *spans, uint32_t *frames, size_t max_frames, size_t *consumed)
 {
     size_t pos = 0, written = 0, count = 0;
     while (count < max_frames && size - pos >= 2) {
@@ -37,10 +37,10 @@ size_t cs_ws_split(const uint8_t *data, size_t size, uint64_t max_payload, uint8
         uint8_t *dst = out + written;
         for (size_t i = 0; i < (size_t)length; i++)
             dst[i] = payload[i] ^ mask[i & 3];
-        frames[4 * count] = first & 0x0F;
-        frames[4 * count + 1] = (uint32_t)written;
-        frames[4 * count + 2] = (uint32_t)length;
-        frames[4 * count + 3] = (uint32_t)pos;
+        spans[2 * count] = (uint32_t)written;
+        spans[2 * count + 1] = (uint32_t)length;
+        frames[2 * count] = first & 0x0F;
+        frames[2 * count + 1] = (uint32_t)pos;
         written += (size_t)length;
         pos += header + 4 + (size_t)length;
         count++;

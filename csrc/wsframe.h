@@ -12,9 +12,10 @@
 
 /* From the start of data[0:size]: each frame whose first byte is 0x81 or 0x82 (FIN, no RSV,
  * text or binary), masked, with a payload of at most max_payload bytes, entirely inside data.
- * Its payload is unmasked into out (capacity at least size) and described in frames[4 * i ...]:
- * opcode (1 text, 2 binary), payload offset in out, payload length, frame offset in data.
+ * Its payload is unmasked into out (capacity at least size), back to back with the others, and
+ * described in spans[2 * i ...] (payload offset in out, payload length: the layout of a
+ * TextBatch's spans) and frames[2 * i ...] (opcode: 1 text, 2 binary; frame offset in data).
  * Stops at the first other frame, at max_frames frames, or at the end.  Returns the number of
  * frames; *consumed is the offset in data just past the last of them. */
 size_t cs_ws_split(const uint8_t *data, size_t size, uint64_t max_payload, uint8_t *out,
-                   uint32_t *frames, size_t max_frames, size_t *consumed);
+                   uint32_t *spans, uint32_t *frames, size_t max_frames, size_t *consumed);

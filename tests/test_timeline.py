@@ -976,7 +976,11 @@ def shapes() -> dict[str, list[tuple[int, int, int]]]:
     late_run += [(p, seq, LONGEST) for seq in range(12_000, 13_600) for p in (0, 1)]
     rewound = [(p, seq, 1) for seq in range(10_000, 13_200) for p in (0, 1)]
     rewound += [(p, seq, LONGEST) for seq in range(13_100, 13_150) for p in (0, 1)]
-    return {"one byte then long": one_then_long, "late run": late_run, "rewound": rewound}
+    # in order, held just within its budget (21 x 190 <= 2 units): no shedding, so the steady
+    # state's fast release runs, and the ring of 160 such frames must forget some
+    short_then_longer = [(p, 0, 80) for p in (0, 1)] + [(p, seq, 190) for seq in range(1, 1600) for p in (0, 1)]
+    return {"one byte then long": one_then_long, "late run": late_run, "rewound": rewound,
+            "short then longer": short_then_longer}
 
 
 @pytest.mark.parametrize("name", list(shapes()))
@@ -988,6 +992,8 @@ def test_long_frames_after_a_one_byte_first_frame_are_kept_within_the_bound(name
             while timeline.pop_block() is not None:
                 pass
         most = max(most, bytes_kept(timeline))
+        ring = max(timeline._left.ring_bytes, timeline._right.ring_bytes)
+        assert ring <= 8 * max(timeline.window_samples, LONGEST)  # the ring's own budget
     assert most <= byte_bound(timeline)
     assert timeline.buffered_frames <= 2 * (2 * 20 - 1)  # W <= window_ms / MIN_FRAME_MS = 20
     timeline.finish()

@@ -18,6 +18,7 @@ from websockets.frames import Frame, Opcode
 from websockets.protocol import State
 from websockets.server import ServerProtocol
 
+from callstream.textbatch import TextBatch
 from callstream.transport_websockets import RECEIVE_BYTES, FrameSplitter, _Connection
 
 MAX_SIZE = 200  # small, so that oversized frames come up often
@@ -103,8 +104,8 @@ async def _deliver(chunks: list[bytes], way: str) -> tuple[list[str | bytes], St
     messages: list[str | bytes] = []
     while stream.chunks:
         await connection._read()
-        messages.extend(connection._messages)
-        connection._messages.clear()
+        while (message := connection.receive_nowait()) is not None:
+            messages.append(message)
     return messages, protocol.state, stream.sent
 
 
@@ -145,6 +146,22 @@ def test_a_chunk_of_many_media_frames_is_split_in_order(count: int) -> None:
     messages, state, answer = _run([data], "c")
     assert messages == texts
     assert state is State.OPEN and answer == b""
+
+
+async def test_a_run_of_ascii_text_frames_comes_as_one_batch_from_receive_batch() -> None:
+    """The C split hands a run of ASCII text frames over as one `TextBatch` (what the recorder
+    parses in one call); a non-ASCII text frame, or a binary one, comes on its own."""
+    texts = [f'{{"n": {i}}}' for i in range(5)]
+    data = b"".join(_masked_text(text) for text in texts)
+    odd = _masked_text("é") + Frame(Opcode.BINARY, b"\x00").serialize(mask=True, extensions=[])
+    stream = ScriptedStream([data, odd, data])
+    connection = _Connection(stream, ServerProtocol(state=State.OPEN, max_size=MAX_SIZE), "test", None, FrameSplitter())
+    first = await connection.receive_batch()
+    assert type(first) is TextBatch and first.messages() == texts
+    assert await connection.receive_batch() == "é"
+    assert await connection.receive_batch() == b"\x00"
+    assert await connection.receive() == texts[0]  # a batch taken one message at a time
+    assert [connection.receive_nowait() for _ in range(5)] == [*texts[1:], None]
 
 
 async def test_the_read_ticker_wakes_each_reader_within_its_interval_a_fifth_at_a_time(autojump_clock) -> None:

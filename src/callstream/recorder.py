@@ -41,10 +41,12 @@ from callstream.errors import (
     RecordingError,
 )
 from callstream.events import Media
+from callstream.mediascan import scan_media
 from callstream.metrics import MediaTotals, Metrics
 from callstream.protocol import QueryMetadata, parse_message
 from callstream.recording import Recording
 from callstream.settings import Settings
+from callstream.textbatch import TextBatch
 from callstream.timeline import StereoBlock, Timeline
 from callstream.transport import MessageStream, StreamClosed
 from callstream.wavbatch import PlannedAppend
@@ -161,37 +163,44 @@ class CallRecorder:
         # Messages already parsed from the last chunk are taken without an await each: between
         # two of them nothing else runs (no await), so nothing can cancel us either. After an
         # await (waiting for room on the lane) the next message comes through receive() again,
-        # which checks.
-        receive_nowait = getattr(stream, "receive_nowait", _nothing)
+        # which checks. A transport that reads many messages at once may hand them over as one
+        # TextBatch: its Media messages are then parsed in one C call (mediascan).
+        receive = getattr(stream, "receive_batch", stream.receive)
+        receive_nowait = getattr(stream, "receive_batch_nowait", _nothing)
+        push, pop_block = timeline.push, timeline.pop_block
         while True:
             try:
-                data = await stream.receive()
+                data = await receive()
             except StreamClosed as closed:
                 self._reason = _closed_reason(closed)
                 return False
             while data is not None:
-                event = parse_message(data, max_bytes=max_bytes)
-                if type(event) is Media:
-                    if timeline.push(event.perspective, event.sequence, event.payload):
-                        waited = False
-                        block = timeline.pop_block()
-                        while block is not None:
-                            if lane.has_room():
-                                lane.send_nowait(block, time.monotonic())
-                            else:
-                                try:
-                                    await lane.send(block, time.monotonic())
-                                except DiskStalledError as error:
-                                    self._fail(error)
-                                    return False
-                                waited = True
-                            block = timeline.pop_block()
-                        if waited:
-                            break
-                else:
-                    call.handle(event)
-                    if call.finished:
-                        return True
+                waited = False
+                items = scan_media(data, max_bytes=max_bytes) if type(data) is TextBatch else (data,)
+                for item in items:
+                    if type(item) is not tuple:  # not recognised by scan_media: parse it here
+                        item = parse_message(item, max_bytes=max_bytes)
+                        if type(item) is not Media:
+                            call.handle(item)
+                            if call.finished:
+                                return True
+                            continue
+                    if not push(*item):
+                        continue
+                    block = pop_block()
+                    while block is not None:
+                        if lane.has_room():
+                            lane.send_nowait(block, time.monotonic())
+                        else:
+                            try:
+                                await lane.send(block, time.monotonic())
+                            except DiskStalledError as error:
+                                self._fail(error)
+                                return False
+                            waited = True
+                        block = pop_block()
+                if waited:
+                    break
                 data = receive_nowait()
 
     def tick(self, now: float) -> None:
@@ -342,7 +351,7 @@ class CallRecorder:
 
 
 def _nothing() -> None:
-    """`receive_nowait` for a stream without one: every message then comes from receive()."""
+    """`receive_batch_nowait` for a stream without one: every message then comes from receive()."""
     return None
 
 

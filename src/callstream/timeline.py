@@ -509,6 +509,27 @@ class Timeline:
 
     def _release_window(self, side: _Side) -> None:
         """Release what the window has passed; in connection mode also enforce the held cap."""
+        nxt = side.next
+        held = side.held
+        if side.hi - side.span == nxt and len(held) == side.window + 1 and side.fill_gaps and nxt in held:
+            # The steady state of an in-order stream: exactly frame `next` to release, and it is
+            # here. What _release_to would do, without its set-up (~15 % of a push).
+            first = held.pop(nxt)
+            n = len(first)
+            i = nxt % side.ring_size
+            ring_payload = side.ring_payload
+            old = ring_payload[i]
+            side.ring_seq[i] = nxt
+            ring_payload[i] = first
+            side.acc += first
+            side.placed += 1
+            side.committed += n
+            side.held_bytes -= n
+            side.ring_bytes += n - (0 if old is None else len(old))
+            if side.ring_bytes > self._ring_limit:
+                self._evict(side)
+            side.next = nxt + 1
+            return
         self._release_to(side, side.hi - side.span)
         held = side.held
         while len(held) > side.window:

@@ -28,6 +28,11 @@ class StreamClosed(Exception):
 
 
 class MessageStream(Protocol):
+    """A stream of whole messages. An adapter that reads many at once may also offer
+    ``async receive_batch() -> str | bytes | TextBatch`` (a run of text messages read together
+    as one `textbatch.TextBatch`) and ``receive_batch_nowait()`` (the same, or None when nothing
+    is parsed yet; never reads, never yields); the recorder uses them when they are there."""
+
     async def receive(self) -> str | bytes:
         """Next whole message. Raises `StreamClosed` when the peer has closed or vanished."""
         ...

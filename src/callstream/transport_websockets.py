@@ -38,6 +38,7 @@ import logging
 import os
 import random
 import ssl
+from array import array
 from collections import deque
 from collections.abc import Mapping
 from typing import Any, Final
@@ -60,6 +61,7 @@ except ImportError:  # pragma: no cover - exercised by the numpy-only build
     _ffi = _lib = None
 
 from callstream.listeners import open_listeners
+from callstream.textbatch import TextBatch
 from callstream.transport import Handler, ListenerInfo, MessageStream, StreamClosed
 
 LOGGER = logging.getLogger("callstream.transport_websockets")
@@ -90,38 +92,42 @@ class FrameSplitter:
     def __init__(self) -> None:
         if _lib is None:
             raise RuntimeError("callstream._mulaw is not built")
-        self._frames = _ffi.new("uint32_t[]", 4 * self.FRAMES)
+        self._spans = _ffi.new("uint32_t[]", 2 * self.FRAMES)
+        self._frames = _ffi.new("uint32_t[]", 2 * self.FRAMES)
         self._consumed = _ffi.new("size_t *")
 
-    def split(self, data: bytes, pos: int, limit: int | None, out: deque[str | bytes]) -> int:
-        """Append the messages of the common frames from ``data[pos:]`` to ``out``; returns where
-        the first frame it did not take starts (a text frame that is not UTF-8 included: the
-        caller hands that one to websockets, which fails the connection with 1007)."""
+    def split(self, data: bytes, pos: int, limit: int | None, out: deque[str | bytes | TextBatch]) -> int:
+        """Append the messages of the common frames from ``data[pos:]`` to ``out`` (a run of
+        ASCII text messages as one `TextBatch`); returns where the first frame it did not take
+        starts (a text frame that is not UTF-8 included: the caller hands that one to
+        websockets, which fails the connection with 1007)."""
         size = len(data)
         maximum = 0xFFFF_FFFF_FFFF_FFFF if limit is None else limit
         source = _ffi.from_buffer(data)
         while pos < size:
             buffer = bytearray(size - pos)
             count = _lib.cs_ws_split(source + pos, size - pos, maximum, _ffi.from_buffer(buffer),
-                                     self._frames, self.FRAMES, self._consumed)
+                                     self._spans, self._frames, self.FRAMES, self._consumed)
             if not count:
                 return pos
-            frames = _ffi.unpack(self._frames, 4 * count)
-            if 2 not in frames[0::4] and buffer.isascii():  # the Media stream: one decode
-                text = buffer.decode("ascii")
-                out.extend([text[s : s + n] for s, n in zip(frames[1::4], frames[2::4], strict=True)])
+            frames = _ffi.unpack(self._frames, 2 * count)
+            if 2 not in frames[0::2] and buffer.isascii():  # the Media stream: one batch
+                spans = array("I")
+                spans.frombytes(_ffi.buffer(self._spans, 8 * count))
+                out.append(TextBatch(buffer, spans))
             else:
+                spans = _ffi.unpack(self._spans, 2 * count)
                 view = memoryview(buffer)
-                for i in range(0, 4 * count, 4):
-                    start = frames[i + 1]
-                    payload = view[start : start + frames[i + 2]]
-                    if frames[i] == 2:
+                for i in range(count):
+                    start = spans[2 * i]
+                    payload = view[start : start + spans[2 * i + 1]]
+                    if frames[2 * i] == 2:
                         out.append(bytes(payload))
                         continue
                     try:
                         out.append(str(payload, "utf-8"))
                     except UnicodeDecodeError:
-                        return pos + frames[i + 3]
+                        return pos + frames[2 * i + 1]
             pos += self._consumed[0]
             if count < self.FRAMES:
                 return pos
@@ -148,7 +154,7 @@ class _Connection:
         self._stream = stream
         self._protocol = protocol
         self.remote = remote
-        self._messages: deque[str | bytes] = deque()
+        self._messages: deque[str | bytes | TextBatch] = deque()
         self._parts: list[bytes] = []  # frames of a fragmented message
         self._parts_text = False
         self._closed: StreamClosed | None = None  # raised once the messages are handed out
@@ -165,6 +171,19 @@ class _Connection:
         self._drained = False  # the last read took everything the socket had
 
     async def receive(self) -> str | bytes:
+        message = await self.receive_batch()
+        return self._one(message) if type(message) is TextBatch else message
+
+    def receive_nowait(self) -> str | bytes | None:
+        """The next message if one is already parsed, else None; never reads, never yields.
+
+        For a caller that has just returned from `receive()` and not yielded since: it can take
+        the rest of the chunk's messages without a checkpoint per message."""
+        message = self.receive_batch_nowait()
+        return self._one(message) if type(message) is TextBatch else message
+
+    async def receive_batch(self) -> str | bytes | TextBatch:
+        """As `receive`, but a run of text messages read together comes as one `TextBatch`."""
         messages = self._messages
         if messages:
             await _checkpoint_if_cancelled()
@@ -175,13 +194,16 @@ class _Connection:
             await self._read()
         return messages.popleft()
 
-    def receive_nowait(self) -> str | bytes | None:
-        """The next message if one is already parsed, else None; never reads, never yields.
-
-        For a caller that has just returned from `receive()` and not yielded since: it can take
-        the rest of the chunk's messages without a checkpoint per message."""
+    def receive_batch_nowait(self) -> str | bytes | TextBatch | None:
+        """As `receive_nowait`, with batches as in `receive_batch`."""
         messages = self._messages
         return messages.popleft() if messages else None
+
+    def _one(self, batch: TextBatch) -> str:
+        """A batch's first message; the others go back to the front of the queue, in order."""
+        first, *rest = batch.messages()
+        self._messages.extendleft(reversed(rest))
+        return first
 
     async def close(self, code: int, reason: str = "") -> None:
         self._messages.clear()

@@ -1,0 +1,59 @@
+"""The Media fast path for a `TextBatch`: one C call parses every message of a read.
+
+Sans-IO, like protocol.py, which stays the reference: `cs_media_scan` (csrc/mediascan.h)
+recognises Media messages in the platform's plain shape and decodes their payloads; every other
+message is returned as text for `protocol.parse_message`, which alone decides what it means. So
+for every message the result is what `parse_message` would make of it: the same ``(perspective,
+sequence, payload)`` for a recognised Media message, or the message itself
+(tests/test_mediascan.py checks that on random messages). Parsing a Media message through msgspec
+and its Python wrapper cost ~2.5 µs; here it costs a fraction of that (benchmarks/bench_parse.py).
+"""
+
+from __future__ import annotations
+
+from callstream.protocol import DEFAULT_MAX_BYTES, MAX_MEDIA_PAYLOAD
+from callstream.textbatch import TextBatch
+
+try:
+    from callstream._mulaw import ffi as _ffi
+    from callstream._mulaw import lib as _lib
+except ImportError:  # not built: every message takes the general parser
+    _ffi = _lib = None
+
+_NOT_MEDIA = 2  # cs_media_scan's mark for a message it leaves to the general parser
+
+MediaFields = tuple[int, int, bytes]  # perspective (0 or 1), sequence number, mu-law payload
+
+
+def scan_media(batch: TextBatch, *, max_bytes: int = DEFAULT_MAX_BYTES) -> list[MediaFields | str]:
+    """One item per message of ``batch``, in order: a recognised Media message as a plain tuple
+    ``(perspective, sequence, payload)`` (the fields of `events.Media`), any other message as
+    its text, to be given to `protocol.parse_message` (``max_bytes`` as there: a longer message
+    is never recognised, so that the general parser raises for it). Never raises."""
+    count = len(batch)
+    if _lib is None or not count:
+        return list(batch.messages())
+    buffer = batch.buffer
+    decoded = bytearray(len(buffer))  # a payload is shorter than its message's base64
+    media = _ffi.new("uint32_t[]", 3 * count)
+    sequences = _ffi.new("int64_t[]", count)
+    recognised = _lib.cs_media_scan(
+        _ffi.from_buffer(buffer), _ffi.from_buffer("uint32_t[]", batch.spans), count, max_bytes,
+        MAX_MEDIA_PAYLOAD, _ffi.from_buffer(decoded), media, sequences,
+    )
+    fields = _ffi.unpack(media, 3 * count)
+    numbers = _ffi.unpack(sequences, count)
+    payloads = bytes(decoded)
+    if recognised == count:  # the Media stream: no message for the general parser
+        return [
+            (perspective, number, payloads[start : start + length])
+            for perspective, start, length, number in zip(
+                fields[0::3], fields[1::3], fields[2::3], numbers, strict=True
+            )
+        ]
+    messages = batch.messages()
+    return [
+        messages[i] if fields[3 * i] == _NOT_MEDIA
+        else (fields[3 * i], numbers[i], payloads[fields[3 * i + 1] : fields[3 * i + 1] + fields[3 * i + 2]])
+        for i in range(count)
+    ]
