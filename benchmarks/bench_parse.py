@@ -12,7 +12,6 @@ fields as a plain tuple); the script checks that they all agree before timing an
 from __future__ import annotations
 
 import argparse
-from array import array
 import base64
 import binascii
 import json
@@ -21,6 +20,7 @@ import platform
 import random
 import sys
 import time
+from array import array
 from pathlib import Path
 from typing import Literal
 
@@ -32,7 +32,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "src"))
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 from callstream.events import Media, Perspective
-from callstream.mediascan import scan_media
+from callstream.mediascan import MediaScanner
 from callstream.protocol import encode_media, parse_message
 from callstream.textbatch import TextBatch
 
@@ -165,9 +165,10 @@ def make_batches(frames: list[str], size: int) -> list[TextBatch]:
 
 
 def time_batches(batches: list[TextBatch], frames: int) -> float:
+    scan = MediaScanner().scan
     start = time.perf_counter_ns()
     for batch in batches:
-        scan_media(batch)
+        scan(batch)
     return (time.perf_counter_ns() - start) / frames / 1000.0  # us per message
 
 
@@ -236,10 +237,10 @@ def main() -> None:
         if got != expected:
             raise SystemExit(f"variant {name!r} disagrees with parse_message")
 
-    batched = {f"callstream.mediascan.scan_media, batches of {n}": make_batches(frames, n) for n in BATCH_SIZES}
+    batched = {f"callstream.mediascan.MediaScanner, batches of {n}": make_batches(frames, n) for n in BATCH_SIZES}
     as_tuples = [tuple(event) for event in expected]
     for name, batches in batched.items():
-        if [item for batch in batches for item in scan_media(batch)] != as_tuples:
+        if [item for batch in batches for item in MediaScanner().scan(batch)] != as_tuples:
             raise SystemExit(f"variant {name!r} disagrees with parse_message")
 
     best = dict.fromkeys([*VARIANTS, *batched], float("inf"))

@@ -172,25 +172,27 @@ static long scan_one(const uint8_t *msg, size_t size, size_t max_payload, uint8_
 }
 
 size_t cs_media_scan(const uint8_t *buf, const uint32_t *spans, size_t count, size_t max_bytes,
-                     size_t max_payload, uint8_t *out, uint32_t *media, int64_t *seqs)
+                     size_t max_payload, uint8_t *out, uint32_t *media, int64_t *seqs,
+                     size_t *written)
 {
-    size_t written = 0, recognised = 0;
+    size_t position = 0, recognised = 0;
     for (size_t i = 0; i < count; i++) {
         size_t size = spans[2 * i + 1];
         long length = -1;
         uint32_t perspective = NOT_MEDIA;
         if (size <= max_bytes)
-            length = scan_one(buf + spans[2 * i], size, max_payload, out + written, &perspective,
+            length = scan_one(buf + spans[2 * i], size, max_payload, out + position, &perspective,
                               &seqs[i]);
         if (length < 0) {
             media[3 * i] = NOT_MEDIA;
             continue;
         }
         media[3 * i] = perspective;
-        media[3 * i + 1] = (uint32_t)written;
+        media[3 * i + 1] = (uint32_t)position;
         media[3 * i + 2] = (uint32_t)length;
-        written += (size_t)length;
+        position += (size_t)length;
         recognised++;
     }
+    *written = position;
     return recognised;
 }

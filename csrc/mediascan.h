@@ -22,6 +22,8 @@
  * in the plain shape, its payload is decoded into out and media[3 * i ...] = perspective,
  * payload offset in out, payload length; seqs[i] = its sequence number.  Otherwise
  * media[3 * i] = 2 (not recognised) and out is not advanced.  out needs room for the sum of
- * the messages' lengths.  Returns the number of messages recognised. */
+ * the messages' lengths.  Returns the number of messages recognised; *written is the number of
+ * bytes written to out. */
 size_t cs_media_scan(const uint8_t *buf, const uint32_t *spans, size_t count, size_t max_bytes,
-                     size_t max_payload, uint8_t *out, uint32_t *media, int64_t *seqs);
+                     size_t max_payload, uint8_t *out, uint32_t *media, int64_t *seqs,
+                     size_t *written);

@@ -18,7 +18,7 @@ from hypothesis import strategies as st
 
 from callstream.errors import ProtocolError
 from callstream.events import Media, Perspective
-from callstream.mediascan import _lib, scan_media
+from callstream.mediascan import MediaScanner, _lib
 from callstream.protocol import MAX_MEDIA_PAYLOAD, encode_media, parse_message
 from callstream.textbatch import TextBatch
 
@@ -37,7 +37,7 @@ def batch_of(messages: list[str]) -> TextBatch:
 
 def assert_agrees(messages: list[str], max_bytes: int = 65536) -> list:
     """Each item is either the message itself, or the Media that parse_message makes of it."""
-    items = scan_media(batch_of(messages), max_bytes=max_bytes)
+    items = MediaScanner(max_bytes=max_bytes).scan(batch_of(messages))
     assert len(items) == len(messages)
     for message, item in zip(messages, items, strict=True):
         if type(item) is str:
@@ -180,4 +180,20 @@ def test_without_the_c_extension_every_message_goes_to_parse_message(monkeypatch
 
     monkeypatch.setattr(mediascan, "_lib", None)
     messages = platform_frames(3)
-    assert scan_media(batch_of(messages)) == messages
+    assert MediaScanner().scan(batch_of(messages)) == messages
+
+
+@needs_c
+def test_batches_beyond_the_scratch_space_are_scanned_whole() -> None:
+    """More messages than the arrays hold (small ones), then more bytes than the scratch buffer
+    holds (few long ones), then a small batch again."""
+    many = [encode_media(Perspective(i % 2), i, b"\xff") for i in range(600)]
+    long = [encode_media(Perspective(i % 2), i, os.urandom(MAX_MEDIA_PAYLOAD)) for i in range(40)]
+    assert len("".join(many)) < 65536 < len("".join(long)) and len(long) < 256 < len(many)
+    scanner = MediaScanner()
+    for messages in (many, long, platform_frames(3)):
+        items = scanner.scan(batch_of(messages))
+        assert items == [tuple(parse_message(message)) for message in messages]
+        # white box: C writes as far as it is told to, so the scratch space must have grown (a
+        # missing check would write past it, which the comparison above may not notice)
+        assert scanner._capacity >= len(messages) and scanner._room >= len("".join(messages))

@@ -224,6 +224,7 @@ def _run_serve(args: argparse.Namespace) -> int:
     import trio
 
     from callstream.filelimit import raise_file_limit
+    from callstream.gcpolicy import tune_garbage_collector
     from callstream.server import run_until_signalled
 
     settings = settings_from(args)
@@ -233,6 +234,7 @@ def _run_serve(args: argparse.Namespace) -> int:
         from callstream.workers import run_workers
 
         return run_workers(settings, args.workers)
+    tune_garbage_collector()
     trio.run(run_until_signalled, settings)
     return 0
 

@@ -25,35 +25,59 @@ _NOT_MEDIA = 2  # cs_media_scan's mark for a message it leaves to the general pa
 MediaFields = tuple[int, int, bytes]  # perspective (0 or 1), sequence number, mu-law payload
 
 
-def scan_media(batch: TextBatch, *, max_bytes: int = DEFAULT_MAX_BYTES) -> list[MediaFields | str]:
-    """One item per message of ``batch``, in order: a recognised Media message as a plain tuple
-    ``(perspective, sequence, payload)`` (the fields of `events.Media`), any other message as
-    its text, to be given to `protocol.parse_message` (``max_bytes`` as there: a longer message
-    is never recognised, so that the general parser raises for it). Never raises."""
-    count = len(batch)
-    if _lib is None or not count:
-        return list(batch.messages())
-    buffer = batch.buffer
-    decoded = bytearray(len(buffer))  # a payload is shorter than its message's base64
-    media = _ffi.new("uint32_t[]", 3 * count)
-    sequences = _ffi.new("int64_t[]", count)
-    recognised = _lib.cs_media_scan(
-        _ffi.from_buffer(buffer), _ffi.from_buffer("uint32_t[]", batch.spans), count, max_bytes,
-        MAX_MEDIA_PAYLOAD, _ffi.from_buffer(decoded), media, sequences,
-    )
-    fields = _ffi.unpack(media, 3 * count)
-    numbers = _ffi.unpack(sequences, count)
-    payloads = bytes(decoded)
-    if recognised == count:  # the Media stream: no message for the general parser
+class MediaScanner:
+    """Scans `TextBatch`es (see the module's docstring). One per process is enough: it keeps
+    scratch space for the C call between calls (allocating it per batch cost more than the scan
+    of a real-time call's ~10 messages), so use it between awaits only, like any sans-IO object.
+    ``max_bytes``: as `protocol.parse_message`'s; a longer message is never recognised, so that
+    the general parser raises for it."""
+
+    def __init__(self, *, max_bytes: int = DEFAULT_MAX_BYTES) -> None:
+        self._max_bytes = max_bytes
+        self._capacity = 0  # messages the arrays hold
+        self._room = 0  # bytes the scratch buffer holds
+        if _ffi is not None:
+            self._grow(256, 65536)  # a chunk's worth (the websockets adapter reads 64 KiB)
+            self._written = _ffi.new("size_t *")
+
+    def scan(self, batch: TextBatch) -> list[MediaFields | str]:
+        """One item per message of ``batch``, in order: a recognised Media message as a plain
+        tuple ``(perspective, sequence, payload)`` (the fields of `events.Media`), any other
+        message as its text, to be given to `protocol.parse_message`. Never raises."""
+        count = len(batch)
+        if _lib is None or not count:
+            return batch.messages()
+        buffer = batch.buffer
+        if count > self._capacity or len(buffer) > self._room:
+            self._grow(count, len(buffer))
+        recognised = _lib.cs_media_scan(
+            _ffi.from_buffer(buffer), _ffi.from_buffer("uint32_t[]", batch.spans), count, self._max_bytes,
+            MAX_MEDIA_PAYLOAD, self._scratch, self._media, self._sequences, self._written,
+        )
+        fields = _ffi.unpack(self._media, 3 * count)
+        numbers = _ffi.unpack(self._sequences, count)
+        payloads = _ffi.buffer(self._scratch, self._written[0])[:]
+        if recognised == count:  # the Media stream: no message for the general parser
+            return [
+                (perspective, number, payloads[start : start + length])
+                for perspective, start, length, number in zip(
+                    fields[0::3], fields[1::3], fields[2::3], numbers, strict=True
+                )
+            ]
+        messages = batch.messages()
         return [
-            (perspective, number, payloads[start : start + length])
-            for perspective, start, length, number in zip(
-                fields[0::3], fields[1::3], fields[2::3], numbers, strict=True
-            )
+            messages[i] if fields[3 * i] == _NOT_MEDIA
+            else (fields[3 * i], numbers[i], payloads[fields[3 * i + 1] : fields[3 * i + 1] + fields[3 * i + 2]])
+            for i in range(count)
         ]
-    messages = batch.messages()
-    return [
-        messages[i] if fields[3 * i] == _NOT_MEDIA
-        else (fields[3 * i], numbers[i], payloads[fields[3 * i + 1] : fields[3 * i + 1] + fields[3 * i + 2]])
-        for i in range(count)
-    ]
+
+    def _grow(self, count: int, size: int) -> None:
+        """Room for ``count`` messages of ``size`` bytes in all (a payload is shorter than its
+        message's base64, so the decoded payloads fit in as many bytes)."""
+        if count > self._capacity:
+            self._capacity = count
+            self._media = _ffi.new("uint32_t[]", 3 * count)
+            self._sequences = _ffi.new("int64_t[]", count)
+        if size > self._room:
+            self._room = size
+            self._scratch = _ffi.new("uint8_t[]", size)

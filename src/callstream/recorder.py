@@ -41,7 +41,7 @@ from callstream.errors import (
     RecordingError,
 )
 from callstream.events import Media
-from callstream.mediascan import scan_media
+from callstream.mediascan import MediaScanner
 from callstream.metrics import MediaTotals, Metrics
 from callstream.protocol import QueryMetadata, parse_message
 from callstream.recording import Recording
@@ -81,16 +81,19 @@ class CallRecorder:
         *,
         require_secret: str | None = None,
         metrics: Metrics | None = None,
+        scanner: MediaScanner | None = None,
     ) -> None:
         """``disk``: the process's writer (running). ``require_secret``: when set, the first
         message must carry this secret (else close 1008). ``metrics``: where the call's media
-        counters go (at each tick and at the end)."""
+        counters go (at each tick and at the end). ``scanner``: the process's (one of its own
+        if None), with ``max_bytes`` = settings.max_message_bytes."""
         self._stream = stream
         self._lane = disk.lane(self)
         self._metrics = metrics
         self._metered = MediaTotals()
         self._require_secret = require_secret
         self._settings = settings
+        self._scanner = scanner or MediaScanner(max_bytes=settings.max_message_bytes)
         self.call = CallState(query, max_bad_messages=settings.max_bad_messages)
         self.timeline = Timeline(
             window_ms=settings.reorder_window_ms,
@@ -167,7 +170,7 @@ class CallRecorder:
         # TextBatch: its Media messages are then parsed in one C call (mediascan).
         receive = getattr(stream, "receive_batch", stream.receive)
         receive_nowait = getattr(stream, "receive_batch_nowait", _nothing)
-        push, pop_block = timeline.push, timeline.pop_block
+        push, pop_block, scan = timeline.push, timeline.pop_block, self._scanner.scan
         while True:
             try:
                 data = await receive()
@@ -176,9 +179,9 @@ class CallRecorder:
                 return False
             while data is not None:
                 waited = False
-                items = scan_media(data, max_bytes=max_bytes) if type(data) is TextBatch else (data,)
+                items = scan(data) if type(data) is TextBatch else (data,)
                 for item in items:
-                    if type(item) is not tuple:  # not recognised by scan_media: parse it here
+                    if type(item) is not tuple:  # not recognised by the scanner: parse it here
                         item = parse_message(item, max_bytes=max_bytes)
                         if type(item) is not Media:
                             call.handle(item)

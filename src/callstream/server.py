@@ -21,6 +21,7 @@ from callstream.auth import secret_matches, upgrade_credential
 from callstream.diskwriter import DiskWriter
 from callstream.errors import CLOSE_POLICY_VIOLATION
 from callstream.http_metrics import MetricsEndpoint, serve_metrics
+from callstream.mediascan import MediaScanner
 from callstream.metrics import Metrics
 from callstream.protocol import QueryMetadata, parse_query
 from callstream.recorder import CallRecorder, CallResult
@@ -68,6 +69,7 @@ class Server:
         self._disk: DiskWriter | None = None  # while `running()`
         self._disk_stalled = False  # as last logged (see _watch_disk)
         self._disk_flag = disk_flag
+        self._scanner = MediaScanner(max_bytes=settings.max_message_bytes)  # shared by the calls
 
     @asynccontextmanager
     async def running(self) -> AsyncIterator[None]:
@@ -177,7 +179,8 @@ class Server:
         if self._disk is None:
             raise RuntimeError("Server.handle() outside Server.running()")
         recorder = CallRecorder(
-            stream, query, self.settings, self._disk, require_secret=require, metrics=self.metrics
+            stream, query, self.settings, self._disk, require_secret=require, metrics=self.metrics,
+            scanner=self._scanner,
         )
         self._live.add(recorder)
         self._started += 1

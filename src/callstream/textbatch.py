@@ -2,7 +2,7 @@
 
 A transport that splits many small messages out of one read (the websockets adapter does, in
 C) hands them over as one `TextBatch` instead of one ``str`` each, so that the recorder can
-parse the whole batch in one call too (`mediascan.scan_media`). It is only a packaging of the
+parse the whole batch in one call too (`mediascan.MediaScanner`). It is only a packaging of the
 same messages, in the same order.
 """
 

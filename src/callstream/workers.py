@@ -37,9 +37,11 @@ STOP_MARGIN = 30.0  # seconds beyond --drain-timeout a worker gets to finalise b
 
 def _worker_main(settings: Settings, index: int, shared_calls: Any, disk_flag: Any) -> None:
     from callstream.cli import configure_logging
+    from callstream.gcpolicy import tune_garbage_collector
     from callstream.server import run_until_signalled
 
     configure_logging(settings.log_level, name=f"worker-{index}")
+    tune_garbage_collector()
     worker_settings = replace(settings, metrics_port=None)  # the supervisor serves the totals
     trio.run(lambda: run_until_signalled(
         worker_settings, shared_calls=shared_calls, disk_flag=disk_flag, recover=False, reuse_port=True
