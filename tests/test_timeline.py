@@ -247,6 +247,102 @@ def test_messy_input_keeps_channels_equal_and_output_is_frames_plus_gaps(
     assert play(Timeline(**MESSY), pushes, [0] * len(pushes))[:2] == (left, right)
 
 
+def run_in_batches(timeline: Timeline, items: list, sizes: list[int]) -> list[tuple[int, StereoBlock]]:
+    """Drive ``timeline.push_run`` as the recorder does: ``items`` in batches of ``sizes``
+    (cycled), popping every full block after each return and stepping over a non-tuple item.
+    Returns (index of the item after whose push it was ready, block), then the tail (index -1)."""
+    blocks: list[tuple[int, StereoBlock]] = []
+    first, turn = 0, 0
+    while first < len(items):
+        batch = items[first : first + sizes[turn % len(sizes)]]
+        i = 0
+        while i < len(batch):
+            i = timeline.push_run(batch, i)
+            while (block := timeline.pop_block()) is not None:
+                blocks.append((first + i - 1, block))
+            if i < len(batch) and type(batch[i]) is not tuple:
+                i += 1
+        first += len(batch)
+        turn += 1
+    tail = timeline.finish()
+    return blocks + ([] if tail is None else [(-1, tail)])
+
+
+@st.composite
+def mostly_in_order(draw: st.DrawFn) -> list[Push]:
+    """A long in-order stream of both sides (so that the steady state is reached, and left),
+    disturbed here and there: a frame swapped with the next, dropped, replayed, late, of another
+    length (which can push what is held over its byte budget), a jump, a side pausing."""
+    pushes: list[Push] = []
+    late: list[tuple[int, Push]] = []  # (where it is due, the push)
+    seqs = [draw(st.integers(0, 50)), draw(st.integers(0, 50))]
+    for tag in range(draw(st.integers(20, 400))):
+        side = tag % 2
+        while late and late[0][0] <= len(pushes):  # a late frame's turn has come
+            pushes.append(late.pop(0)[1])
+        what = draw(st.sampled_from(["plain"] * 12 + ["swap", "drop", "replay", "long", "short", "jump", "pause",
+                                                      "late"]))
+        seqs[side] += 1
+        if what == "late":  # arrives a few windows late: a late drop, or a run with others
+            late.append((len(pushes) + draw(st.integers(2, 30)), (side, seqs[side], frame(side, tag, MESSY_LENGTH))))
+            late.sort(key=lambda entry: entry[0])
+            continue
+        length = {"long": 2000, "short": 4}.get(what, MESSY_LENGTH)
+        if what == "drop":
+            continue
+        if what == "jump":
+            seqs[side] += draw(st.integers(2, 60))
+        if what == "pause":  # the other side runs on alone for a while
+            for extra in range(draw(st.integers(1, 12))):
+                seqs[1 - side] += 1
+                pushes.append((1 - side, seqs[1 - side], frame(1 - side, 10_000 + 100 * tag + extra, MESSY_LENGTH)))
+        pushes.append((side, seqs[side], frame(side, tag, length)))
+        if what == "swap" and len(pushes) >= 2:
+            pushes[-1], pushes[-2] = pushes[-2], pushes[-1]
+        if what == "replay":
+            pushes.append(pushes[draw(st.integers(0, len(pushes) - 1))])
+    return pushes
+
+
+@PROPERTY
+@given(st.one_of(mostly_in_order(), messy_pushes()), st.data())
+def test_push_run_is_push_one_frame_at_a_time(pushes: list[Push], data: st.DataObject) -> None:
+    """Whatever the input (in order, gaps, late, replays, jumps, frames of other lengths) and
+    however it is cut into batches with other items between: the same blocks at the same
+    moments, the same statistics."""
+    mode = data.draw(st.sampled_from(["auto", "perspective", "connection"]))
+    reference = Timeline(**MESSY, sequence_mode=mode)
+    expected: list[tuple[int, StereoBlock]] = []
+    for index, (side, sequence, payload) in enumerate(pushes):
+        if reference.push(side, sequence, payload):
+            while (block := reference.pop_block()) is not None:
+                expected.append((index, block))
+    tail = reference.finish()
+    expected += [] if tail is None else [(-1, tail)]
+    # other items (the recorder's unparsed messages) where the data says, numbered alike
+    items: list = []
+    numbering: list[int] = []
+    for index, push in enumerate(pushes):
+        if data.draw(st.integers(0, 9)) == 0:
+            items.append("not a tuple")
+            numbering.append(-2)
+        items.append(push)
+        numbering.append(index)
+    sizes = data.draw(st.lists(st.integers(1, 12), min_size=1, max_size=5))
+    timeline = Timeline(**MESSY, sequence_mode=mode)
+    got = [(numbering[i] if i >= 0 else -1, block) for i, block in run_in_batches(timeline, items, sizes)]
+    assert got == expected
+    assert timeline.statistics() == reference.statistics()
+
+
+def test_push_run_after_finish_raises_like_push() -> None:
+    timeline = Timeline()
+    timeline.push_run([(side, seq, frame(side, seq)) for seq in range(30) for side in (0, 1)])
+    timeline.finish()
+    with pytest.raises(TimelineFinishedError):
+        timeline.push_run([(0, 30, frame(0, 30))])
+
+
 class TimelineMachine(RuleBasedStateMachine):
     """Drives one Timeline with arbitrary pushes and pops, popping whenever push says so (as the
     recorder does), against a model: per side a dict sequence -> payload of what was pushed."""
@@ -984,13 +1080,18 @@ def shapes() -> dict[str, list[tuple[int, int, int]]]:
 
 
 @pytest.mark.parametrize("name", list(shapes()))
-def test_long_frames_after_a_one_byte_first_frame_are_kept_within_the_bound(name: str) -> None:
+@pytest.mark.parametrize("batched", [False, True], ids=["push", "push_run"])
+def test_long_frames_after_a_one_byte_first_frame_are_kept_within_the_bound(name: str, batched: bool) -> None:
     timeline = Timeline()
     most = 0
     for perspective, sequence, length in shapes()[name]:
-        if timeline.push(perspective, sequence, bytes([sequence % 255]) * length):
-            while timeline.pop_block() is not None:
-                pass
+        payload = bytes([sequence % 255]) * length
+        if batched:  # one frame per batch: the bound is checked after every frame
+            timeline.push_run([(perspective, sequence, payload)])
+        else:
+            timeline.push(perspective, sequence, payload)
+        while timeline.pop_block() is not None:
+            pass
         most = max(most, bytes_kept(timeline))
         ring = max(timeline._left.ring_bytes, timeline._right.ring_bytes)
         assert ring <= 8 * max(timeline.window_samples, LONGEST)  # the ring's own budget

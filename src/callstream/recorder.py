@@ -170,7 +170,7 @@ class CallRecorder:
         # TextBatch: its Media messages are then parsed in one C call (mediascan).
         receive = getattr(stream, "receive_batch", stream.receive)
         receive_nowait = getattr(stream, "receive_batch_nowait", _nothing)
-        push, pop_block, scan = timeline.push, timeline.pop_block, self._scanner.scan
+        push_run, pop_block, scan = timeline.push_run, timeline.pop_block, self._scanner.scan
         while True:
             try:
                 data = await receive()
@@ -179,17 +179,10 @@ class CallRecorder:
                 return False
             while data is not None:
                 waited = False
-                items = scan(data) if type(data) is TextBatch else (data,)
-                for item in items:
-                    if type(item) is not tuple:  # not recognised by the scanner: parse it here
-                        item = parse_message(item, max_bytes=max_bytes)
-                        if type(item) is not Media:
-                            call.handle(item)
-                            if call.finished:
-                                return True
-                            continue
-                    if not push(*item):
-                        continue
+                items = scan(data) if type(data) is TextBatch else [data]
+                i, end = 0, len(items)
+                while i < end:
+                    i = push_run(items, i)  # Media tuples, until a block is ready or another item
                     block = pop_block()
                     while block is not None:
                         if lane.has_room():
@@ -202,6 +195,15 @@ class CallRecorder:
                                 return False
                             waited = True
                         block = pop_block()
+                    if i < end and type(items[i]) is not tuple:  # not recognised by the scanner
+                        event = parse_message(items[i], max_bytes=max_bytes)
+                        if type(event) is Media:
+                            items[i] = tuple(event)  # a plain tuple: push_run takes it next
+                            continue
+                        i += 1
+                        call.handle(event)
+                        if call.finished:
+                            return True
                 if waited:
                     break
                 data = receive_nowait()

@@ -72,6 +72,7 @@ below J may add up to J frames of silence at once). So at the defaults, for payl
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import asdict, dataclass
 from itertools import pairwise
 from typing import Any, Final
@@ -372,6 +373,66 @@ class Timeline:
         block = self._block
         return len(left.acc) >= block and len(right.acc) >= block
 
+    def push_run(self, items: Sequence[Any], start: int = 0) -> int:
+        """Push ``items[start:]`` in order, each a ``(perspective, sequence, payload)`` tuple, as
+        `push` would one by one; stop after an item whose push made a full block ready (pop
+        then, as after `push` returning True), or before an item that is not a plain tuple.
+        Returns the index of the first item not pushed. Raises as `push`.
+
+        For a batch of parsed messages (mediascan): the steady state of an in-order stream (the
+        next number, a window of frames held, nothing else pending) is placed here without a
+        call to `push` per frame, which was a fifth of the cost of placing a frame."""
+        left, right = self._left, self._right
+        block = self._block
+        push = self.push
+        end = len(items)
+        i = start
+        while i < end:
+            item = items[i]
+            if type(item) is not tuple:
+                return i
+            i += 1
+            perspective, sequence, payload = item
+            side = left if perspective == 0 else right
+            held = side.held
+            nxt = side.next
+            # (in either sequence mode: `nxt` is held, so there is no gap to fill or skip; after
+            # finish() nothing is held, so the condition is false and push raises)
+            if (
+                sequence == side.hi + 1 and sequence - side.span == nxt and len(held) == side.window
+                and nxt in held and side.learnt and not side.run and (perspective == 0 or perspective == 1)
+            ):
+                # what push and then _release_to do for this frame and frame `nxt`, without
+                # their calls and set-up (inlined: a call here was 0.3 us of 2.8 per frame)
+                side.received += 1
+                held[sequence] = payload
+                side.hi = sequence
+                first = held.pop(nxt)
+                n = len(first)
+                slot = nxt % side.ring_size
+                ring_payload = side.ring_payload
+                old = ring_payload[slot]
+                side.ring_seq[slot] = nxt
+                ring_payload[slot] = first
+                side.acc += first
+                side.placed += 1
+                side.committed += n
+                side.held_bytes += len(payload) - n
+                side.ring_bytes += n - (0 if old is None else len(old))
+                if side.ring_bytes > self._ring_limit:
+                    self._evict(side)
+                side.next = nxt + 1
+                if side.held_bytes > self._hold_limit:
+                    self._shed(side)
+                lead = left.committed - right.committed
+                if lead > right.force_limit or -lead > left.force_limit:
+                    self._align()
+                if len(left.acc) >= block and len(right.acc) >= block:
+                    return i
+            elif push(perspective, sequence, payload):
+                return i
+        return i
+
     def pop_block(self, *, partial: bool = False) -> StereoBlock | None:
         """The next ``block_samples`` aligned stereo samples, or None when fewer are aligned.
         With ``partial=True``: whatever is aligned, at most one block; None when nothing is."""
@@ -509,27 +570,6 @@ class Timeline:
 
     def _release_window(self, side: _Side) -> None:
         """Release what the window has passed; in connection mode also enforce the held cap."""
-        nxt = side.next
-        held = side.held
-        if side.hi - side.span == nxt and len(held) == side.window + 1 and side.fill_gaps and nxt in held:
-            # The steady state of an in-order stream: exactly frame `next` to release, and it is
-            # here. What _release_to would do, without its set-up (~15 % of a push).
-            first = held.pop(nxt)
-            n = len(first)
-            i = nxt % side.ring_size
-            ring_payload = side.ring_payload
-            old = ring_payload[i]
-            side.ring_seq[i] = nxt
-            ring_payload[i] = first
-            side.acc += first
-            side.placed += 1
-            side.committed += n
-            side.held_bytes -= n
-            side.ring_bytes += n - (0 if old is None else len(old))
-            if side.ring_bytes > self._ring_limit:
-                self._evict(side)
-            side.next = nxt + 1
-            return
         self._release_to(side, side.hi - side.span)
         held = side.held
         while len(held) > side.window:
