@@ -45,7 +45,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 from machine import RESULTS, describe_machine, write_result
 
-FULL_STEPS = (100, 250, 500, 750, 1000, 1500, 2000)  # concurrent calls
+FULL_STEPS = (100, 250, 500, 750, 1000, 1250, 1500, 2000)  # concurrent calls
 QUICK_STEPS = (50, 100, 200)
 LAG_LIMIT = 1.5  # seconds: write lag p99 a step may have
 REALTIME_SLACK = 5.0  # seconds the generator may finish after ramp + audio (start-up, closing)

@@ -233,9 +233,10 @@ def _is_replay(side: _Side, sequence: int, payload: bytes) -> bool:
 class Timeline:
     """Reorders and aligns one call's two perspectives (see the module's theory of operation).
 
-    Usage: ``push`` every Media frame; whenever it returns True, ``pop_block()`` until None; on a
-    flush timer, ``pop_block(partial=True)``; at the end of the call, ``finish()``. Not thread
-    safe; one instance per call. Payloads are kept by reference until released: do not mutate them.
+    Usage: ``push`` every Media frame (or ``push_run`` a batch of them); whenever it returns True
+    (``push_run``: whenever it returns), ``pop_block()`` until None; on a flush timer,
+    ``pop_block(partial=True)``; at the end of the call, ``finish()``. Not thread safe; one instance
+    per call. Payloads are kept by reference until released: do not mutate them.
     """
 
     def __init__(
