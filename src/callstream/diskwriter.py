@@ -215,9 +215,10 @@ class DiskWriter:
     ) -> None:
         """``per_lane``: blocks a lane may have queued; ``max_lanes``: lanes expected at most
         (sizes the shared channel); ``fsync``: fsync what a batch appended (batched appends; the
-        targets' `flush_blocks` decide for themselves); ``observe_lag``: called in a worker
-        thread with each block's seconds from ready to flushed; ``stall_timeout``: seconds a
-        lane's wait on the disk may last (see the module's docstring)."""
+        targets' `flush_blocks` decide for themselves); ``observe_lag``: called in the event
+        loop after each batch with each written block's seconds from ready to flushed;
+        ``stall_timeout``: seconds a lane's wait on the disk may last (see the module's
+        docstring)."""
         if per_lane < 1 or shards < 1:
             raise ValueError("per_lane and shards must be at least 1")
         if not stall_timeout > 0:
