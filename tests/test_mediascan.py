@@ -37,7 +37,7 @@ def batch_of(messages: list[str]) -> TextBatch:
 
 def assert_agrees(messages: list[str], max_bytes: int = 65536) -> list:
     """Each item is either the message itself, or the Media that parse_message makes of it."""
-    items = MediaScanner(max_bytes=max_bytes).scan(batch_of(messages))
+    items = MediaScanner(max_bytes=max_bytes, min_batch=1).scan(batch_of(messages))
     assert len(items) == len(messages)
     for message, item in zip(messages, items, strict=True):
         if type(item) is str:
@@ -179,8 +179,16 @@ def test_without_the_c_extension_every_message_goes_to_parse_message(monkeypatch
     from callstream import mediascan
 
     monkeypatch.setattr(mediascan, "_lib", None)
-    messages = platform_frames(3)
-    assert MediaScanner().scan(batch_of(messages)) == messages
+    messages = platform_frames(30)
+    assert MediaScanner(min_batch=1).scan(batch_of(messages)) == messages
+
+
+@needs_c
+def test_a_small_batch_goes_to_parse_message_whole() -> None:
+    scanner = MediaScanner(min_batch=3)
+    two, three = platform_frames(2), platform_frames(3)
+    assert scanner.scan(batch_of(two)) == two
+    assert scanner.scan(batch_of(three)) == [tuple(parse_message(message)) for message in three]
 
 
 @needs_c
@@ -190,7 +198,7 @@ def test_batches_beyond_the_scratch_space_are_scanned_whole() -> None:
     many = [encode_media(Perspective(i % 2), i, b"\xff") for i in range(600)]
     long = [encode_media(Perspective(i % 2), i, os.urandom(MAX_MEDIA_PAYLOAD)) for i in range(40)]
     assert len("".join(many)) < 65536 < len("".join(long)) and len(long) < 256 < len(many)
-    scanner = MediaScanner()
+    scanner = MediaScanner(min_batch=1)
     for messages in (many, long, platform_frames(3)):
         items = scanner.scan(batch_of(messages))
         assert items == [tuple(parse_message(message)) for message in messages]
