@@ -15,8 +15,11 @@ time in Python with websockets' C `apply_mask` without our extension); every oth
 frame (control frames, fragments, unmasked or RSV frames, bad UTF-8) is handed to websockets'
 parser on its own, which answers it as before; a frame cut by the chunk's end waits for the
 next chunk. So websockets' parser only ever sees whole frames, stands at a frame boundary, and
-only the common frame skips its generator-based parser. On plain TCP the chunk is read
-with one `recv` after `wait_readable` rather than through `SocketStream.receive_some`.
+only the common frame skips its generator-based parser. A run of ASCII text frames split by
+the C call is queued as one `TextBatch` (`receive_batch()` hands it over whole, for the
+recorder to parse in one call too; `receive()` still gives one message at a time). On plain
+TCP the chunk is read with one `recv` after `wait_readable` rather than through
+`SocketStream.receive_some`.
 
 Read coalescing (``read_interval``, off by default): a real-time stream brings a pair of small
 frames every 20 ms, and a wake-up per pair costs far more than parsing it. After a read that
