@@ -164,6 +164,19 @@ async def test_a_run_of_ascii_text_frames_comes_as_one_batch_from_receive_batch(
     assert [connection.receive_nowait() for _ in range(5)] == [*texts[1:], None]
 
 
+async def test_a_batch_taken_one_message_at_a_time_keeps_its_place_before_the_next_one() -> None:
+    """One read, two batches (a ping between two runs stops the C split): `receive()` unpacks
+    the first batch in front of the second, so the order holds."""
+    texts = [f'{{"n": {i}}}' for i in range(7)]
+    ping = Frame(Opcode.PING, b"").serialize(mask=True, extensions=[])
+    data = b"".join(_masked_text(text) for text in texts[:5]) + ping + b"".join(map(_masked_text, texts[5:]))
+    connection = _Connection(ScriptedStream([data]), ServerProtocol(state=State.OPEN, max_size=MAX_SIZE), "test",
+                             None, FrameSplitter())
+    received = [await connection.receive()]
+    received += [connection.receive_nowait() for _ in range(6)]
+    assert received == texts
+
+
 async def test_the_read_ticker_wakes_each_reader_within_its_interval_a_fifth_at_a_time(autojump_clock) -> None:
     """`_ReadTicker`: a parked reader waits at most 1.5 intervals; the readers are woken in
     groups, never all at once (one round of trio's scheduler stays short)."""
