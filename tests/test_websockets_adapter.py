@@ -104,8 +104,8 @@ async def _deliver(chunks: list[bytes], way: str) -> tuple[list[str | bytes], St
     messages: list[str | bytes] = []
     while stream.chunks:
         await connection._read()
-        while (message := connection.receive_nowait()) is not None:
-            messages.append(message)
+        while (message := connection.receive_batch_nowait()) is not None:
+            messages.extend(message.messages() if type(message) is TextBatch else [message])
     return messages, protocol.state, stream.sent
 
 
@@ -160,8 +160,8 @@ async def test_a_run_of_ascii_text_frames_comes_as_one_batch_from_receive_batch(
     assert type(first) is TextBatch and first.messages() == texts
     assert await connection.receive_batch() == "é"
     assert await connection.receive_batch() == b"\x00"
-    assert await connection.receive() == texts[0]  # a batch taken one message at a time
-    assert [connection.receive_nowait() for _ in range(5)] == [*texts[1:], None]
+    assert [await connection.receive() for _ in range(5)] == texts  # a batch one message at a time
+    assert connection.receive_batch_nowait() is None
 
 
 async def test_a_batch_taken_one_message_at_a_time_keeps_its_place_before_the_next_one() -> None:
@@ -172,8 +172,7 @@ async def test_a_batch_taken_one_message_at_a_time_keeps_its_place_before_the_ne
     data = b"".join(_masked_text(text) for text in texts[:5]) + ping + b"".join(map(_masked_text, texts[5:]))
     connection = _Connection(ScriptedStream([data]), ServerProtocol(state=State.OPEN, max_size=MAX_SIZE), "test",
                              None, FrameSplitter())
-    received = [await connection.receive()]
-    received += [connection.receive_nowait() for _ in range(6)]
+    received = [await connection.receive() for _ in range(7)]
     assert received == texts
 
 

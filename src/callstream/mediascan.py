@@ -41,7 +41,7 @@ class MediaScanner:
     def __init__(self, *, max_bytes: int = DEFAULT_MAX_BYTES, min_batch: int = SMALL_BATCH) -> None:
         """``min_batch``: smaller batches are left to the general parser whole."""
         self._max_bytes = max_bytes
-        self._min_batch = min_batch
+        self._min_batch = max(1, min_batch)
         self._capacity = 0  # messages the arrays hold
         self._room = 0  # bytes the scratch buffer holds
         if _ffi is not None:
@@ -53,7 +53,7 @@ class MediaScanner:
         tuple ``(perspective, sequence, payload)`` (the fields of `events.Media`), any other
         message as its text, to be given to `protocol.parse_message`. Never raises."""
         count = len(batch)
-        if _lib is None or count < self._min_batch or not count:
+        if _lib is None or count < self._min_batch:
             return batch.messages()
         buffer = batch.buffer
         if count > self._capacity or len(buffer) > self._room:

@@ -81,19 +81,19 @@ class CallRecorder:
         *,
         require_secret: str | None = None,
         metrics: Metrics | None = None,
-        scanner: MediaScanner | None = None,
+        scanner: MediaScanner,
     ) -> None:
         """``disk``: the process's writer (running). ``require_secret``: when set, the first
         message must carry this secret (else close 1008). ``metrics``: where the call's media
-        counters go (at each tick and at the end). ``scanner``: the process's (one of its own
-        if None), with ``max_bytes`` = settings.max_message_bytes."""
+        counters go (at each tick and at the end). ``scanner``: the process's, with
+        ``max_bytes`` = settings.max_message_bytes (it keeps scratch space: one per process)."""
         self._stream = stream
         self._lane = disk.lane(self)
         self._metrics = metrics
         self._metered = MediaTotals()
         self._require_secret = require_secret
         self._settings = settings
-        self._scanner = scanner or MediaScanner(max_bytes=settings.max_message_bytes)
+        self._scanner = scanner
         self.call = CallState(query, max_bad_messages=settings.max_bad_messages)
         self.timeline = Timeline(
             window_ms=settings.reorder_window_ms,

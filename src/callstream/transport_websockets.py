@@ -177,14 +177,6 @@ class _Connection:
         message = await self.receive_batch()
         return self._one(message) if type(message) is TextBatch else message
 
-    def receive_nowait(self) -> str | bytes | None:
-        """The next message if one is already parsed, else None; never reads, never yields.
-
-        For a caller that has just returned from `receive()` and not yielded since: it can take
-        the rest of the chunk's messages without a checkpoint per message."""
-        message = self.receive_batch_nowait()
-        return self._one(message) if type(message) is TextBatch else message
-
     async def receive_batch(self) -> str | bytes | TextBatch:
         """As `receive`, but a run of text messages read together comes as one `TextBatch`."""
         messages = self._messages
@@ -198,7 +190,9 @@ class _Connection:
         return messages.popleft()
 
     def receive_batch_nowait(self) -> str | bytes | TextBatch | None:
-        """As `receive_nowait`, with batches as in `receive_batch`."""
+        """The next message or batch if one is already parsed, else None; never reads, never
+        yields. For a caller that has just returned from `receive_batch()` and not yielded since:
+        it can take the rest of the chunk's messages without a checkpoint each."""
         messages = self._messages
         return messages.popleft() if messages else None
 
