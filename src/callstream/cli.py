@@ -168,7 +168,7 @@ def _run_recover(args: argparse.Namespace) -> int:
         return 2
     recovered = recover_directory(args.directory)
     for item in recovered:
-        print(f"recovered {item.path} ({item.frames / 8000:.1f} s)")
+        print(f"recovered {item.sidecar if item.path is None else item.path} ({item.frames / 8000:.1f} s)")
     print(f"{len(recovered)} recordings recovered")
     return 0
 

@@ -28,6 +28,7 @@ from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
 
+import numpy as np
 import soundfile
 
 from callstream.errors import RecordingError
@@ -43,9 +44,11 @@ FRESH_CLAIM_SECONDS = 60.0  # an empty partial file this young may be a claim wh
 
 @dataclass(frozen=True, slots=True)
 class Recovered:
-    """One recovered recording: the final audio path, its sidecar, and the frames it holds."""
+    """One recovered recording: the final audio path (None when not one complete FLAC frame was
+    left: libsndfile cannot write a FLAC file without audio, so there is no file), its sidecar,
+    and the frames it holds."""
 
-    path: Path
+    path: Path | None
     sidecar: Path
     frames: int
 
@@ -60,27 +63,60 @@ def find_partials(output_dir: Path) -> list[Path]:
 
 
 def _salvage_flac(path: Path) -> int:
-    """Re-encode the decodable frames of an unclosed FLAC file into a closed one, in place."""
+    """Re-encode every decodable frame of an unclosed FLAC file into a closed one, in place.
+
+    Returns the frames (sample pairs) kept. Raises RecordingError when the file cannot be read
+    or the salvaged copy cannot be written."""
     temporary = path.with_name(path.name + ".salvage.flac")
     frames = 0
     try:
-        with soundfile.SoundFile(str(path)) as source, soundfile.SoundFile(
+        with _UnclosedFlacReader(str(path)) as source, soundfile.SoundFile(
             str(temporary), "w", SAMPLE_RATE, source.channels, subtype="PCM_16", format="FLAC"
         ) as target:
+            block = np.empty((FLAC_CHUNK_FRAMES, source.channels), dtype=np.int16)
             while True:
-                try:
-                    block = source.read(FLAC_CHUNK_FRAMES, dtype="int16")
-                except (soundfile.LibsndfileError, RuntimeError):
-                    break  # the frame the encoder was writing when the process died
-                if not len(block):
+                got, complete = _read_decodable(source, block)
+                target.write(block[:got])
+                frames += got
+                if not complete:
                     break
-                target.write(block)
-                frames += len(block)
         os.replace(temporary, path)
     except (OSError, soundfile.LibsndfileError, RuntimeError) as error:
         temporary.unlink(missing_ok=True)
         raise RecordingError(f"cannot salvage {str(path)!r}: {error}") from error
     return frames
+
+
+class _UnclosedFlacReader(soundfile.SoundFile):
+    """A SoundFile reading a FLAC file whose writer never closed it.
+
+    Its STREAMINFO has no sample count, and after every read of a seekable file soundfile seeks
+    to where it thinks the read ended; libsndfile cannot seek in such a file, so the read that
+    reaches the end of the audio fails after it had read it. Declared unseekable, soundfile
+    leaves the position to libsndfile, whose ``tell()`` stays exact."""
+
+    def seekable(self) -> bool:
+        return False
+
+
+def _read_decodable(source: soundfile.SoundFile, block: np.ndarray) -> tuple[int, bool]:
+    """Fill ``block`` from ``source``; returns (frames filled, whether reading may go on).
+
+    The frame the encoder was writing when the process died is cut short, and libsndfile reports
+    "lost sync" for the whole read that reaches it, although the read decoded every complete
+    FLAC frame before it into ``block`` and advanced its position past them. The position says
+    how many: taking it instead of dropping the read keeps up to a read's worth of audio (found
+    when a crash test lost the last second it had flushed)."""
+    start = source.tell()
+    try:
+        got = len(source.read(out=block, dtype="int16"))
+    except (soundfile.LibsndfileError, RuntimeError):
+        try:
+            position = source.tell()
+        except (soundfile.LibsndfileError, RuntimeError):
+            position = start  # the position is lost too: keep what earlier reads gave
+        return min(max(position - start, 0), len(block)), False
+    return got, got == len(block)
 
 
 def recover_partial(partial: Path) -> Recovered:
@@ -92,9 +128,14 @@ def recover_partial(partial: Path) -> Recovered:
     if final.exists():
         raise RecordingError(f"{str(final)!r} already exists; leaving {str(partial)!r} untouched")
     frames = repair_wav(partial) if extension == ".wav" else _salvage_flac(partial)
+    audio: Path | None = final
     try:
         ended = datetime.fromtimestamp(partial.stat().st_mtime, UTC)
-        os.replace(partial, final)
+        if extension == ".flac" and frames == 0:
+            audio = None  # the salvaged copy is empty: an unplayable zero-byte file
+            partial.unlink()
+        else:
+            os.replace(partial, final)
     except OSError as error:
         raise RecordingError(f"cannot rename {str(partial)!r}: {error}") from error
     try:
@@ -105,17 +146,17 @@ def recover_partial(partial: Path) -> Recovered:
     data.pop("partial_file", None)
     data.update(
         status="recovered",
-        file=final.name,
+        file=None if audio is None else audio.name,
         sample_rate=SAMPLE_RATE,
         channels=2,
         frames=frames,
         duration_seconds=round(frames / SAMPLE_RATE, 3),
         ended=rfc3339(ended),
-        sha256=sha256_file(final),
+        sha256=None if audio is None else sha256_file(audio),
     )
     data.setdefault("format", "flac" if extension == ".flac" else "wav")
     write_sidecar(sidecar, data)
-    return Recovered(path=final, sidecar=sidecar, frames=frames)
+    return Recovered(path=audio, sidecar=sidecar, frames=frames)
 
 
 @contextmanager
@@ -174,7 +215,8 @@ def recover_directory(output_dir: Path) -> list[Recovered]:
                 LOGGER.error("recovery of %s failed: %s", partial, error)
                 continue
         LOGGER.warning(
-            "recovered %s: %.1f s of audio left by an interrupted recorder", result.path, result.frames / SAMPLE_RATE
+            "recovered %s: %.1f s of audio left by an interrupted recorder",
+            result.sidecar if result.path is None else result.path, result.frames / SAMPLE_RATE,
         )
         recovered.append(result)
     if live:
