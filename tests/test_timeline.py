@@ -7,7 +7,9 @@ code under test. Payloads never contain the silence byte, so silence in the outp
 
 from __future__ import annotations
 
+import copy
 import json
+from collections.abc import Callable
 from dataclasses import dataclass
 from itertools import pairwise
 
@@ -247,9 +249,11 @@ def test_messy_input_keeps_channels_equal_and_output_is_frames_plus_gaps(
     assert play(Timeline(**MESSY), pushes, [0] * len(pushes))[:2] == (left, right)
 
 
-def run_in_batches(timeline: Timeline, items: list, sizes: list[int]) -> list[tuple[int, StereoBlock]]:
+def run_in_batches(timeline: Timeline, items: list, sizes: list[int],
+                   on_return: Callable[[int], None] = lambda pushed: None) -> list[tuple[int, StereoBlock]]:
     """Drive ``timeline.push_run`` as the recorder does: ``items`` in batches of ``sizes``
-    (cycled), popping every full block after each return and stepping over a non-tuple item.
+    (cycled), popping every full block after each return and stepping over a non-tuple item;
+    ``on_return(items pushed so far)`` after each return's pops.
     Returns (index of the item after whose push it was ready, block), then the tail (index -1)."""
     blocks: list[tuple[int, StereoBlock]] = []
     first, turn = 0, 0
@@ -260,6 +264,7 @@ def run_in_batches(timeline: Timeline, items: list, sizes: list[int]) -> list[tu
             i = timeline.push_run(batch, i)
             while (block := timeline.pop_block()) is not None:
                 blocks.append((first + i - 1, block))
+            on_return(first + i)
             if i < len(batch) and type(batch[i]) is not tuple:
                 i += 1
         first += len(batch)
@@ -268,20 +273,47 @@ def run_in_batches(timeline: Timeline, items: list, sizes: list[int]) -> list[tu
     return blocks + ([] if tail is None else [(-1, tail)])
 
 
+def timeline_state(timeline: Timeline) -> tuple:
+    """Everything a Timeline holds (white box): two timelines in the same state behave alike
+    from there on, whatever comes."""
+    sides = tuple(
+        tuple(bytes(value) if isinstance(value, bytearray) else copy.copy(value)
+              for value in (getattr(side, name) for name in side.__slots__))
+        for side in (timeline._left, timeline._right)
+    )
+    return (timeline._emitted, timeline._connection, timeline._pending, timeline._finished, sides)
+
+
 @st.composite
 def mostly_in_order(draw: st.DrawFn) -> list[Push]:
     """A long in-order stream of both sides (so that the steady state is reached, and left),
     disturbed here and there: a frame swapped with the next, dropped, replayed, late, of another
-    length (which can push what is held over its byte budget), a jump, a side pausing."""
+    length (which can push what is held over its byte budget), a jump, a side pausing; a burst
+    of long frames (the replay ring near its byte budget), two frames whose lengths add up to two
+    nominal ones, a few late frames in a row (a late run pending while in-order frames go on)."""
     pushes: list[Push] = []
     late: list[tuple[int, Push]] = []  # (where it is due, the push)
     seqs = [draw(st.integers(0, 50)), draw(st.integers(0, 50))]
+    calm = draw(st.sampled_from([12, 1000]))  # plain frames per 11 disturbances, on average
     for tag in range(draw(st.integers(20, 400))):
         side = tag % 2
         while late and late[0][0] <= len(pushes):  # a late frame's turn has come
             pushes.append(late.pop(0)[1])
-        what = draw(st.sampled_from(["plain"] * 12 + ["swap", "drop", "replay", "long", "short", "jump", "pause",
-                                                      "late"]))
+        what = draw(st.sampled_from(["plain"] * calm + ["swap", "drop", "replay", "long", "short", "jump", "pause",
+                                                      "late", "burst", "pair", "rewind"]))
+        if what == "burst":
+            for extra in range(draw(st.integers(3, 12))):
+                seqs[side] += 1
+                pushes.append((side, seqs[side], frame(side, 20_000 + 100 * tag + extra, 2000)))
+        elif what == "pair":
+            odd = draw(st.integers(1, MESSY_LENGTH - 4))
+            for extra, length in enumerate((MESSY_LENGTH - odd, MESSY_LENGTH + odd)):
+                seqs[side] += 1
+                pushes.append((side, seqs[side], frame(side, 30_000 + 100 * tag + extra, length)))
+        elif what == "rewind":
+            back = draw(st.integers(MESSY_WINDOW + 1, 3 * MESSY_WINDOW))
+            for extra in range(draw(st.integers(2, MESSY_WINDOW))):
+                pushes.append((side, seqs[side] - back + extra, frame(side, 40_000 + 100 * tag + extra, MESSY_LENGTH)))
         seqs[side] += 1
         if what == "late":  # arrives a few windows late: a late drop, or a run with others
             late.append((len(pushes) + draw(st.integers(2, 30)), (side, seqs[side], frame(side, tag, MESSY_LENGTH))))
@@ -304,35 +336,91 @@ def mostly_in_order(draw: st.DrawFn) -> list[Push]:
     return pushes
 
 
+def assert_push_run_is_push(pushes: list[Push], config: dict, mode: str, sizes: list[int],
+                            junk_before: set[int]) -> None:
+    """``pushes`` through push_run in batches of ``sizes``, with a non-tuple item before each
+    push numbered in ``junk_before``, against push one frame at a time: the same blocks after
+    the same pushes, the same statistics, the same state at every return of push_run."""
+    reference = Timeline(**config, sequence_mode=mode)
+    expected: list[tuple[int, StereoBlock]] = []
+    states = [timeline_state(reference)]  # after 0, 1, 2, ... pushes (and their pops)
+    for index, (side, sequence, payload) in enumerate(pushes):
+        if reference.push(side, sequence, payload):
+            while (block := reference.pop_block()) is not None:
+                expected.append((index, block))
+        states.append(timeline_state(reference))
+    tail = reference.finish()
+    expected += [] if tail is None else [(-1, tail)]
+    items: list = []
+    numbering: list[int] = []
+    pushed_before: list[int] = []  # per item: the pushes before it
+    for index, push in enumerate(pushes):
+        if index in junk_before:
+            items.append("not a tuple")
+            numbering.append(-2)
+            pushed_before.append(index)
+        items.append(push)
+        numbering.append(index)
+        pushed_before.append(index)
+    pushed_before.append(len(pushes))
+    timeline = Timeline(**config, sequence_mode=mode)
+
+    def same_state(returned_at: int) -> None:
+        assert timeline_state(timeline) == states[pushed_before[returned_at]]
+
+    got = [(numbering[i] if i >= 0 else -1, block)
+           for i, block in run_in_batches(timeline, items, sizes, same_state)]
+    assert got == expected
+    assert timeline.statistics() == reference.statistics()
+
+
+TIGHT_RING = {"window_ms": 250, "discontinuity_ms": 2500, "block_ms": 100}  # see below
+
+
 @PROPERTY
 @given(st.one_of(mostly_in_order(), messy_pushes()), st.data())
 def test_push_run_is_push_one_frame_at_a_time(pushes: list[Push], data: st.DataObject) -> None:
     """Whatever the input (in order, gaps, late, replays, jumps, frames of other lengths) and
     however it is cut into batches with other items between: the same blocks at the same
-    moments, the same statistics."""
+    moments, the same statistics, and the same state (white box: held frames, late run, replay
+    ring, counters) at every return of push_run, as push one frame at a time."""
     mode = data.draw(st.sampled_from(["auto", "perspective", "connection"]))
-    reference = Timeline(**MESSY, sequence_mode=mode)
-    expected: list[tuple[int, StereoBlock]] = []
-    for index, (side, sequence, payload) in enumerate(pushes):
-        if reference.push(side, sequence, payload):
-            while (block := reference.pop_block()) is not None:
-                expected.append((index, block))
-    tail = reference.finish()
-    expected += [] if tail is None else [(-1, tail)]
-    # other items (the recorder's unparsed messages) where the data says, numbered alike
-    items: list = []
-    numbering: list[int] = []
-    for index, push in enumerate(pushes):
-        if data.draw(st.integers(0, 9)) == 0:
-            items.append("not a tuple")
-            numbering.append(-2)
-        items.append(push)
-        numbering.append(index)
-    sizes = data.draw(st.lists(st.integers(1, 12), min_size=1, max_size=5))
-    timeline = Timeline(**MESSY, sequence_mode=mode)
-    got = [(numbering[i] if i >= 0 else -1, block) for i, block in run_in_batches(timeline, items, sizes)]
-    assert got == expected
-    assert timeline.statistics() == reference.statistics()
+    # blocks of 5 frames; of 40 (a steady run of one side can then be longer than the ring); a
+    # window of 250 ms (W = 25): the replay ring's byte budget is then 200 frames of 80 bytes,
+    # so it is full in the steady state and a longer frame in it makes it evict
+    config = data.draw(st.sampled_from([MESSY, {**MESSY, "block_ms": 400}, TIGHT_RING]))
+    rarity = data.draw(st.sampled_from([10, 1000]))  # one item in this many is not a frame
+    junk = {index for index in range(len(pushes)) if data.draw(st.integers(0, rarity - 1)) == 0}
+    # batches of up to 12 (--read-interval 0 and small reads) and of 40 to 120 (a real-time read:
+    # longer than the ring, here 32 numbers)
+    sizes = data.draw(st.lists(st.one_of(st.integers(1, 12), st.integers(40, 120)), min_size=1, max_size=5))
+    assert_push_run_is_push(pushes, config, mode, sizes, junk)
+
+
+def in_order(frames: int, length: int = MESSY_LENGTH, longer: dict[tuple[int, int], int] | None = None) -> list[Push]:
+    """Both sides in order, alternating, numbered from 1; ``longer[(side, number)]`` = length."""
+    longer = longer or {}
+    return [(side, number, frame(side, number, longer.get((side, number), length)))
+            for number in range(1, frames + 1) for side in (0, 1)]
+
+
+@pytest.mark.parametrize("mode", ["auto", "perspective"])
+@pytest.mark.parametrize(
+    ("config", "pushes", "sizes"),
+    [
+        # runs longer than the ring (40-frame blocks, ring of 32), while it still has empty slots
+        ({**MESSY, "block_ms": 400}, in_order(300), [600]),
+        # the ring at its byte budget (W = 25: 200 slots of 80 bytes): three long frames make it
+        # evict, and for a while after, a run must not take slots whose reuse would pass it
+        (TIGHT_RING, in_order(400, longer={(0, 60): 2000, (0, 61): 2000, (1, 90): 1000}), [50]),
+        (TIGHT_RING, in_order(400, longer={(0, number): 160 for number in range(60, 80)}), [50, 7]),
+    ],
+    ids=["runs longer than the ring", "ring budget, long frames", "ring budget, a stretch of double frames"],
+)
+def test_push_run_is_push_in_the_steady_state(config: dict, pushes: list[Push], sizes: list[int], mode: str) -> None:
+    """Steady-state runs at the edges of the run placement's checks (the property test rarely
+    gets there)."""
+    assert_push_run_is_push(pushes, config, mode, sizes, set())
 
 
 def test_push_run_after_finish_raises_like_push() -> None:
