@@ -31,9 +31,10 @@ import pybase64
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "src"))
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
+from callstream.encoding import encode_media
 from callstream.events import Media, Perspective
 from callstream.mediascan import MediaScanner
-from callstream.protocol import encode_media, parse_message
+from callstream.protocol import parse_message
 from callstream.textbatch import TextBatch
 
 SEED = 20240611

@@ -112,8 +112,8 @@ def frames_buffer() -> bytes:
     """FRAMES_PER_BUFFER masked text frames of Media messages, as the platform would send them."""
     from websockets.frames import Frame, Opcode
 
+    from callstream.encoding import encode_media
     from callstream.events import Perspective
-    from callstream.protocol import encode_media
 
     rng = random.Random(SEED)
     out = []

@@ -12,8 +12,9 @@ from hypothesis import strategies as st
 from trio_websocket import open_websocket_url
 
 from callstream.auth import message_credential, secret_matches, upgrade_credential
+from callstream.encoding import encode_connected, encode_media, encode_start
 from callstream.events import Connected, Perspective, Start, Stop
-from callstream.protocol import build_query, encode_connected, encode_media, encode_start
+from callstream.query import build_query
 from conftest import (
     call_messages,
     expect_rejection,

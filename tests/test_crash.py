@@ -13,8 +13,9 @@ import pytest
 import soundfile
 import trio
 
+from callstream.encoding import encode_connected, encode_media, encode_start
 from callstream.events import Perspective
-from callstream.protocol import build_query, encode_connected, encode_media, encode_start
+from callstream.query import build_query
 from callstream.recording import read_sidecar
 from callstream.settings import READ_INTERVAL_SHARE
 from conftest import expected_stereo, metadata, random_frames, read_audio

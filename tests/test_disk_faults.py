@@ -13,7 +13,7 @@ import trio
 
 from callstream.errors import RecordingError
 from callstream.events import Perspective
-from callstream.protocol import build_query
+from callstream.query import build_query
 from callstream.recording import Recording
 from callstream.wavbatch import AppendBatch
 from conftest import (

@@ -25,7 +25,8 @@ from callstream.errors import (
     ProtocolError,
 )
 from callstream.events import BadMessage, Connected, Event, Media, Perspective, Start, Stop, Unknown
-from callstream.protocol import parse_message, parse_query
+from callstream.protocol import parse_message
+from callstream.query import parse_query
 from callstream.timeline import StereoBlock, Timeline
 
 FUZZ = settings(

@@ -8,8 +8,9 @@ import numpy as np
 import pytest
 import trio
 
+from callstream.encoding import encode_connected, encode_media, encode_start
 from callstream.events import Perspective
-from callstream.protocol import build_query, encode_connected, encode_media, encode_start
+from callstream.query import build_query
 from conftest import (
     expect_rejection,
     expected_stereo,

@@ -16,10 +16,11 @@ import pytest
 from hypothesis import example, given, settings
 from hypothesis import strategies as st
 
+from callstream.encoding import encode_media
 from callstream.errors import ProtocolError
 from callstream.events import Media, Perspective
 from callstream.mediascan import MediaScanner, _lib
-from callstream.protocol import MAX_MEDIA_PAYLOAD, encode_media, parse_message
+from callstream.protocol import MAX_MEDIA_PAYLOAD, parse_message
 from callstream.textbatch import TextBatch
 
 needs_c = pytest.mark.skipif(_lib is None, reason="callstream._mulaw is not built")

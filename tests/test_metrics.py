@@ -16,7 +16,7 @@ from prometheus_client.parser import text_string_to_metric_families
 from callstream.errors import RecordingError
 from callstream.events import Perspective
 from callstream.metrics import WRITE_LAG_BUCKETS, Metrics
-from callstream.protocol import build_query
+from callstream.query import build_query
 from callstream.recording import Recording
 from callstream.settings import Settings
 from conftest import (

@@ -12,6 +12,7 @@ from hypothesis import example, given
 from hypothesis import strategies as st
 
 from callstream import protocol
+from callstream.encoding import encode_connected, encode_media, encode_start, encode_stop
 from callstream.errors import CLOSE_MESSAGE_TOO_BIG, CLOSE_UNSUPPORTED_DATA, ProtocolError
 from callstream.events import (
     BadMessage,
@@ -22,17 +23,8 @@ from callstream.events import (
     Stop,
     Unknown,
 )
-from callstream.protocol import (
-    MAX_MEDIA_PAYLOAD,
-    QueryMetadata,
-    build_query,
-    encode_connected,
-    encode_media,
-    encode_start,
-    encode_stop,
-    parse_message,
-    parse_query,
-)
+from callstream.protocol import MAX_MEDIA_PAYLOAD, parse_message
+from callstream.query import QueryMetadata, build_query, parse_query
 
 EVENT_TYPES = (Connected, Start, Media, Stop, Unknown, BadMessage)
 CANONICAL = (

@@ -8,8 +8,9 @@ from dataclasses import replace
 import numpy as np
 import trio
 
+from callstream.encoding import encode_connected, encode_media, encode_start, encode_stop
 from callstream.events import Perspective
-from callstream.protocol import build_query, encode_connected, encode_media, encode_start, encode_stop
+from callstream.query import build_query
 from conftest import (
     RunningServer,
     call_messages,

@@ -10,8 +10,9 @@ from pathlib import Path
 import trio
 
 from callstream.cli import main as cli_main
+from callstream.encoding import encode_stop
 from callstream.events import Perspective
-from callstream.protocol import build_query, encode_stop
+from callstream.query import build_query
 from conftest import call_messages, expect_rejection, metadata, recordings
 from serverprocess import ServerProcess
 from wsclient import Closed, WsClient, connect

@@ -16,7 +16,7 @@ from typing import Any
 
 from callstream.errors import CLOSE_INVALID_PAYLOAD, ProtocolError
 from callstream.events import BadMessage, Connected, Event, Start, Stop, Unknown
-from callstream.protocol import QueryMetadata
+from callstream.query import QueryMetadata
 
 LOGGER = logging.getLogger("callstream.call")
 

@@ -37,14 +37,9 @@ from pathlib import Path
 
 import trio
 
+from callstream.encoding import encode_connected, encode_media, encode_start, encode_stop
 from callstream.events import Perspective
-from callstream.protocol import (
-    build_query,
-    encode_connected,
-    encode_media,
-    encode_start,
-    encode_stop,
-)
+from callstream.query import build_query
 from callstream.simclient import Client, Closed, Rejected, connect, masked_text_header
 
 FRAME_BYTES = 160  # 20 ms of 8 kHz mu-law

@@ -1,8 +1,9 @@
 """The Engage Voice Call Streaming message layer, sans-IO: text frames in, typed events out.
 
 No sockets, no tasks, no files, no state: every function here is pure. The server hands each
-text frame to `parse_message` and the upgrade request's target to `parse_query`; the encoders
-build the platform's frames for the simulator and the tests. See shared PROTOCOL.md.
+text frame to `parse_message` (the upgrade request's target goes to `query.parse_query`; the
+platform's frames are built by `encoding`, for the simulator and the tests). See shared
+PROTOCOL.md.
 
 Theory of operation (`parse_message`): Media is 99.9 % of the traffic, so a Media frame in the
 platform's exact shape is decoded in one call to a typed msgspec decoder that also does the
@@ -22,10 +23,8 @@ from __future__ import annotations
 
 import binascii
 import string
-from dataclasses import dataclass, field
 from types import MappingProxyType
 from typing import Any, Final, Literal
-from urllib.parse import parse_qsl, urlencode
 
 import msgspec
 
@@ -42,20 +41,16 @@ from .events import (
 )
 
 __all__ = [
+    "CANONICAL_FIELDS",
     "DEFAULT_CONTENT_TYPE",
     "DEFAULT_MAX_BYTES",
     "DEFAULT_SAMPLE_RATE",
     "MAX_MEDIA_PAYLOAD",
+    "SECRET_KEY",
     "SUPPORTED_CONTENT_TYPES",
     "SUPPORTED_SAMPLE_RATES",
-    "QueryMetadata",
-    "build_query",
-    "encode_connected",
-    "encode_media",
-    "encode_start",
-    "encode_stop",
+    "normalise_key",
     "parse_message",
-    "parse_query",
 ]
 
 DEFAULT_MAX_BYTES: Final = 65536  # bytes of UTF-8 per text frame; a Media frame is ~300
@@ -83,7 +78,7 @@ SUPPORTED_SAMPLE_RATES: Final = frozenset({8000})  # Hz
 # Field names, compared after lower-casing and dropping ASCII punctuation and white space, so
 # callId, call_id, CallID, CALL-ID and "Call ID" are one key. Shared by Start metadata and the
 # upgrade query; the long forms are the names the platform's guide uses in prose.
-_CANONICAL: Final = MappingProxyType(
+CANONICAL_FIELDS: Final = MappingProxyType(
     {
         "callid": "callId",
         "sessionid": "sessionId",
@@ -105,7 +100,7 @@ _CANONICAL: Final = MappingProxyType(
 )
 _CONTENT_TYPE_KEYS: Final = frozenset({"contenttype", "audiocontenttype"})
 _SAMPLE_RATE_KEYS: Final = frozenset({"sampleratehertz", "samplerate"})
-_SECRET_KEY: Final = "secret"
+SECRET_KEY: Final = "secret"
 _SEPARATORS: Final = MappingProxyType(str.maketrans("", "", string.punctuation + string.whitespace))
 
 _PERSPECTIVE_BY_LOWER: Final = MappingProxyType(
@@ -113,7 +108,6 @@ _PERSPECTIVE_BY_LOWER: Final = MappingProxyType(
 )
 _PARTICIPANT: Final = Perspective.PARTICIPANT
 _CONFERENCE: Final = Perspective.CONFERENCE
-_WIRE_BY_PERSPECTIVE: Final = ("Participant", "Conference")  # indexed by Perspective
 _REASON_ECHO: Final = 32  # characters of a peer's value quoted in a close reason (limit 123 B)
 
 
@@ -264,8 +258,8 @@ def _start(msg: dict[str, Any]) -> Start | BadMessage:
     sample_rate: object = None
     secret_in_metadata = False
     for key, value in raw.items():
-        norm = _normalise_key(key)
-        canonical = _CANONICAL.get(norm)
+        norm = normalise_key(key)
+        canonical = CANONICAL_FIELDS.get(norm)
         if canonical is not None:
             text = _text(value)
             if text and canonical not in metadata:
@@ -276,7 +270,7 @@ def _start(msg: dict[str, Any]) -> Start | BadMessage:
         elif norm in _SAMPLE_RATE_KEYS:
             if sample_rate is None:
                 sample_rate = value
-        elif norm == _SECRET_KEY:
+        elif norm == SECRET_KEY:
             secret_in_metadata = True
             if secret is None:
                 secret = _text(value)
@@ -348,7 +342,8 @@ def _connected(msg: dict[str, Any]) -> Connected:
     )
 
 
-def _normalise_key(key: str) -> str:
+def normalise_key(key: str) -> str:
+    """A field name as compared: lower case, without ASCII punctuation and white space."""
     return key.lower().translate(_SEPARATORS)
 
 
@@ -369,108 +364,12 @@ def _text(value: object) -> str | None:
 def _secret_in(obj: dict[str, Any]) -> str | None:
     """The value of the first key that reads "secret" (any casing), as text."""
     for key, value in obj.items():
-        if _normalise_key(key) == _SECRET_KEY:
+        if normalise_key(key) == SECRET_KEY:
             return _text(value)
     return None
 
 
 def _without_secret(obj: dict[str, Any]) -> dict[str, Any]:
-    if not any(_normalise_key(key) == _SECRET_KEY for key in obj):
+    if not any(normalise_key(key) == SECRET_KEY for key in obj):
         return obj
-    return {key: value for key, value in obj.items() if _normalise_key(key) != _SECRET_KEY}
-
-
-@dataclass(frozen=True, slots=True)
-class QueryMetadata:
-    """What the upgrade request's target says about the call.
-
-    ``mapped``: canonical field names (as in `Start.metadata`) to the first non-empty value;
-    ``raw``: every query parameter, percent-decoded, all values in order; ``path``: the target
-    up to ``?``, as received. A ``secret`` parameter (any casing) is in neither dict, only in
-    ``secret`` (first one wins), which stays out of the repr.
-    """
-
-    mapped: dict[str, str]
-    raw: dict[str, list[str]]
-    path: str
-    secret: str | None = field(default=None, repr=False)
-
-
-def parse_query(target: str) -> QueryMetadata:
-    """Read the call's metadata from an upgrade request target (``/any/path?callId=1&...``).
-
-    Keys match case- and style-insensitively. Never raises: bad percent escapes stay as
-    written, undecodable bytes become U+FFFD, repeated keys keep their first value in
-    ``mapped`` and all values in ``raw``.
-    """
-    path, _, query = target.partition("#")[0].partition("?")
-    mapped: dict[str, str] = {}
-    raw: dict[str, list[str]] = {}
-    secret: str | None = None
-    for key, value in parse_qsl(query, keep_blank_values=True, errors="replace"):
-        norm = _normalise_key(key)
-        if norm == _SECRET_KEY:
-            if secret is None:
-                secret = value
-            continue
-        raw.setdefault(key, []).append(value)
-        canonical = _CANONICAL.get(norm)
-        if canonical is not None and value and canonical not in mapped:
-            mapped[canonical] = value
-    return QueryMetadata(mapped=mapped, raw=raw, path=path, secret=secret)
-
-
-# Encoders: the platform's frames, for the simulator, the load generator and the tests.
-
-_encode_json: Final = msgspec.json.encode
-
-
-def encode_connected(secret: str | None = None) -> str:
-    """The Connected frame; ``secret`` (if given) as a top-level field."""
-    msg: dict[str, Any] = {"event": "Connected", "protocol": "AgentSession", "version": "1.0.0"}
-    if secret is not None:
-        msg["secret"] = secret
-    return _encode_json(msg).decode()
-
-
-def encode_start(
-    metadata: dict[str, Any],
-    *,
-    content_type: str = DEFAULT_CONTENT_TYPE,
-    sample_rate: int = DEFAULT_SAMPLE_RATE,
-    secret: str | None = None,
-) -> str:
-    """The Start frame: ``metadata`` (values as given: the platform sends some ids as numbers)
-    plus ``contentType`` and ``sampleRateHertz``; ``secret`` (if given) as a top-level field."""
-    body = {**metadata, "contentType": content_type, "sampleRateHertz": sample_rate}
-    msg: dict[str, Any] = {"event": "Start", "metadata": body}
-    if secret is not None:
-        msg["secret"] = secret
-    return _encode_json(msg).decode()
-
-
-def encode_media(perspective: Perspective, sequence: int, payload: bytes) -> str:
-    """A Media frame: ``sequence`` (>= 0) as a decimal string, ``payload`` (mu-law bytes) in
-    base64. Raises ValueError for a negative sequence."""
-    if sequence < 0:
-        raise ValueError(f"sequence must be >= 0, got {sequence}")
-    media = binascii.b2a_base64(payload, newline=False).decode("ascii")
-    return (
-        f'{{"event":"Media","perspective":"{_WIRE_BY_PERSPECTIVE[perspective]}",'
-        f'"sequenceId":"{sequence:d}","media":"{media}"}}'
-    )
-
-
-def encode_stop(duration: float, end_time: str) -> str:
-    """A Stop frame; ``duration`` in seconds (an integral value is written as an integer),
-    ``end_time`` an RFC 3339 timestamp."""
-    seconds: float = int(duration) if float(duration).is_integer() else duration
-    msg = {"event": "Stop", "metadata": {"duration": seconds, "end_time": end_time}}
-    return _encode_json(msg).decode()
-
-
-def build_query(fields: dict[str, Any]) -> str:
-    """``?key=value&...`` (percent-encoded; values through str()), or "" for no fields."""
-    if not fields:
-        return ""
-    return "?" + urlencode([(key, str(value)) for key, value in fields.items()])
+    return {key: value for key, value in obj.items() if normalise_key(key) != SECRET_KEY}

@@ -43,7 +43,8 @@ from callstream.errors import (
 from callstream.events import Media
 from callstream.mediascan import MediaScanner
 from callstream.metrics import MediaTotals, Metrics
-from callstream.protocol import QueryMetadata, parse_message
+from callstream.protocol import parse_message
+from callstream.query import QueryMetadata
 from callstream.recording import Recording
 from callstream.settings import Settings
 from callstream.textbatch import TextBatch

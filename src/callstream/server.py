@@ -23,7 +23,7 @@ from callstream.errors import CLOSE_POLICY_VIOLATION
 from callstream.http_metrics import MetricsEndpoint, serve_metrics
 from callstream.mediascan import MediaScanner
 from callstream.metrics import Metrics
-from callstream.protocol import QueryMetadata, parse_query
+from callstream.query import QueryMetadata, parse_query
 from callstream.recorder import CallRecorder, CallResult
 from callstream.recovery import Recovered, recover_directory
 from callstream.settings import READ_INTERVAL_SHARE, Settings

@@ -24,14 +24,9 @@ import numpy as np
 import trio
 
 from callstream.codec import encode_ulaw
+from callstream.encoding import encode_connected, encode_media, encode_start, encode_stop
 from callstream.events import Perspective
-from callstream.protocol import (
-    build_query,
-    encode_connected,
-    encode_media,
-    encode_start,
-    encode_stop,
-)
+from callstream.query import build_query
 from callstream.simclient import connect
 
 LOGGER = logging.getLogger("callstream.simulate")
