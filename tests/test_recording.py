@@ -15,7 +15,7 @@ from typing import Any
 import numpy as np
 import pytest
 import soundfile
-from hypothesis import given, settings
+from hypothesis import example, given, settings
 from hypothesis import strategies as st
 
 from callstream import recording as recording_module
@@ -409,12 +409,18 @@ def test_recovery_skips_a_name_claimed_a_moment_ago(tmp_path: Path, caplog: pyte
 
 
 @settings(max_examples=25, deadline=None)
-@given(kept=st.floats(0.0, 1.0))
+@given(kept=st.one_of(st.integers(1, 120), st.floats(0.0, 1.0)))  # bytes (the header is 86), or a share
+@example(kept=41)  # the header's two blocks end at 42 and 86 bytes
+@example(kept=42)
+@example(kept=43)
+@example(kept=85)
+@example(kept=86)
 def test_flac_recovery_keeps_every_complete_frame(tmp_path_factory: pytest.TempPathFactory,
-                                                  kept: float) -> None:
+                                                  kept: int | float) -> None:
     """A FLAC partial cut anywhere (a crash mid-write) is salvaged to every sample of every FLAC
     frame completed before the cut: what ffmpeg decodes from the cut file, and a prefix of what was
-    written. Cut before the first frame ends, it leaves a sidecar and no audio file."""
+    written. Cut before the first frame ends (also inside the header), it leaves a sidecar and
+    no audio file."""
     import subprocess
 
     import imageio_ffmpeg
@@ -430,7 +436,8 @@ def test_flac_recovery_keeps_every_complete_frame(tmp_path_factory: pytest.TempP
     written = live.partial_path.read_bytes()  # what a crash right now would leave
     live._sink.close()
     live._reservation.release()
-    cut = written[: 100 + int(kept * (len(written) - 100))]
+    # (never empty: an empty partial file is a claim, see test_recovery_skips_a_name_claimed_a_moment_ago)
+    cut = written[:kept] if isinstance(kept, int) else written[: 1 + int(kept * (len(written) - 1))]
     live.partial_path.write_bytes(cut)
     decoded = subprocess.run([imageio_ffmpeg.get_ffmpeg_exe(), "-v", "quiet", "-i", str(live.partial_path),
                               "-f", "s16le", "-"], capture_output=True).stdout

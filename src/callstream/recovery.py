@@ -70,6 +70,8 @@ def _salvage_flac(path: Path) -> int:
     temporary = path.with_name(path.name + ".salvage.flac")
     frames = 0
     try:
+        if _header_cut_short(path):
+            return 0
         with _UnclosedFlacReader(str(path)) as source, soundfile.SoundFile(
             str(temporary), "w", SAMPLE_RATE, source.channels, subtype="PCM_16", format="FLAC"
         ) as target:
@@ -85,6 +87,26 @@ def _salvage_flac(path: Path) -> int:
         temporary.unlink(missing_ok=True)
         raise RecordingError(f"cannot salvage {str(path)!r}: {error}") from error
     return frames
+
+
+def _header_cut_short(path: Path) -> bool:
+    """Whether the file ends inside its FLAC header: a recorder killed while libsndfile wrote
+    it (at the first write; 86 bytes) left no audio, and libsndfile cannot open the file.
+    Raises OSError."""
+    with open(path, "rb") as file:
+        size = os.fstat(file.fileno()).st_size
+        magic = file.read(4)
+        if magic != b"fLaC":
+            return b"fLaC".startswith(magic)
+        while True:  # metadata blocks: 1 byte last-block flag and type, 3 bytes length, the body
+            block = file.read(4)
+            if len(block) < 4:
+                return True
+            end = file.seek(int.from_bytes(block[1:], "big"), os.SEEK_CUR)
+            if end > size:
+                return True
+            if block[0] & 0x80:
+                return False
 
 
 class _UnclosedFlacReader(soundfile.SoundFile):
