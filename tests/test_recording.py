@@ -455,3 +455,23 @@ def test_flac_recovery_keeps_every_complete_frame(tmp_path_factory: pytest.TempP
     np.testing.assert_array_equal(salvaged, oracle)
     original = np.concatenate([decode_ulaw_stereo(left, right) for left, right in blocks])
     np.testing.assert_array_equal(salvaged, original[: len(salvaged)])
+
+
+@pytest.mark.parametrize("fmt", ["wav", "mulaw-wav"])
+@pytest.mark.parametrize("cut", [3, 20])
+def test_wav_recovery_of_a_header_cut_short(tmp_path: Path, fmt: str, cut: int) -> None:
+    """A recorder killed while writing the WAV header leaves no audio: recovery makes it a valid
+    empty WAV of the recording's format (the sidecar says which while the header cannot)."""
+    from callstream.recovery import recover_directory
+
+    live = create(tmp_path, fmt)
+    header = live.partial_path.read_bytes()
+    live._sink.close()
+    live._reservation.release()
+    live.partial_path.write_bytes(header[:cut])
+    [recovered] = recover_directory(tmp_path)
+    assert recovered.frames == 0 and recovered.path is not None
+    with soundfile.SoundFile(str(recovered.path)) as f:
+        assert (f.frames, f.channels) == (0, 2)
+        assert f.subtype == ("ULAW" if fmt == "mulaw-wav" else "PCM_16")
+    assert read_sidecar(recovered.sidecar)["status"] == "recovered"

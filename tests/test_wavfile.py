@@ -206,10 +206,27 @@ def test_repair_after_truncation_mid_frame(tmp_path: Path) -> None:
     np.testing.assert_array_equal(data, pcm[:99])
 
 
+@pytest.mark.parametrize("encoding", list(WavEncoding))
+@pytest.mark.parametrize("hint", list(WavEncoding))
+def test_repair_completes_a_header_cut_short(tmp_path: Path, encoding: WavEncoding, hint: WavEncoding) -> None:
+    """A writer killed while writing its first header leaves a prefix of it: no audio, so the
+    file becomes a valid empty WAV; of the hinted encoding while the prefix fits both."""
+    path = tmp_path / "a.wav"
+    WavWriter(path, encoding=encoding).close()
+    header = path.read_bytes()
+    for cut in range(1, len(header)):
+        path.write_bytes(header[:cut])
+        assert repair_wav(path, hint) == 0, cut
+        with soundfile.SoundFile(str(path)) as f:
+            assert (f.frames, f.channels, f.samplerate) == (0, 2, 8000)
+        kept = hint if cut <= 4 else encoding  # the RIFF sizes differ: the headers part after "RIFF"
+        assert parse_header(path.read_bytes())["tag"] == kept.value, cut
+
+
 @pytest.mark.parametrize("blob", [
     b"",
-    b"RIFF",
-    b"RIFF\x24\x00\x00\x00WAVEfmt ",  # header cut short
+    b"RIFX",
+    b"RIFF\x25\x00\x00\x00WAVEfmt ",  # a header's beginning, but not one callstream writes
     b"not a wav file at all, but long enough to hold a header of fifty-eight bytes",
 ])
 def test_repair_rejects_foreign_files(tmp_path: Path, blob: bytes) -> None:

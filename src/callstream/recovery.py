@@ -33,7 +33,7 @@ import soundfile
 
 from callstream.errors import RecordingError
 from callstream.recording import read_sidecar, rfc3339, sha256_file, write_sidecar
-from callstream.wavfile import SAMPLE_RATE, repair_wav
+from callstream.wavfile import SAMPLE_RATE, WavEncoding, repair_wav
 
 LOGGER = logging.getLogger("callstream.recovery")
 
@@ -149,7 +149,16 @@ def recover_partial(partial: Path) -> Recovered:
     sidecar = base.with_name(base.name + ".json")
     if final.exists():
         raise RecordingError(f"{str(final)!r} already exists; leaving {str(partial)!r} untouched")
-    frames = repair_wav(partial) if extension == ".wav" else _salvage_flac(partial)
+    try:
+        data = read_sidecar(sidecar)
+    except RecordingError:
+        LOGGER.warning("no readable sidecar for %s: writing a minimal one", final)
+        data = {"callId": None, "sessionId": None, "metadata": {}, "statistics": {}}
+    if extension == ".wav":
+        encoding = WavEncoding.MULAW if data.get("format") == "mulaw-wav" else WavEncoding.PCM_16
+        frames = repair_wav(partial, encoding)
+    else:
+        frames = _salvage_flac(partial)
     audio: Path | None = final
     try:
         ended = datetime.fromtimestamp(partial.stat().st_mtime, UTC)
@@ -160,11 +169,6 @@ def recover_partial(partial: Path) -> Recovered:
             os.replace(partial, final)
     except OSError as error:
         raise RecordingError(f"cannot rename {str(partial)!r}: {error}") from error
-    try:
-        data = read_sidecar(sidecar)
-    except RecordingError:
-        LOGGER.warning("no readable sidecar for %s: writing a minimal one", final)
-        data = {"callId": None, "sessionId": None, "metadata": {}, "statistics": {}}
     data.pop("partial_file", None)
     data.update(
         status="recovered",

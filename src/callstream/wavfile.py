@@ -232,6 +232,16 @@ class WavWriter:
             raise ValueError(f"{str(self.path)!r} is closed")
 
 
+def _header_cut_short(header: bytes, encoding: WavEncoding) -> _Layout | None:
+    """The layout whose first header ``header`` is the beginning of (``encoding``'s if both
+    fit), or None."""
+    fits = [layout for layout in _LAYOUTS.values()
+            if 0 < len(header) < layout.header_size and layout.header(0).startswith(header)]
+    if not fits:
+        return None
+    return _LAYOUTS[encoding] if _LAYOUTS[encoding] in fits else fits[0]
+
+
 def _identify(header: bytes) -> _Layout | None:
     for layout in _LAYOUTS.values():
         size = layout.header_size
@@ -248,24 +258,26 @@ def _identify(header: bytes) -> _Layout | None:
     return None
 
 
-def repair_wav(path: os.PathLike[str] | str) -> int:
+def repair_wav(path: os.PathLike[str] | str, encoding: WavEncoding = WavEncoding.PCM_16) -> int:
     """Make the header of a WAV file written by ``WavWriter`` match its length on disk.
 
     Truncates a trailing partial sample frame, rewrites the RIFF size, data size and fact count
     (only if they differ) and fsyncs. Returns the number of sample frames the file holds.
-    Raises RecordingError if the file is not a WAV written by ``WavWriter`` (for example a header
-    cut short) or on any disk failure.
+    A file that ends inside the header ``WavWriter`` writes first (its writer died writing it)
+    holds no audio: its header is completed, for ``encoding`` if what is there fits either.
+    Raises RecordingError if the file is not a WAV written by ``WavWriter`` or on any disk
+    failure.
     """
     path = Path(path)
     try:
         with open(path, "r+b") as file:
             header = file.read(max(layout.header_size for layout in _LAYOUTS.values()))
-            layout = _identify(header)
+            layout = _identify(header) or _header_cut_short(header, encoding)
             if layout is None:
                 raise RecordingError(f"{str(path)!r} is not a WAV file written by callstream")
             length = os.fstat(file.fileno()).st_size
             align = layout.encoding.block_align
-            data_bytes = (length - layout.header_size) // align * align
+            data_bytes = max(0, length - layout.header_size) // align * align
             data_bytes = min(data_bytes, (RIFF_LIMIT - layout.header_size + 8) // align * align)
             if layout.header_size + data_bytes != length:
                 file.truncate(layout.header_size + data_bytes)
