@@ -70,7 +70,7 @@ def _salvage_flac(path: Path) -> int:
     temporary = path.with_name(path.name + ".salvage.flac")
     frames = 0
     try:
-        if _header_cut_short(path):
+        if _flac_header_cut_short(path):
             return 0
         with _UnclosedFlacReader(str(path)) as source, soundfile.SoundFile(
             str(temporary), "w", SAMPLE_RATE, source.channels, subtype="PCM_16", format="FLAC"
@@ -89,7 +89,7 @@ def _salvage_flac(path: Path) -> int:
     return frames
 
 
-def _header_cut_short(path: Path) -> bool:
+def _flac_header_cut_short(path: Path) -> bool:
     """Whether the file ends inside its FLAC header: a recorder killed while libsndfile wrote
     it (at the first write; 86 bytes) left no audio, and libsndfile cannot open the file.
     Raises OSError."""
