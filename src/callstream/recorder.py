@@ -165,10 +165,11 @@ class CallRecorder:
                 raise ProtocolError("missing or wrong secret", code=CLOSE_POLICY_VIOLATION)
             call.handle(first)
         # Messages already parsed from the last chunk are taken without an await each: between
-        # two of them nothing else runs (no await), so nothing can cancel us either. After an
-        # await (waiting for room on the lane) the next message comes through receive() again,
-        # which checks. A transport that reads many messages at once may hand them over as one
-        # TextBatch: its Media messages are then parsed in one C call (mediascan).
+        # two of them nothing else runs (no await), so nothing can cancel us either. A transport
+        # that reads many messages at once may hand them over as one TextBatch: its Media
+        # messages are then parsed in one C call (mediascan), and the batch is placed whole, also
+        # when a block had to wait for room on the lane meanwhile (that wait is a checkpoint);
+        # after such a wait the next message or batch comes through receive() again, which checks.
         receive = getattr(stream, "receive_batch", stream.receive)
         receive_nowait = getattr(stream, "receive_batch_nowait", _nothing)
         push_run, pop_block, scan = timeline.push_run, timeline.pop_block, self._scanner.scan
