@@ -3,10 +3,12 @@
 Plain seeded script: the frames of one call (both perspectives, 20 ms mu-law frames) are built
 once, then fed to a fresh Timeline per round, popping whenever a block is ready, as the recorder
 does: frame by frame with ``push``, and in batches of 50 frames (what one read of a real-time call
-brings at the default --read-interval) with ``push_run``. Variants run interleaved round by round
-in the same process, so their ratio holds on a noisy machine: in order; jittered (reordered within
-the window, 1 % lost, 0.5 % duplicated); one side silent (the other forces it forward with
-silence).
+brings at the default --read-interval) with ``push_run``, as lists of tuples and as the scanner's
+`ScannedMedia` (which the C lanes place once both sides have been steady for STEADY_FRAMES; the
+other batches then pay for building their tuples, as the scanner did before the lanes). Variants
+run interleaved round by round in the same process, so their ratio holds on a noisy machine: in
+order; jittered (reordered within the window, 1 % lost, 0.5 % duplicated); one side silent (the
+other forces it forward with silence).
 
     .venv/bin/python benchmarks/bench_timeline.py [--seconds 60] [--rounds 15]
 """
@@ -20,10 +22,12 @@ import random
 import statistics
 import sys
 import time
+from collections.abc import Callable, Sequence
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "src"))
 
+from callstream.mediascan import ScannedMedia
 from callstream.timeline import Timeline
 
 SEED = 20240611
@@ -69,9 +73,15 @@ def run(pushes: list[Push]) -> tuple[float, int]:
     return elapsed, emitted + (len(tail.left) if tail is not None else 0)
 
 
-def run_batched(pushes: list[Push]) -> tuple[float, int]:
+def run_scanned(pushes: list[Push]) -> tuple[float, int]:
+    """As `run_batched`, the batches as MediaScanner hands them over (`ScannedMedia`): placed
+    by the C lanes once both sides have been steady for a while, else as lists of tuples."""
+    return run_batched(pushes, ScannedMedia.from_tuples)
+
+
+def run_batched(pushes: list[Push], package: Callable[[list[Push]], Sequence[Push]] = list) -> tuple[float, int]:
     """Batches of BATCH frames through ``push_run``, popping after each return."""
-    batches = [pushes[k : k + BATCH] for k in range(0, len(pushes), BATCH)]
+    batches = [package(pushes[k : k + BATCH]) for k in range(0, len(pushes), BATCH)]
     timeline = Timeline()
     push_run = timeline.push_run
     pop = timeline.pop_block
@@ -107,7 +117,7 @@ def main() -> int:
     parser.add_argument("--rounds", type=int, default=15)
     args = parser.parse_args()
     inputs = build(args.seconds, random.Random(SEED))
-    runners = {"push": run, "push_run": run_batched}
+    runners = {"push": run, "push_run": run_batched, "scanned": run_scanned}
     variants = {(name, how): pushes for name, pushes in inputs.items() for how in runners}
     expected = {key: run(pushes)[1] for key, pushes in variants.items()}  # warm-up + check
     times: dict[tuple[str, str], list[float]] = {key: [] for key in variants}

@@ -189,7 +189,7 @@ def test_a_small_batch_goes_to_parse_message_whole() -> None:
     scanner = MediaScanner(min_batch=3)
     two, three = platform_frames(2), platform_frames(3)
     assert scanner.scan(batch_of(two)) == two
-    assert scanner.scan(batch_of(three)) == [tuple(parse_message(message)) for message in three]
+    assert list(scanner.scan(batch_of(three))) == [tuple(parse_message(message)) for message in three]
 
 
 @needs_c
@@ -201,7 +201,7 @@ def test_batches_beyond_the_scratch_space_are_scanned_whole() -> None:
     assert len("".join(many)) < 65536 < len("".join(long)) and len(long) < 256 < len(many)
     scanner = MediaScanner(min_batch=1)
     for messages in (many, long, platform_frames(3)):
-        items = scanner.scan(batch_of(messages))
+        items = list(scanner.scan(batch_of(messages)))
         assert items == [tuple(parse_message(message)) for message in messages]
         # white box: C writes as far as it is told to, so the scratch space must have grown (a
         # missing check would write past it, which the comparison above may not notice)

@@ -25,7 +25,8 @@ from hypothesis.stateful import (
 )
 
 from callstream.events import Perspective
-from callstream.timeline import SILENCE, StereoBlock, Timeline, TimelineFinishedError
+from callstream.mediascan import ScannedMedia
+from callstream.timeline import SILENCE, STEADY_FRAMES, STEADY_IN_C, StereoBlock, Timeline, TimelineFinishedError
 
 SIL = bytes([SILENCE])
 PROPERTY = settings(max_examples=60, deadline=None, suppress_health_check=[HealthCheck.too_slow])
@@ -250,15 +251,19 @@ def test_messy_input_keeps_channels_equal_and_output_is_frames_plus_gaps(
 
 
 def run_in_batches(timeline: Timeline, items: list, sizes: list[int],
-                   on_return: Callable[[int], None] = lambda pushed: None) -> list[tuple[int, StereoBlock]]:
+                   on_return: Callable[[int], None] = lambda pushed: None,
+                   scan: bool = False) -> list[tuple[int, StereoBlock]]:
     """Drive ``timeline.push_run`` as the recorder does: ``items`` in batches of ``sizes``
     (cycled), popping every full block after each return and stepping over a non-tuple item;
-    ``on_return(items pushed so far)`` after each return's pops.
+    ``on_return(items pushed so far)`` after each return's pops. With ``scan``, a batch of
+    tuples only comes as a `ScannedMedia`, as from MediaScanner.
     Returns (index of the item after whose push it was ready, block), then the tail (index -1)."""
     blocks: list[tuple[int, StereoBlock]] = []
     first, turn = 0, 0
     while first < len(items):
         batch = items[first : first + sizes[turn % len(sizes)]]
+        if scan and all(type(item) is tuple for item in batch):
+            batch = ScannedMedia.from_tuples(batch)
         i = 0
         while i < len(batch):
             i = timeline.push_run(batch, i)
@@ -275,13 +280,16 @@ def run_in_batches(timeline: Timeline, items: list, sizes: list[int],
 
 def timeline_state(timeline: Timeline) -> tuple:
     """Everything a Timeline holds (white box): two timelines in the same state behave alike
-    from there on, whatever comes."""
-    sides = tuple(
-        tuple(bytes(value) if isinstance(value, bytearray) else copy.copy(value)
-              for value in (getattr(side, name) for name in side.__slots__))
-        for side in (timeline._left, timeline._right)
-    )
-    return (timeline._emitted, timeline._connection, timeline._pending, timeline._finished, sides)
+    from there on, whatever comes. Where the C lanes hold the sides, what they hold, as the
+    sides will hold it when the lanes hand them back; not how long a side has been steady."""
+    sides = []
+    for index, side in enumerate((timeline._left, timeline._right)):
+        values = {name: getattr(side, name) for name in side.__slots__ if name != "streak"}
+        if timeline._steady:
+            values["held"], values["ring_seq"], values["ring_payload"] = timeline._lanes.export(index, side)
+        sides.append(tuple(bytes(value) if isinstance(value, bytearray) else copy.copy(value)
+                           for value in values.values()))
+    return (timeline._emitted, timeline._connection, timeline._pending, timeline._finished, tuple(sides))
 
 
 @st.composite
@@ -337,10 +345,12 @@ def mostly_in_order(draw: st.DrawFn) -> list[Push]:
 
 
 def assert_push_run_is_push(pushes: list[Push], config: dict, mode: str, sizes: list[int],
-                            junk_before: set[int]) -> None:
+                            junk_before: set[int], steady_frames: int | None = None) -> None:
     """``pushes`` through push_run in batches of ``sizes``, with a non-tuple item before each
     push numbered in ``junk_before``, against push one frame at a time: the same blocks after
-    the same pushes, the same statistics, the same state at every return of push_run."""
+    the same pushes, the same statistics, the same state at every return of push_run. With
+    ``steady_frames``, batches without such items come as `ScannedMedia`, and the C lanes take
+    over after that many steady frames (instead of STEADY_FRAMES)."""
     reference = Timeline(**config, sequence_mode=mode)
     expected: list[tuple[int, StereoBlock]] = []
     states = [timeline_state(reference)]  # after 0, 1, 2, ... pushes (and their pops)
@@ -364,12 +374,14 @@ def assert_push_run_is_push(pushes: list[Push], config: dict, mode: str, sizes: 
         pushed_before.append(index)
     pushed_before.append(len(pushes))
     timeline = Timeline(**config, sequence_mode=mode)
+    if steady_frames is not None:
+        timeline._steady_frames = steady_frames
 
     def same_state(returned_at: int) -> None:
         assert timeline_state(timeline) == states[pushed_before[returned_at]]
 
     got = [(numbering[i] if i >= 0 else -1, block)
-           for i, block in run_in_batches(timeline, items, sizes, same_state)]
+           for i, block in run_in_batches(timeline, items, sizes, same_state, steady_frames is not None)]
     assert got == expected
     assert timeline.statistics() == reference.statistics()
 
@@ -389,12 +401,15 @@ def test_push_run_is_push_one_frame_at_a_time(pushes: list[Push], data: st.DataO
     # window of 250 ms (W = 25): the replay ring's byte budget is then 200 frames of 80 bytes,
     # so it is full in the steady state and a longer frame in it makes it evict
     config = data.draw(st.sampled_from([MESSY, {**MESSY, "block_ms": 400}, TIGHT_RING]))
-    rarity = data.draw(st.sampled_from([10, 1000]))  # one item in this many is not a frame
-    junk = {index for index in range(len(pushes)) if data.draw(st.integers(0, rarity - 1)) == 0}
+    rarity = data.draw(st.sampled_from([10, 1000]))  # at most one item in this many is not a frame
+    junk = data.draw(st.sets(st.integers(0, max(0, len(pushes) - 1)), max_size=len(pushes) // rarity))
     # batches of up to 12 (--read-interval 0 and small reads) and of 40 to 120 (a real-time read:
     # longer than the ring, here 32 numbers)
     sizes = data.draw(st.lists(st.one_of(st.integers(1, 12), st.integers(40, 120)), min_size=1, max_size=5))
-    assert_push_run_is_push(pushes, config, mode, sizes, junk)
+    # the C lanes (csrc/inorder.c) when built: after no steady frame at all, after a few, or
+    # as in production
+    steady_frames = data.draw(st.sampled_from([None, 0, 3, STEADY_FRAMES])) if STEADY_IN_C else None
+    assert_push_run_is_push(pushes, config, mode, sizes, junk, steady_frames)
 
 
 def in_order(frames: int, length: int = MESSY_LENGTH, longer: dict[tuple[int, int], int] | None = None) -> list[Push]:
@@ -414,13 +429,73 @@ def in_order(frames: int, length: int = MESSY_LENGTH, longer: dict[tuple[int, in
         # evict, and for a while after, a run must not take slots whose reuse would pass it
         (TIGHT_RING, in_order(400, longer={(0, 60): 2000, (0, 61): 2000, (1, 90): 1000}), [50]),
         (TIGHT_RING, in_order(400, longer={(0, number): 160 for number in range(60, 80)}), [50, 7]),
+        # frames whose length does not divide the C lanes' pools (4,000 and 16,000 bytes): they
+        # wrap around the pools' ends
+        (MESSY, in_order(600, length=93), [64]),
+        # blocks longer than the ring pool (16,000 bytes): a C call stops when its releases would
+        # go round the pool, and the next one goes on
+        ({**MESSY, "block_ms": 3000}, in_order(800), [700]),
+        # empty payloads first: the sides start, holding a window, before learning their frame
+        # length (the C lanes must not take them over: the first real frame changes the window)
+        (MESSY, [(side, number, frame(side, number, MESSY_LENGTH) if number > 30 else b"")
+                 for number in range(1, 200) for side in (0, 1)], [40]),
     ],
-    ids=["runs longer than the ring", "ring budget, long frames", "ring budget, a stretch of double frames"],
+    ids=["runs longer than the ring", "ring budget, long frames", "ring budget, a stretch of double frames",
+         "frames wrapping around the pools", "blocks longer than the ring pool", "empty payloads first"],
 )
-def test_push_run_is_push_in_the_steady_state(config: dict, pushes: list[Push], sizes: list[int], mode: str) -> None:
+@pytest.mark.parametrize("steady_frames", [None, 0, 50], ids=["python", "C at once", "C after 50"])
+def test_push_run_is_push_in_the_steady_state(config: dict, pushes: list[Push], sizes: list[int], mode: str,
+                                              steady_frames: int | None) -> None:
     """Steady-state runs at the edges of the run placement's checks (the property test rarely
-    gets there)."""
-    assert_push_run_is_push(pushes, config, mode, sizes, set())
+    gets there), placed in Python and by the C lanes."""
+    if steady_frames is not None and not STEADY_IN_C:
+        pytest.skip("callstream._mulaw is not built")
+    assert_push_run_is_push(pushes, config, mode, sizes, set(), steady_frames)
+
+
+@pytest.mark.skipif(not STEADY_IN_C, reason="callstream._mulaw is not built")
+@pytest.mark.parametrize("then", ["push", "push_run of a list"])
+def test_the_c_lanes_hand_back_before_python_places_a_frame(then: str) -> None:
+    """While the C lanes hold the sides, a frame placed by push, or by push_run from a list (as
+    for a small batch), is placed on the state the lanes hand back. The lanes take over for a
+    batch of the left side only, which leaves the right side's held frames as they were when
+    the lanes took them (so that Python's steady path could place the right side's next frame
+    on what it holds, with the ring in the lanes); then the right side's next frame comes."""
+    pushes = in_order(100)
+    left_only = [(0, number, frame(0, number)) for number in range(101, 103)]
+    right_next = (1, 101, frame(1, 101))
+    reference = Timeline(**MESSY)
+    for push in [*pushes, *left_only, right_next]:
+        reference.push(*push)
+        while reference.pop_block() is not None:
+            pass
+    timeline = Timeline(**MESSY)
+    timeline._steady_frames = 0
+    i = 0
+    while i < len(pushes):
+        i = timeline.push_run(pushes, i)
+        while timeline.pop_block() is not None:
+            pass
+    assert not timeline._steady
+    assert timeline.push_run(ScannedMedia.from_tuples(left_only)) == len(left_only)
+    assert timeline._steady
+    if then == "push":
+        timeline.push(*right_next)
+    else:
+        timeline.push_run([right_next])
+    while timeline.pop_block() is not None:
+        pass
+    assert not timeline._steady
+    assert timeline_state(timeline) == timeline_state(reference)
+    assert timeline.finish() == reference.finish()
+
+
+@pytest.mark.skipif(not STEADY_IN_C, reason="callstream._mulaw is not built")
+def test_the_c_lanes_leave_a_window_with_a_gap_alone() -> None:
+    """In connection mode a side may hold a window of frames over more numbers (a gap is
+    skipped, not filled): that is no steady state for the lanes, which hold consecutive numbers."""
+    pushes = [push for push in in_order(200) if push[:2] != (0, 60)]  # a batch ends on the gap
+    assert_push_run_is_push(pushes, MESSY, "connection", [40], set(), 0)
 
 
 def test_push_run_after_finish_raises_like_push() -> None:

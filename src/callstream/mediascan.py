@@ -11,6 +11,10 @@ and its Python wrapper cost ~2.5 µs; here it costs a fraction of that (benchmar
 
 from __future__ import annotations
 
+from array import array
+from collections.abc import Sequence
+from typing import overload
+
 from callstream.protocol import DEFAULT_MAX_BYTES, MAX_MEDIA_PAYLOAD
 from callstream.textbatch import TextBatch
 
@@ -48,10 +52,12 @@ class MediaScanner:
             self._grow(256, 65536)  # a chunk's worth (the websockets adapter reads 64 KiB)
             self._written = _ffi.new("size_t *")
 
-    def scan(self, batch: TextBatch) -> list[MediaFields | str]:
+    def scan(self, batch: TextBatch) -> Sequence[MediaFields | str]:
         """One item per message of ``batch``, in order: a recognised Media message as a plain
         tuple ``(perspective, sequence, payload)`` (the fields of `events.Media`), any other
-        message as its text, to be given to `protocol.parse_message`. Never raises."""
+        message as its text, to be given to `protocol.parse_message`. When every message is
+        recognised, a `ScannedMedia` (which `Timeline.push_run` places from its arrays), else a
+        list. Never raises."""
         count = len(batch)
         if _lib is None or count < self._min_batch:
             return batch.messages()
@@ -62,16 +68,14 @@ class MediaScanner:
             _ffi.from_buffer(buffer), _ffi.from_buffer("uint32_t[]", batch.spans), count, self._max_bytes,
             MAX_MEDIA_PAYLOAD, self._scratch, self._media, self._sequences, self._written,
         )
+        if recognised == count:  # the Media stream: no message for the general parser
+            return ScannedMedia(
+                _ffi.buffer(self._media, 12 * count)[:], _ffi.buffer(self._sequences, 8 * count)[:],
+                _ffi.buffer(self._scratch, self._written[0])[:], count,
+            )
         fields = _ffi.unpack(self._media, 3 * count)
         numbers = _ffi.unpack(self._sequences, count)
         payloads = _ffi.buffer(self._scratch, self._written[0])[:]
-        if recognised == count:  # the Media stream: no message for the general parser
-            return [
-                (perspective, number, payloads[start : start + length])
-                for perspective, start, length, number in zip(
-                    fields[0::3], fields[1::3], fields[2::3], numbers, strict=True
-                )
-            ]
         messages = batch.messages()
         return [
             messages[i] if fields[3 * i] == _NOT_MEDIA
@@ -89,3 +93,56 @@ class MediaScanner:
         if size > self._room:
             self._room = size
             self._scratch = _ffi.new("uint8_t[]", size)
+
+
+class ScannedMedia(Sequence[MediaFields]):
+    """A batch of Media messages as `cs_media_scan` left them (csrc/mediascan.h), owned: item i
+    is ``(fields[3i], sequences[i], payloads[fields[3i+1] : fields[3i+1] + fields[3i+2]])``.
+
+    ``fields``: perspective, payload offset and payload length per message, unsigned 32-bit;
+    ``sequences``: signed 64-bit; ``payloads``: the decoded payloads back to back (all as
+    bytes, in the machine's byte order). `Timeline.push_run` places the steady state of a call
+    from these arrays in C; the tuples are only built (once) for whatever needs them."""
+
+    __slots__ = ("_tuples", "count", "fields", "payloads", "sequences")
+
+    def __init__(self, fields: bytes, sequences: bytes, payloads: bytes, count: int) -> None:
+        self.fields = fields
+        self.sequences = sequences
+        self.payloads = payloads
+        self.count = count
+        self._tuples: list[MediaFields] | None = None
+
+    @classmethod
+    def from_tuples(cls, items: Sequence[MediaFields]) -> ScannedMedia:
+        """The batch `MediaScanner.scan` would make of these messages (for tests, benchmarks)."""
+        fields, payloads, position = array("I"), bytearray(), 0
+        for perspective, _, payload in items:
+            fields.extend((perspective, position, len(payload)))
+            payloads += payload
+            position += len(payload)
+        numbers = array("q", [sequence for _, sequence, _ in items])
+        return cls(fields.tobytes(), numbers.tobytes(), bytes(payloads), len(items))
+
+    def tuples(self) -> list[MediaFields]:
+        """The items as a list of plain tuples (built on the first call)."""
+        if self._tuples is None:
+            fields = array("I", self.fields)
+            payloads = self.payloads
+            self._tuples = [
+                (perspective, number, payloads[start : start + length])
+                for perspective, start, length, number in zip(
+                    fields[0::3], fields[1::3], fields[2::3], array("q", self.sequences), strict=True
+                )
+            ]
+        return self._tuples
+
+    def __len__(self) -> int:
+        return self.count
+
+    @overload
+    def __getitem__(self, index: int) -> MediaFields: ...
+    @overload
+    def __getitem__(self, index: slice) -> list[MediaFields]: ...
+    def __getitem__(self, index: int | slice) -> MediaFields | list[MediaFields]:
+        return self.tuples()[index]

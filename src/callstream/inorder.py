@@ -1,0 +1,160 @@
+"""The steady state of a call's two in-order streams, placed in C for a `Timeline` (sans-IO).
+
+`SteadyLanes` moves both sides of a `Timeline` into `cs_lane`s (csrc/inorder.h) while both are
+in their steady state, places scanned batches (`mediascan.ScannedMedia`) there in one C call
+each, and hands the state back when a frame needs anything else. It works on timeline.py's
+private `_Side` objects and is that module's helper only: see timeline.py, "Steady state".
+
+While the lanes hold the sides, each side's ``held`` dict keeps its keys (so its length, which
+the statistics report, stays right) but stale payloads, and its replay ring is empty; every
+other attribute of the side is kept up to date after each `place`.
+"""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING, Any
+
+from callstream.mediascan import ScannedMedia
+
+try:
+    from callstream._mulaw import ffi as _ffi
+    from callstream._mulaw import lib as _lib
+except ImportError:  # not built: timelines place every frame in Python
+    _ffi = _lib = None
+
+if TYPE_CHECKING:
+    from callstream.timeline import _Side
+
+AVAILABLE = _lib is not None
+
+
+class SteadyLanes:
+    """The C lanes of one `Timeline` (needs the C extension: `AVAILABLE`). ``hold_limit`` and
+    ``ring_limit``: the timeline's byte budgets (bytes), which size the lanes' pools."""
+
+    def __init__(self, hold_limit: int, ring_limit: int) -> None:
+        self._hold_limit = hold_limit
+        self._ring_limit = ring_limit
+        self._lanes = _ffi.new("cs_lane[2]")
+        self._buffers: list[Any] = []  # what the lanes point into: kept alive here
+        self._released = _ffi.new("size_t[2]")
+        self._acc = _ffi.new("size_t[2]")
+        self._window = self._ring_size = (-1, -1)
+
+    def enter(self, left: _Side, right: _Side) -> None:
+        """Take both sides over: each must be in its steady state (started, learnt, no late
+        run, holding exactly ``next .. next + window - 1``, within its byte budgets)."""
+        if (left.window, right.window) != self._window or (left.ring_size, right.ring_size) != self._ring_size:
+            self._allocate(left, right)
+        for lane, side in zip(self._lanes, (left, right), strict=True):
+            self._load(lane, side)
+
+    def place(self, left: _Side, right: _Side, items: ScannedMedia, start: int, block: int) -> int:
+        """Place ``items[start:]`` as `Timeline.push_run` would, as far as the lanes can (see
+        cs_inorder_place); released audio is appended to the sides' ``acc``. Returns the index
+        of the first item not placed."""
+        lanes, released, acc = self._lanes, self._released, self._acc
+        media = _ffi.from_buffer("uint32_t[]", items.fields)
+        seqs = _ffi.from_buffer("int64_t[]", items.sequences)
+        payloads = _ffi.from_buffer(items.payloads)
+        tails = [(lane.ring_start + lane.ring_bytes) % lane.ring_cap for lane in lanes]
+        acc[0], acc[1] = len(left.acc), len(right.acc)
+        released[0] = released[1] = 0
+        i = _lib.cs_inorder_place(
+            lanes, media, seqs, payloads, start, items.count, self._hold_limit, self._ring_limit, released, acc, block,
+        )
+        for lane, side, tail, length in zip(lanes, (left, right), tails, released, strict=True):
+            if length:  # the released audio: the newest `length` bytes of the ring pool
+                wrapped = tail + length - lane.ring_cap
+                if wrapped <= 0:
+                    side.acc += _ffi.buffer(lane.ring_pool + tail, length)
+                else:
+                    side.acc += _ffi.buffer(lane.ring_pool + tail, length - wrapped)
+                    side.acc += _ffi.buffer(lane.ring_pool, wrapped)
+            side.next = nxt = lane.next
+            side.hi = nxt + side.window - 1
+            side.received = lane.received
+            side.placed = lane.placed
+            side.committed = lane.committed
+            side.held_bytes = lane.held_bytes
+            side.ring_bytes = lane.ring_bytes
+        return i
+
+    def leave(self, left: _Side, right: _Side) -> None:
+        """Hand both sides back: their held payloads and replay rings as the lanes left them."""
+        for index, side in enumerate((left, right)):
+            side.held, side.ring_seq, side.ring_payload = self.export(index, side)
+
+    def export(self, index: int, side: _Side) -> tuple[dict[int, bytes], list[int | None], list[bytes | None]]:
+        """Side ``index``'s (0 left, 1 right) held frames and replay ring, built from its lane
+        (``side``: that side, whose counters are up to date). The lane keeps them."""
+        lane = self._lanes[index]
+        nxt, window, size = lane.next, lane.window, lane.ring_size
+        pool = _rotated(lane.held_pool, lane.held_cap, lane.held_start)
+        lengths = _ffi.unpack(lane.held_len, window)
+        lengths = lengths[lane.held_head :] + lengths[: lane.held_head]
+        held: dict[int, bytes] = {}
+        position = 0
+        for number, length in enumerate(lengths, nxt):
+            held[number] = pool[position : position + length]
+            position += length
+        pool = _rotated(lane.ring_pool, lane.ring_cap, lane.ring_start)
+        ring_seq: list[int | None] = [None] * size
+        ring_payload: list[bytes | None] = [None] * size
+        position = 0
+        first = nxt % size
+        for k in range(size):
+            slot = (first + k) % size
+            length = lane.ring_len[slot]
+            if length >= 0:
+                ring_payload[slot] = pool[position : position + length]
+                position += length
+            number = lane.ring_seq[slot]
+            ring_seq[slot] = None if number == _lib.CS_NO_SEQUENCE else number
+        return held, ring_seq, ring_payload
+
+    def _allocate(self, left: _Side, right: _Side) -> None:
+        self._buffers = []
+        for lane, side in zip(self._lanes, (left, right), strict=True):
+            buffers = (
+                _ffi.new("uint8_t[]", self._hold_limit), _ffi.new("uint32_t[]", side.window),
+                _ffi.new("uint8_t[]", self._ring_limit), _ffi.new("int64_t[]", side.ring_size),
+                _ffi.new("int32_t[]", side.ring_size),
+            )
+            lane.held_pool, lane.held_len, lane.ring_pool, lane.ring_seq, lane.ring_len = buffers
+            lane.held_cap, lane.ring_cap = self._hold_limit, self._ring_limit
+            lane.window, lane.ring_size = side.window, side.ring_size
+            self._buffers.append(buffers)
+        self._window = (left.window, right.window)
+        self._ring_size = (left.ring_size, right.ring_size)
+
+    @staticmethod
+    def _load(lane: Any, side: _Side) -> None:
+        nxt, held = side.next, side.held
+        payloads = [held[number] for number in range(nxt, nxt + side.window)]
+        data = b"".join(payloads)
+        _ffi.memmove(lane.held_pool, data, len(data))
+        lane.held_len[0 : side.window] = [len(payload) for payload in payloads]
+        lane.held_start = lane.held_head = 0
+        size = side.ring_size
+        first = nxt % size
+        slots = [(first + k) % size for k in range(size)]
+        ring_payload, ring_seq = side.ring_payload, side.ring_seq
+        data = b"".join(payload for slot in slots if (payload := ring_payload[slot]) is not None)
+        _ffi.memmove(lane.ring_pool, data, len(data))
+        lane.ring_start = 0
+        for slot in range(size):
+            payload, number = ring_payload[slot], ring_seq[slot]
+            lane.ring_len[slot] = -1 if payload is None else len(payload)
+            lane.ring_seq[slot] = _lib.CS_NO_SEQUENCE if number is None else number
+        lane.next, lane.received, lane.placed, lane.committed = nxt, side.received, side.placed, side.committed
+        lane.held_bytes, lane.ring_bytes, lane.force_limit = side.held_bytes, side.ring_bytes, side.force_limit
+        # what the lane holds now lives there only (the dict keeps its keys: see the docstring)
+        side.ring_payload = [None] * size
+        side.ring_seq = [None] * size
+
+
+def _rotated(pool: Any, capacity: int, start: int) -> bytes:
+    """A circular pool's bytes from ``start`` on, as one linear bytes object."""
+    data = _ffi.buffer(pool, capacity)[:]
+    return data[start:] + data[:start]
