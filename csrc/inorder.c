@@ -19,10 +19,35 @@ static uint32_t advance(uint32_t at, uint32_t n, uint32_t cap)
     return at >= cap ? at - cap : at;
 }
 
-size_t cs_inorder_place(cs_lane *lanes, const uint32_t *media, const int64_t *seqs,
-                        const uint8_t *payloads, size_t start, size_t count, int64_t hold_limit,
-                        int64_t ring_limit, size_t *released, const size_t *acc, size_t block)
+static void report_on(const cs_lane *lanes, const uint32_t *tails, const size_t *released,
+                      int64_t *report)
 {
+    for (int k = 0; k < 2; k++) {
+        const cs_lane *side = &lanes[k];
+        int64_t *r = report + 8 * k;
+        r[0] = side->next;
+        r[1] = side->received;
+        r[2] = side->placed;
+        r[3] = side->committed;
+        r[4] = side->held_bytes;
+        r[5] = side->ring_bytes;
+        r[6] = tails[k];
+        r[7] = (int64_t)released[k];
+    }
+}
+
+size_t cs_inorder_place(cs_lane *lanes, const char *media_bytes, const char *seqs_bytes,
+                        const char *payload_bytes, size_t start, size_t count, int64_t hold_limit,
+                        int64_t ring_limit, size_t acc0, size_t acc1, size_t block, int64_t *report)
+{
+    /* the scan's arrays, kept as bytes objects (whose contents CPython aligns to 8 bytes) */
+    const uint32_t *media = (const uint32_t *)(const void *)media_bytes;
+    const int64_t *seqs = (const int64_t *)(const void *)seqs_bytes;
+    const uint8_t *payloads = (const uint8_t *)payload_bytes;
+    size_t released[2] = {0, 0};
+    uint32_t tails[2];  /* where each side's released audio starts in its ring pool */
+    for (int k = 0; k < 2; k++)
+        tails[k] = advance(lanes[k].ring_start, (uint32_t)lanes[k].ring_bytes, lanes[k].ring_cap);
     size_t i;
     for (i = start; i < count; i++) {
         uint32_t p = media[3 * i];
@@ -71,8 +96,11 @@ size_t cs_inorder_place(cs_lane *lanes, const uint32_t *media, const int64_t *se
         side->placed++;
         side->committed = committed;
         side->next++;
-        if (acc[0] + released[0] >= block && acc[1] + released[1] >= block)
-            return i + 1;
+        if (acc0 + released[0] >= block && acc1 + released[1] >= block) {
+            i++;
+            break;
+        }
     }
+    report_on(lanes, tails, released, report);
     return i;
 }

@@ -43,16 +43,19 @@ typedef struct {
     int32_t *ring_len;       /* ring_size entries */
 } cs_lane;
 
-/* Places scanned Media messages start, start + 1, ... (media and seqs as cs_media_scan filled
- * them, payloads its out buffer) on lanes[0] (left) and lanes[1] (right), as timeline.py's
- * push would, while each is the next frame of its side's steady state and placing it needs
- * nothing else: no ring eviction, no shedding over hold_limit bytes, no forcing of the other
- * side.  The audio a side releases is its ring's newest payloads: released[k] bytes of
- * lanes[k].ring_pool (circular) from where the ring's tail was at the call, intact because a
- * call releases at most ring_cap bytes per side (it stops before more).  Stops after the
- * message that made a block ready (acc[k] + released[k] >= block for both sides: acc[k] is the
- * audio side k held before the call), or before a message it does not place.  Returns the
- * index of the first message not placed. */
-size_t cs_inorder_place(cs_lane *lanes, const uint32_t *media, const int64_t *seqs,
-                        const uint8_t *payloads, size_t start, size_t count, int64_t hold_limit,
-                        int64_t ring_limit, size_t *released, const size_t *acc, size_t block);
+/* Places scanned Media messages start, start + 1, ... (media, seqs and payloads: the bytes of
+ * cs_media_scan's media, seqs and out arrays, as mediascan.ScannedMedia keeps them) on lanes[0]
+ * (left) and lanes[1] (right), as timeline.py's push would, while each is the next frame of its
+ * side's steady state and placing it needs nothing else: no ring eviction, no shedding over
+ * hold_limit bytes, no forcing of the other side.  Stops after the message that made a block
+ * ready (acc0 + left's released >= block and acc1 + right's released >= block: acc0 and acc1
+ * are the audio each side held before the call), or before a message it does not place.
+ * Returns the index of the first message not placed.
+ *
+ * report[8 * k ...] for side k: next, received, placed, committed, held_bytes, ring_bytes (as
+ * after the call), then where the audio the side released starts in its ring_pool and how many
+ * bytes it is: the ring's newest payloads, contiguous in the circular pool, intact because a
+ * call releases at most ring_cap bytes per side (it stops before more). */
+size_t cs_inorder_place(cs_lane *lanes, const char *media, const char *seqs, const char *payloads,
+                        size_t start, size_t count, int64_t hold_limit, int64_t ring_limit,
+                        size_t acc0, size_t acc1, size_t block, int64_t *report);

@@ -19,7 +19,7 @@ from hypothesis import strategies as st
 from callstream.encoding import encode_media
 from callstream.errors import ProtocolError
 from callstream.events import Media, Perspective
-from callstream.mediascan import MediaScanner, _lib
+from callstream.mediascan import MediaScanner, ScannedMedia, _lib
 from callstream.protocol import MAX_MEDIA_PAYLOAD, parse_message
 from callstream.textbatch import TextBatch
 
@@ -206,3 +206,15 @@ def test_batches_beyond_the_scratch_space_are_scanned_whole() -> None:
         # white box: C writes as far as it is told to, so the scratch space must have grown (a
         # missing check would write past it, which the comparison above may not notice)
         assert scanner._capacity >= len(messages) and scanner._room >= len("".join(messages))
+
+
+@needs_c
+def test_a_media_batch_comes_whole_and_each_item_alike() -> None:
+    """An all-Media batch comes as a ScannedMedia: each item read on its own (as the recorder
+    reads the one push_run stopped before) is the item of the whole list."""
+    messages = platform_frames(40)
+    items = MediaScanner(min_batch=1).scan(batch_of(messages))
+    assert type(items) is ScannedMedia
+    one_by_one = [items[i] for i in range(len(items))]
+    assert one_by_one == items.tuples() == [tuple(parse_message(message)) for message in messages]
+    assert items[-1] == items.tuples()[-1] and items[3:5] == items.tuples()[3:5]

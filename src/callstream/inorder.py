@@ -37,8 +37,10 @@ class SteadyLanes:
         self._ring_limit = ring_limit
         self._lanes = _ffi.new("cs_lane[2]")
         self._buffers: list[Any] = []  # what the lanes point into: kept alive here
-        self._released = _ffi.new("size_t[2]")
-        self._acc = _ffi.new("size_t[2]")
+        self._report = _ffi.new("int64_t[16]")
+        # read back through a memoryview: its tolist() took 0.6 us where ffi.unpack took 1.4
+        self._report_view = memoryview(_ffi.buffer(self._report)).cast("q")
+        self._rings: list[memoryview] = []  # the lanes' ring pools, to slice released audio from
         self._window = self._ring_size = (-1, -1)
 
     def enter(self, left: _Side, right: _Side) -> None:
@@ -53,32 +55,31 @@ class SteadyLanes:
         """Place ``items[start:]`` as `Timeline.push_run` would, as far as the lanes can (see
         cs_inorder_place); released audio is appended to the sides' ``acc``. Returns the index
         of the first item not placed."""
-        lanes, released, acc = self._lanes, self._released, self._acc
-        media = _ffi.from_buffer("uint32_t[]", items.fields)
-        seqs = _ffi.from_buffer("int64_t[]", items.sequences)
-        payloads = _ffi.from_buffer(items.payloads)
-        tails = [(lane.ring_start + lane.ring_bytes) % lane.ring_cap for lane in lanes]
-        acc[0], acc[1] = len(left.acc), len(right.acc)
-        released[0] = released[1] = 0
+        left_acc, right_acc = left.acc, right.acc
         i = _lib.cs_inorder_place(
-            lanes, media, seqs, payloads, start, items.count, self._hold_limit, self._ring_limit, released, acc, block,
+            self._lanes, items.fields, items.sequences, items.payloads, start, items.count,
+            self._hold_limit, self._ring_limit, len(left_acc), len(right_acc), block, self._report,
         )
-        for lane, side, tail, length in zip(lanes, (left, right), tails, released, strict=True):
-            if length:  # the released audio: the newest `length` bytes of the ring pool
-                wrapped = tail + length - lane.ring_cap
-                if wrapped <= 0:
-                    side.acc += _ffi.buffer(lane.ring_pool + tail, length)
-                else:
-                    side.acc += _ffi.buffer(lane.ring_pool + tail, length - wrapped)
-                    side.acc += _ffi.buffer(lane.ring_pool, wrapped)
-            side.next = nxt = lane.next
-            side.hi = nxt + side.window - 1
-            side.received = lane.received
-            side.placed = lane.placed
-            side.committed = lane.committed
-            side.held_bytes = lane.held_bytes
-            side.ring_bytes = lane.ring_bytes
+        (left.next, left.received, left.placed, left.committed, left.held_bytes, left.ring_bytes, at, length,
+         right.next, right.received, right.placed, right.committed, right.held_bytes, right.ring_bytes, right_at,
+         right_length) = self._report_view.tolist()
+        left.hi = left.next + left.window - 1
+        right.hi = right.next + right.window - 1
+        if length:
+            self._release(left_acc, self._rings[0], at, length)
+        if right_length:
+            self._release(right_acc, self._rings[1], right_at, right_length)
         return i
+
+    @staticmethod
+    def _release(acc: bytearray, ring: memoryview, at: int, length: int) -> None:
+        """Append ``length`` bytes of the circular ``ring`` from ``at`` on to ``acc``."""
+        wrapped = at + length - len(ring)
+        if wrapped <= 0:
+            acc += ring[at : at + length]
+        else:
+            acc += ring[at:]
+            acc += ring[:wrapped]
 
     def leave(self, left: _Side, right: _Side) -> None:
         """Hand both sides back: their held payloads and replay rings as the lanes left them."""
@@ -115,6 +116,7 @@ class SteadyLanes:
 
     def _allocate(self, left: _Side, right: _Side) -> None:
         self._buffers = []
+        self._rings = []
         for lane, side in zip(self._lanes, (left, right), strict=True):
             buffers = (
                 _ffi.new("uint8_t[]", self._hold_limit), _ffi.new("uint32_t[]", side.window),
@@ -125,6 +127,7 @@ class SteadyLanes:
             lane.held_cap, lane.ring_cap = self._hold_limit, self._ring_limit
             lane.window, lane.ring_size = side.window, side.ring_size
             self._buffers.append(buffers)
+            self._rings.append(memoryview(_ffi.buffer(buffers[2])))
         self._window = (left.window, right.window)
         self._ring_size = (left.ring_size, right.ring_size)
 

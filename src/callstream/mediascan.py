@@ -11,6 +11,7 @@ and its Python wrapper cost ~2.5 µs; here it costs a fraction of that (benchmar
 
 from __future__ import annotations
 
+import struct
 from array import array
 from collections.abc import Sequence
 from typing import overload
@@ -24,6 +25,8 @@ try:
 except ImportError:  # not built: every message takes the general parser
     _ffi = _lib = None
 
+_FIELDS = struct.Struct("=3I")  # a ScannedMedia's fields of one message
+_SEQUENCE = struct.Struct("=q")
 _NOT_MEDIA = 2  # cs_media_scan's mark for a message it leaves to the general parser
 # Batches of fewer messages go to the general parser whole: the C call's set-up (~8.5 us here)
 # is only won back from about 5 messages on (bench_parse.py on 2026-12-02: 4.97 us per message
@@ -145,4 +148,9 @@ class ScannedMedia(Sequence[MediaFields]):
     @overload
     def __getitem__(self, index: slice) -> list[MediaFields]: ...
     def __getitem__(self, index: int | slice) -> MediaFields | list[MediaFields]:
+        if self._tuples is None and type(index) is int and 0 <= index < self.count:
+            # one item (the recorder looks at the one push_run stopped before): not the list
+            perspective, start, length = _FIELDS.unpack_from(self.fields, 12 * index)
+            (sequence,) = _SEQUENCE.unpack_from(self.sequences, 8 * index)
+            return perspective, sequence, self.payloads[start : start + length]
         return self.tuples()[index]
