@@ -57,6 +57,16 @@ strictly between them, the other side's numbers also free of consecutive pairs a
 numbers. A side holding >= 3 numbers with a consecutive pair, or the second side's first release,
 settles "perspective".
 
+Steady state. A side in its steady state holds exactly the W numbers next .. next + W - 1 (all
+received, no late run), and the frame to come is next + W, which releases frame next. push_run's
+steady path places such frames without a call to push; once both sides have placed
+STEADY_FRAMES (100) frames in a row that way, a batch from the scanner (`ScannedMedia`) is placed
+by the C lanes (inorder.py, csrc/inorder.c), which then hold both sides (their held payloads and
+replay rings, in circular pools; every counter is written back after each batch) until a frame is
+anything but the next one of its side's steady state, or would shed, evict or force the other
+side: then they hand the state back, and the frame is placed here as any other. This holds in any
+sequence mode (a side holding W consecutive numbers releases its lowest when the next arrives).
+
 Memory, in frames: held <= W frames per side, the late run < W frames, the ring 8W references.
 In bytes, with U = max(window, LONGEST_FRAME_MS) samples (2000 at the defaults: 200 ms window,
 250 ms = protocol.MAX_MEDIA_PAYLOAD at 8 kHz), whatever the payload lengths: held payloads <= 2U
@@ -67,7 +77,8 @@ recognised as replays). Committed but unpopped audio stays below one block + max
 side as long as the caller pops whenever ``push`` returns True (within a push, a forward jump
 below J may add up to J frames of silence at once). So at the defaults, for payloads of at most
 2000 bytes, a call keeps at most 2 x (12U + 8000 + 2000) = 68,000 bytes of audio (+ the ring's
-8W slots and the dicts' overhead; tests/test_timeline.py checks the bound).
+8W slots and the dicts' overhead; tests/test_timeline.py checks the bound). While the C lanes hold
+a side, the same 12U: its pools of 2U (held) and 8U (ring), the held dict's stale 2U, no late run.
 """
 
 from __future__ import annotations
