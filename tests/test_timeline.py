@@ -439,9 +439,13 @@ def in_order(frames: int, length: int = MESSY_LENGTH, longer: dict[tuple[int, in
         # length (the C lanes must not take them over: the first real frame changes the window)
         (MESSY, [(side, number, frame(side, number, MESSY_LENGTH) if number > 30 else b"")
                  for number in range(1, 200) for side in (0, 1)], [40]),
+        # numbers from below zero on (the lanes take the sides once they are past it)
+        (MESSY, [(side, number, frame(side, number + 1000, MESSY_LENGTH))
+                 for number in range(-150, 150) for side in (0, 1)], [40]),
     ],
     ids=["runs longer than the ring", "ring budget, long frames", "ring budget, a stretch of double frames",
-         "frames wrapping around the pools", "blocks longer than the ring pool", "empty payloads first"],
+         "frames wrapping around the pools", "blocks longer than the ring pool", "empty payloads first",
+         "numbers from below zero"],
 )
 @pytest.mark.parametrize("steady_frames", [None, 0, 50], ids=["python", "C at once", "C after 50"])
 def test_push_run_is_push_in_the_steady_state(config: dict, pushes: list[Push], sizes: list[int], mode: str,

@@ -563,8 +563,12 @@ class Timeline:
         for side in (left, right):
             nxt = side.next
             window = side.window
-            # `window` numbers held, none below next nor above hi: exactly next .. hi
-            if nxt is None or side.run or not side.learnt or len(side.held) != window or side.hi != nxt + window - 1:
+            # `window` numbers held, none below next nor above hi: exactly next .. hi; and no
+            # negative number (the platform's are digits), whose ring slot C would compute apart
+            if (
+                nxt is None or nxt < 0 or side.run or not side.learnt or len(side.held) != window
+                or side.hi != nxt + window - 1
+            ):
                 return False
         if self._lanes is None:
             if not STEADY_IN_C:
