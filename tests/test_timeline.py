@@ -502,6 +502,25 @@ def test_the_c_lanes_leave_a_window_with_a_gap_alone() -> None:
     assert_push_run_is_push(pushes, MESSY, "connection", [40], set(), 0)
 
 
+@pytest.mark.skipif(not STEADY_IN_C, reason="callstream._mulaw is not built")
+def test_the_c_lanes_never_take_numbers_beyond_int64() -> None:
+    """protocol.py takes sequence numbers of any length (the scanner only up to 18 digits): a
+    call steady on numbers that reach past int64, then a scanned batch, is placed in Python."""
+    huge = [(side, number, frame(side, number)) for number in range(2**63 - 100, 2**63 + 50) for side in (0, 1)]
+    after = [(0, 5, frame(0, 5)), (1, 5, frame(1, 5))]
+    reference = Timeline()
+    for push in huge + after:
+        reference.push(*push)
+    timeline = Timeline()
+    timeline._steady_frames = 0
+    for batch in (huge, ScannedMedia.from_tuples(after)):
+        i = 0
+        while i < len(batch):
+            i = timeline.push_run(batch, i)
+    assert not timeline._steady
+    assert timeline_state(timeline) == timeline_state(reference)
+
+
 def test_push_run_after_finish_raises_like_push() -> None:
     timeline = Timeline()
     timeline.push_run([(side, seq, frame(side, seq)) for seq in range(30) for side in (0, 1)])

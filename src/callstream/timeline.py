@@ -563,10 +563,11 @@ class Timeline:
         for side in (left, right):
             nxt = side.next
             window = side.window
-            # `window` numbers held, none below next nor above hi: exactly next .. hi; and no
-            # negative number (the platform's are digits), whose ring slot C would compute apart
+            # `window` numbers held, none below next nor above hi: exactly next .. hi; and numbers
+            # C takes as int64: not negative (C's % would put the ring slot apart; the platform's
+            # are digits), nor near 2**63 (protocol.py takes any count of digits)
             if (
-                nxt is None or nxt < 0 or side.run or not side.learnt or len(side.held) != window
+                nxt is None or not 0 <= nxt < 1 << 62 or side.run or not side.learnt or len(side.held) != window
                 or side.hi != nxt + window - 1
             ):
                 return False
