@@ -286,7 +286,7 @@ def timeline_state(timeline: Timeline) -> tuple:
     for index, side in enumerate((timeline._left, timeline._right)):
         values = {name: getattr(side, name) for name in side.__slots__ if name != "streak"}
         if timeline._steady:
-            values["held"], values["ring_seq"], values["ring_payload"] = timeline._lanes.export(index, side)
+            values["held"], values["ring_seq"], values["ring_payload"] = timeline._lanes.export(index)
         sides.append(tuple(bytes(value) if isinstance(value, bytearray) else copy.copy(value)
                            for value in values.values()))
     return (timeline._emitted, timeline._connection, timeline._pending, timeline._finished, tuple(sides))

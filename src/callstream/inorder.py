@@ -41,14 +41,15 @@ class SteadyLanes:
         # read back through a memoryview: its tolist() took 0.6 us where ffi.unpack took 1.4
         self._report_view = memoryview(_ffi.buffer(self._report)).cast("q")
         self._rings: list[memoryview] = []  # the lanes' ring pools, to slice released audio from
-        self._window = self._ring_size = (-1, -1)
 
     def enter(self, left: _Side, right: _Side) -> None:
         """Take both sides over: each must be in its steady state (started, learnt, no late
         run, holding exactly ``next .. next + window - 1``, within its byte budgets)."""
-        if (left.window, right.window) != self._window or (left.ring_size, right.ring_size) != self._ring_size:
+        lanes = self._lanes  # (a new lane has window 0: nothing allocated yet)
+        if any(lane.window != side.window or lane.ring_size != side.ring_size
+               for lane, side in zip(lanes, (left, right), strict=True)):
             self._allocate(left, right)
-        for lane, side in zip(self._lanes, (left, right), strict=True):
+        for lane, side in zip(lanes, (left, right), strict=True):
             self._load(lane, side)
 
     def place(self, left: _Side, right: _Side, items: ScannedMedia, start: int, block: int) -> int:
@@ -84,11 +85,11 @@ class SteadyLanes:
     def leave(self, left: _Side, right: _Side) -> None:
         """Hand both sides back: their held payloads and replay rings as the lanes left them."""
         for index, side in enumerate((left, right)):
-            side.held, side.ring_seq, side.ring_payload = self.export(index, side)
+            side.held, side.ring_seq, side.ring_payload = self.export(index)
 
-    def export(self, index: int, side: _Side) -> tuple[dict[int, bytes], list[int | None], list[bytes | None]]:
-        """Side ``index``'s (0 left, 1 right) held frames and replay ring, built from its lane
-        (``side``: that side, whose counters are up to date). The lane keeps them."""
+    def export(self, index: int) -> tuple[dict[int, bytes], list[int | None], list[bytes | None]]:
+        """Side ``index``'s (0 left, 1 right) held frames and replay ring, built from its lane.
+        The lane keeps them."""
         lane = self._lanes[index]
         nxt, window, size = lane.next, lane.window, lane.ring_size
         pool = _rotated(lane.held_pool, lane.held_cap, lane.held_start)
@@ -128,8 +129,6 @@ class SteadyLanes:
             lane.window, lane.ring_size = side.window, side.ring_size
             self._buffers.append(buffers)
             self._rings.append(memoryview(_ffi.buffer(buffers[2])))
-        self._window = (left.window, right.window)
-        self._ring_size = (left.ring_size, right.ring_size)
 
     @staticmethod
     def _load(lane: Any, side: _Side) -> None:
@@ -146,10 +145,8 @@ class SteadyLanes:
         data = b"".join(payload for slot in slots if (payload := ring_payload[slot]) is not None)
         _ffi.memmove(lane.ring_pool, data, len(data))
         lane.ring_start = 0
-        for slot in range(size):
-            payload, number = ring_payload[slot], ring_seq[slot]
-            lane.ring_len[slot] = -1 if payload is None else len(payload)
-            lane.ring_seq[slot] = _lib.CS_NO_SEQUENCE if number is None else number
+        lane.ring_len[0:size] = [-1 if payload is None else len(payload) for payload in ring_payload]
+        lane.ring_seq[0:size] = [_lib.CS_NO_SEQUENCE if number is None else number for number in ring_seq]
         lane.next, lane.received, lane.placed, lane.committed = nxt, side.received, side.placed, side.committed
         lane.held_bytes, lane.ring_bytes, lane.force_limit = side.held_bytes, side.ring_bytes, side.force_limit
         # what the lane holds now lives there only (the dict keeps its keys: see the docstring)
