@@ -16,6 +16,8 @@
  * described in spans[2 * i ...] (payload offset in out, payload length: the layout of a
  * TextBatch's spans) and frames[2 * i ...] (opcode: 1 text, 2 binary; frame offset in data).
  * Stops at the first other frame, at max_frames frames, or at the end.  Returns the number of
- * frames; *consumed is the offset in data just past the last of them. */
+ * frames; report[0] is the offset in data just past the last of them, report[1] is 1 when
+ * every one of them is a text frame whose payload is all ASCII (the Media stream: each payload
+ * is valid UTF-8 as it is), else 0. */
 size_t cs_ws_split(const uint8_t *data, size_t size, uint64_t max_payload, uint8_t *out,
-                   uint32_t *spans, uint32_t *frames, size_t max_frames, size_t *consumed);
+                   uint32_t *spans, uint32_t *frames, size_t max_frames, size_t *report);

@@ -126,6 +126,11 @@ def _fragment(text: str) -> bytes:
 @given(streams())
 @example([_fragment("ab") + _masked_text("c") + _masked_text("d")])  # not a continuation: 1002
 @example([_masked_text("é") + bytes([0x82, 0x81, 0, 0, 0, 0, 0xFF]) + bytes([0x81, 0x81, 0, 0, 0, 0, 0xFF])])
+# the C split unmasks eight bytes at a time, then the rest one by one: a byte over 127 in either
+# part (or a binary frame) keeps the run from becoming one TextBatch
+@example([_masked_text("x") + _masked_text("é" + "x" * 14) + _masked_text("x")])
+@example([_masked_text("x") + _masked_text("x" * 16 + "é") + _masked_text("x")])
+@example([_masked_text("x") + Frame(Opcode.BINARY, b"x" * 9).serialize(mask=True, extensions=[])])
 def test_the_fast_paths_deliver_what_websockets_delivers(chunks: list[bytes]) -> None:
     python = _run(chunks, "python")
     assert _run(chunks, "c") == python

@@ -9,19 +9,22 @@ same messages, in the same order.
 from __future__ import annotations
 
 from array import array
-from dataclasses import dataclass
 
 
-@dataclass(frozen=True, slots=True)
 class TextBatch:
     """Message i is ``buffer[spans[2 * i] : spans[2 * i] + spans[2 * i + 1]]``.
 
     ``buffer``: the messages' bytes back to back, all ASCII (so each message is its own valid
     UTF-8 text); owned by the batch, never mutated. ``spans``: offset and length of each message
-    in ``buffer``, as unsigned 32-bit pairs (an ``array("I")``, which C reads as uint32_t)."""
+    in ``buffer``, as unsigned 32-bit pairs (an ``array("I")``, which C reads as uint32_t).
+    Treat both as read-only. (A plain class rather than a frozen dataclass: one is made per
+    read, and a frozen dataclass's ``__init__`` cost 1.1 µs against 0.4.)"""
 
-    buffer: bytes | bytearray
-    spans: array
+    __slots__ = ("buffer", "spans")
+
+    def __init__(self, buffer: bytes | bytearray, spans: array) -> None:
+        self.buffer = buffer
+        self.spans = spans
 
     def __len__(self) -> int:
         return len(self.spans) >> 1

@@ -97,7 +97,7 @@ class FrameSplitter:
             raise RuntimeError("callstream._mulaw is not built")
         self._spans = _ffi.new("uint32_t[]", 2 * self.FRAMES)
         self._frames = _ffi.new("uint32_t[]", 2 * self.FRAMES)
-        self._consumed = _ffi.new("size_t *")
+        self._report = _ffi.new("size_t[2]")  # where the frames taken end; whether all plain
 
     def split(self, data: bytes, pos: int, limit: int | None, out: deque[str | bytes | TextBatch]) -> int:
         """Append the messages of the common frames from ``data[pos:]`` to ``out`` (a run of
@@ -106,19 +106,19 @@ class FrameSplitter:
         websockets, which fails the connection with 1007)."""
         size = len(data)
         maximum = 0xFFFF_FFFF_FFFF_FFFF if limit is None else limit
-        source = _ffi.from_buffer(data)
+        source, report = _ffi.from_buffer(data), self._report
         while pos < size:
             buffer = bytearray(size - pos)
             count = _lib.cs_ws_split(source + pos, size - pos, maximum, _ffi.from_buffer(buffer),
-                                     self._spans, self._frames, self.FRAMES, self._consumed)
+                                     self._spans, self._frames, self.FRAMES, report)
             if not count:
                 return pos
-            frames = _ffi.unpack(self._frames, 2 * count)
-            if 2 not in frames[0::2] and buffer.isascii():  # the Media stream: one batch
+            if report[1]:  # all text, all ASCII (the Media stream): one batch
                 spans = array("I")
                 spans.frombytes(_ffi.buffer(self._spans, 8 * count))
                 out.append(TextBatch(buffer, spans))
             else:
+                frames = _ffi.unpack(self._frames, 2 * count)
                 spans = _ffi.unpack(self._spans, 2 * count)
                 view = memoryview(buffer)
                 for i in range(count):
@@ -131,7 +131,7 @@ class FrameSplitter:
                         out.append(str(payload, "utf-8"))
                     except UnicodeDecodeError:
                         return pos + frames[2 * i + 1]
-            pos += self._consumed[0]
+            pos += report[0]
             if count < self.FRAMES:
                 return pos
         return pos
