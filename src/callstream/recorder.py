@@ -42,7 +42,7 @@ from callstream.errors import (
 )
 from callstream.events import Media
 from callstream.mediascan import MediaScanner
-from callstream.metrics import MediaTotals, Metrics
+from callstream.metrics import NO_MEDIA, Metrics
 from callstream.protocol import parse_message
 from callstream.query import QueryMetadata
 from callstream.recording import Recording
@@ -91,7 +91,7 @@ class CallRecorder:
         self._stream = stream
         self._lane = disk.lane(self)
         self._metrics = metrics
-        self._metered = MediaTotals()
+        self._metered = NO_MEDIA
         self._require_secret = require_secret
         self._settings = settings
         self._scanner = scanner
@@ -248,9 +248,9 @@ class CallRecorder:
         """Report the media counters' progress since the last report (cheap: once per tick)."""
         if self._metrics is None:
             return
-        totals = MediaTotals.of(self.timeline, bad_messages=self.call.bad_messages)
+        totals = (*self.timeline.media_counters(), self.call.bad_messages)
         if totals != self._metered:
-            self._metrics.add_media(totals - self._metered, sample_rate=self.timeline.sample_rate)
+            self._metrics.add_media(totals, self._metered, sample_rate=self.timeline.sample_rate)
             self._metered = totals
 
     # -- the lane's target (see diskwriter.BlockTarget) ---------------------------------------

@@ -100,6 +100,7 @@ class Server:
             now = time.monotonic()
             for recorder in list(self._live):
                 recorder.tick(now)
+            self.metrics.publish()  # what the ticks reported, summed over the calls
             self._watch_disk()
 
     def _watch_disk(self) -> None:
@@ -194,6 +195,7 @@ class Server:
         finally:
             self._live.discard(recorder)
             self._finished += 1
+            self.metrics.publish()  # the call's last media progress, with its end
             self.metrics.call_finished("failed" if result is None else result.status)
         if result.path is not None:
             self.metrics.recording_written()
