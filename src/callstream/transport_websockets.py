@@ -252,8 +252,9 @@ class _Connection:
         if sock is None:
             return await self._stream.receive_some(RECEIVE_BYTES)
         ticker = self._ticker
-        if self._drained and ticker is not None:
-            await ticker.wait()
+        parked = self._drained and ticker is not None
+        if parked:
+            await ticker.wait()  # a schedule point: the read below needs no other
         else:
             await _checkpoint_if_cancelled()
         fd = sock.fileno()  # after any wait: close() may have closed it meanwhile
@@ -268,7 +269,8 @@ class _Connection:
             except OSError:  # ECONNRESET and the like: the peer is gone
                 return b""
             else:
-                await _cancel_shielded_checkpoint()
+                if not parked:  # a stream that keeps its socket full must still let others run
+                    await _cancel_shielded_checkpoint()
         while data is None:
             await _wait_readable(fd)
             try:
