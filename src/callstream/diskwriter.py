@@ -69,7 +69,7 @@ DEFAULT_STALL_TIMEOUT: Final = 30.0  # seconds a wait on the disk may last befor
 # and a batch its own thread, rather than all sharing trio's default limiter (40 threads): when
 # many calls ended together (1,800 calls ending over 18 s on two workers), their finishes took
 # all 40 and queued 60-170 more, and each batch of every live call's audio waited behind them
-# for 1.5-3.6 s (write lag p99 2.5-5 s, in four of nine such steps).
+# for 1.5-3.6 s (write lag p99 1.5-10 s in 8 of 12 such steps).
 OPEN_THREADS: Final = 8
 FINISH_THREADS: Final = 8
 

@@ -4,8 +4,8 @@ No module-level state and never the global default registry: each `Server` makes
 and passes it down (tests run several servers in one process). Nothing here is called per Media
 message. The recorder reports its timeline's counters (`MediaTotals`) once per flush interval and
 at the end of the call; their progress is summed over all calls and added to the counters once
-per flush interval (the server's clock) and when a call ends. The writer
-reports one write-lag sample per block, the server the call counters.
+per flush interval (the server's clock) and when a call ends. The writer reports one write-lag
+sample per block, the server the call counters.
 
 Multi-process workers (``serve --workers N``): prometheus_client's multiprocess mode. The parent sets
 PROMETHEUS_MULTIPROC_DIR to a fresh, emptied directory before it starts the workers (the variable
@@ -132,7 +132,8 @@ class Metrics:
 
     def add_media(self, now: MediaTotals, before: MediaTotals, *, sample_rate: int) -> None:
         """Add a call's progress from its totals ``before`` to ``now`` (see `MediaTotals`). It is
-        summed here with every other call's and reaches the counters at the next `publish`."""
+        summed here with every other call's and reaches the counters at the next `publish`. From
+        the event loop only (unlike the counters, the sum takes no lock)."""
         pending = self._pending
         for i in range(7):
             pending[i] += now[i] - before[i]
