@@ -31,11 +31,11 @@ import pybase64
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "src"))
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from callstream.encoding import encode_media
+from callstream.engagevoice.encoding import encode_media
+from callstream.engagevoice.mediascan import MediaScanner
+from callstream.engagevoice.protocol import parse_message
+from callstream.engagevoice.textbatch import TextBatch
 from callstream.events import Media, Perspective
-from callstream.mediascan import MediaScanner
-from callstream.protocol import parse_message
-from callstream.textbatch import TextBatch
 
 SEED = 20240611
 PAYLOAD_BYTES = 160  # 20 ms of mu-law at 8 kHz

@@ -27,8 +27,8 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "src"))
 
-from callstream.mediascan import ScannedMedia
-from callstream.timeline import Timeline
+from callstream.call.batch import ScannedMedia
+from callstream.call.timeline import Timeline
 
 SEED = 20240611
 FRAME_BYTES = 160  # 20 ms of mu-law at 8 kHz

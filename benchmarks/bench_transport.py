@@ -49,7 +49,7 @@ def serve(variant: str, warmup: float, window: float) -> None:
 
     async def on_upgrade(upgrade) -> None:
         nonlocal count
-        from callstream.transport import StreamClosed
+        from callstream.engagevoice.transport import StreamClosed
 
         stream = await upgrade.accept()
         try:
@@ -86,8 +86,8 @@ def serve(variant: str, warmup: float, window: float) -> None:
                 )
                 port = server.listeners[0].socket.getsockname()[1]
             else:
-                from callstream.transport import serve_trio_websocket
-                from callstream.transport_websockets import serve_websockets
+                from callstream.engagevoice.transport import serve_trio_websocket
+                from callstream.engagevoice.transport_websockets import serve_websockets
 
                 adapter = serve_websockets if variant == "websockets" else serve_trio_websocket
                 info = await nursery.start(
@@ -112,7 +112,7 @@ def frames_buffer() -> bytes:
     """FRAMES_PER_BUFFER masked text frames of Media messages, as the platform would send them."""
     from websockets.frames import Frame, Opcode
 
-    from callstream.encoding import encode_media
+    from callstream.engagevoice.encoding import encode_media
     from callstream.events import Perspective
 
     rng = random.Random(SEED)

@@ -15,10 +15,10 @@ from hypothesis import settings as hypothesis_settings
 from trio_websocket import open_websocket_url
 
 from callstream.codec import decode_ulaw_stereo
-from callstream.encoding import encode_connected, encode_media, encode_start, encode_stop
+from callstream.engagevoice.encoding import encode_connected, encode_media, encode_start, encode_stop
+from callstream.engagevoice.query import build_query
 from callstream.events import Perspective
-from callstream.query import build_query
-from callstream.server import Server, serve
+from callstream.server.server import Server, serve
 from callstream.settings import Settings
 from wsclient import Rejected, connect
 

@@ -11,10 +11,10 @@ from hypothesis import given
 from hypothesis import strategies as st
 from trio_websocket import open_websocket_url
 
-from callstream.auth import message_credential, secret_matches, upgrade_credential
-from callstream.encoding import encode_connected, encode_media, encode_start
+from callstream.engagevoice.encoding import encode_connected, encode_media, encode_start
+from callstream.engagevoice.query import build_query
 from callstream.events import Connected, Perspective, Start, Stop
-from callstream.query import build_query
+from callstream.server.auth import message_credential, secret_matches, upgrade_credential
 from conftest import (
     call_messages,
     expect_rejection,

@@ -13,11 +13,11 @@ import pytest
 import soundfile
 import trio
 
-from callstream.encoding import encode_connected, encode_media, encode_start
+from callstream.engagevoice.encoding import encode_connected, encode_media, encode_start
+from callstream.engagevoice.query import build_query
 from callstream.events import Perspective
-from callstream.query import build_query
-from callstream.recording import read_sidecar
 from callstream.settings import READ_INTERVAL_SHARE
+from callstream.storage.recording import read_sidecar
 from conftest import expected_stereo, metadata, random_frames, read_audio
 from serverprocess import ServerProcess
 from wsclient import Closed, connect

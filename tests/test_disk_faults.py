@@ -11,11 +11,11 @@ import numpy as np
 import pytest
 import trio
 
+from callstream.engagevoice.query import build_query
 from callstream.errors import RecordingError
 from callstream.events import Perspective
-from callstream.query import build_query
-from callstream.recording import Recording
-from callstream.wavbatch import AppendBatch
+from callstream.storage.recording import Recording
+from callstream.storage.wavbatch import AppendBatch
 from conftest import (
     RunningServer,
     call_messages,

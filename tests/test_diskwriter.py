@@ -10,9 +10,9 @@ import trio
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from callstream.diskwriter import DiskWriter, Lane
+from callstream.call.timeline import StereoBlock
 from callstream.errors import DiskStalledError, RecordingError
-from callstream.timeline import StereoBlock
+from callstream.storage.diskwriter import DiskWriter, Lane
 
 
 class Target:

@@ -11,7 +11,7 @@ import textwrap
 CHILD = textwrap.dedent("""
     import logging, resource, sys
     logging.basicConfig(level="WARNING", stream=sys.stdout, format="%(message)s")
-    from callstream.filelimit import needed, raise_file_limit
+    from callstream.server.filelimit import needed, raise_file_limit
     soft, hard = {soft}, {hard}
     resource.setrlimit(resource.RLIMIT_NOFILE, (soft, hard))
     print("limit", raise_file_limit({calls}), resource.getrlimit(resource.RLIMIT_NOFILE)[0], needed({calls}))

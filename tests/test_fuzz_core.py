@@ -17,7 +17,10 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from callstream.call import CallState
+from callstream.call.state import CallState
+from callstream.call.timeline import StereoBlock, Timeline
+from callstream.engagevoice.protocol import parse_message
+from callstream.engagevoice.query import parse_query
 from callstream.errors import (
     CLOSE_INVALID_PAYLOAD,
     CLOSE_MESSAGE_TOO_BIG,
@@ -25,9 +28,6 @@ from callstream.errors import (
     ProtocolError,
 )
 from callstream.events import BadMessage, Connected, Event, Media, Perspective, Start, Stop, Unknown
-from callstream.protocol import parse_message
-from callstream.query import parse_query
-from callstream.timeline import StereoBlock, Timeline
 
 FUZZ = settings(
     max_examples=400,

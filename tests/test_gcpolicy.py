@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import gc
 
-from callstream.gcpolicy import OLDER_THRESHOLD, YOUNG_THRESHOLD, tune_garbage_collector
+from callstream.server.gcpolicy import OLDER_THRESHOLD, YOUNG_THRESHOLD, tune_garbage_collector
 
 
 def test_start_up_objects_are_frozen_and_collections_are_rarer() -> None:

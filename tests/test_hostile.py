@@ -25,10 +25,10 @@ import wsproto.events as ev
 from wsproto.connection import ConnectionState
 from wsproto.utilities import LocalProtocolError
 
-from callstream.encoding import encode_connected, encode_media, encode_start, encode_stop
+from callstream.engagevoice.encoding import encode_connected, encode_media, encode_start, encode_stop
+from callstream.engagevoice.protocol import MAX_MEDIA_PAYLOAD
+from callstream.engagevoice.query import build_query
 from callstream.events import Perspective
-from callstream.protocol import MAX_MEDIA_PAYLOAD
-from callstream.query import build_query
 from conftest import expected_stereo, metadata, random_frames, read_audio
 from serverprocess import ServerProcess
 from wsclient import Closed, Rejected, WsClient, connect

@@ -8,9 +8,9 @@ import numpy as np
 import pytest
 import trio
 
-from callstream.encoding import encode_connected, encode_media, encode_start
+from callstream.engagevoice.encoding import encode_connected, encode_media, encode_start
+from callstream.engagevoice.query import build_query
 from callstream.events import Perspective
-from callstream.query import build_query
 from conftest import (
     expect_rejection,
     expected_stereo,

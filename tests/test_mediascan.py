@@ -16,12 +16,13 @@ import pytest
 from hypothesis import example, given, settings
 from hypothesis import strategies as st
 
-from callstream.encoding import encode_media
+from callstream.call.batch import ScannedMedia
+from callstream.engagevoice.encoding import encode_media
+from callstream.engagevoice.mediascan import MediaScanner, _lib
+from callstream.engagevoice.protocol import MAX_MEDIA_PAYLOAD, parse_message
+from callstream.engagevoice.textbatch import TextBatch
 from callstream.errors import ProtocolError
 from callstream.events import Media, Perspective
-from callstream.mediascan import MediaScanner, ScannedMedia, _lib
-from callstream.protocol import MAX_MEDIA_PAYLOAD, parse_message
-from callstream.textbatch import TextBatch
 
 needs_c = pytest.mark.skipif(_lib is None, reason="callstream._mulaw is not built")
 
@@ -210,7 +211,7 @@ def test_other_events_in_a_batch_keep_their_place() -> None:
 
 
 def test_without_the_c_extension_every_message_goes_to_parse_message(monkeypatch: pytest.MonkeyPatch) -> None:
-    from callstream import mediascan
+    from callstream.engagevoice import mediascan
 
     monkeypatch.setattr(mediascan, "_lib", None)
     messages = platform_frames(30)

@@ -13,12 +13,12 @@ import soundfile
 import trio
 from prometheus_client.parser import text_string_to_metric_families
 
+from callstream.engagevoice.query import build_query
 from callstream.errors import RecordingError
 from callstream.events import Perspective
-from callstream.metrics import WRITE_LAG_BUCKETS, Metrics
-from callstream.query import build_query
-from callstream.recording import Recording
+from callstream.server.metrics import WRITE_LAG_BUCKETS, Metrics
 from callstream.settings import Settings
+from callstream.storage.recording import Recording
 from conftest import (
     RunningServer,
     call_messages,

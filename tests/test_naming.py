@@ -11,7 +11,7 @@ from hypothesis import HealthCheck, example, given, settings
 from hypothesis import strategies as st
 
 from callstream.errors import RecordingError
-from callstream.naming import (
+from callstream.storage.naming import (
     DEFAULT_TEMPLATE,
     MAX_COMPONENT,
     MAX_VALUE,
@@ -194,7 +194,7 @@ def test_reserve_disk_failure(tmp_path: Path) -> None:
 
 
 def test_reserve_gives_up(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setattr("callstream.naming.MAX_SIBLINGS", 3)
+    monkeypatch.setattr("callstream.storage.naming.MAX_SIBLINGS", 3)
     for _ in range(3):
         reserve(tmp_path, PurePosixPath("c"), "wav")
     with pytest.raises(RecordingError):

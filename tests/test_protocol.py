@@ -11,8 +11,10 @@ import pytest
 from hypothesis import example, given
 from hypothesis import strategies as st
 
-from callstream import protocol
-from callstream.encoding import encode_connected, encode_media, encode_start, encode_stop
+from callstream.engagevoice import protocol
+from callstream.engagevoice.encoding import encode_connected, encode_media, encode_start, encode_stop
+from callstream.engagevoice.protocol import MAX_MEDIA_PAYLOAD, parse_message
+from callstream.engagevoice.query import QueryMetadata, build_query, parse_query
 from callstream.errors import CLOSE_MESSAGE_TOO_BIG, CLOSE_UNSUPPORTED_DATA, ProtocolError
 from callstream.events import (
     BadMessage,
@@ -23,8 +25,6 @@ from callstream.events import (
     Stop,
     Unknown,
 )
-from callstream.protocol import MAX_MEDIA_PAYLOAD, parse_message
-from callstream.query import QueryMetadata, build_query, parse_query
 
 EVENT_TYPES = (Connected, Start, Media, Stop, Unknown, BadMessage)
 CANONICAL = (

@@ -18,11 +18,11 @@ import soundfile
 from hypothesis import example, given, settings
 from hypothesis import strategies as st
 
-from callstream import recording as recording_module
 from callstream.codec import decode_ulaw_stereo
 from callstream.errors import RecordingError
-from callstream.recording import Recording, read_sidecar, rfc3339, write_sidecar
-from callstream.sinks import FORMATS
+from callstream.storage import recording as recording_module
+from callstream.storage.recording import Recording, read_sidecar, rfc3339, write_sidecar
+from callstream.storage.sinks import FORMATS
 
 STARTED = datetime(2024, 5, 1, 12, 0, 0, 250_000, tzinfo=UTC)
 ENDED = STARTED + timedelta(seconds=3)
@@ -371,7 +371,7 @@ def test_recovery_leaves_a_live_recording_alone_and_takes_it_once_its_recorder_i
 ) -> None:
     """The recorder's flock on the partial file tells recovery (in any process) the recording is
     live; when the recorder dies the kernel drops it (here: the lock is released by hand)."""
-    from callstream.recovery import recover_directory
+    from callstream.storage.recovery import recover_directory
 
     live = create(tmp_path, fmt)
     for left, right in audio(3, seconds=2):
@@ -394,7 +394,7 @@ def test_recovery_skips_a_name_claimed_a_moment_ago(tmp_path: Path, caplog: pyte
     import os
     import time
 
-    from callstream import recovery
+    from callstream.storage import recovery
 
     claim = tmp_path / "call.partial.wav"
     claim.write_bytes(b"")
@@ -425,7 +425,7 @@ def test_flac_recovery_keeps_every_complete_frame(tmp_path_factory: pytest.TempP
 
     import imageio_ffmpeg
 
-    from callstream.recovery import recover_directory
+    from callstream.storage.recovery import recover_directory
 
     directory = tmp_path_factory.mktemp("flac")
     live = create(directory, "flac")
@@ -462,7 +462,7 @@ def test_flac_recovery_keeps_every_complete_frame(tmp_path_factory: pytest.TempP
 def test_wav_recovery_of_a_header_cut_short(tmp_path: Path, fmt: str, cut: int) -> None:
     """A recorder killed while writing the WAV header leaves no audio: recovery makes it a valid
     empty WAV of the recording's format (the sidecar says which while the header cannot)."""
-    from callstream.recovery import recover_directory
+    from callstream.storage.recovery import recover_directory
 
     live = create(tmp_path, fmt)
     header = live.partial_path.read_bytes()

@@ -8,9 +8,9 @@ from dataclasses import replace
 import numpy as np
 import trio
 
-from callstream.encoding import encode_connected, encode_media, encode_start, encode_stop
+from callstream.engagevoice.encoding import encode_connected, encode_media, encode_start, encode_stop
+from callstream.engagevoice.query import build_query
 from callstream.events import Perspective
-from callstream.query import build_query
 from conftest import (
     RunningServer,
     call_messages,

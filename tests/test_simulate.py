@@ -11,9 +11,9 @@ import soundfile
 import trio
 
 from callstream.cli import main
-from callstream.loadgen import FRAME_BYTES, LoadSpec, build_pool, plan_calls
 from callstream.settings import Settings
-from callstream.simverify import verify
+from callstream.sim.loadgen import FRAME_BYTES, LoadSpec, build_pool, plan_calls
+from callstream.sim.simverify import verify
 from conftest import RunningServer, start_server, wait_for_calls
 
 TIMEOUT = 60  # seconds: a hang fails instead of blocking the suite

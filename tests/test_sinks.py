@@ -10,10 +10,10 @@ import numpy as np
 import pytest
 import soundfile
 
-from callstream import sinks
 from callstream.codec import decode_ulaw_stereo
 from callstream.errors import RecordingError
-from callstream.sinks import EXTENSIONS, FORMATS, FlacSink, WavMulawSink, WavPcmSink, open_sink
+from callstream.storage import sinks
+from callstream.storage.sinks import EXTENSIONS, FORMATS, FlacSink, WavMulawSink, WavPcmSink, open_sink
 
 BLOCK_SIZES = (160, 1, 8000, 0, 333, 8000 * 2 + 7)  # samples per channel, per write
 

@@ -24,9 +24,9 @@ from hypothesis.stateful import (
     rule,
 )
 
+from callstream.call.batch import ScannedMedia
+from callstream.call.timeline import SILENCE, STEADY_FRAMES, STEADY_IN_C, StereoBlock, Timeline, TimelineFinishedError
 from callstream.events import Perspective
-from callstream.mediascan import ScannedMedia
-from callstream.timeline import SILENCE, STEADY_FRAMES, STEADY_IN_C, StereoBlock, Timeline, TimelineFinishedError
 
 SIL = bytes([SILENCE])
 PROPERTY = settings(max_examples=60, deadline=None, suppress_health_check=[HealthCheck.too_slow])

@@ -8,14 +8,14 @@ import pytest
 import trio
 import wsproto.events as ev
 
-from callstream.transport import (
+from callstream.engagevoice.transport import (
     ListenerInfo,
     MessageStream,
     StreamClosed,
     Upgrade,
     serve_trio_websocket,
 )
-from callstream.transport_websockets import serve_websockets
+from callstream.engagevoice.transport_websockets import serve_websockets
 from wsclient import Closed, Rejected, WsClient, connect
 
 TIMEOUT = 10  # seconds: a hang fails the test instead of blocking the suite

@@ -10,9 +10,9 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from callstream import wavbatch
 from callstream.errors import RecordingError
-from callstream.sinks import WavMulawSink, WavPcmSink
+from callstream.storage import wavbatch
+from callstream.storage.sinks import WavMulawSink, WavPcmSink
 
 pytestmark = pytest.mark.skipif(not wavbatch.AVAILABLE, reason="the C extension is not built")
 

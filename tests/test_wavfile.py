@@ -10,10 +10,10 @@ import numpy as np
 import pytest
 import soundfile
 
-from callstream import wavfile
 from callstream.codec import decode_ulaw_stereo
 from callstream.errors import RecordingError
-from callstream.wavfile import WavEncoding, WavWriter, repair_wav
+from callstream.storage import wavfile
+from callstream.storage.wavfile import WavEncoding, WavWriter, repair_wav
 
 
 def parse_header(blob: bytes) -> dict:

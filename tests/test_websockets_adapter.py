@@ -18,8 +18,8 @@ from websockets.frames import Frame, Opcode
 from websockets.protocol import State
 from websockets.server import ServerProtocol
 
-from callstream.textbatch import TextBatch
-from callstream.transport_websockets import RECEIVE_BYTES, FrameSplitter, _Connection
+from callstream.engagevoice.textbatch import TextBatch
+from callstream.engagevoice.transport_websockets import RECEIVE_BYTES, FrameSplitter, _Connection
 
 MAX_SIZE = 200  # small, so that oversized frames come up often
 
@@ -184,7 +184,7 @@ async def test_a_batch_taken_one_message_at_a_time_keeps_its_place_before_the_ne
 async def test_the_read_ticker_wakes_each_reader_within_its_interval_a_fifth_at_a_time(autojump_clock) -> None:
     """`_ReadTicker`: a parked reader waits at most 1.5 intervals; the readers are woken in
     groups, never all at once (one round of trio's scheduler stays short)."""
-    from callstream.transport_websockets import _ReadTicker
+    from callstream.engagevoice.transport_websockets import _ReadTicker
 
     interval, readers = 0.5, 200
     ticker = _ReadTicker(interval)

@@ -10,9 +10,9 @@ from pathlib import Path
 import trio
 
 from callstream.cli import main as cli_main
-from callstream.encoding import encode_stop
+from callstream.engagevoice.encoding import encode_stop
+from callstream.engagevoice.query import build_query
 from callstream.events import Perspective
-from callstream.query import build_query
 from conftest import call_messages, expect_rejection, metadata, recordings
 from serverprocess import ServerProcess
 from wsclient import Closed, WsClient, connect
@@ -111,8 +111,8 @@ async def test_two_workers_share_the_port_the_limit_and_the_metrics(tmp_path: Pa
 
 def test_the_supervisor_is_not_ready_while_a_workers_disk_hangs(tmp_path: Path) -> None:
     """Each worker flags its hung disk (see Server._watch_disk); the supervisor's /readyz says so."""
+    from callstream.server.workers import Supervisor as WorkerSupervisor
     from callstream.settings import Settings
-    from callstream.workers import Supervisor as WorkerSupervisor
 
     supervisor = WorkerSupervisor(Settings(output_dir=tmp_path), 2, tmp_path)
     assert supervisor.readiness() is None

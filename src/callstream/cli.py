@@ -140,7 +140,7 @@ def _add_serve(sub: argparse._SubParsersAction, environ: dict[str, str]) -> None
 
 
 def _add_simulate(sub: argparse._SubParsersAction, environ: dict[str, str]) -> None:
-    from callstream import simulate
+    from callstream.sim import simulate
 
     simulate.add_arguments(sub, _EnvDefaults, environ)
 
@@ -160,7 +160,7 @@ def _add_recover(sub: argparse._SubParsersAction, environ: dict[str, str]) -> No
 
 
 def _run_recover(args: argparse.Namespace) -> int:
-    from callstream.recovery import recover_directory
+    from callstream.storage.recovery import recover_directory
 
     configure_logging(args.log_level)
     if not args.directory.is_dir():
@@ -189,7 +189,7 @@ def build_parser(environ: dict[str, str] | None = None) -> argparse.ArgumentPars
 
 def settings_from(args: argparse.Namespace) -> Settings:
     """Build the one Settings object from parsed serve arguments."""
-    from callstream.naming import validate_template
+    from callstream.storage.naming import validate_template
 
     try:
         validate_template(args.path_template)
@@ -223,15 +223,15 @@ def configure_logging(level: str, *, name: str | None = None) -> None:
 def _run_serve(args: argparse.Namespace) -> int:
     import trio
 
-    from callstream.filelimit import raise_file_limit
-    from callstream.gcpolicy import tune_garbage_collector
-    from callstream.server import run_until_signalled
+    from callstream.server.filelimit import raise_file_limit
+    from callstream.server.gcpolicy import tune_garbage_collector
+    from callstream.server.server import run_until_signalled
 
     settings = settings_from(args)
     configure_logging(settings.log_level, name="supervisor" if args.workers > 1 else None)
     raise_file_limit(settings.max_calls)  # before the workers start: they inherit it
     if args.workers > 1:
-        from callstream.workers import run_workers
+        from callstream.server.workers import run_workers
 
         return run_workers(settings, args.workers)
     tune_garbage_collector()

@@ -78,3 +78,19 @@ class BadMessage:
 
 
 Event = Connected | Start | Media | Stop | Unknown | BadMessage
+
+
+@dataclass(frozen=True, slots=True)
+class QueryMetadata:
+    """What the upgrade request's target says about the call.
+
+    ``mapped``: canonical field names (as in `Start.metadata`) to the first non-empty value;
+    ``raw``: every query parameter, percent-decoded, all values in order; ``path``: the target
+    up to ``?``, as received. A ``secret`` parameter (any casing) is in neither dict, only in
+    ``secret`` (first one wins), which stays out of the repr.
+    """
+
+    mapped: dict[str, str]
+    raw: dict[str, list[str]]
+    path: str
+    secret: str | None = field(default=None, repr=False)

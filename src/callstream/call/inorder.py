@@ -14,7 +14,7 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING, Any
 
-from callstream.mediascan import ScannedMedia
+from callstream.call.batch import ScannedMedia
 
 try:
     from callstream._mulaw import ffi as _ffi
@@ -23,7 +23,7 @@ except ImportError:  # not built: timelines place every frame in Python
     _ffi = _lib = None
 
 if TYPE_CHECKING:
-    from callstream.timeline import _Side
+    from callstream.call.timeline import _Side
 
 AVAILABLE = _lib is not None
 

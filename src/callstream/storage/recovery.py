@@ -32,8 +32,8 @@ import numpy as np
 import soundfile
 
 from callstream.errors import RecordingError
-from callstream.recording import read_sidecar, rfc3339, sha256_file, write_sidecar
-from callstream.wavfile import SAMPLE_RATE, WavEncoding, repair_wav
+from callstream.storage.recording import read_sidecar, rfc3339, sha256_file, write_sidecar
+from callstream.storage.wavfile import SAMPLE_RATE, WavEncoding, repair_wav
 
 LOGGER = logging.getLogger("callstream.recovery")
 

@@ -37,10 +37,10 @@ from pathlib import Path
 
 import trio
 
-from callstream.encoding import encode_connected, encode_media, encode_start, encode_stop
+from callstream.engagevoice.encoding import encode_connected, encode_media, encode_start, encode_stop
+from callstream.engagevoice.query import build_query
 from callstream.events import Perspective
-from callstream.query import build_query
-from callstream.simclient import Client, Closed, Rejected, connect, masked_text_header
+from callstream.sim.simclient import Client, Closed, Rejected, connect, masked_text_header
 
 FRAME_BYTES = 160  # 20 ms of 8 kHz mu-law
 FRAME_SECONDS = FRAME_BYTES / 8000
@@ -91,7 +91,7 @@ class CallSpec:
     delay: float  # seconds after the run's start at which the call connects
 
     def metadata(self) -> dict[str, str]:
-        from callstream.simulate import default_metadata
+        from callstream.sim.simulate import default_metadata
 
         return default_metadata(self.call_id, self.session_id)
 
@@ -197,7 +197,7 @@ class FramePool:
 
 
 def build_pool(spec: LoadSpec) -> FramePool:
-    from callstream.simulate import load_audio, noisy_tone_audio, tone_audio
+    from callstream.sim.simulate import load_audio, noisy_tone_audio, tone_audio
 
     stereo, agent, caller = spec.audio
     if stereo or agent or caller:

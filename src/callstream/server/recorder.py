@@ -28,9 +28,13 @@ from typing import Any
 
 import trio
 
-from callstream.auth import message_credential, secret_matches
-from callstream.call import CallState
-from callstream.diskwriter import DiskWriter
+from callstream.call.state import CallState
+from callstream.call.timeline import StereoBlock, Timeline
+from callstream.engagevoice.mediascan import MediaScanner
+from callstream.engagevoice.protocol import parse_message
+from callstream.engagevoice.query import QueryMetadata
+from callstream.engagevoice.textbatch import TextBatch
+from callstream.engagevoice.transport import MessageStream, StreamClosed
 from callstream.errors import (
     CLOSE_GOING_AWAY,
     CLOSE_INTERNAL_ERROR,
@@ -41,16 +45,12 @@ from callstream.errors import (
     RecordingError,
 )
 from callstream.events import Media
-from callstream.mediascan import MediaScanner
-from callstream.metrics import NO_MEDIA, Metrics
-from callstream.protocol import parse_message
-from callstream.query import QueryMetadata
-from callstream.recording import Recording
+from callstream.server.auth import message_credential, secret_matches
+from callstream.server.metrics import NO_MEDIA, Metrics
 from callstream.settings import Settings
-from callstream.textbatch import TextBatch
-from callstream.timeline import StereoBlock, Timeline
-from callstream.transport import MessageStream, StreamClosed
-from callstream.wavbatch import PlannedAppend
+from callstream.storage.diskwriter import DiskWriter
+from callstream.storage.recording import Recording
+from callstream.storage.wavbatch import PlannedAppend
 
 LOGGER = logging.getLogger("callstream.recorder")
 

@@ -14,9 +14,10 @@ from typing import Final, Protocol
 import numpy as np
 import soundfile as sf
 
-from . import codec, wavbatch
-from .errors import RecordingError
-from .wavfile import CHANNELS, FILE_MODE, SAMPLE_RATE, WavEncoding, WavWriter
+from callstream import codec
+from callstream.errors import RecordingError
+from callstream.storage import wavbatch
+from callstream.storage.wavfile import CHANNELS, FILE_MODE, SAMPLE_RATE, WavEncoding, WavWriter
 
 
 class AudioSink(Protocol):

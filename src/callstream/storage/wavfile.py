@@ -26,7 +26,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Final
 
-from .errors import RecordingError
+from callstream.errors import RecordingError
 
 SAMPLE_RATE: Final = 8000  # Hz
 CHANNELS: Final = 2

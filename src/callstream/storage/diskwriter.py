@@ -56,9 +56,9 @@ from typing import Any, Final, Protocol, TypeVar
 import outcome
 import trio
 
+from callstream.call.timeline import StereoBlock
 from callstream.errors import DiskStalledError, RecordingError
-from callstream.timeline import StereoBlock
-from callstream.wavbatch import AppendBatch, PlannedAppend
+from callstream.storage.wavbatch import AppendBatch, PlannedAppend
 
 T = TypeVar("T")
 

@@ -16,18 +16,18 @@ from typing import Any
 
 import trio
 
-from callstream.admission import Admission
-from callstream.auth import secret_matches, upgrade_credential
-from callstream.diskwriter import DiskWriter
+from callstream.engagevoice.mediascan import MediaScanner
+from callstream.engagevoice.query import QueryMetadata, parse_query
+from callstream.engagevoice.transport import ListenerInfo, MessageStream, Upgrade, serve_trio_websocket
 from callstream.errors import CLOSE_POLICY_VIOLATION
-from callstream.http_metrics import MetricsEndpoint, serve_metrics
-from callstream.mediascan import MediaScanner
-from callstream.metrics import Metrics
-from callstream.query import QueryMetadata, parse_query
-from callstream.recorder import CallRecorder, CallResult
-from callstream.recovery import Recovered, recover_directory
+from callstream.server.admission import Admission
+from callstream.server.auth import secret_matches, upgrade_credential
+from callstream.server.http_metrics import MetricsEndpoint, serve_metrics
+from callstream.server.metrics import Metrics
+from callstream.server.recorder import CallRecorder, CallResult
 from callstream.settings import READ_INTERVAL_SHARE, Settings
-from callstream.transport import ListenerInfo, MessageStream, Upgrade, serve_trio_websocket
+from callstream.storage.diskwriter import DiskWriter
+from callstream.storage.recovery import Recovered, recover_directory
 
 LOGGER = logging.getLogger("callstream.server")
 
@@ -269,7 +269,7 @@ async def serve(
     settings.output_dir.mkdir(parents=True, exist_ok=True)
     extra: dict[str, Any] = {}
     if settings.transport == "websockets":
-        from callstream.transport_websockets import serve_websockets as serve_transport
+        from callstream.engagevoice.transport_websockets import serve_websockets as serve_transport
 
         # reads coalesce up to read_interval, never more than half the flush interval:
         # what a crash can lose grows by at most that much

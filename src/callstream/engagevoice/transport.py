@@ -15,7 +15,7 @@ from typing import Any, Protocol
 import trio
 from trio_websocket import ConnectionClosed, WebSocketConnection, WebSocketRequest, WebSocketServer
 
-from callstream.listeners import open_listeners
+from callstream.engagevoice.listeners import open_listeners
 
 
 class StreamClosed(Exception):

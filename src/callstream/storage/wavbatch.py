@@ -18,12 +18,12 @@ import os
 from dataclasses import dataclass
 from typing import Any, Final
 
-from .errors import RecordingError
-from .wavfile import WavEncoding, WavWriter
+from callstream.errors import RecordingError
+from callstream.storage.wavfile import WavEncoding, WavWriter
 
 try:
-    from ._mulaw import ffi as _ffi
-    from ._mulaw import lib as _lib
+    from callstream._mulaw import ffi as _ffi
+    from callstream._mulaw import lib as _lib
 except ImportError:  # pragma: no cover - exercised by the numpy-only build
     _ffi = _lib = None
 

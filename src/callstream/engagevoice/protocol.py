@@ -28,8 +28,8 @@ from typing import Any, Final, Literal
 
 import msgspec
 
-from .errors import CLOSE_MESSAGE_TOO_BIG, CLOSE_UNSUPPORTED_DATA, ProtocolError
-from .events import (
+from callstream.errors import CLOSE_MESSAGE_TOO_BIG, CLOSE_UNSUPPORTED_DATA, ProtocolError
+from callstream.events import (
     BadMessage,
     Connected,
     Event,

@@ -15,8 +15,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from callstream.errors import CLOSE_INVALID_PAYLOAD, ProtocolError
-from callstream.events import BadMessage, Connected, Event, Start, Stop, Unknown
-from callstream.query import QueryMetadata
+from callstream.events import BadMessage, Connected, Event, QueryMetadata, Start, Stop, Unknown
 
 LOGGER = logging.getLogger("callstream.call")
 

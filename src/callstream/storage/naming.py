@@ -22,7 +22,7 @@ from functools import lru_cache
 from pathlib import Path, PurePosixPath
 from typing import Final
 
-from .errors import RecordingError
+from callstream.errors import RecordingError
 
 DEFAULT_TEMPLATE: Final = "{date}/{callId}-{sessionId}"
 METADATA_FIELDS: Final = (

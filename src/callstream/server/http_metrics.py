@@ -18,7 +18,7 @@ from typing import Final
 import h11
 import trio
 
-from callstream.metrics import CONTENT_TYPE, Metrics
+from callstream.server.metrics import CONTENT_TYPE, Metrics
 
 LOGGER = logging.getLogger("callstream.http_metrics")
 

@@ -88,10 +88,10 @@ from dataclasses import asdict, dataclass
 from itertools import pairwise
 from typing import Any, Final
 
+from callstream.call.batch import ScannedMedia
+from callstream.call.inorder import AVAILABLE as STEADY_IN_C
+from callstream.call.inorder import SteadyLanes
 from callstream.errors import CallstreamError
-from callstream.inorder import AVAILABLE as STEADY_IN_C
-from callstream.inorder import SteadyLanes
-from callstream.mediascan import ScannedMedia
 
 SILENCE: Final = 0xFF  # mu-law silence (decodes to 0); 0x00 decodes to -32124
 MODES: Final = ("auto", "perspective", "connection")

@@ -26,11 +26,11 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any, Final
 
-from .errors import RecordingError
-from .naming import FILE_MODE, MAX_SIBLINGS, SIDECAR, Reservation, render_path, reserve
-from .sinks import EXTENSIONS, AudioSink, open_sink
-from .wavbatch import PlannedAppend
-from .wavfile import CHANNELS, SAMPLE_RATE
+from callstream.errors import RecordingError
+from callstream.storage.naming import FILE_MODE, MAX_SIBLINGS, SIDECAR, Reservation, render_path, reserve
+from callstream.storage.sinks import EXTENSIONS, AudioSink, open_sink
+from callstream.storage.wavbatch import PlannedAppend
+from callstream.storage.wavfile import CHANNELS, SAMPLE_RATE
 
 LOGGER = logging.getLogger("callstream.recording")
 

@@ -63,9 +63,9 @@ try:
 except ImportError:  # pragma: no cover - exercised by the numpy-only build
     _ffi = _lib = None
 
-from callstream.listeners import open_listeners
-from callstream.textbatch import TextBatch
-from callstream.transport import Handler, ListenerInfo, MessageStream, StreamClosed
+from callstream.engagevoice.listeners import open_listeners
+from callstream.engagevoice.textbatch import TextBatch
+from callstream.engagevoice.transport import Handler, ListenerInfo, MessageStream, StreamClosed
 
 LOGGER = logging.getLogger("callstream.transport_websockets")
 

@@ -7,29 +7,13 @@ the two agree; `build_query` writes such a query, for the simulator and the test
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
 from typing import Any
 from urllib.parse import parse_qsl, urlencode
 
-from .protocol import CANONICAL_FIELDS, SECRET_KEY, normalise_key
+from callstream.engagevoice.protocol import CANONICAL_FIELDS, SECRET_KEY, normalise_key
+from callstream.events import QueryMetadata
 
 __all__ = ["QueryMetadata", "build_query", "parse_query"]
-
-
-@dataclass(frozen=True, slots=True)
-class QueryMetadata:
-    """What the upgrade request's target says about the call.
-
-    ``mapped``: canonical field names (as in `Start.metadata`) to the first non-empty value;
-    ``raw``: every query parameter, percent-decoded, all values in order; ``path``: the target
-    up to ``?``, as received. A ``secret`` parameter (any casing) is in neither dict, only in
-    ``secret`` (first one wins), which stays out of the repr.
-    """
-
-    mapped: dict[str, str]
-    raw: dict[str, list[str]]
-    path: str
-    secret: str | None = field(default=None, repr=False)
 
 
 def parse_query(target: str) -> QueryMetadata:

@@ -15,7 +15,7 @@ from pathlib import Path
 import numpy as np
 
 from callstream.codec import decode_ulaw_stereo
-from callstream.loadgen import FRAME_BYTES, CallSpec, FramePool
+from callstream.sim.loadgen import FRAME_BYTES, CallSpec, FramePool
 
 FINALISE_WAIT = 60.0  # seconds to wait for recordings still being written to be finished
 MISSING_WAIT = 3.0  # seconds to wait for a recording that has no sidecar at all yet

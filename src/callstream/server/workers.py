@@ -23,9 +23,9 @@ from typing import Any
 
 import trio
 
-from callstream.listeners import bound_socket
-from callstream.recovery import recover_directory
+from callstream.engagevoice.listeners import bound_socket
 from callstream.settings import Settings
+from callstream.storage.recovery import recover_directory
 
 LOGGER = logging.getLogger("callstream.workers")
 
@@ -37,8 +37,8 @@ STOP_MARGIN = 30.0  # seconds beyond --drain-timeout a worker gets to finalise b
 
 def _worker_main(settings: Settings, index: int, shared_calls: Any, disk_flag: Any) -> None:
     from callstream.cli import configure_logging
-    from callstream.gcpolicy import tune_garbage_collector
-    from callstream.server import run_until_signalled
+    from callstream.server.gcpolicy import tune_garbage_collector
+    from callstream.server.server import run_until_signalled
 
     configure_logging(settings.log_level, name=f"worker-{index}")
     tune_garbage_collector()
@@ -57,7 +57,7 @@ class _AggregateMetrics:
     def render(self) -> bytes:
         from prometheus_client import generate_latest
 
-        from callstream.metrics import Metrics
+        from callstream.server.metrics import Metrics
 
         return generate_latest(Metrics.aggregate(self._directory))
 
@@ -138,7 +138,7 @@ class Supervisor:
 
 
 async def _run(settings: Settings, count: int, metrics_dir: Path) -> int:
-    from callstream.http_metrics import serve_metrics
+    from callstream.server.http_metrics import serve_metrics
 
     supervisor = Supervisor(settings, count, metrics_dir)
     with trio.open_signal_receiver(signal.SIGTERM, signal.SIGINT) as signals:

@@ -24,10 +24,10 @@ import numpy as np
 import trio
 
 from callstream.codec import encode_ulaw
-from callstream.encoding import encode_connected, encode_media, encode_start, encode_stop
+from callstream.engagevoice.encoding import encode_connected, encode_media, encode_start, encode_stop
+from callstream.engagevoice.query import build_query
 from callstream.events import Perspective
-from callstream.query import build_query
-from callstream.simclient import connect
+from callstream.sim.simclient import connect
 
 LOGGER = logging.getLogger("callstream.simulate")
 
@@ -269,7 +269,7 @@ def add_arguments(
 
 
 def _run(args: argparse.Namespace) -> int:
-    from callstream.loadgen import (
+    from callstream.sim.loadgen import (
         FRAME_SECONDS,
         POOL_FRAMES,
         LoadSpec,
@@ -340,7 +340,7 @@ def _run(args: argparse.Namespace) -> int:
     )
     verdicts = []
     if args.verify is not None:
-        from callstream.simverify import verify
+        from callstream.sim.simverify import verify
 
         verdicts = verify(args.verify, calls, pool)
         for verdict in verdicts:

@@ -1,0 +1,133 @@
+"""The package's layers, read from the source: every module's imports (ast) point one way.
+
+Front end (``engagevoice/``) -> call core (``call/``) <- storage (``storage/``); the server
+(``server/``) wires them; ``sim/`` talks to a server the way the platform does. Shared top-level
+modules (errors, events, audio, codec, native, settings) import no layer. The call core is
+sans-IO: no trio, sockets, threads or file formats. docs/architecture.md draws the same picture.
+"""
+
+from __future__ import annotations
+
+import ast
+from pathlib import Path
+
+import pytest
+
+PACKAGE = Path(__file__).resolve().parent.parent / "src" / "callstream"
+
+SHARED = {"errors", "events", "audio", "codec", "native", "settings", "_mulaw"}
+ENTRY = {"cli", "__main__", "__init__"}  # the command line wires everything
+# layer -> the layers it may import (besides itself and the shared modules)
+ALLOWED: dict[str, set[str]] = {
+    "shared": set(),
+    "call": set(),
+    "engagevoice": {"call"},
+    "storage": {"call"},
+    "server": {"call", "engagevoice", "storage", "cli"},  # workers reuse cli.configure_logging
+    "sim": {"engagevoice"},
+}
+# third-party and standard modules a layer must not import
+FORBIDDEN: dict[str, set[str]] = {
+    "shared": {"trio", "trio_websocket", "websockets", "wsproto", "socket", "ssl", "h11", "soundfile"},
+    "call": {
+        "trio", "trio_websocket", "websockets", "wsproto", "h11", "socket", "ssl", "selectors",
+        "threading", "concurrent", "multiprocessing", "subprocess", "soundfile", "fcntl", "os",
+        "msgspec", "prometheus_client",
+    },
+    "storage": {"trio_websocket", "websockets", "wsproto", "h11", "socket", "ssl"},
+    "engagevoice": {"soundfile", "fcntl", "prometheus_client"},
+}
+
+
+def layer_of(module: str) -> str:
+    """``callstream.call.timeline`` or ``callstream.call`` -> ``call``; a top-level module ->
+    ``shared`` or ``entry``."""
+    parts = module.split(".")
+    if len(parts) >= 2 and parts[1] in ALLOWED:
+        return parts[1]
+    return "entry" if len(parts) >= 2 and parts[1] in ENTRY else "shared"
+
+
+def module_name(path: Path) -> str:
+    relative = path.relative_to(PACKAGE.parent).with_suffix("")
+    parts = list(relative.parts)
+    if parts[-1] == "__init__" and len(parts) > 2:
+        parts.pop()
+    return ".".join(parts)
+
+
+def imports_of(source: str, module: str) -> list[tuple[int, str]]:
+    """Every module ``source`` imports (absolute names, relative ones resolved), with line numbers,
+    wherever the statement is (function bodies and TYPE_CHECKING blocks included)."""
+    found = []
+    package = module if module.endswith("__init__") else module.rsplit(".", 1)[0]
+    for node in ast.walk(ast.parse(source)):
+        if isinstance(node, ast.Import):
+            found.extend((node.lineno, alias.name) for alias in node.names)
+        elif isinstance(node, ast.ImportFrom):
+            if node.level:
+                base = package.split(".")
+                base = base[: len(base) - (node.level - 1)]
+                name = ".".join([*base, node.module] if node.module else base)
+            else:
+                name = node.module or ""
+            found.append((node.lineno, name))
+            if name == "callstream" or (node.level and not node.module):  # from callstream import x
+                found.extend((node.lineno, f"{name}.{alias.name}") for alias in node.names)
+    return found
+
+
+def violations(source: str, module: str) -> list[str]:
+    """What is wrong with ``module``'s imports, one line each (empty when it keeps to its layer)."""
+    layer = layer_of(module)
+    if layer == "entry":
+        return []
+    problems = []
+    for line, name in imports_of(source, module):
+        top = name.split(".")[0]
+        if top != "callstream":
+            if top in FORBIDDEN.get(layer, set()):
+                problems.append(f"{module}:{line} imports {name} (the {layer} layer must not)")
+            continue
+        if name == "callstream":
+            continue
+        target = layer_of(name)
+        if target == "entry":
+            target = name.split(".")[1]
+        if target in (layer, "shared") or target in ALLOWED.get(layer, set()):
+            continue
+        problems.append(f"{module}:{line} imports {name} (layer {layer} -> {target})")
+    return problems
+
+
+MODULES = sorted(PACKAGE.rglob("*.py"))
+
+
+def test_every_module_is_seen() -> None:
+    names = {module_name(path) for path in MODULES}
+    assert {"callstream.call.timeline", "callstream.storage.diskwriter", "callstream.cli"} <= names
+    assert {layer_of(name) for name in names} == {"entry", *ALLOWED}
+
+
+@pytest.mark.parametrize("path", MODULES, ids=lambda path: module_name(path))
+def test_imports_point_one_way(path: Path) -> None:
+    assert violations(path.read_text(), module_name(path)) == []
+
+
+@pytest.mark.parametrize(
+    ("module", "source"),
+    [
+        ("callstream.call.timeline", "import trio\n"),
+        ("callstream.call.timeline", "def f():\n    import socket\n"),
+        ("callstream.call.state", "from callstream.engagevoice.query import parse_query\n"),
+        ("callstream.call.state", "from callstream.storage import wavfile\n"),
+        ("callstream.call.inorder", "from ..storage.wavfile import SAMPLE_RATE\n"),
+        ("callstream.storage.sinks", "from callstream.engagevoice.protocol import parse_message\n"),
+        ("callstream.storage.sinks", "from callstream.server.metrics import Metrics\n"),
+        ("callstream.engagevoice.mediascan", "from callstream.storage.wavbatch import AppendBatch\n"),
+        ("callstream.errors", "from callstream.call.timeline import Timeline\n"),
+        ("callstream.sim.loadgen", "from callstream.server.server import Server\n"),
+    ],
+)
+def test_a_bad_import_is_caught(module: str, source: str) -> None:
+    assert violations(source, module)
