@@ -12,6 +12,7 @@ from typing import Any
 
 from callstream import __version__
 from callstream import settings as defaults
+from callstream.audio import SAMPLE_RATE
 from callstream.settings import Settings
 
 LOG_LEVELS = ("debug", "info", "warning", "error")
@@ -168,7 +169,7 @@ def _run_recover(args: argparse.Namespace) -> int:
         return 2
     recovered = recover_directory(args.directory)
     for item in recovered:
-        print(f"recovered {item.sidecar if item.path is None else item.path} ({item.frames / 8000:.1f} s)")
+        print(f"recovered {item.sidecar if item.path is None else item.path} ({item.frames / SAMPLE_RATE:.1f} s)")
     print(f"{len(recovered)} recordings recovered")
     return 0
 

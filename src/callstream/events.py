@@ -12,6 +12,8 @@ import enum
 from dataclasses import dataclass, field
 from typing import Any, NamedTuple
 
+from callstream.audio import SAMPLE_RATE
+
 
 class Perspective(enum.IntEnum):
     """Which leg a Media frame belongs to; the value is the stereo channel index."""
@@ -42,7 +44,7 @@ class Start:
 
     metadata: dict[str, str]
     content_type: str = "audio/x-mulaw"
-    sample_rate: int = 8000
+    sample_rate: int = SAMPLE_RATE
     raw: dict[str, Any] = field(default_factory=dict)
     secret: str | None = field(default=None, repr=False)
 

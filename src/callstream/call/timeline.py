@@ -88,12 +88,13 @@ from dataclasses import asdict, dataclass
 from itertools import pairwise
 from typing import Any, Final
 
+from callstream.audio import ULAW_SILENCE
 from callstream.call.batch import ScannedMedia
 from callstream.call.inorder import AVAILABLE as STEADY_IN_C
 from callstream.call.inorder import SteadyLanes
 from callstream.errors import CallstreamError
 
-SILENCE: Final = 0xFF  # mu-law silence (decodes to 0); 0x00 decodes to -32124
+SILENCE: Final = ULAW_SILENCE  # mu-law silence (decodes to 0); 0x00 decodes to -32124
 MODES: Final = ("auto", "perspective", "connection")
 DEFAULT_FRAME_MS: Final = 20.0  # stands in for the frame length until a side's first payload
 RING_WINDOWS: Final = 8  # exact replays are recognised up to 8 windows of numbers back

@@ -28,6 +28,7 @@ from typing import Any, Final, Literal
 
 import msgspec
 
+from callstream import audio
 from callstream.errors import CLOSE_MESSAGE_TOO_BIG, CLOSE_UNSUPPORTED_DATA, ProtocolError
 from callstream.events import (
     BadMessage,
@@ -55,7 +56,7 @@ __all__ = [
 
 DEFAULT_MAX_BYTES: Final = 65536  # bytes of UTF-8 per text frame; a Media frame is ~300
 DEFAULT_CONTENT_TYPE: Final = "audio/x-mulaw"
-DEFAULT_SAMPLE_RATE: Final = 8000  # Hz
+DEFAULT_SAMPLE_RATE: Final = audio.SAMPLE_RATE  # Hz
 # The longest Media payload we take, bytes: 250 ms of 8 kHz mu-law. The platform sends 160-byte
 # (20 ms) frames, its successor 100 ms chunks; a longer payload is a BadMessage, so that a peer
 # cannot make the timeline hold frames many times its window (timeline.LONGEST_FRAME_MS).
@@ -73,7 +74,7 @@ SUPPORTED_CONTENT_TYPES: Final = MappingProxyType(
         "audio/basic": "audio/x-mulaw",
     }
 )
-SUPPORTED_SAMPLE_RATES: Final = frozenset({8000})  # Hz
+SUPPORTED_SAMPLE_RATES: Final = frozenset({audio.SAMPLE_RATE})  # Hz
 
 # Field names, compared after lower-casing and dropping ASCII punctuation and white space, so
 # callId, call_id, CallID, CALL-ID and "Call ID" are one key. Shared by Start metadata and the

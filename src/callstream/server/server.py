@@ -16,6 +16,7 @@ from typing import Any
 
 import trio
 
+from callstream.audio import SAMPLE_RATE
 from callstream.engagevoice.mediascan import MediaScanner
 from callstream.engagevoice.query import QueryMetadata, parse_query
 from callstream.engagevoice.transport import ListenerInfo, MessageStream, Upgrade, serve_trio_websocket
@@ -243,7 +244,7 @@ def _log_result(result: CallResult) -> None:
         result.session_id,
         result.status,
         result.reason,
-        result.frames / 8000,
+        result.frames / SAMPLE_RATE,
         result.path,
         stats,
     )

@@ -37,13 +37,13 @@ from pathlib import Path
 
 import trio
 
+from callstream.audio import FRAME_BYTES, SAMPLE_RATE
 from callstream.engagevoice.encoding import encode_connected, encode_media, encode_start, encode_stop
 from callstream.engagevoice.query import build_query
 from callstream.events import Perspective
 from callstream.sim.simclient import Client, Closed, Rejected, connect, masked_text_header
 
-FRAME_BYTES = 160  # 20 ms of 8 kHz mu-law
-FRAME_SECONDS = FRAME_BYTES / 8000
+FRAME_SECONDS = FRAME_BYTES / SAMPLE_RATE  # FRAME_BYTES: 20 ms of 8 kHz mu-law
 FAST_BATCH = 25  # pairs of Media messages per write in fast mode (0.5 s of audio)
 POOL_FRAMES = 251  # frames of generated audio the calls of a load run share (a prime: ~5 s)
 PACER_TICK = FRAME_SECONDS  # seconds between pacer rounds (20 ms): the jitter of real-time sends

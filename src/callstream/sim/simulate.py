@@ -23,6 +23,7 @@ from pathlib import Path
 import numpy as np
 import trio
 
+from callstream.audio import FRAME_BYTES, SAMPLE_RATE
 from callstream.codec import encode_ulaw
 from callstream.engagevoice.encoding import encode_connected, encode_media, encode_start, encode_stop
 from callstream.engagevoice.query import build_query
@@ -31,8 +32,6 @@ from callstream.sim.simclient import connect
 
 LOGGER = logging.getLogger("callstream.simulate")
 
-SAMPLE_RATE = 8000  # Hz, what the platform streams
-FRAME_BYTES = 160  # 20 ms of 8 kHz G.711
 DEFAULT_URL = "ws://127.0.0.1:3333"
 DEFAULT_SECONDS = 10.0
 DEFAULT_RAMP = 1.0  # seconds over which the starts of several calls are spread

@@ -26,10 +26,11 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Final
 
+from callstream import audio
 from callstream.errors import RecordingError
 
-SAMPLE_RATE: Final = 8000  # Hz
-CHANNELS: Final = 2
+SAMPLE_RATE: Final = audio.SAMPLE_RATE  # Hz
+CHANNELS: Final = audio.CHANNELS
 RIFF_LIMIT: Final = 0xFFFF_FFFF  # bytes: the largest RIFF chunk size a 32-bit field can hold
 FILE_MODE: Final = 0o640  # recordings are personal data: no access for others
 _BUFFER_SIZE: Final = 64 * 1024  # bytes held in user space between flushes
