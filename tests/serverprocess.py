@@ -18,14 +18,16 @@ LISTENING = r"listening on [\d.]+:(\d+)"
 
 class ServerProcess:
     """Starts the server with ``args`` after the host, port and output directory; waits until
-    ``ready`` (a regex whose group 1 is the port) appears in the log."""
+    ``ready`` (a regex whose group 1 is the port) appears in the log. ``env``: variables added to
+    the test's own environment for the child (e.g. CALLSTREAM_NATIVE=0)."""
 
-    def __init__(self, output_dir: Path, *args: str, ready: str = LISTENING, timeout: float = 30) -> None:
+    def __init__(self, output_dir: Path, *args: str, ready: str = LISTENING, timeout: float = 30,
+                 env: dict[str, str] | None = None) -> None:
         self.output_dir = output_dir
         self.process = subprocess.Popen(
             [sys.executable, "-m", "callstream", "serve", "--host", "127.0.0.1", "--port", "0",
              "--output-dir", str(output_dir), *args],
-            stderr=subprocess.PIPE, text=True, errors="replace",
+            stderr=subprocess.PIPE, text=True, errors="replace", env=None if env is None else {**os.environ, **env},
         )
         self.log: list[str] = []
         self._lock = threading.Lock()

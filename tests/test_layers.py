@@ -105,13 +105,23 @@ MODULES = sorted(PACKAGE.rglob("*.py"))
 
 def test_every_module_is_seen() -> None:
     names = {module_name(path) for path in MODULES}
-    assert {"callstream.call.timeline", "callstream.storage.diskwriter", "callstream.cli"} <= names
+    assert {"callstream.call.timeline", "callstream.storage.diskwriter", "callstream.cli", "callstream.native"} <= names
     assert {layer_of(name) for name in names} == {"entry", *ALLOWED}
 
 
 @pytest.mark.parametrize("path", MODULES, ids=lambda path: module_name(path))
 def test_imports_point_one_way(path: Path) -> None:
     assert violations(path.read_text(), module_name(path)) == []
+
+
+def test_only_the_native_seam_imports_the_extension() -> None:
+    users = [
+        module_name(path)
+        for path in MODULES
+        for _, name in imports_of(path.read_text(), module_name(path))
+        if name.startswith("callstream._mulaw")
+    ]
+    assert users == ["callstream.native"]
 
 
 @pytest.mark.parametrize(

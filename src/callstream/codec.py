@@ -22,14 +22,12 @@ from typing import Final, TypeAlias
 
 import numpy as np
 
-try:
-    from callstream._mulaw import ffi as _ffi
-    from callstream._mulaw import lib as _lib
-except ImportError as exc:  # not built: the numpy backend takes over
-    _ffi = _lib = None
-    _IMPORT_ERROR: ImportError | None = exc
-else:
-    _IMPORT_ERROR = None
+from callstream.native import DISABLED as _NATIVE_DISABLED
+from callstream.native import IMPORT_ERROR as _IMPORT_ERROR
+
+# the C kernel, or None (not built or CALLSTREAM_NATIVE=0: the numpy backend takes over); see native.py
+from callstream.native import ffi as _ffi
+from callstream.native import lib as _lib
 
 __all__ = [
     "ALAW_SILENCE",
@@ -330,12 +328,13 @@ def _choose() -> _Codec:
     if wanted == "numpy":
         return NumpyBackend()
     if _lib is None and wanted == "":
-        warnings.warn(
-            f"callstream._mulaw is not built ({_IMPORT_ERROR}); G.711 falls back to numpy, "
-            "about 10x slower",
-            RuntimeWarning,
-            stacklevel=2,
-        )
+        if not _NATIVE_DISABLED:  # CALLSTREAM_NATIVE=0 asked for numpy: nothing to warn about
+            warnings.warn(
+                f"callstream._mulaw is not built ({_IMPORT_ERROR}); G.711 falls back to numpy, "
+                "about 10x slower",
+                RuntimeWarning,
+                stacklevel=2,
+            )
         return NumpyBackend()
     return CBackend()  # ImportError when CALLSTREAM_CODEC=c and the extension is missing
 

@@ -16,11 +16,9 @@ from typing import TYPE_CHECKING, Any
 
 from callstream.call.batch import ScannedMedia
 
-try:
-    from callstream._mulaw import ffi as _ffi
-    from callstream._mulaw import lib as _lib
-except ImportError:  # not built: timelines place every frame in Python
-    _ffi = _lib = None
+# the C kernel, or None (not built or CALLSTREAM_NATIVE=0: timelines place every frame in Python); see native.py
+from callstream.native import ffi as _ffi
+from callstream.native import lib as _lib
 
 if TYPE_CHECKING:
     from callstream.call.timeline import _Side

@@ -57,15 +57,12 @@ try:
 except ImportError:  # pragma: no cover - websockets built without its C extension
     from websockets.utils import apply_mask
 
-try:
-    from callstream._mulaw import ffi as _ffi
-    from callstream._mulaw import lib as _lib
-except ImportError:  # pragma: no cover - exercised by the numpy-only build
-    _ffi = _lib = None
-
+# the C kernel, or None (not built or CALLSTREAM_NATIVE=0); see native.py
 from callstream.engagevoice.listeners import open_listeners
 from callstream.engagevoice.textbatch import TextBatch
 from callstream.engagevoice.transport import Handler, ListenerInfo, MessageStream, StreamClosed
+from callstream.native import ffi as _ffi
+from callstream.native import lib as _lib
 
 LOGGER = logging.getLogger("callstream.transport_websockets")
 

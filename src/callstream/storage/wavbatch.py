@@ -19,13 +19,11 @@ from dataclasses import dataclass
 from typing import Any, Final
 
 from callstream.errors import RecordingError
-from callstream.storage.wavfile import WavEncoding, WavWriter
 
-try:
-    from callstream._mulaw import ffi as _ffi
-    from callstream._mulaw import lib as _lib
-except ImportError:  # pragma: no cover - exercised by the numpy-only build
-    _ffi = _lib = None
+# the C kernel, or None (not built or CALLSTREAM_NATIVE=0); see native.py
+from callstream.native import ffi as _ffi
+from callstream.native import lib as _lib
+from callstream.storage.wavfile import WavEncoding, WavWriter
 
 AVAILABLE: Final = _lib is not None  # False without the C extension: sinks write in Python
 
