@@ -19,7 +19,7 @@ from callstream.engagevoice.encoding import encode_connected, encode_media, enco
 from callstream.engagevoice.query import build_query
 from callstream.events import Perspective
 from callstream.server.server import Server, serve
-from callstream.settings import Settings
+from callstream.settings import DEFAULT_TRANSPORT, Settings
 from wsclient import Rejected, connect
 
 # No per-example deadline: these machines are shared and noisy, and speed is measured in the
@@ -30,12 +30,20 @@ hypothesis_settings.load_profile("callstream")
 SILENCE = 0xFF
 
 
-@pytest.fixture(params=["websockets", "trio-websocket"], ids=lambda name: name)
+TRANSPORTS = ("websockets", "trio-websocket")  # every --transport the server offers
+# For a test that must also run on every transport (the adapter contract tests in test_transport.py
+# take each adapter themselves): the server suite as a whole runs on the default transport only.
+on_every_transport = pytest.mark.parametrize("settings", TRANSPORTS, indirect=True)
+
+
+@pytest.fixture
 def settings(tmp_path: Path, request: pytest.FixtureRequest) -> Settings:
-    """Every test that uses a server runs once per WebSocket transport."""
+    """A test server's settings, on the default transport unless the test is marked
+    `on_every_transport` (then once per transport)."""
     output_dir = tmp_path / "recordings"
+    transport = getattr(request, "param", DEFAULT_TRANSPORT)
     return Settings(host="127.0.0.1", port=0, output_dir=output_dir, flush_interval=0.2,
-                    transport=request.param)
+                    transport=transport)
 
 
 @dataclass

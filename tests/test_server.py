@@ -16,6 +16,7 @@ from conftest import (
     call_messages,
     expected_stereo,
     metadata,
+    on_every_transport,
     random_frames,
     read_audio,
     recordings,
@@ -36,6 +37,7 @@ def in_order(agent: list[bytes], caller: list[bytes]) -> list[tuple[Perspective,
     return media
 
 
+@on_every_transport
 async def test_one_call_in_order_is_sample_exact(server: RunningServer) -> None:
     rng = np.random.default_rng(1)
     agent, caller = random_frames(rng, 120), random_frames(rng, 120)
