@@ -1,4 +1,4 @@
-"""The typed events of the Engage Voice Call Streaming protocol (see shared PROTOCOL.md).
+"""The typed events of the Engage Voice Call Streaming protocol (see docs/protocol.md).
 
 These are plain values with no behaviour. `protocol.parse_message` makes them from text frames;
 the call state machine and the timeline consume them. ``Media`` is a NamedTuple rather than a

@@ -1,7 +1,7 @@
 """The platform's messages as text frames: for the simulator, the load generator and the tests.
 
 The inverse of `protocol.parse_message` for the shapes the platform sends (see shared
-PROTOCOL.md); `encode_media` writes exactly the shape the Media fast paths take.
+docs/protocol.md); `encode_media` writes exactly the shape the Media fast paths take.
 """
 
 from __future__ import annotations

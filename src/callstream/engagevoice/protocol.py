@@ -3,7 +3,7 @@
 No sockets, no tasks, no files, no state: every function here is pure. The server hands each
 text frame to `parse_message` (the upgrade request's target goes to `query.parse_query`; the
 platform's frames are built by `encoding`, for the simulator and the tests). See shared
-PROTOCOL.md.
+docs/protocol.md.
 
 Theory of operation (`parse_message`): Media is 99.9 % of the traffic, so a Media frame in the
 platform's exact shape is decoded in one call to a typed msgspec decoder that also does the

@@ -1,6 +1,6 @@
 """The streaming profile's secret: where a stream may present it and how it is compared.
 
-PROTOCOL.md: how the platform sends the secret is undocumented, so a stream may present it in the
+docs/protocol.md: how the platform sends the secret is undocumented, so a stream may present it in the
 upgrade's `Authorization` header (`Bearer <secret>` or the bare value), in a `secret` query
 parameter, or, when the upgrade carries neither, in a `secret` field of its first message.
 Comparison is constant-time. Nothing here logs or stores the secret.

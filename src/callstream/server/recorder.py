@@ -236,7 +236,7 @@ class CallRecorder:
                 self._lane.send_nowait(block, now)
 
     def _log_sequence_mode(self) -> None:
-        """PROTOCOL.md: when auto-detection falls back to connection-wide ordering, say so once."""
+        """docs/protocol.md: when auto-detection falls back to connection-wide ordering, say so once."""
         if not self._mode_logged and self.timeline.sequence_mode == "connection":
             self._mode_logged = True
             LOGGER.warning(
