@@ -21,7 +21,7 @@ from __future__ import annotations
 import os
 from typing import Any
 
-__all__ = ["AVAILABLE", "IMPORT_ERROR", "ffi", "lib"]
+__all__ = ["AVAILABLE", "DISABLED", "IMPORT_ERROR", "ffi", "lib"]
 
 
 def _load() -> tuple[Any, Any, ImportError | None]:
