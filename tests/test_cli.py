@@ -70,3 +70,28 @@ def test_console_entry_points() -> None:
     out = subprocess.run([sys.executable, "-m", "callstream", "serve", "--help"], capture_output=True,
                          text=True, check=True)
     assert "--output-dir" in out.stdout
+
+
+@pytest.mark.parametrize("how", ["flag", "variable", "file", "blank"])
+def test_an_empty_secret_refuses_to_start(how: str, tmp_path: Path) -> None:
+    """An empty secret would let `"secret": ""` authenticate: the server must not start."""
+    env = {"PATH": "/usr/bin:/bin"}
+    args = [sys.executable, "-m", "callstream", "serve", "--host", "127.0.0.1", "--port", "0",
+            "--output-dir", str(tmp_path / "out")]
+    if how == "flag":
+        args += ["--secret", ""]
+    elif how == "variable":
+        env["CALLSTREAM_SECRET"] = ""
+    elif how == "blank":
+        args += ["--secret", " \t "]
+    else:
+        (tmp_path / "secret").write_text("\n")
+        args += ["--secret-file", str(tmp_path / "secret")]
+    try:
+        done = subprocess.run(args, env=env, capture_output=True, text=True, timeout=15)
+    except subprocess.TimeoutExpired:
+        pytest.fail("the server started with an empty secret")
+    assert done.returncode != 0
+    [line] = done.stderr.splitlines()
+    assert "secret" in line and "empty" in line
+    assert not (tmp_path / "out").exists()

@@ -203,12 +203,13 @@ def settings_from(args: argparse.Namespace) -> Settings:
             args.secret = args.secret_file.read_text().strip()
         except OSError as error:
             raise SystemExit(f"callstream: --secret-file: {error}") from None
-        if not args.secret:
-            raise SystemExit(f"callstream: --secret-file: {args.secret_file} is empty")
     if args.tls_key is not None and args.tls_cert is None:
         raise SystemExit("callstream: --tls-key needs --tls-cert")
     fields = {name: getattr(args, name) for name in Settings.__dataclass_fields__ if hasattr(args, name)}
-    return Settings(**fields)
+    try:
+        return Settings(**fields)
+    except ValueError as error:
+        raise SystemExit(f"callstream: {error}") from None
 
 
 def configure_logging(level: str, *, name: str | None = None) -> None:

@@ -68,3 +68,12 @@ class Settings:
     tls_key: Path | None = None
     log_level: str = DEFAULT_LOG_LEVEL
     secret: str | None = field(default=None, repr=False)
+
+    def __post_init__(self) -> None:
+        # An empty secret would authenticate any stream that sends `"secret": ""`; a blank one
+        # can never be presented in a header (the value is stripped): both are operator errors.
+        if self.secret is not None and not self.secret.strip():
+            raise ValueError(
+                "the secret is empty (--secret, CALLSTREAM_SECRET or --secret-file): give the streaming "
+                "profile's secret, or none at all to accept streams without authentication"
+            )
