@@ -102,6 +102,7 @@ async def test_missing_or_wrong_secret_in_first_message_closes_1008_before_stori
         encode_connected(),
         encode_connected(secret="wrong"),
         encode_media(Perspective.PARTICIPANT, 1, b"\xff" * 160),
+        "not json",
     ):
         with trio.fail_after(TIMEOUT):
             client = await connect(secured.url, "/" + build_query(metadata("intruder")))
@@ -110,7 +111,48 @@ async def test_missing_or_wrong_secret_in_first_message_closes_1008_before_stori
                 await client.receive()
             await client.close()
             assert closed.value.code == 1008
-    with trio.fail_after(TIMEOUT):
-        await wait_for_calls(secured, 3)
     assert not list(secured.settings.output_dir.rglob("*.*"))
-    assert secured.server.statistics().calls_rejected == 3
+    assert secured.server.statistics().calls_rejected == 4
+    assert secured.server.statistics().calls_started == 0  # never calls: refused while proving
+
+
+async def test_silent_connections_without_the_secret_hold_no_call_slot(nursery, settings) -> None:
+    """Issue 12, bug 3: upgrades without the secret wait for their first message in a pool of
+    their own (full: 503), for --auth-timeout at most (then 1008); the calls' slots stay free."""
+    running = await start_server(nursery, replace(
+        settings, secret=SECRET, max_calls=2, max_unauthenticated=3, auth_timeout=1.0
+    ))
+    with trio.fail_after(TIMEOUT):
+        silent = [await connect(running.url, "/" + build_query(metadata(f"silent{i}"))) for i in range(3)]
+        rejection = await expect_rejection(running.url, "/" + build_query(metadata("silent3")))
+        assert rejection.status == 503 and rejection.headers["retry-after"] == "5"
+        bearer = [("Authorization", f"Bearer {SECRET}")]
+        real = [await connect(running.url, "/" + build_query(metadata(f"real{i}")), bearer) for i in range(2)]
+        for client in silent:  # nothing said: closed at the deadline, nothing stored
+            with pytest.raises(Closed) as closed:
+                await client.receive()
+            await client.close()
+            assert closed.value.code == 1008
+        for i, client in enumerate(real):
+            for message in call_messages(metadata(f"real{i}"), media()):
+                await client.send(message)
+            await client.close()
+        await wait_for_calls(running, 2)
+    assert sorted(s["callId"] for _, s in recordings(running.settings.output_dir)) == ["real0", "real1"]
+    statistics = running.server.statistics()
+    assert (statistics.calls_started, statistics.calls_rejected) == (2, 4)
+
+
+async def test_secret_in_first_message_at_max_calls_is_closed_1013(nursery, settings) -> None:
+    running = await start_server(nursery, replace(settings, secret=SECRET, max_calls=1))
+    with trio.fail_after(TIMEOUT):
+        holder = await connect(running.url, "/", [("Authorization", f"Bearer {SECRET}")])
+        late = await connect(running.url, "/" + build_query(metadata("late")))
+        await late.send(encode_connected(secret=SECRET))
+        with pytest.raises(Closed) as closed:
+            await late.receive()
+        await late.close()
+        await holder.close()
+        await wait_for_calls(running, 1)
+    assert closed.value.code == 1013
+    assert running.server.statistics().calls_rejected == 1

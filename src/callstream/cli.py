@@ -134,6 +134,13 @@ def _add_serve(sub: argparse._SubParsersAction, environ: dict[str, str]) -> None
     add("--secret", help="the streaming profile's secret; streams that do not present it are refused "
         "(prefer --secret-file or the variable: a flag shows in the process list)")
     add("--secret-file", type=Path, help="file holding the secret (surrounding whitespace ignored)")
+    add("--auth-timeout", default=defaults.DEFAULT_AUTH_TIMEOUT, type=_positive(float), metavar="SECONDS",
+        help="with a secret: an upgrade that does not present it must send it in its first message "
+        "within this many seconds (else close 1008); until then it holds no call slot")
+    add("--max-unauthenticated", default=defaults.DEFAULT_MAX_UNAUTHENTICATED, type=_positive(int),
+        metavar="N", help="with a secret: connections per process that may wait at once to present it "
+        "in their first message (they never count against --max-calls); beyond, upgrades without "
+        "the secret get HTTP 503")
     add("--tls-cert", type=Path, help="PEM certificate chain: serve wss:// directly")
     add("--tls-key", type=Path, help="PEM private key for --tls-cert (if not inside the certificate file)")
     add("--log-level", default=defaults.DEFAULT_LOG_LEVEL, choices=LOG_LEVELS, help="logging verbosity")
@@ -231,7 +238,8 @@ def _run_serve(args: argparse.Namespace) -> int:
 
     settings = settings_from(args)
     configure_logging(settings.log_level, name="supervisor" if args.workers > 1 else None)
-    raise_file_limit(settings.max_calls)  # before the workers start: they inherit it
+    # before the workers start: they inherit it
+    raise_file_limit(settings.max_calls, settings.max_unauthenticated * args.workers if settings.secret else 0)
     if args.workers > 1:
         from callstream.server.workers import run_workers
 

@@ -10,6 +10,7 @@ CLOSE_INVALID_PAYLOAD = 1007  # too many malformed messages
 CLOSE_POLICY_VIOLATION = 1008  # wrong or missing secret
 CLOSE_MESSAGE_TOO_BIG = 1009
 CLOSE_INTERNAL_ERROR = 1011  # e.g. the disk failed under this call
+CLOSE_TRY_AGAIN_LATER = 1013  # authenticated in the first message, but --max-calls was reached
 
 
 class CallstreamError(Exception):

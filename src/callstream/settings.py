@@ -31,6 +31,8 @@ DEFAULT_MAX_CALL_SECONDS: Final = 4 * 3600.0  # four hours
 DEFAULT_MAX_BAD_MESSAGES: Final = 1000  # malformed messages tolerated per call
 DEFAULT_LOG_LEVEL: Final = "info"
 DEFAULT_MAX_CALLS: Final = 2000  # live calls per process; beyond, upgrades get 503
+DEFAULT_AUTH_TIMEOUT: Final = 5.0  # seconds for a first message carrying the secret
+DEFAULT_MAX_UNAUTHENTICATED: Final = 500  # connections yet to present the secret, per process
 DEFAULT_DRAIN_TIMEOUT: Final = 30.0  # seconds live calls get to finish on SIGTERM/SIGINT
 DEFAULT_METRICS_HOST: Final = "127.0.0.1"  # unauthenticated: local scrapers only unless widened
 
@@ -62,6 +64,8 @@ class Settings:
     sequence_mode: str = "auto"
     drain_timeout: float = DEFAULT_DRAIN_TIMEOUT
     max_calls: int = DEFAULT_MAX_CALLS
+    auth_timeout: float = DEFAULT_AUTH_TIMEOUT
+    max_unauthenticated: int = DEFAULT_MAX_UNAUTHENTICATED
     metrics_host: str = DEFAULT_METRICS_HOST
     metrics_port: int | None = None  # None: no metrics/health endpoint; 0: any free port
     tls_cert: Path | None = None

@@ -19,15 +19,17 @@ PER_CALL: Final = 3  # socket, audio file, partial-file lock
 RESERVE: Final = 256  # listeners, metrics connections, sidecar writes, threads, libraries
 
 
-def needed(max_calls: int) -> int:
-    """Descriptors ``max_calls`` live calls need at most."""
-    return PER_CALL * max_calls + RESERVE
+def needed(max_calls: int, unauthenticated: int = 0) -> int:
+    """Descriptors ``max_calls`` live calls and ``unauthenticated`` connections yet to present
+    the secret (a socket each) need at most."""
+    return PER_CALL * max_calls + unauthenticated + RESERVE
 
 
-def raise_file_limit(max_calls: int) -> int:
-    """Raise the soft RLIMIT_NOFILE towards what ``max_calls`` needs (never lowers it); returns
-    the soft limit in force. Warns, once, when even the hard limit is too low."""
-    want = needed(max_calls)
+def raise_file_limit(max_calls: int, unauthenticated: int = 0) -> int:
+    """Raise the soft RLIMIT_NOFILE towards what ``max_calls`` (and ``unauthenticated``, see
+    `needed`) need (never lowers it); returns the soft limit in force. Warns, once, when even
+    the hard limit is too low."""
+    want = needed(max_calls, unauthenticated)
     soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
     if soft == resource.RLIM_INFINITY or soft >= want:
         return soft
@@ -42,6 +44,6 @@ def raise_file_limit(max_calls: int) -> int:
         LOGGER.warning(
             "open-file limit %d is below the %d that --max-calls %d needs: calls beyond about %d "
             "will be refused by the kernel; raise the hard limit (LimitNOFILE= in systemd, ulimit -Hn)",
-            soft, want, max_calls, (soft - RESERVE) // PER_CALL,
+            soft, want, max_calls, (soft - RESERVE - unauthenticated) // PER_CALL,
         )
     return soft

@@ -18,11 +18,23 @@ import trio
 
 from callstream.audio import SAMPLE_RATE
 from callstream.engagevoice.mediascan import MediaScanner
+from callstream.engagevoice.protocol import parse_message
 from callstream.engagevoice.query import QueryMetadata, parse_query
-from callstream.engagevoice.transport import ListenerInfo, MessageStream, Upgrade, serve_trio_websocket
-from callstream.errors import CLOSE_POLICY_VIOLATION
+from callstream.engagevoice.transport import (
+    ListenerInfo,
+    MessageStream,
+    StreamClosed,
+    Upgrade,
+    serve_trio_websocket,
+)
+from callstream.errors import (
+    CLOSE_GOING_AWAY,
+    CLOSE_POLICY_VIOLATION,
+    CLOSE_TRY_AGAIN_LATER,
+    ProtocolError,
+)
 from callstream.server.admission import Admission
-from callstream.server.auth import secret_matches, upgrade_credential
+from callstream.server.auth import message_credential, secret_matches, upgrade_credential
 from callstream.server.http_metrics import MetricsEndpoint, serve_metrics
 from callstream.server.metrics import Metrics
 from callstream.server.recorder import CallRecorder, CallResult
@@ -58,6 +70,9 @@ class Server:
         and back to 0 after (the supervisor's /readyz reads it), if any."""
         self.settings = settings
         self._admission = Admission(settings.max_calls, shared_calls)
+        # connections yet to present the secret in their first message: never call slots
+        self._unauthenticated = Admission(settings.max_unauthenticated)
+        self._secret = settings.secret  # replaced by `reload_secret` (SIGHUP)
         self.metrics = Metrics() if metrics is None else metrics
         self._live: set[CallRecorder] = set()
         self._started = 0
@@ -127,35 +142,114 @@ class Server:
         )
 
     async def handle(self, upgrade: Upgrade) -> None:
-        """Admit or reject one upgrade, then record the call to its end."""
+        """Admit or reject one upgrade, then record the call to its end.
+
+        With a secret configured, an upgrade that carries none (header or query) is not a call
+        yet: it waits in the pool of unauthenticated connections (``--max-unauthenticated``;
+        over it, 503) for at most ``--auth-timeout`` seconds for a first message carrying the
+        secret (else close 1008), and only then takes a call slot (``--max-calls``). So silent
+        or lying connections never hold a slot a real call needs."""
         refusal = self._refusal()
         query = parse_query(upgrade.path)
-        if refusal is None and self.settings.secret is not None:
+        secret = self._secret
+        proving = False  # the secret must come in the first message
+        if refusal is None and secret is not None:
             presented = upgrade_credential(upgrade.headers, query.secret)
-            if presented is not None and not secret_matches(self.settings.secret, presented):
+            if presented is None:
+                proving = True
+            elif not secret_matches(secret, presented):
                 refusal = (401, "unauthorized", "wrong secret on the upgrade", "unauthorized")
-        if refusal is None and not self._admission.try_admit():
-            refusal = (503, "over capacity", f"{self._admission.live} live calls (--max-calls)", "capacity")
+        if refusal is None:
+            if proving:
+                if not self._unauthenticated.try_admit():
+                    refusal = (503, "over capacity", f"{self._unauthenticated.live} connections yet to "
+                               "present the secret (--max-unauthenticated)", "unauthenticated")
+            elif not self._admission.try_admit():
+                refusal = self._capacity_refusal()
         if refusal is not None:
             status, body, why, reason = refusal
-            self._rejected += 1
-            self.metrics.call_rejected(reason)
-            LOGGER.warning("refused %s from %s: %s (HTTP %d)", query.mapped.get("callId", "?"), upgrade.remote,
-                           why, status)
+            self._refuse(reason, "refused %s from %s: %s (HTTP %d)",
+                         query.mapped.get("callId", "?"), upgrade.remote, why, status)
             headers = {"Retry-After": str(RETRY_AFTER_SECONDS)} if status == 503 else None
             await upgrade.reject(status, body=body, headers=headers)
             return
-        self._admitted += 1  # counted before the accept's await, so --max-calls cannot be overrun
-        if self._idle.is_set():
-            self._idle = trio.Event()
+        if proving:
+            await self._authenticate_then_record(upgrade, query, secret)  # type: ignore[arg-type]
+            return
+        self._enter()
         try:
             stream = await upgrade.accept()
-            await self._record(stream, query, upgrade)
+            await self._record(stream, query, upgrade, None)
         finally:
-            self._admission.release()
-            self._admitted -= 1
-            if not self._admitted:
-                self._idle.set()
+            self._leave()
+
+    def _capacity_refusal(self) -> tuple[int, str, str, str]:
+        return 503, "over capacity", f"{self._admission.live} live calls (--max-calls)", "capacity"
+
+    def _enter(self) -> None:
+        """Count an admitted call (before any await, so --max-calls cannot be overrun)."""
+        self._admitted += 1
+        if self._idle.is_set():
+            self._idle = trio.Event()
+
+    def _leave(self) -> None:
+        self._admission.release()
+        self._admitted -= 1
+        if not self._admitted:
+            self._idle.set()
+
+    def _refuse(self, reason: str, message: str, *args: object) -> None:
+        """Count a refusal and log it (a warning; see `_refusal_log`)."""
+        self._rejected += 1
+        self.metrics.call_rejected(reason)
+        LOGGER.warning(message, *args)
+
+    async def _authenticate_then_record(self, upgrade: Upgrade, query: QueryMetadata, secret: str) -> None:
+        """Holds a place in the unauthenticated pool (taken by `handle`) until the first message
+        proves the connection, then becomes a call if there is room (else close 1013, or 1001
+        while draining)."""
+        call_id = query.mapped.get("callId", "?")
+        first: str | bytes | None = None
+        why = ""
+        try:
+            stream = await upgrade.accept()
+            with trio.move_on_after(self.settings.auth_timeout):
+                try:
+                    first = await stream.receive()
+                except StreamClosed:
+                    return  # gone before proving anything: nothing to answer
+            if first is None:
+                why = f"no secret within {self.settings.auth_timeout:g} s (--auth-timeout)"
+            else:
+                try:
+                    event = parse_message(first, max_bytes=self.settings.max_message_bytes)
+                except ProtocolError as error:
+                    why = error.reason
+                else:
+                    if not secret_matches(secret, message_credential(event)):
+                        why = "missing or wrong secret in the first message"
+            if why:
+                self._refuse("unauthorized", "refused %s from %s: %s (closing %d)",
+                             call_id, upgrade.remote, why, CLOSE_POLICY_VIOLATION)
+                await stream.close(CLOSE_POLICY_VIOLATION, "missing or wrong secret")
+                return
+        finally:
+            self._unauthenticated.release()
+        assert first is not None
+        refusal = self._refusal()
+        if refusal is None and not self._admission.try_admit():
+            refusal = self._capacity_refusal()
+        if refusal is not None:
+            _, _, why, reason = refusal
+            code = CLOSE_GOING_AWAY if self._draining else CLOSE_TRY_AGAIN_LATER
+            self._refuse(reason, "refused %s from %s: %s (closing %d)", call_id, upgrade.remote, why, code)
+            await stream.close(code, refusal[1])
+            return
+        self._enter()
+        try:
+            await self._record(_FirstMessageRead(stream, first), query, upgrade, secret)
+        finally:
+            self._leave()
 
     def _refusal(self) -> tuple[int, str, str, str] | None:
         """(HTTP status, body, log text, metrics reason) when a new call must be refused."""
@@ -174,10 +268,11 @@ class Server:
             return f"{self._admission.live} live calls (--max-calls)"
         return None
 
-    async def _record(self, stream: MessageStream, query: QueryMetadata, upgrade: Upgrade) -> None:
-        require = None
-        if self.settings.secret is not None and upgrade_credential(upgrade.headers, query.secret) is None:
-            require = self.settings.secret  # not on the upgrade: the first message must carry it
+    async def _record(
+        self, stream: MessageStream, query: QueryMetadata, upgrade: Upgrade, require: str | None
+    ) -> None:
+        """``require``: the secret the first message must carry (the recorder checks it again:
+        it is the recorder's own contract), or None when the upgrade presented it."""
         if self._disk is None:
             raise RuntimeError("Server.handle() outside Server.running()")
         recorder = CallRecorder(
@@ -234,6 +329,31 @@ class Server:
                 recorder.stop("server shutting down")
             with trio.move_on_after(1.0):  # a call still in its handshake becomes live meanwhile
                 await self._idle.wait()
+
+
+class _FirstMessageRead:
+    """A stream whose first message the server has read already (to authenticate it): hands
+    that message out again, then is the stream itself (every other attribute is the stream's,
+    so a recorder binding ``receive_batch`` gets the stream's own, with no cost per message)."""
+
+    __slots__ = ("_first", "_stream")
+
+    def __init__(self, stream: MessageStream, first: str | bytes) -> None:
+        self._stream = stream
+        self._first: str | bytes | None = first
+
+    async def receive(self) -> str | bytes:
+        first = self._first
+        if first is None:
+            return await self._stream.receive()
+        self._first = None
+        return first
+
+    async def close(self, code: int, reason: str = "") -> None:
+        await self._stream.close(code, reason)
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self._stream, name)
 
 
 def _log_result(result: CallResult) -> None:
