@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import argparse
-import logging
 import os
 import sys
 from collections.abc import Callable, Sequence
@@ -13,6 +12,7 @@ from typing import Any
 from callstream import __version__
 from callstream import settings as defaults
 from callstream.audio import SAMPLE_RATE
+from callstream.server.logs import configure_logging
 from callstream.settings import Settings
 
 LOG_LEVELS = ("debug", "info", "warning", "error")
@@ -217,16 +217,6 @@ def settings_from(args: argparse.Namespace) -> Settings:
         return Settings(**fields)
     except ValueError as error:
         raise SystemExit(f"callstream: {error}") from None
-
-
-def configure_logging(level: str, *, name: str | None = None) -> None:
-    """Log to stderr; ``name`` (a worker's) prefixes every line."""
-    prefix = f"{name}[%(process)d] " if name else ""
-    logging.basicConfig(
-        level=level.upper(),
-        format=f"%(asctime)s {prefix}%(levelname)s %(name)s: %(message)s",
-        stream=sys.stderr,
-    )
 
 
 def _run_serve(args: argparse.Namespace) -> int:

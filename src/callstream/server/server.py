@@ -36,6 +36,7 @@ from callstream.errors import (
 from callstream.server.admission import Admission
 from callstream.server.auth import message_credential, secret_matches, upgrade_credential
 from callstream.server.http_metrics import MetricsEndpoint, serve_metrics
+from callstream.server.logs import Throttle
 from callstream.server.metrics import Metrics
 from callstream.server.recorder import CallRecorder, CallResult
 from callstream.settings import READ_INTERVAL_SHARE, Settings
@@ -45,6 +46,7 @@ from callstream.storage.recovery import Recovered, recover_directory
 LOGGER = logging.getLogger("callstream.server")
 
 RETRY_AFTER_SECONDS = 5  # what a 503 tells the platform (which retries a 5xx up to 3 times)
+REFUSAL_LOG_INTERVAL = 10.0  # seconds: refusals of one kind are logged at most once per interval
 
 
 @dataclass(frozen=True, slots=True)
@@ -63,16 +65,18 @@ class Server:
 
     def __init__(
         self, settings: Settings, *, metrics: Metrics | None = None, shared_calls: Any = None,
-        disk_flag: Any = None,
+        disk_flag: Any = None, refusal_log_interval: float = REFUSAL_LOG_INTERVAL,
     ) -> None:
         """``shared_calls``: the workers' shared live-call count (see `Admission`), if any;
         ``disk_flag``: a ``multiprocessing.Value`` this worker sets to 1 while its disk hangs
-        and back to 0 after (the supervisor's /readyz reads it), if any."""
+        and back to 0 after (the supervisor's /readyz reads it), if any; ``refusal_log_interval``:
+        seconds between two log lines about refusals of one kind (see `_refuse`)."""
         self.settings = settings
         self._admission = Admission(settings.max_calls, shared_calls)
         # connections yet to present the secret in their first message: never call slots
         self._unauthenticated = Admission(settings.max_unauthenticated)
         self._secret = settings.secret  # replaced by `reload_secret` (SIGHUP)
+        self._refusal_log = Throttle(refusal_log_interval)
         self.metrics = Metrics() if metrics is None else metrics
         self._live: set[CallRecorder] = set()
         self._started = 0
@@ -118,6 +122,7 @@ class Server:
                 recorder.tick(now)
             self.metrics.publish()  # what the ticks reported, summed over the calls
             self._watch_disk()
+            self._report_held_refusals()
 
     def _watch_disk(self) -> None:
         """Say once when the disk hangs and once when it is back (see `_refusal`)."""
@@ -199,10 +204,23 @@ class Server:
             self._idle.set()
 
     def _refuse(self, reason: str, message: str, *args: object) -> None:
-        """Count a refusal and log it (a warning; see `_refusal_log`)."""
+        """Count a refusal (statistics, metrics: every one) and log it: anyone who can connect
+        can cause refusals as fast as they like, so of one ``reason`` at most one line per
+        refusal log interval, saying how many were held back before it (and `_clock` reports
+        those held back after the last line once the interval is over)."""
         self._rejected += 1
         self.metrics.call_rejected(reason)
+        held = self._refusal_log.allow(reason)
+        if held is None:
+            return
+        if held:
+            message += " (and %d more refused (%s) before it, not logged)"
+            args = (*args, held, reason)
         LOGGER.warning(message, *args)
+
+    def _report_held_refusals(self) -> None:
+        for reason, held in self._refusal_log.due():
+            LOGGER.warning("%d more refused (%s), not logged one by one", held, reason)
 
     async def _authenticate_then_record(self, upgrade: Upgrade, query: QueryMetadata, secret: str) -> None:
         """Holds a place in the unauthenticated pool (taken by `handle`) until the first message

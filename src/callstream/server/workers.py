@@ -36,8 +36,8 @@ STOP_MARGIN = 30.0  # seconds beyond --drain-timeout a worker gets to finalise b
 
 
 def _worker_main(settings: Settings, index: int, shared_calls: Any, disk_flag: Any) -> None:
-    from callstream.cli import configure_logging
     from callstream.server.gcpolicy import tune_garbage_collector
+    from callstream.server.logs import configure_logging
     from callstream.server.server import run_until_signalled
 
     configure_logging(settings.log_level, name=f"worker-{index}")
