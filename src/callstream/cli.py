@@ -133,7 +133,8 @@ def _add_serve(sub: argparse._SubParsersAction, environ: dict[str, str]) -> None
         "balancer's /readyz")
     add("--secret", help="the streaming profile's secret; streams that do not present it are refused "
         "(prefer --secret-file or the variable: a flag shows in the process list)")
-    add("--secret-file", type=Path, help="file holding the secret (surrounding whitespace ignored)")
+    add("--secret-file", type=Path, help="file holding the secret (surrounding whitespace ignored); "
+        "read again on SIGHUP, so the secret can be rotated without a restart")
     add("--auth-timeout", default=defaults.DEFAULT_AUTH_TIMEOUT, type=_positive(float), metavar="SECONDS",
         help="with a secret: an upgrade that does not present it must send it in its first message "
         "within this many seconds (else close 1008); until then it holds no call slot")
@@ -144,6 +145,8 @@ def _add_serve(sub: argparse._SubParsersAction, environ: dict[str, str]) -> None
     add("--tls-cert", type=Path, help="PEM certificate chain: serve wss:// directly")
     add("--tls-key", type=Path, help="PEM private key for --tls-cert (if not inside the certificate file)")
     add("--log-level", default=defaults.DEFAULT_LOG_LEVEL, choices=LOG_LEVELS, help="logging verbosity")
+    add("--log-file", type=Path, help="append the log to this file instead of stderr; a rotated (moved) "
+        "file is followed by a new one at the next line, and SIGHUP reopens it")
     parser.set_defaults(command=_run_serve)
 
 
@@ -197,6 +200,7 @@ def build_parser(environ: dict[str, str] | None = None) -> argparse.ArgumentPars
 
 def settings_from(args: argparse.Namespace) -> Settings:
     """Build the one Settings object from parsed serve arguments."""
+    from callstream.server.auth import read_secret_file
     from callstream.storage.naming import validate_template
 
     try:
@@ -207,8 +211,8 @@ def settings_from(args: argparse.Namespace) -> Settings:
         if args.secret is not None:
             raise SystemExit("callstream: give --secret or --secret-file, not both")
         try:
-            args.secret = args.secret_file.read_text().strip()
-        except OSError as error:
+            args.secret = read_secret_file(args.secret_file)
+        except (OSError, ValueError) as error:
             raise SystemExit(f"callstream: --secret-file: {error}") from None
     if args.tls_key is not None and args.tls_cert is None:
         raise SystemExit("callstream: --tls-key needs --tls-cert")
@@ -227,7 +231,7 @@ def _run_serve(args: argparse.Namespace) -> int:
     from callstream.server.server import run_until_signalled
 
     settings = settings_from(args)
-    configure_logging(settings.log_level, name="supervisor" if args.workers > 1 else None)
+    configure_logging(settings.log_level, name="supervisor" if args.workers > 1 else None, file=settings.log_file)
     # before the workers start: they inherit it
     raise_file_limit(settings.max_calls, settings.max_unauthenticated * args.workers if settings.secret else 0)
     if args.workers > 1:

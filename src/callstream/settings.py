@@ -71,7 +71,9 @@ class Settings:
     tls_cert: Path | None = None
     tls_key: Path | None = None
     log_level: str = DEFAULT_LOG_LEVEL
+    log_file: Path | None = None  # None: stderr
     secret: str | None = field(default=None, repr=False)
+    secret_file: Path | None = None  # where `secret` was read from; SIGHUP reads it again
 
     def __post_init__(self) -> None:
         # An empty secret would authenticate any stream that sends `"secret": ""`; a blank one

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import hmac
 from collections.abc import Mapping
+from pathlib import Path
 
 from callstream.events import Connected, Event, Start
 
@@ -37,3 +38,13 @@ def secret_matches(expected: str, presented: str | None) -> bool:
     if presented is None:
         return False
     return hmac.compare_digest(expected.encode(), presented.encode())
+
+
+def read_secret_file(path: Path) -> str:
+    """The secret held in ``path``, surrounding whitespace stripped. Raises `OSError` when the
+    file cannot be read and `ValueError` when it holds no secret (an empty secret would let
+    ``"secret": ""`` authenticate)."""
+    secret = path.read_text().strip()
+    if not secret:
+        raise ValueError(f"{path} is empty")
+    return secret

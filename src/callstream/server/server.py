@@ -34,9 +34,9 @@ from callstream.errors import (
     ProtocolError,
 )
 from callstream.server.admission import Admission
-from callstream.server.auth import message_credential, secret_matches, upgrade_credential
+from callstream.server.auth import message_credential, read_secret_file, secret_matches, upgrade_credential
 from callstream.server.http_metrics import MetricsEndpoint, serve_metrics
-from callstream.server.logs import Throttle
+from callstream.server.logs import Throttle, reopen_log_files
 from callstream.server.metrics import Metrics
 from callstream.server.recorder import CallRecorder, CallResult
 from callstream.settings import READ_INTERVAL_SHARE, Settings
@@ -77,6 +77,7 @@ class Server:
         self._unauthenticated = Admission(settings.max_unauthenticated)
         self._secret = settings.secret  # replaced by `reload_secret` (SIGHUP)
         self._refusal_log = Throttle(refusal_log_interval)
+        self._grace = trio.CancelScope()  # the drain's wait for live calls (see `hurry`)
         self.metrics = Metrics() if metrics is None else metrics
         self._live: set[CallRecorder] = set()
         self._started = 0
@@ -336,11 +337,37 @@ class Server:
             task_status=task_status,
         )
 
+    async def reload(self) -> None:
+        """SIGHUP: read --secret-file again (a new secret applies to the next upgrades; calls
+        already admitted are not touched) and reopen --log-file. A file that cannot be read or
+        holds no secret leaves the secret in force (logged). Never ends a call."""
+        reopen_log_files()
+        path = self.settings.secret_file
+        if path is None:
+            LOGGER.info("reopened the log; no --secret-file to read again")
+            return
+        try:
+            secret = await trio.to_thread.run_sync(read_secret_file, path)
+        except (OSError, ValueError) as error:
+            LOGGER.error("--secret-file: %s: keeping the secret in force", error)
+            return
+        if secret == self._secret:
+            LOGGER.info("reopened the log; the secret in %s is unchanged", path)
+        else:
+            self._secret = secret
+            LOGGER.warning("reopened the log; new secret read from %s: upgrades from now on must present it", path)
+
+    def hurry(self) -> None:
+        """End the drain's grace period now (a second SIGTERM/SIGINT): live calls are closed
+        (1001) and finalised at once. Before the drain starts: it will have none."""
+        self._grace.cancel()
+
     async def drain(self, timeout: float) -> None:
-        """Refuse new calls, give live ones ``timeout`` seconds, then stop them (1001)."""
+        """Refuse new calls, give live ones ``timeout`` seconds (or until `hurry`), then stop
+        them (1001) and wait until each is finalised. Once per server."""
         self._draining = True
         LOGGER.info("draining: %d live calls, %g s to finish", len(self._live), timeout)
-        with trio.move_on_after(timeout):
+        with self._grace, trio.move_on_after(timeout):
             await self._idle.wait()
         while self._admitted:
             for recorder in list(self._live):
@@ -435,12 +462,16 @@ async def serve(
 
 async def run_until_signalled(
     settings: Settings, *, shared_calls: Any = None, disk_flag: Any = None, recover: bool = True,
-    reuse_port: bool = False
+    reuse_port: bool = False, stop_signals: tuple[signal.Signals, ...] = (signal.SIGTERM, signal.SIGINT),
 ) -> None:
-    """The process's main: serve, and on SIGTERM or SIGINT drain and return.
+    """The process's main: serve; on a stop signal (SIGTERM, SIGINT) drain and return.
 
+    A second stop signal during the drain ends its grace period: live calls are closed (1001)
+    and finalised at once, and this returns normally. SIGHUP, at any time: `Server.reload`.
     A worker of `--workers N` passes the shared call count, ``recover=False`` (the supervisor
-    recovered before starting it) and ``reuse_port=True``."""
+    recovered before starting it), ``reuse_port=True`` and only SIGTERM as a stop signal (the
+    supervisor forwards SIGINT as SIGTERM; see workers.py)."""
+    signal.signal(signal.SIGHUP, signal.SIG_IGN)  # until the receiver below takes it: never fatal
     server = Server(settings, shared_calls=shared_calls, disk_flag=disk_flag)
     settings.output_dir.mkdir(parents=True, exist_ok=True)
     if recover:
@@ -449,7 +480,7 @@ async def run_until_signalled(
             LOGGER.warning("recovered %d recordings left by an interrupted run", len(recovered))
     if settings.secret is None:
         LOGGER.warning("no --secret: streams are accepted without authentication")
-    with trio.open_signal_receiver(signal.SIGTERM, signal.SIGINT) as signals:
+    with trio.open_signal_receiver(signal.SIGHUP, *stop_signals) as signals:
         async with trio.open_nursery() as nursery:
             info = await nursery.start(partial(serve, settings, server, reuse_port=reuse_port))
             LOGGER.info(
@@ -460,8 +491,27 @@ async def run_until_signalled(
                 LOGGER.info("metrics on http://%s:%d/metrics (also /healthz, /readyz)",
                             endpoint.host, endpoint.port)
             async for signum in signals:
+                if signum == signal.SIGHUP:
+                    LOGGER.info("received SIGHUP: reloading")
+                    await server.reload()
+                    continue
                 LOGGER.info("received %s", signal.Signals(signum).name)
                 break
+            # Signals that come during the drain are taken here: left in the receiver, trio would
+            # deliver them again once it closes, killing the process after a clean drain.
+            nursery.start_soon(_signals_while_draining, signals, server)
             await server.drain(settings.drain_timeout)
             nursery.cancel_scope.cancel()
     LOGGER.info("stopped: %s", server.statistics())
+
+
+async def _signals_while_draining(signals: AsyncIterator[int], server: Server) -> None:
+    async for signum in signals:
+        name = signal.Signals(signum).name
+        if signum == signal.SIGHUP:
+            LOGGER.info("received SIGHUP while draining: reloading")
+            await server.reload()
+        else:
+            LOGGER.warning("received %s again: closing the %d live calls now (1001)",
+                           name, server.statistics().live_calls)
+            server.hurry()

@@ -5,18 +5,21 @@ workers, each with its own trio loop and its own listening socket on the same po
 spreads connections across them. --max-calls is counted in shared memory across all workers.
 Metrics use prometheus_client's multiprocess mode: workers write to a directory the supervisor
 made, and only the supervisor serves /metrics (totals over all workers), /healthz and /readyz. A
-worker that dies is restarted. SIGTERM or SIGINT is forwarded to every worker, which drains as a
-single process would; the supervisor exits 0 when they all have.
+worker that dies is restarted. SIGTERM or SIGINT is forwarded to every worker (as SIGTERM), which
+drains as a single process would, and so is a second one (the workers end their drains now); the
+supervisor exits 0 when they all have. SIGHUP is forwarded too (see `Supervisor.reload`).
 """
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import multiprocessing
 import os
 import signal
 import tempfile
 import time
+from collections.abc import AsyncIterator
 from dataclasses import replace
 from pathlib import Path
 from typing import Any
@@ -24,6 +27,8 @@ from typing import Any
 import trio
 
 from callstream.engagevoice.listeners import bound_socket
+from callstream.server.auth import read_secret_file
+from callstream.server.logs import reopen_log_files
 from callstream.settings import Settings
 from callstream.storage.recovery import recover_directory
 
@@ -40,11 +45,17 @@ def _worker_main(settings: Settings, index: int, shared_calls: Any, disk_flag: A
     from callstream.server.logs import configure_logging
     from callstream.server.server import run_until_signalled
 
-    configure_logging(settings.log_level, name=f"worker-{index}")
+    # The supervisor speaks for the workers: a terminal's Ctrl-C reaches the whole process group,
+    # and the SIGTERM the supervisor forwards would then be each worker's second stop signal (no
+    # drain). SIGHUP is handled once the worker serves; until then it must not kill it.
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+    signal.signal(signal.SIGHUP, signal.SIG_IGN)
+    configure_logging(settings.log_level, name=f"worker-{index}", file=settings.log_file)
     tune_garbage_collector()
     worker_settings = replace(settings, metrics_port=None)  # the supervisor serves the totals
     trio.run(lambda: run_until_signalled(
-        worker_settings, shared_calls=shared_calls, disk_flag=disk_flag, recover=False, reuse_port=True
+        worker_settings, shared_calls=shared_calls, disk_flag=disk_flag, recover=False, reuse_port=True,
+        stop_signals=(signal.SIGTERM,),
     ))
 
 
@@ -118,6 +129,28 @@ class Supervisor:
         if recovered:
             LOGGER.warning("recovered %d recordings left by the dead worker", len(recovered))
 
+    async def reload(self) -> None:
+        """SIGHUP: reopen the supervisor's log file, read --secret-file again (for workers it
+        starts from now on) and forward SIGHUP to every worker, which does the same (see
+        `Server.reload`)."""
+        reopen_log_files()
+        path = self.settings.secret_file
+        if path is not None:
+            try:
+                secret = await trio.to_thread.run_sync(read_secret_file, path)
+            except (OSError, ValueError) as error:
+                LOGGER.error("--secret-file: %s: workers keep the secret in force", error)
+            else:
+                self.settings = replace(self.settings, secret=secret)
+        self.signal_workers(signal.SIGHUP)
+
+    def signal_workers(self, signum: int) -> None:
+        """Send ``signum`` to every worker still running."""
+        for process in self._workers:
+            if process.exitcode is None:
+                with contextlib.suppress(ProcessLookupError):
+                    os.kill(process.pid, signum)
+
     def stop(self) -> int:
         """Forward SIGTERM, wait for the drains, kill what does not stop; the exit status."""
         self._stopping = True
@@ -141,7 +174,7 @@ async def _run(settings: Settings, count: int, metrics_dir: Path) -> int:
     from callstream.server.http_metrics import serve_metrics
 
     supervisor = Supervisor(settings, count, metrics_dir)
-    with trio.open_signal_receiver(signal.SIGTERM, signal.SIGINT) as signals:
+    with trio.open_signal_receiver(signal.SIGTERM, signal.SIGINT, signal.SIGHUP) as signals:
         async with trio.open_nursery() as nursery:
             nursery.start_soon(supervisor.supervise)
             LOGGER.info(
@@ -164,15 +197,36 @@ async def _run(settings: Settings, count: int, metrics_dir: Path) -> int:
                 )
                 LOGGER.info("metrics on http://%s:%d/metrics (all workers)", endpoint.host, endpoint.port)
             async for signum in signals:
+                if signum == signal.SIGHUP:
+                    LOGGER.info("received SIGHUP: reloading, and forwarding it to the workers")
+                    await supervisor.reload()
+                    continue
                 LOGGER.info("received %s: draining %d workers", signal.Signals(signum).name, count)
                 break
             nursery.cancel_scope.cancel()
-    # Outside trio's signal handling: the joins block, and a second Ctrl-C should not interrupt them.
-    return await trio.to_thread.run_sync(supervisor.stop)
+        # The joins block, so they run in a thread; meanwhile a second stop signal is forwarded
+        # (each worker then ends its drain now) and SIGHUP too, instead of being left for trio to
+        # deliver again, fatally, once the receiver closes.
+        async with trio.open_nursery() as nursery:
+            nursery.start_soon(_forward_while_stopping, signals, supervisor)
+            status = await trio.to_thread.run_sync(supervisor.stop)
+            nursery.cancel_scope.cancel()
+    return status
+
+
+async def _forward_while_stopping(signals: AsyncIterator[int], supervisor: Supervisor) -> None:
+    async for signum in signals:
+        if signum == signal.SIGHUP:
+            await supervisor.reload()
+        else:
+            LOGGER.warning("received %s again: workers close their live calls now (1001)",
+                           signal.Signals(signum).name)
+            supervisor.signal_workers(signal.SIGTERM)
 
 
 def run_workers(settings: Settings, count: int) -> int:
     """Supervise ``count`` workers until SIGTERM/SIGINT; returns the exit status."""
+    signal.signal(signal.SIGHUP, signal.SIG_IGN)  # until `_run` takes it: never fatal
     settings.output_dir.mkdir(parents=True, exist_ok=True)
     recovered = recover_directory(settings.output_dir)
     if recovered:
