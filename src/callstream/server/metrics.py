@@ -26,7 +26,7 @@ from prometheus_client.multiprocess import MultiProcessCollector
 
 CONTENT_TYPE: Final = "text/plain; version=0.0.4; charset=utf-8"  # what generate_latest writes
 CALL_STATUSES: Final = ("complete", "incomplete", "failed")
-REJECT_REASONS: Final = ("draining", "capacity", "unauthorized", "disk")
+REJECT_REASONS: Final = ("draining", "capacity", "unauthorized", "unauthenticated", "disk")
 WRITE_LAG_BUCKETS: Final = (0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 0.75, 1.0, 1.25, 1.5, 2.0, 2.5, 5.0, 10.0)  # seconds
 # (finer around 1.5 s, a sensible alert threshold and the benchmark's limit on p99: bench_e2e reads its
 # quantiles as bucket upper bounds, which between 1.0 and 2.5 could not tell 1.1 s from 2.4 s)

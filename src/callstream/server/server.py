@@ -75,7 +75,7 @@ class Server:
         self._admission = Admission(settings.max_calls, shared_calls)
         # connections yet to present the secret in their first message: never call slots
         self._unauthenticated = Admission(settings.max_unauthenticated)
-        self._secret = settings.secret  # replaced by `reload_secret` (SIGHUP)
+        self._secret = settings.secret  # replaced by `reload` (SIGHUP)
         self._refusal_log = Throttle(refusal_log_interval)
         self._grace = trio.CancelScope()  # the drain's wait for live calls (see `hurry`)
         self.metrics = Metrics() if metrics is None else metrics
@@ -180,7 +180,8 @@ class Server:
             await upgrade.reject(status, body=body, headers=headers)
             return
         if proving:
-            await self._authenticate_then_record(upgrade, query, secret)  # type: ignore[arg-type]
+            assert secret is not None
+            await self._authenticate_then_record(upgrade, query, secret)
             return
         self._enter()
         try:
