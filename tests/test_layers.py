@@ -23,7 +23,7 @@ ALLOWED: dict[str, set[str]] = {
     "call": set(),
     "engagevoice": {"call"},
     "storage": {"call"},
-    "server": {"call", "engagevoice", "storage", "cli"},  # workers reuse cli.configure_logging
+    "server": {"call", "engagevoice", "storage"},
     "sim": {"engagevoice"},
 }
 # third-party and standard modules a layer must not import
