@@ -138,8 +138,7 @@ def test_reserve_creates_directories_and_partial(tmp_path: Path) -> None:
     assert r.base == day / "c-1"
     assert (r.partial, r.final, r.sidecar) == (
         day / "c-1.partial.wav", day / "c-1.wav", day / "c-1.json")
-    assert r.root == "c-1"
-    assert r.siblings == ()
+    assert (r.root, r.number) == ("c-1", 1)
     assert names(day) == {"c-1.partial.wav"}
     assert r.partial.stat().st_size == 0
 
@@ -148,7 +147,7 @@ def test_reserve_in_a_row_never_reuses(tmp_path: Path) -> None:
     relative = PurePosixPath("d/c")
     got = [reserve(tmp_path, relative, "wav") for _ in range(5)]
     assert [r.base.name for r in got] == ["c", "c-2", "c-3", "c-4", "c-5"]
-    assert got[-1].siblings == ("c", "c-2", "c-3", "c-4")
+    assert [r.number for r in got] == [1, 2, 3, 4, 5]
     assert len({r.partial for r in got}) == 5
 
 
@@ -156,8 +155,7 @@ def test_reserve_in_a_row_never_reuses(tmp_path: Path) -> None:
 def test_reserve_skips_existing_recordings(tmp_path: Path, existing: str) -> None:
     (tmp_path / existing).write_bytes(b"keep")
     r = reserve(tmp_path, PurePosixPath("c"), "wav")
-    assert r.base.name == "c-2"
-    assert r.siblings == ("c",)
+    assert (r.base.name, r.number) == ("c-2", 2)
     assert (tmp_path / existing).read_bytes() == b"keep"
     assert names(tmp_path) == {existing, "c-2.partial.wav"}  # the probe left nothing behind
 
@@ -169,7 +167,7 @@ def test_reserve_skips_a_mix(tmp_path: Path) -> None:
     first = reserve(tmp_path, PurePosixPath("c"), "wav")
     second = reserve(tmp_path, PurePosixPath("c"), "wav")
     assert (first.base.name, second.base.name) == ("c-4", "c-6")
-    assert second.siblings == ("c", "c-2", "c-3", "c-4", "c-5")
+    assert second.number == 6
     for name, content in before.items():
         assert (tmp_path / name).read_bytes() == content
 
@@ -199,6 +197,52 @@ def test_reserve_gives_up(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> No
         reserve(tmp_path, PurePosixPath("c"), "wav")
     with pytest.raises(RecordingError):
         reserve(tmp_path, PurePosixPath("c"), "wav")
+
+
+def test_reserve_probes_logarithmically_many(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """The N-th stream of a name costs O(log N) probes, not N (issue 12, bug 6: 400 streams of
+    one call made every create probe every name before it). Seen failing before the fix (the
+    linear probe: 300 O_EXCL opens for the 301st name)."""
+    relative = PurePosixPath("c")
+    for _ in range(300):
+        reserve(tmp_path, relative, "wav").release()
+    probes = 0
+    lexists, open_ = os.path.lexists, os.open
+
+    def counted_lexists(path: object) -> bool:
+        nonlocal probes
+        probes += 1
+        return lexists(path)  # type: ignore[arg-type]
+
+    def counted_open(path: object, *args: object) -> int:
+        nonlocal probes
+        probes += 1
+        return open_(path, *args)  # type: ignore[arg-type]
+
+    monkeypatch.setattr(os.path, "lexists", counted_lexists)
+    monkeypatch.setattr(os, "open", counted_open)
+    r = reserve(tmp_path, relative, "wav")
+    assert r.base.name == "c-301"
+    assert probes <= 3 * 2 * 10 + 2  # 3 names per number, doubling then bisecting up to 512
+
+
+def test_reserve_claims_past_a_concurrent_claim(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """A name found free but claimed meanwhile (by another process) costs one more claim."""
+    import callstream.storage.naming as naming
+
+    for name in ["c.json", "c-2.json"]:
+        (tmp_path / name).write_text("{}")
+    first_free = naming._Names.first_free
+
+    def racing(self: naming._Names) -> int:
+        number = first_free(self)
+        (tmp_path / f"c-{number}.partial.wav").write_bytes(b"other")
+        return number
+
+    monkeypatch.setattr(naming._Names, "first_free", racing)
+    r = reserve(tmp_path, PurePosixPath("c"), "wav")
+    assert r.base.name == "c-4"
+    assert (tmp_path / "c-3.partial.wav").read_bytes() == b"other"
 
 
 def test_reserved_file_mode(tmp_path: Path) -> None:

@@ -2,15 +2,12 @@
 
 from __future__ import annotations
 
-import contextlib
 import dataclasses
 import hashlib
 import json
 import threading
-from collections.abc import Callable, Iterator
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
-from typing import Any
 
 import numpy as np
 import pytest
@@ -105,42 +102,36 @@ def test_finish(tmp_path: Path, fmt: str) -> None:
         "sha256": hashlib.sha256(final.read_bytes()).hexdigest(),
         "metadata": {"start": {"callId": "call-1"}},
         "statistics": {"gaps": 0},
-        "siblings": [],
-        "sidecar_version": 1,
+        "root": "call-1-7",
+        "stream": 1,
+        "sidecar_version": 2,
     }
     assert rec.frames_written == 24000
 
 
-def test_two_recordings_of_one_call_name_each_other(tmp_path: Path) -> None:
-    first = create(tmp_path)
-    second = create(tmp_path)  # the same call and session, streamed twice
-    assert (first.path.name, second.path.name) == ("call-1-7.wav", "call-1-7-2.wav")
-    assert read_sidecar(second.sidecar_path)["siblings"] == ["call-1-7"]
-    assert read_sidecar(first.sidecar_path)["siblings"] == ["call-1-7-2"]  # linked at create
-    for rec, seed in ((second, 2), (first, 3)):
-        for left, right in audio(seed, 1):
-            rec.write(left, right)
-        rec.finish("complete", ended=ENDED, metadata={}, statistics={})
-    one, two = read_sidecar(first.sidecar_path), read_sidecar(second.sidecar_path)
-    assert one["siblings"] == ["call-1-7-2"]
-    assert two["siblings"] == ["call-1-7"]
-    assert one["status"] == two["status"] == "complete"  # nobody clobbered a final sidecar
-    assert one["sha256"] != two["sha256"]
-    assert first.path.exists() and second.path.exists()
-
-
-def test_finished_sibling_learns_of_a_later_one(tmp_path: Path) -> None:
+def test_streams_of_one_call_are_numbered_and_touch_only_their_own_files(tmp_path: Path) -> None:
+    """Issue 12, bug 6: every create and finish rewrote every sibling's sidecar (quadratic in
+    the streams of one call). Now a stream's sidecar says which stream it is, and the others'
+    files are never written. Seen failing before the fix (the first sidecar was rewritten with
+    the second in its siblings)."""
     first, _ = record(tmp_path, audio(4, 1))
-    before = read_sidecar(first.sidecar_path)
-    second, _ = record(tmp_path, audio(5, 1))
-    after = read_sidecar(first.sidecar_path)
-    assert after["siblings"] == ["call-1-7-2"]
-    assert {k: v for k, v in after.items() if k != "siblings"} == {
-        k: v for k, v in before.items() if k != "siblings"}
-    assert read_sidecar(second.sidecar_path)["siblings"] == ["call-1-7"]
+    before = first.sidecar_path.read_bytes(), first.sidecar_path.stat()
+    second = create(tmp_path)  # the same call and session, streamed again
+    for left, right in audio(5, 1):
+        second.write(left, right)
+    second.finish("complete", ended=ENDED, metadata={}, statistics={})
+    after = first.sidecar_path.read_bytes(), first.sidecar_path.stat()
+    assert after[0] == before[0]
+    assert (after[1].st_ino, after[1].st_mtime_ns) == (before[1].st_ino, before[1].st_mtime_ns)
+    assert (first.path.name, second.path.name) == ("call-1-7.wav", "call-1-7-2.wav")
+    one, two = read_sidecar(first.sidecar_path), read_sidecar(second.sidecar_path)
+    assert (one["root"], one["stream"], two["root"], two["stream"]) == ("call-1-7", 1, "call-1-7", 2)
+    assert one["status"] == two["status"] == "complete"
+    assert one["sha256"] != two["sha256"]
+    assert [p.name for p in (tmp_path / "2024-05-01").iterdir() if not p.name.startswith("call-1-7")] == []
 
 
-def test_other_calls_are_not_siblings(tmp_path: Path) -> None:
+def test_a_name_taken_by_another_call_is_a_stream_of_its_own(tmp_path: Path) -> None:
     # call "x-2" takes the name that looks like the second recording of call "x"
     def make(call_id: str) -> Recording:
         return Recording.create(tmp_path, "{callId}", "wav",
@@ -151,17 +142,8 @@ def test_other_calls_are_not_siblings(tmp_path: Path) -> None:
     for rec in (x, other, again):
         rec.finish("complete", ended=ENDED, metadata={}, statistics={})
     assert [r.path.name for r in (x, other, again)] == ["x.wav", "x-2.wav", "x-3.wav"]
-    assert read_sidecar(x.sidecar_path)["siblings"] == ["x-3"]
-    assert read_sidecar(other.sidecar_path)["siblings"] == []
-    assert read_sidecar(again.sidecar_path)["siblings"] == ["x"]
-
-
-def test_no_ids_no_siblings(tmp_path: Path) -> None:
-    a, _ = record(tmp_path, [], fields={"agentId": "1"})
-    b, _ = record(tmp_path, [], fields={"agentId": "1"})
-    assert b.path.name == "unknown-unknown-2.wav"
-    assert read_sidecar(a.sidecar_path)["siblings"] == []
-    assert read_sidecar(b.sidecar_path)["siblings"] == []
+    assert [(read_sidecar(r.sidecar_path)["root"], r.stream) for r in (x, other, again)] == [
+        ("x", 1), ("x-2", 1), ("x", 3)]
 
 
 def test_never_overwrites_a_final_file(tmp_path: Path) -> None:
@@ -244,7 +226,7 @@ def test_create_cleans_up_when_the_sidecar_fails(tmp_path: Path,
     monkeypatch.setattr(recording_module, "write_sidecar", full_disk)
     with pytest.raises(RecordingError):
         create(tmp_path)
-    assert [p.name for p in (tmp_path / "2024-05-01").iterdir()] == [recording_module.SIDECAR_LOCK]
+    assert list((tmp_path / "2024-05-01").iterdir()) == []
 
 
 def test_concurrent_finishes_keep_every_sidecar(tmp_path: Path) -> None:
@@ -266,11 +248,9 @@ def test_concurrent_finishes_keep_every_sidecar(tmp_path: Path) -> None:
     for t in threads:
         t.join(timeout=60)
     assert not errors
-    names = {rec.name for rec in recs}
+    assert sorted(read_sidecar(rec.sidecar_path)["stream"] for rec in recs) == list(range(1, 9))
     for rec in recs:
-        sidecar = read_sidecar(rec.sidecar_path)
-        assert sidecar["status"] == "complete"
-        assert set(sidecar["siblings"]) == names - {rec.name}
+        assert read_sidecar(rec.sidecar_path)["status"] == "complete"
 
 
 def test_sidecar_round_trip(tmp_path: Path) -> None:
@@ -300,69 +280,6 @@ def test_rfc3339() -> None:
     assert rfc3339(datetime(2024, 1, 2, 3, 4, 5, tzinfo=UTC)) == "2024-01-02T03:04:05.000Z"
     with pytest.raises(ValueError):
         rfc3339(datetime(2024, 1, 2))
-
-
-class _WatchedLock:
-    """Wraps the sidecar lock (the real flock) and reports when ``watched`` thread starts waiting
-    for it."""
-
-    def __init__(self, reached: threading.Event, real: Callable[[Path], Any]) -> None:
-        self._real = real
-        self._reached = reached
-        self.watched: threading.Thread | None = None
-
-    @contextlib.contextmanager
-    def __call__(self, directory: Path) -> Iterator[None]:
-        if threading.current_thread() is self.watched:
-            self._reached.set()
-        with self._real(directory):
-            yield
-
-
-def test_sibling_update_cannot_clobber_a_final_sidecar(tmp_path: Path,
-                                                       monkeypatch: pytest.MonkeyPatch) -> None:
-    """A adds itself to B's sidecar while B finishes: B's final sidecar must survive."""
-    a, b = create(tmp_path), create(tmp_path)
-    a_paused, b_progress, go = threading.Event(), threading.Event(), threading.Event()
-    lock = _WatchedLock(b_progress, recording_module._sidecar_lock)
-    monkeypatch.setattr(recording_module, "_sidecar_lock", lock)
-    real_write = recording_module.write_sidecar
-    errors: list[BaseException] = []
-
-    def slow_write(path: Path, data: dict, **options: object) -> None:
-        if threading.current_thread() is thread_a and path == b.sidecar_path:
-            a_paused.set()  # A read B's sidecar and is about to write it back
-            assert go.wait(30)
-        real_write(path, data, **options)
-
-    def finish(rec: Recording) -> None:
-        try:
-            rec.finish("complete", ended=ENDED, metadata={}, statistics={})
-        except BaseException as exc:  # reported below
-            errors.append(exc)
-        finally:
-            if rec is b:
-                b_progress.set()
-
-    monkeypatch.setattr(recording_module, "write_sidecar", slow_write)
-    # A's sidecar does not list B yet, so A's finish must update B's sidecar
-    data = read_sidecar(a.sidecar_path)
-    real_write(a.sidecar_path, {**data, "siblings": []})
-    real_write(b.sidecar_path, {**read_sidecar(b.sidecar_path), "siblings": []})
-    thread_a = threading.Thread(target=finish, args=(a,))
-    thread_b = threading.Thread(target=finish, args=(b,))
-    lock.watched = thread_b
-    thread_a.start()
-    assert a_paused.wait(30)
-    thread_b.start()
-    assert b_progress.wait(30)  # B waits for the lock (or, unlocked, has finished already)
-    go.set()
-    thread_a.join(30)
-    thread_b.join(30)
-    assert not errors
-    one, two = read_sidecar(a.sidecar_path), read_sidecar(b.sidecar_path)
-    assert (one["status"], two["status"]) == ("complete", "complete")
-    assert (one["siblings"], two["siblings"]) == ([b.name], [a.name])
 
 
 @pytest.mark.parametrize("fmt", FORMATS)

@@ -133,8 +133,8 @@ class Reservation:
     partial: Path  # base + ".partial.EXT", created empty by reserve()
     final: Path  # base + ".EXT", where the finished recording goes
     sidecar: Path  # base + ".json"
-    root: str  # the un-numbered base name (relative.name): siblings are root, root-2, ...
-    siblings: tuple[str, ...]  # base names of root, root-2, ... that were already taken
+    root: str  # the un-numbered base name (relative.name): streams are root, root-2, ...
+    number: int  # 1 for root, N for root-N
     # The partial file opened and flock()ed from its creation: while this process holds it open,
     # recovery knows the recording is live (see recovery.py); the kernel lets go when the
     # process dies. Close it (`release`) once the recording is finished. None: no lock (the
@@ -181,6 +181,11 @@ def reserve(output_dir: Path, relative: PurePosixPath, extension: str) -> Reserv
     finished recording of the same call and session); then ``NAME-2``, ``NAME-3`` ... are tried.
     The final and sidecar files are checked after the claim succeeded, so two threads or
     processes never both win a name and an existing recording is never overwritten.
+
+    Cost: O(log N) probes for the N-th stream of a name, not N. Names are taken from the
+    lowest up, so the taken ones form (nearly) a prefix: the first free number is found by
+    doubling, then bisecting, and claimed from there up (a hole left below by a released claim
+    stays unused; a claim lost to a concurrent reserve moves one up).
     Raises RecordingError on a disk failure or when MAX_SIBLINGS names are all taken.
     """
     _check_relative(relative)
@@ -192,15 +197,16 @@ def reserve(output_dir: Path, relative: PurePosixPath, extension: str) -> Reserv
         directory.mkdir(mode=DIR_MODE, parents=True, exist_ok=True)
     except OSError as exc:
         raise _error("create directory", directory, exc) from exc
-    taken: list[str] = []
-    for number in range(1, MAX_SIBLINGS + 1):
-        name = root if number == 1 else f"{root}-{number}"
+    names = _Names(directory, root, extension)
+    number = names.first_free()
+    while number <= MAX_SIBLINGS:
+        name = names.name(number)
         base = directory / name
         partial = base.with_name(f"{name}{PARTIAL}.{extension}")
         try:
             fd = os.open(partial, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, FILE_MODE)
         except FileExistsError:
-            taken.append(name)
+            number += 1
             continue
         except OSError as exc:
             raise _error("create", partial, exc) from exc
@@ -211,11 +217,47 @@ def reserve(output_dir: Path, relative: PurePosixPath, extension: str) -> Reserv
             _unlink_quietly(partial)
             if lock is not None:
                 lock.release()
-            taken.append(name)
+            number += 1
             continue
-        return Reservation(base, partial, final, sidecar, root, tuple(taken), lock)
+        return Reservation(base, partial, final, sidecar, root, number, lock)
     raise RecordingError(f"{str(directory / root)!r}: {MAX_SIBLINGS} recordings of this name "
                          f"exist already")
+
+
+class _Names:
+    """The names ROOT, ROOT-2 ... of one directory and extension, and whether each is taken."""
+
+    __slots__ = ("_directory", "_extension", "_root")
+
+    def __init__(self, directory: Path, root: str, extension: str) -> None:
+        self._directory, self._root, self._extension = directory, root, extension
+
+    def name(self, number: int) -> str:
+        return self._root if number == 1 else f"{self._root}-{number}"
+
+    def taken(self, number: int) -> bool:
+        name = self.name(number)
+        return any(
+            os.path.lexists(self._directory / f"{name}{suffix}")
+            for suffix in (SIDECAR, f"{PARTIAL}.{self._extension}", f".{self._extension}")
+        )
+
+    def first_free(self) -> int:
+        """A number whose name looks free, just above the last taken one of the prefix: at
+        most MAX_SIBLINGS + 1 (all taken)."""
+        if not self.taken(1):
+            return 1
+        low, high = 1, 2  # low is taken; find a free high by doubling
+        while high <= MAX_SIBLINGS and self.taken(high):
+            low, high = high, high * 2
+        high = min(high, MAX_SIBLINGS + 1)
+        while high - low > 1:  # low taken, high free (or past the limit)
+            middle = (low + high) // 2
+            if self.taken(middle):
+                low = middle
+            else:
+                high = middle
+        return high
 
 
 def _hold(fd: int) -> PartialLock | None:

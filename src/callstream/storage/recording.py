@@ -5,29 +5,27 @@ Life of a recording: ``create`` reserves ``NAME`` (see ``naming.reserve``), open
 leaves the metadata beside the audio for recovery. ``finish`` closes the sink, renames the audio
 to ``NAME.EXT`` (never over an existing file), hashes it and rewrites the sidecar atomically.
 
-Sidecars of recordings of the same call and session (``NAME``, ``NAME-2`` ... with equal
-``callId`` and ``sessionId``) list each other in ``siblings``. Every sidecar write in this module
-happens under an exclusive ``flock`` on ``.sidecars.lock`` in the recording's directory, so two
-recordings finishing at once -- in two threads, or in two worker processes when a reconnected
-call lands on another worker -- cannot lose each other's update.
+Streams of the same call and session get ``NAME``, ``NAME-2`` ...; each sidecar says which
+(``root``, ``stream``) and nothing about the others, so creating or finishing a stream touches
+its own files only: no sidecar of another recording is read or written, and no lock is shared
+between recordings.
 """
 
 from __future__ import annotations
 
 import contextlib
 import dataclasses
-import fcntl
 import hashlib
 import json
 import logging
 import os
-from collections.abc import Iterator, Mapping
+from collections.abc import Mapping
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any, Final
 
 from callstream.errors import RecordingError
-from callstream.storage.naming import FILE_MODE, MAX_SIBLINGS, SIDECAR, Reservation, render_path, reserve
+from callstream.storage.naming import FILE_MODE, Reservation, render_path, reserve
 from callstream.storage.sinks import EXTENSIONS, AudioSink, open_sink
 from callstream.storage.wavbatch import PlannedAppend
 from callstream.storage.wavfile import CHANNELS, SAMPLE_RATE
@@ -37,9 +35,8 @@ LOGGER = logging.getLogger("callstream.recording")
 STATUSES: Final = frozenset({"complete", "incomplete", "recovered", "failed"})
 RECORDING: Final = "recording"  # the status of a sidecar whose audio is still being written
 CHANNEL_MAP: Final = {"left": "agent (Participant)", "right": "caller (Conference)"}
-SIDECAR_VERSION: Final = 1
+SIDECAR_VERSION: Final = 2  # 2: "root" and "stream" instead of the list of "siblings"
 _HASH_CHUNK: Final = 1 << 20  # bytes read at a time for the SHA-256
-SIDECAR_LOCK: Final = ".sidecars.lock"  # in each recording directory (see the module's docstring)
 
 
 def rfc3339(when: datetime) -> str:
@@ -53,26 +50,11 @@ def _error(action: str, path: Path, exc: OSError) -> RecordingError:
     return RecordingError(f"cannot {action} {str(path)!r}: {exc.strerror or exc}")
 
 
-def _fsync_directory(directory: Path) -> None:
+def fsync_directory(directory: Path) -> None:
+    """Make the directory's entries (a rename, a new file) durable; raises OSError."""
     fd = os.open(directory, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
     try:
         os.fsync(fd)
-    finally:
-        os.close(fd)
-
-
-@contextlib.contextmanager
-def _sidecar_lock(directory: Path) -> Iterator[None]:
-    """Exclusive against every thread and process of this host doing the same (``flock`` on
-    SIDECAR_LOCK in ``directory``; closing the descriptor releases it). Raises RecordingError."""
-    path = directory / SIDECAR_LOCK
-    try:
-        fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, FILE_MODE)
-    except OSError as exc:
-        raise _error("open", path, exc) from exc
-    try:
-        fcntl.flock(fd, fcntl.LOCK_EX)
-        yield
     finally:
         os.close(fd)
 
@@ -97,7 +79,7 @@ def write_sidecar(path: Path, data: Mapping[str, Any], *, durable: bool = True) 
                 os.fsync(file.fileno())
         os.replace(temporary, path)
         if durable:
-            _fsync_directory(path.parent)
+            fsync_directory(path.parent)
     except OSError as exc:
         try:
             temporary.unlink(missing_ok=True)
@@ -147,7 +129,6 @@ class Recording:
         self._session_id = _identity(fields.get("sessionId"))
         self._started = rfc3339(started)
         self._metadata = dict(metadata)
-        self._siblings: list[str] = []
         self._renamed = False
         self._finished = False
 
@@ -201,7 +182,7 @@ class Recording:
 
     @property
     def name(self) -> str:
-        """The base name (``NAME`` or ``NAME-N``) the sidecars' ``siblings`` refer to."""
+        """The base name: ``NAME`` or ``NAME-N``."""
         return self._reservation.base.name
 
     @property
@@ -214,9 +195,9 @@ class Recording:
         return self._sink.frames_written
 
     @property
-    def siblings(self) -> tuple[str, ...]:
-        """Base names of the other recordings of this call and session, as last published."""
-        return tuple(self._siblings)
+    def stream(self) -> int:
+        """1 for ``NAME``, N for ``NAME-N``: which stream of this name the recording is."""
+        return self._reservation.number
 
     def write(self, left: bytes, right: bytes) -> None:
         """Append mu-law samples of both channels (equal lengths, else ValueError)."""
@@ -277,79 +258,31 @@ class Recording:
     def _publish(self, status: str, *, ended: str | None, sha256: str | None,
                  statistics: dict[str, Any], durable: bool = True) -> None:
         frames = self._sink.frames_written
-        with _sidecar_lock(self._reservation.sidecar.parent):
-            self._siblings = self._find_siblings()
-            data: dict[str, Any] = {
-                "callId": self._call_id,
-                "sessionId": self._session_id,
-                "status": status,
-                "format": self._format,
-                "file": self._reservation.final.name,
-            }
-            if status == RECORDING:
-                data["partial_file"] = self._reservation.partial.name
-            data.update({
-                "sample_rate": SAMPLE_RATE,
-                "channels": CHANNELS,
-                "channel_map": dict(CHANNEL_MAP),
-                "frames": frames,
-                "duration_seconds": round(frames / SAMPLE_RATE, 3),
-                "started": self._started,
-                "ended": ended,
-                "sha256": sha256,
-                "metadata": self._metadata,
-                "statistics": statistics,
-                "siblings": list(self._siblings),
-                "sidecar_version": SIDECAR_VERSION,
-            })
-            write_sidecar(self._reservation.sidecar, data, durable=durable)
-            for sibling in self._siblings:
-                self._add_to_sibling(sibling)
-
-    def _find_siblings(self) -> list[str]:
-        """Base names of the sidecars ROOT.json, ROOT-N.json of the same call and session.
-
-        Probed by name rather than by listing the directory (a day's directory holds thousands
-        of recordings; a listing per recording made that quadratic). `naming.reserve` claims
-        the lowest free number, so every number below ours is probed, and above ours the
-        probing stops at the first number without a sidecar."""
-        if not self._call_id or not self._session_id:
-            return []  # without both ids, equal names prove nothing
-        root = self._reservation.root
-        own = self.name
-        own_number = 1 if own == root else int(own.rsplit("-", 1)[1])
-        directory = self._reservation.sidecar.parent
-        found: list[str] = []
-        for number in range(1, MAX_SIBLINGS + 1):
-            if number == own_number:
-                continue
-            name = root if number == 1 else f"{root}-{number}"
-            path = directory / (name + SIDECAR)
-            if not os.path.lexists(path):
-                if number > own_number:
-                    break
-                continue
-            try:
-                data = read_sidecar(path)
-            except RecordingError as exc:
-                LOGGER.warning("ignoring sidecar: %s", exc)
-                continue
-            if (data.get("callId"), data.get("sessionId")) == (self._call_id, self._session_id):
-                found.append(name)
-        return found
-
-    def _add_to_sibling(self, sibling: str) -> None:
-        path = self._reservation.sidecar.with_name(sibling + SIDECAR)
-        try:
-            data = read_sidecar(path)
-            listed = data.get("siblings")
-            if not isinstance(listed, list):
-                listed = []
-            if self.name not in listed:
-                data["siblings"] = [*listed, self.name]
-                write_sidecar(path, data)
-        except RecordingError as exc:  # their problem must not fail our recording
-            LOGGER.warning("cannot add %s to the siblings of %s: %s", self.name, sibling, exc)
+        data: dict[str, Any] = {
+            "callId": self._call_id,
+            "sessionId": self._session_id,
+            "status": status,
+            "format": self._format,
+            "file": self._reservation.final.name,
+        }
+        if status == RECORDING:
+            data["partial_file"] = self._reservation.partial.name
+        data.update({
+            "sample_rate": SAMPLE_RATE,
+            "channels": CHANNELS,
+            "channel_map": dict(CHANNEL_MAP),
+            "frames": frames,
+            "duration_seconds": round(frames / SAMPLE_RATE, 3),
+            "started": self._started,
+            "ended": ended,
+            "sha256": sha256,
+            "metadata": self._metadata,
+            "statistics": statistics,
+            "root": self._reservation.root,
+            "stream": self._reservation.number,
+            "sidecar_version": SIDECAR_VERSION,
+        })
+        write_sidecar(self._reservation.sidecar, data, durable=durable)
 
 
 def _identity(value: Any) -> str | None:
