@@ -2,8 +2,11 @@
 
 Life of a recording: ``create`` reserves ``NAME`` (see ``naming.reserve``), opens the sink on
 ``NAME.partial.EXT`` and writes ``NAME.json`` with ``"status": "recording"`` at once, so a crash
-leaves the metadata beside the audio for recovery. ``finish`` closes the sink, renames the audio
-to ``NAME.EXT`` (never over an existing file), hashes it and rewrites the sidecar atomically.
+leaves the metadata beside the audio for recovery. ``finish`` commits the recording in an order
+that is safe at every instant (see `Recording.finish`): close the sink, hash the partial file,
+write the final sidecar (the commit record), and only then rename the audio to ``NAME.EXT``.
+Whatever a kill interrupts, ``recovery`` completes: it repairs every recording whose sidecar is
+not final, and completes the rename of one whose sidecar is.
 
 Streams of the same call and session get ``NAME``, ``NAME-2`` ...; each sidecar says which
 (``root``, ``stream``) and nothing about the others, so creating or finishing a stream touches
@@ -37,6 +40,10 @@ RECORDING: Final = "recording"  # the status of a sidecar whose audio is still b
 CHANNEL_MAP: Final = {"left": "agent (Participant)", "right": "caller (Conference)"}
 SIDECAR_VERSION: Final = 2  # 2: "root" and "stream" instead of the list of "siblings"
 _HASH_CHUNK: Final = 1 << 20  # bytes read at a time for the SHA-256
+# NAME.failed: an empty file left beside a recording whose failed finish could not write its
+# sidecar (a full disk: creating an empty file takes no data block); recovery then marks the
+# recording "failed" instead of "recovered", and removes the mark.
+FAILED_MARK: Final = ".failed"
 
 
 def rfc3339(when: datetime) -> str:
@@ -129,7 +136,6 @@ class Recording:
         self._session_id = _identity(fields.get("sessionId"))
         self._started = rfc3339(started)
         self._metadata = dict(metadata)
-        self._renamed = False
         self._finished = False
 
     @classmethod
@@ -215,12 +221,23 @@ class Recording:
 
     def finish(self, status: str, *, ended: datetime, metadata: Mapping[str, Any],
                statistics: Mapping[str, Any] | Any) -> Path:
-        """Close the audio, move it to its final name, hash it and write the final sidecar.
+        """Close the audio, hash it, write the final sidecar, move the audio to its final name.
 
         ``status`` is one of STATUSES; ``statistics`` a dict (or a dataclass). Returns the final
-        path. Raises RecordingError if the disk fails, or if a file already sits at the final name
+        path. The steps, in this order, make finishing safe at every instant:
+        1. close the sink (fsynced); 2. hash ``NAME.partial.EXT``; 3. write the final sidecar
+        atomically and durably, naming ``NAME.EXT`` and the hash: the commit record, after which
+        the recording is finished whatever happens; 4. rename the audio to ``NAME.EXT`` and
+        fsync the directory; 5. let recovery have the files (release the claim's lock).
+        A kill before 3 leaves a ``recording`` sidecar: recovery repairs the partial file and
+        marks it ``recovered``. A kill between 3 and 4 leaves a final sidecar beside the partial
+        file: recovery checks the hash and completes the rename.
+
+        Raises RecordingError if the disk fails, or if a file already sits at the final name
         (then the audio stays at ``partial_path``). After a RecordingError ``finish`` may be
-        called again, for example with ``"failed"``.
+        called again, for example with ``"failed"``; when a ``"failed"`` finish cannot write its
+        sidecar, it leaves the empty file ``NAME.failed`` (if it can) so that recovery marks
+        the recording failed, not recovered. Call `abandon` when giving up.
         """
         if status not in STATUSES:
             raise ValueError(f"unknown status {status!r}; expected one of {sorted(STATUSES)}")
@@ -237,21 +254,44 @@ class Recording:
             # already failed (a full disk): keep what is on disk, and say so in the sidecar
             LOGGER.warning("closing failed recording %s: %s", self.name, exc)
         final, partial = self._reservation.final, self._reservation.partial
-        if not self._renamed:
-            if final.exists():
-                raise RecordingError(f"{str(final)!r} exists already; the recording stays at "
-                                     f"{str(partial)!r}")
-            try:
-                os.replace(partial, final)
-            except OSError as exc:
-                raise _error("rename", partial, exc) from exc
-            self._renamed = True
-        digest = sha256_file(final)
-        self._metadata = dict(metadata)
-        self._publish(status, ended=ended_text, sha256=digest, statistics=dict(statistics))
+        if final.exists():
+            raise RecordingError(f"{str(final)!r} exists already; the recording stays at "
+                                 f"{str(partial)!r}")
+        try:
+            digest = sha256_file(partial)
+            self._metadata = dict(metadata)
+            self._publish(status, ended=ended_text, sha256=digest, statistics=dict(statistics))
+        except RecordingError:
+            if status == "failed":
+                self._mark_failed()
+            raise
+        try:
+            os.replace(partial, final)
+        except OSError as exc:
+            raise _error("rename", partial, exc) from exc
         self._finished = True
         self._reservation.release()
+        try:
+            fsync_directory(final.parent)
+        except OSError as exc:  # the sidecar is durable: recovery would complete the rename
+            LOGGER.warning("cannot make the rename of %s durable: %s", final, exc.strerror or exc)
+        with contextlib.suppress(OSError):  # a mark left by an earlier attempt
+            self._reservation.base.with_name(self.name + FAILED_MARK).unlink(missing_ok=True)
         return final
+
+    def abandon(self) -> None:
+        """Give up after `finish` failed: close what is open and let recovery have the files
+        (``recover`` finishes them, as after a crash). Never raises."""
+        with contextlib.suppress(RecordingError):
+            self._sink.close()
+        self._reservation.release()
+
+    def _mark_failed(self) -> None:
+        mark = self._reservation.base.with_name(self.name + FAILED_MARK)
+        try:
+            os.close(os.open(mark, os.O_WRONLY | os.O_CREAT | os.O_CLOEXEC, FILE_MODE))
+        except OSError as exc:
+            LOGGER.error("cannot mark %s failed: %s", self.name, exc.strerror or exc)
 
     # -- sidecars ----------------------------------------------------------------------------
 

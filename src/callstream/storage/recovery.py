@@ -1,11 +1,20 @@
-"""Finish what a crashed recorder left behind: every `NAME.partial.EXT` under the output directory.
+"""Finish what an interrupted recorder left behind, under the output directory.
 
 A recorder killed mid-call (SIGKILL, power loss, OOM) leaves the audio it had flushed in
 `NAME.partial.EXT` and a sidecar with status `recording`. Recovery repairs the audio file (WAV:
 header sizes from the file length; FLAC: the complete frames re-encoded into a closed file),
-renames it to `NAME.EXT` and rewrites the sidecar with status `recovered`, the frames found and
-the SHA-256. It runs when `callstream serve` starts, before it listens, when a worker of
-`serve --workers N` has died (for what it left), and by hand as `callstream recover DIR`.
+writes the sidecar with status `recovered` (`failed` when the recorder left the mark
+`NAME.failed`: its failed finish could not write the sidecar), the frames found and the
+SHA-256, and only then renames the audio to `NAME.EXT`: the same order as a live finish (see
+`Recording.finish`), so recovery itself may be killed at any instant and run again.
+
+Besides: a partial file whose sidecar is already final (a finish killed between its sidecar and
+its rename) is renamed when its hash matches the sidecar's (else repaired as above); a final
+`NAME.EXT` whose sidecar still says `recording` (left by a recorder or recovery that renamed
+before writing the sidecar, as versions before sidecar version 2 did) is hashed and its sidecar
+marked `recovered`. Recovery runs when `callstream serve` starts, before it listens, when a
+worker of `serve --workers N` has died (for what it left), and by hand as `callstream recover
+DIR`.
 
 A live recording is never touched, even by another process: its recorder holds an flock on the
 partial file from the moment it claims the name (see `naming.reserve`) until the recording is
@@ -13,7 +22,8 @@ finished, and the kernel drops the lock when the recorder dies. Recovery takes t
 without waiting, and skips the file when it cannot. (An empty partial file younger than
 `FRESH_CLAIM_SECONDS` is also skipped: a name claimed a moment ago, its lock being taken. An
 older one is removed: its recorder died between claiming the name and writing the header,
-so it holds nothing and has no sidecar.)
+so it holds nothing and has no sidecar.) A live recorder's sidecar says `recording` only while
+its partial file exists, so a `recording` sidecar beside a final file is never a live one.
 """
 
 from __future__ import annotations
@@ -27,18 +37,29 @@ from contextlib import contextmanager
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import soundfile
 
 from callstream.errors import RecordingError
-from callstream.storage.recording import read_sidecar, rfc3339, sha256_file, write_sidecar
+from callstream.storage.recording import (
+    FAILED_MARK,
+    RECORDING,
+    STATUSES,
+    fsync_directory,
+    read_sidecar,
+    rfc3339,
+    sha256_file,
+    write_sidecar,
+)
 from callstream.storage.wavfile import SAMPLE_RATE, WavEncoding, repair_wav
 
 LOGGER = logging.getLogger("callstream.recovery")
 
 PARTIAL_MARK = ".partial"
 FLAC_CHUNK_FRAMES = 8000  # frames decoded at a time while salvaging a FLAC file
+EXTENSIONS = (".wav", ".flac")  # of the audio files recordings have
 FRESH_CLAIM_SECONDS = 60.0  # an empty partial file this young may be a claim whose lock is coming
 
 
@@ -51,6 +72,7 @@ class Recovered:
     path: Path | None
     sidecar: Path
     frames: int
+    status: str = "recovered"  # or "failed" (the recorder's mark), or the committed finish's
 
 
 def find_partials(output_dir: Path) -> list[Path]:
@@ -58,7 +80,7 @@ def find_partials(output_dir: Path) -> list[Path]:
     return sorted(
         path
         for path in output_dir.rglob(f"*{PARTIAL_MARK}.*")
-        if path.is_file() and path.suffix in (".wav", ".flac") and path.stem.endswith(PARTIAL_MARK)
+        if path.is_file() and path.suffix in EXTENSIONS and path.stem.endswith(PARTIAL_MARK)
     )
 
 
@@ -142,11 +164,14 @@ def _read_decodable(source: soundfile.SoundFile, block: np.ndarray) -> tuple[int
 
 
 def recover_partial(partial: Path) -> Recovered:
-    """Repair, rename and re-describe one partial recording. Raises RecordingError."""
+    """Finish one partial recording that no recorder holds: complete its committed finish, or
+    repair it, write its sidecar, then rename it (see the module's docstring). Raises
+    RecordingError."""
     extension = partial.suffix
     base = partial.with_name(partial.stem[: -len(PARTIAL_MARK)])
     final = base.with_name(base.name + extension)
     sidecar = base.with_name(base.name + ".json")
+    mark = base.with_name(base.name + FAILED_MARK)
     if final.exists():
         raise RecordingError(f"{str(final)!r} already exists; leaving {str(partial)!r} untouched")
     try:
@@ -154,35 +179,76 @@ def recover_partial(partial: Path) -> Recovered:
     except RecordingError:
         LOGGER.warning("no readable sidecar for %s: writing a minimal one", final)
         data = {"callId": None, "sessionId": None, "metadata": {}, "statistics": {}}
+    if data.get("status") in STATUSES and _complete_commit(partial, final, data):
+        _remove_mark(mark)
+        return Recovered(path=None if data.get("file") is None else final, sidecar=sidecar,
+                         frames=_frames(data), status=str(data["status"]))
     if extension == ".wav":
         encoding = WavEncoding.MULAW if data.get("format") == "mulaw-wav" else WavEncoding.PCM_16
         frames = repair_wav(partial, encoding)
     else:
         frames = _salvage_flac(partial)
-    audio: Path | None = final
+    audio: Path | None = None if extension == ".flac" and frames == 0 else final
     try:
         ended = datetime.fromtimestamp(partial.stat().st_mtime, UTC)
-        if extension == ".flac" and frames == 0:
-            audio = None  # the salvaged copy is empty: an unplayable zero-byte file
-            partial.unlink()
-        else:
-            os.replace(partial, final)
     except OSError as error:
-        raise RecordingError(f"cannot rename {str(partial)!r}: {error}") from error
+        raise RecordingError(f"cannot read {str(partial)!r}: {error}") from error
+    status = "failed" if mark.exists() else "recovered"
     data.pop("partial_file", None)
     data.update(
-        status="recovered",
+        status=status,
+        # None: the salvaged copy is empty, an unplayable zero-byte file: only the sidecar stays
         file=None if audio is None else audio.name,
         sample_rate=SAMPLE_RATE,
         channels=2,
         frames=frames,
         duration_seconds=round(frames / SAMPLE_RATE, 3),
         ended=rfc3339(ended),
-        sha256=None if audio is None else sha256_file(audio),
+        sha256=None if audio is None else sha256_file(partial),
     )
     data.setdefault("format", "flac" if extension == ".flac" else "wav")
-    write_sidecar(sidecar, data)
-    return Recovered(path=audio, sidecar=sidecar, frames=frames)
+    write_sidecar(sidecar, data)  # the commit record, before the rename (as a live finish)
+    _move(partial, audio)
+    _remove_mark(mark)
+    return Recovered(path=audio, sidecar=sidecar, frames=frames, status=status)
+
+
+def _complete_commit(partial: Path, final: Path, data: dict[str, Any]) -> bool:
+    """Make the rename a finish killed after writing its final sidecar did not make. True when
+    done; False when the partial file is not what the sidecar describes (its SHA-256 differs:
+    a power loss took audio the sidecar had counted), then it is to be repaired."""
+    if data.get("file") is None:  # recovery's own sidecar of an empty FLAC file
+        _move(partial, None)
+        return True
+    if data.get("file") != final.name or data.get("sha256") != sha256_file(partial):
+        LOGGER.warning("%s does not match its final sidecar: repairing it", partial)
+        return False
+    _move(partial, final)
+    return True
+
+
+def _move(partial: Path, final: Path | None) -> None:
+    """Rename ``partial`` to ``final`` (None: remove it) and make that durable."""
+    try:
+        if final is None:
+            partial.unlink()
+        else:
+            os.replace(partial, final)
+        fsync_directory(partial.parent)
+    except OSError as error:
+        raise RecordingError(f"cannot rename {str(partial)!r}: {error.strerror or error}") from error
+
+
+def _remove_mark(mark: Path) -> None:
+    try:
+        mark.unlink(missing_ok=True)
+    except OSError as error:
+        LOGGER.error("cannot remove %s: %s", mark, error.strerror or error)
+
+
+def _frames(data: dict[str, Any]) -> int:
+    frames = data.get("frames")
+    return frames if isinstance(frames, int) else 0
 
 
 @contextmanager
@@ -220,9 +286,58 @@ def _remove_claim(partial: Path) -> None:
     LOGGER.warning("removed %s: an empty claim left by a recorder that died before recording", partial)
 
 
+def recover_renamed(sidecar: Path) -> Recovered | None:
+    """Finish a recording whose audio is at its final name while its sidecar still says
+    `recording` (see the module's docstring): hash it, count its frames, mark the sidecar
+    `recovered` (`failed` with the recorder's mark). None when the sidecar is not such a one
+    (final, or its partial file is still there). Raises RecordingError."""
+    data = read_sidecar(sidecar)
+    if data.get("status") != RECORDING:
+        return None
+    base = sidecar.with_name(sidecar.name[: -len(".json")])
+    for extension in EXTENSIONS:
+        if base.with_name(f"{base.name}{PARTIAL_MARK}{extension}").exists():
+            return None  # the partial pass's (or a live recorder's)
+    finals = [base.with_name(base.name + extension) for extension in EXTENSIONS]
+    final = next((path for path in finals if path.exists()), None)
+    if final is None:
+        raise RecordingError(f"{str(sidecar)!r} says recording, but its audio is gone")
+    if read_sidecar(sidecar).get("status") != RECORDING:
+        return None  # a live finish committed meanwhile (it renames after its sidecar)
+    if final.suffix == ".wav":
+        encoding = WavEncoding.MULAW if data.get("format") == "mulaw-wav" else WavEncoding.PCM_16
+        frames = repair_wav(final, encoding)
+    else:
+        try:
+            frames = soundfile.info(str(final)).frames
+        except (soundfile.LibsndfileError, RuntimeError):
+            frames = _salvage_flac(final)
+    mark = base.with_name(base.name + FAILED_MARK)
+    status = "failed" if mark.exists() else "recovered"
+    try:
+        ended = datetime.fromtimestamp(final.stat().st_mtime, UTC)
+    except OSError as error:
+        raise RecordingError(f"cannot read {str(final)!r}: {error}") from error
+    data.pop("partial_file", None)
+    data.update(
+        status=status,
+        file=final.name,
+        sample_rate=SAMPLE_RATE,
+        channels=2,
+        frames=frames,
+        duration_seconds=round(frames / SAMPLE_RATE, 3),
+        ended=rfc3339(ended),
+        sha256=sha256_file(final),
+    )
+    write_sidecar(sidecar, data)
+    _remove_mark(mark)
+    return Recovered(path=final, sidecar=sidecar, frames=frames, status=status)
+
+
 def recover_directory(output_dir: Path) -> list[Recovered]:
-    """Recover every partial recording below ``output_dir`` that no live recorder holds; logs
-    each; never raises for one file."""
+    """Recover every interrupted recording below ``output_dir`` that no live recorder holds:
+    partial files, then final files whose sidecar says `recording`; logs each; never raises
+    for one file."""
     recovered = []
     if not output_dir.is_dir():
         return recovered
@@ -240,11 +355,27 @@ def recover_directory(output_dir: Path) -> list[Recovered]:
             except RecordingError as error:
                 LOGGER.error("recovery of %s failed: %s", partial, error)
                 continue
-        LOGGER.warning(
-            "recovered %s: %.1f s of audio left by an interrupted recorder",
-            result.sidecar if result.path is None else result.path, result.frames / SAMPLE_RATE,
-        )
+        _log(result)
         recovered.append(result)
+    for sidecar in sorted(output_dir.rglob("*.json")):
+        try:
+            renamed = recover_renamed(sidecar)
+        except RecordingError as error:
+            LOGGER.error("recovery of %s failed: %s", sidecar, error)
+            continue
+        if renamed is not None:
+            _log(renamed)
+            recovered.append(renamed)
     if live:
         LOGGER.info("left %d partial recordings alone: a live recorder is writing them", live)
     return recovered
+
+
+def _log(result: Recovered) -> None:
+    what = result.sidecar if result.path is None else result.path
+    if result.status in ("recovered", "failed"):
+        LOGGER.warning("recovered %s (%s): %.1f s of audio left by an interrupted recorder",
+                       what, result.status, result.frames / SAMPLE_RATE)
+    else:
+        LOGGER.warning("completed the interrupted finish of %s (%s, %.1f s)",
+                       what, result.status, result.frames / SAMPLE_RATE)
