@@ -10,6 +10,7 @@ import trio
 
 from callstream.engagevoice.encoding import encode_connected, encode_media, encode_start
 from callstream.engagevoice.query import build_query
+from callstream.errors import RecordingError
 from callstream.events import Perspective
 from conftest import (
     expect_rejection,
@@ -153,3 +154,136 @@ async def test_cancelling_the_server_still_finalises_live_recordings(settings) -
     audio = read_audio(path)
     held = len(audio) // 160
     np.testing.assert_array_equal(audio, expected_stereo(frames[:held], frames[:held]))
+
+
+async def test_every_call_that_created_a_recording_finishes_it_whatever_its_start(
+    server, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
+    """Issue 12, bug 2: Media-only calls (ids in the query), a Start refused with 1003 and a
+    Start that does not parse left `NAME.partial.wav`, a `recording` sidecar, and the file's lock
+    and descriptors held until a garbage collection: the recorder decided whether to finish
+    before the disk writer had created the file. The creation is slowed here (a slow disk) so
+    that it always comes after the end of the call. Seen failing before the fix (3 partial
+    files left, 'recorded to None')."""
+    from callstream.storage.recording import Recording
+    from callstream.storage.recovery import recover_directory
+
+    create = Recording.create.__func__  # type: ignore[attr-defined]
+
+    def slow(cls: type[Recording], *args: object, **kwargs: object) -> Recording:
+        import time
+
+        time.sleep(0.3)  # in the disk writer's thread
+        return create(cls, *args, **kwargs)
+
+    monkeypatch.setattr(Recording, "create", classmethod(slow))
+    frames = random_frames(np.random.default_rng(16), 30)
+    codes: dict[str, int | None] = {}
+
+    async def call(call_id: str, start: str | None) -> None:
+        client = await open_call(server.url, call_id)
+        await client.send(encode_connected())
+        for seq, frame in enumerate(frames, 1):
+            for perspective in Perspective:
+                await client.send(encode_media(perspective, seq, frame))
+        if start is not None:
+            await client.send(start)
+        if call_id == "refused":
+            with pytest.raises(Closed) as closed:
+                await client.receive()
+            codes[call_id] = closed.value.code
+        await client.close()
+
+    with trio.fail_after(TIMEOUT):
+        async with trio.open_nursery() as nursery:
+            nursery.start_soon(call, "media-only", None)
+            nursery.start_soon(call, "refused", encode_start(metadata("refused"), sample_rate=16000))
+            nursery.start_soon(call, "unparsable", '{"event":"Start","metadata":[1,2')
+        await wait_for_calls(server, 3)
+    output = server.settings.output_dir
+    assert codes == {"refused": 1003}
+    assert not list(output.rglob("*.partial.*"))
+    found = {sidecar["callId"]: (path, sidecar) for path, sidecar in recordings(output)}
+    assert sorted(found) == ["media-only", "refused", "unparsable"]
+    for path, sidecar in found.values():
+        assert sidecar["status"] == "incomplete"
+        np.testing.assert_array_equal(read_audio(path), expected_stereo(frames, frames))
+    assert recover_directory(output) == []  # nothing left unfinished, no lock held
+    assert "recorded to None" not in caplog.text
+
+
+async def test_close_1000_comes_after_the_recording_is_finished(
+    server, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Issue 12: the close was sent before the recording was finished. When the platform sees
+    1000, the file and its final sidecar are there. Seen failing before the fix (the close came
+    first: no final file yet when the client saw 1000)."""
+    from callstream.engagevoice.encoding import encode_stop
+    from callstream.storage.recording import Recording
+
+    finish = Recording.finish
+
+    def slow_finish(self: Recording, *args: object, **kwargs: object):
+        import time
+
+        time.sleep(0.3)
+        return finish(self, *args, **kwargs)  # type: ignore[arg-type]
+
+    frames = random_frames(np.random.default_rng(17), 50)
+    monkeypatch.setattr(Recording, "finish", slow_finish)
+    with trio.fail_after(TIMEOUT):
+        client = await open_call(server.url, "safe")
+        await client.send(encode_connected())
+        await client.send(encode_start(metadata("safe")))
+        for seq, frame in enumerate(frames, 1):
+            for perspective in Perspective:
+                await client.send(encode_media(perspective, seq, frame))
+        for _ in range(2):
+            await client.send(encode_stop(1.0, "2026-12-06T00:00:00Z"))
+        with pytest.raises(Closed) as closed:
+            await client.receive()
+        [(path, sidecar)] = recordings(server.settings.output_dir)  # at once, not after a wait
+        await client.close()
+    assert closed.value.code == 1000
+    assert sidecar["status"] == "complete" and path.exists()
+    np.testing.assert_array_equal(read_audio(path), expected_stereo(frames, frames))
+
+
+async def test_a_recording_that_cannot_be_finished_is_closed_1011(
+    server, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Both Stops came, but the final sidecar cannot be written (a full disk): the platform is
+    told 1011, not 1000. Seen failing before the fix (1000, sent before finishing)."""
+    from callstream.engagevoice.encoding import encode_stop
+    from callstream.storage import recording as recording_module
+
+    write = recording_module.write_sidecar
+
+    def full_disk(path, data, **options):  # the live sidecar goes through; the final one not
+        if data.get("status") != recording_module.RECORDING:
+            raise RecordingError(f"cannot write {path}: No space left on device")
+        write(path, data, **options)
+
+    monkeypatch.setattr(recording_module, "write_sidecar", full_disk)
+    frames = random_frames(np.random.default_rng(18), 50)
+    with trio.fail_after(TIMEOUT):
+        client = await open_call(server.url, "full")
+        await client.send(encode_connected())
+        await client.send(encode_start(metadata("full")))
+        for seq, frame in enumerate(frames, 1):
+            for perspective in Perspective:
+                await client.send(encode_media(perspective, seq, frame))
+        for _ in range(2):
+            await client.send(encode_stop(1.0, "2026-12-06T00:00:00Z"))
+        with pytest.raises(Closed) as closed:
+            await client.receive()
+        await client.close()
+        await wait_for_calls(server, 1)
+    assert closed.value.code == 1011
+    output = server.settings.output_dir
+    [mark] = list(output.rglob("*.failed"))  # for recovery: the sidecar could not say it
+    monkeypatch.setattr(recording_module, "write_sidecar", write)
+    from callstream.storage.recovery import recover_directory
+
+    [recovered] = recover_directory(output)
+    assert recovered.status == "failed" and not mark.exists()

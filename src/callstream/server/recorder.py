@@ -18,7 +18,6 @@ was received.
 
 from __future__ import annotations
 
-import contextlib
 import logging
 import time
 from dataclasses import dataclass
@@ -136,9 +135,14 @@ class CallRecorder:
                         self._fail(error)
         finally:
             # Also when the whole server is cancelled: close the files with what they have.
-            with trio.CancelScope(shield=True), trio.move_on_after(FINALISE_TIMEOUT):
-                await self._close_stream()
-                result = await self._finalise()
+            # The recording is finished before the stream is closed, so that the close code
+            # tells the truth: 1000 only once the recording is safely on disk, 1011 when
+            # finishing it failed.
+            with trio.CancelScope(shield=True):
+                with trio.move_on_after(FINALISE_TIMEOUT):  # the lane's wait has its own bound
+                    result = await self._finalise()
+                with trio.move_on_after(FINALISE_TIMEOUT):
+                    await self._close_stream()
         return result
 
     async def _receive_until_end(self) -> None:
@@ -321,16 +325,20 @@ class CallRecorder:
         statistics = {**self.timeline.statistics().as_dict(), **_counters(call)}
         self._meter()
         path = None
-        if self._failure is None and (self._recording is not None or call.start is not None):
-            try:
-                path = await self._lane.finish(self._finish_recording, status, statistics)
-            except RecordingError as error:
+        # Always through the lane, whatever happened to the Start: the lane runs this after the
+        # file's creation (if a block asked for one) and its last block, so it decides with the
+        # recording as it is, not as it was before the disk writer opened it.
+        try:
+            path = await self._lane.finish(self._finish_recording, status, statistics)
+        except RecordingError as error:
+            status = "failed"
+            if self._failure is None:
                 self._fail(error)
-                status = "failed"
-        elif self._recording is not None:
-            # After a stall the failure is logged already; the file is closed when the disk is back.
-            with contextlib.suppress(DiskStalledError):
-                path = await self._lane.finish(self._abandon_recording, statistics)
+            elif not isinstance(error, DiskStalledError):  # a stall: the file is closed when the disk is back
+                LOGGER.error("call %s session %s: cannot finish the failed recording: %s",
+                             call.call_id, call.session_id, error)
+        if self._failure is not None:
+            status = "failed"
         frames = 0 if self._recording is None else self._recording.frames_written
         return CallResult(
             call_id=call.call_id,
@@ -343,21 +351,37 @@ class CallRecorder:
             statistics=statistics,
         )
 
-    def _finish_recording(self, status: str, statistics: dict[str, Any]) -> Path:
-        recording = self._recording or self._create_recording(self.call.fields)
+    def _finish_recording(self, status: str, statistics: dict[str, Any]) -> Path | None:
+        """In a disk thread, after every block of the call: finish the recording (create it
+        first for a Start without audio); None when there is none to finish (no Start, no
+        audio). After a failed finish, tries once more as failed, then gives the files up to
+        recovery (see `Recording.finish`) and raises."""
+        recording = self._recording
+        if recording is None:
+            if self.call.start is None:
+                return None
+            recording = self._create_recording(self.call.fields)
+        if self._failure is not None:  # a write failed after the status was decided
+            status = "failed"
+        try:
+            return self._finish_as(recording, status, statistics)
+        except RecordingError:
+            if status == "failed":
+                recording.abandon()
+                raise
+        try:
+            return self._finish_as(recording, "failed", statistics)
+        except RecordingError:
+            recording.abandon()
+            raise
+
+    def _finish_as(self, recording: Recording, status: str, statistics: dict[str, Any]) -> Path:
         return recording.finish(
             status,
             ended=datetime.now(UTC),
             metadata=self.call.sidecar_metadata(),
             statistics=statistics,
         )
-
-    def _abandon_recording(self, statistics: dict[str, Any]) -> Path | None:
-        """After a disk failure: try once to close what we have, marked failed."""
-        try:
-            return self._finish_recording("failed", statistics)
-        except RecordingError:
-            return None
 
 
 def _nothing() -> None:
