@@ -257,14 +257,17 @@ class Recording:
         if final.exists():
             raise RecordingError(f"{str(final)!r} exists already; the recording stays at "
                                  f"{str(partial)!r}")
+        mark = self._reservation.base.with_name(self.name + FAILED_MARK)
         try:
             digest = sha256_file(partial)
             self._metadata = dict(metadata)
             self._publish(status, ended=ended_text, sha256=digest, statistics=dict(statistics))
         except RecordingError:
             if status == "failed":
-                self._mark_failed()
+                _touch(mark)
             raise
+        with contextlib.suppress(OSError):  # left by an earlier attempt; the sidecar says it now
+            mark.unlink(missing_ok=True)
         try:
             os.replace(partial, final)
         except OSError as exc:
@@ -275,8 +278,6 @@ class Recording:
             fsync_directory(final.parent)
         except OSError as exc:  # the sidecar is durable: recovery would complete the rename
             LOGGER.warning("cannot make the rename of %s durable: %s", final, exc.strerror or exc)
-        with contextlib.suppress(OSError):  # a mark left by an earlier attempt
-            self._reservation.base.with_name(self.name + FAILED_MARK).unlink(missing_ok=True)
         return final
 
     def abandon(self) -> None:
@@ -285,13 +286,6 @@ class Recording:
         with contextlib.suppress(RecordingError):
             self._sink.close()
         self._reservation.release()
-
-    def _mark_failed(self) -> None:
-        mark = self._reservation.base.with_name(self.name + FAILED_MARK)
-        try:
-            os.close(os.open(mark, os.O_WRONLY | os.O_CREAT | os.O_CLOEXEC, FILE_MODE))
-        except OSError as exc:
-            LOGGER.error("cannot mark %s failed: %s", self.name, exc.strerror or exc)
 
     # -- sidecars ----------------------------------------------------------------------------
 
@@ -323,6 +317,15 @@ class Recording:
             "sidecar_version": SIDECAR_VERSION,
         })
         write_sidecar(self._reservation.sidecar, data, durable=durable)
+
+
+def _touch(mark: Path) -> None:
+    """Create the empty file ``mark`` (an inode and a directory entry: no data block, so it
+    works on a full disk); logs when it cannot."""
+    try:
+        os.close(os.open(mark, os.O_WRONLY | os.O_CREAT | os.O_CLOEXEC, FILE_MODE))
+    except OSError as exc:
+        LOGGER.error("cannot create %s: %s", mark, exc.strerror or exc)
 
 
 def _identity(value: Any) -> str | None:

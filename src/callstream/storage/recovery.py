@@ -208,8 +208,8 @@ def recover_partial(partial: Path) -> Recovered:
     )
     data.setdefault("format", "flac" if extension == ".flac" else "wav")
     write_sidecar(sidecar, data)  # the commit record, before the rename (as a live finish)
+    _remove_mark(mark)  # the sidecar says it now
     _move(partial, audio)
-    _remove_mark(mark)
     return Recovered(path=audio, sidecar=sidecar, frames=frames, status=status)
 
 
@@ -292,9 +292,12 @@ def recover_renamed(sidecar: Path) -> Recovered | None:
     `recovered` (`failed` with the recorder's mark). None when the sidecar is not such a one
     (final, or its partial file is still there). Raises RecordingError."""
     data = read_sidecar(sidecar)
-    if data.get("status") != RECORDING:
-        return None
     base = sidecar.with_name(sidecar.name[: -len(".json")])
+    mark = base.with_name(base.name + FAILED_MARK)
+    if data.get("status") != RECORDING:
+        if data.get("status") in STATUSES and mark.exists():
+            _remove_mark(mark)  # a kill came between the sidecar that says failed and this
+        return None
     for extension in EXTENSIONS:
         if base.with_name(f"{base.name}{PARTIAL_MARK}{extension}").exists():
             return None  # the partial pass's (or a live recorder's)
@@ -312,7 +315,6 @@ def recover_renamed(sidecar: Path) -> Recovered | None:
             frames = soundfile.info(str(final)).frames
         except (soundfile.LibsndfileError, RuntimeError):
             frames = _salvage_flac(final)
-    mark = base.with_name(base.name + FAILED_MARK)
     status = "failed" if mark.exists() else "recovered"
     try:
         ended = datetime.fromtimestamp(final.stat().st_mtime, UTC)
