@@ -243,3 +243,25 @@ def test_finishes_that_hang_never_hold_back_a_live_calls_blocks() -> None:
 
     trio.run(main)
     assert live.blocks == [0]
+
+
+async def test_a_retry_runs_until_it_succeeds_or_the_writer_stops() -> None:
+    """A finish the disk refused is tried again every retry_interval until it succeeds; when the
+    writer stops first, give_up runs instead (the files go to recovery at the next start)."""
+    attempts: list[int] = []
+    gave_up: list[str] = []
+
+    def third_time_lucky() -> bool:
+        attempts.append(1)
+        return len(attempts) >= 3
+
+    writer = DiskWriter(per_lane=2, max_lanes=2, retry_interval=0.01)
+    with trio.fail_after(10):
+        async with writer.running():
+            writer.retry(third_time_lucky, lambda: gave_up.append("lucky"))
+            writer.retry(lambda: False, lambda: gave_up.append("hopeless"))
+            while len(attempts) < 3:
+                await trio.sleep(0.01)
+            await trio.sleep(0.05)
+    assert len(attempts) == 3
+    assert gave_up == ["hopeless"]

@@ -102,6 +102,7 @@ class CallRecorder:
             sequence_mode=settings.sequence_mode,
         )
         self._recording: Recording | None = None
+        self._ended_at: datetime | None = None  # when the finish began: the sidecar's end
         self._started = datetime.now(UTC)
         self._receive_scope = trio.CancelScope()
         self._mode_logged = settings.sequence_mode != "auto"
@@ -332,6 +333,10 @@ class CallRecorder:
             path = await self._lane.finish(self._finish_recording, status, statistics)
         except RecordingError as error:
             status = "failed"
+            recording = self._recording
+            if recording is not None and not recording.finished and not isinstance(error, DiskStalledError):
+                # (after a stall the finish itself still runs once the disk is back)
+                self._lane.retry(lambda: self._retry_finish(statistics), recording.abandon)
             if self._failure is None:
                 self._fail(error)
             elif not isinstance(error, DiskStalledError):  # a stall: the file is closed when the disk is back
@@ -354,8 +359,8 @@ class CallRecorder:
     def _finish_recording(self, status: str, statistics: dict[str, Any]) -> Path | None:
         """In a disk thread, after every block of the call: finish the recording (create it
         first for a Start without audio); None when there is none to finish (no Start, no
-        audio). After a failed finish, tries once more as failed, then gives the files up to
-        recovery (see `Recording.finish`) and raises."""
+        audio). After a failed finish, tries once more as failed, then raises (the caller has the
+        writer retry it)."""
         recording = self._recording
         if recording is None:
             if self.call.start is None:
@@ -363,22 +368,30 @@ class CallRecorder:
             recording = self._create_recording(self.call.fields)
         if self._failure is not None:  # a write failed after the status was decided
             status = "failed"
+        self._ended_at = datetime.now(UTC)
         try:
             return self._finish_as(recording, status, statistics)
         except RecordingError:
             if status == "failed":
-                recording.abandon()
                 raise
+        return self._finish_as(recording, "failed", statistics)
+
+    def _retry_finish(self, statistics: dict[str, Any]) -> bool:
+        """In a disk thread, every retry interval after the finish failed (see
+        `DiskWriter.retry`; giving up is `Recording.abandon`): True once finished as failed."""
+        assert self._recording is not None
         try:
-            return self._finish_as(recording, "failed", statistics)
+            path = self._finish_as(self._recording, "failed", statistics)
         except RecordingError:
-            recording.abandon()
-            raise
+            return False
+        LOGGER.warning("call %s session %s: recording finished as failed once the disk took it: %s",
+                       self.call.call_id, self.call.session_id, path)
+        return True
 
     def _finish_as(self, recording: Recording, status: str, statistics: dict[str, Any]) -> Path:
         return recording.finish(
             status,
-            ended=datetime.now(UTC),
+            ended=self._ended_at or datetime.now(UTC),
             metadata=self.call.sidecar_metadata(),
             statistics=statistics,
         )

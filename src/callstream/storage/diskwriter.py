@@ -35,7 +35,9 @@ A lane's last work (closing the recording) goes through `Lane.finish`: it runs i
 its own once every block the lane queued is written, and the caller waits for its result. Files
 are created and finished in threads of their own kind, at most OPEN_THREADS and FINISH_THREADS
 at a time, and a batch has a thread to itself: calls ending or starting in a crowd never hold
-back the live calls' audio.
+back the live calls' audio. A finish the disk refused (no space for the final sidecar) is tried
+again every ``retry_interval`` seconds by `DiskWriter.retry`, after its call has ended, until it
+succeeds or the writer stops.
 
 A hung disk (a dead NFS server, a failing device) blocks a system call for minutes or forever,
 and no thread can be interrupted. Waits on the disk are therefore bounded by ``stall_timeout``:
@@ -65,6 +67,7 @@ T = TypeVar("T")
 DEFAULT_BATCH_INTERVAL: Final = 0.05  # seconds at least between the starts of two batches
 DEFAULT_SHARDS: Final = 8  # worker threads a batch is spread over
 DEFAULT_STALL_TIMEOUT: Final = 30.0  # seconds a wait on the disk may last before it is given up
+DEFAULT_RETRY_INTERVAL: Final = 10.0  # seconds between attempts at a finish the disk refused
 # Threads creating recordings, and threads finishing them, at once. Each kind has its own limit,
 # and a batch its own thread, rather than all sharing trio's default limiter (40 threads): when
 # many calls ended together (1,800 calls ending over 18 s on two workers), their finishes took
@@ -203,6 +206,10 @@ class Lane:
             raise self._stalled("did not finish the recording")
         return item.result.unwrap()
 
+    def retry(self, attempt: Callable[[], bool], give_up: Callable[[], None]) -> None:
+        """The lane's finish failed (a full disk): keep trying, see `DiskWriter.retry`."""
+        self._writer.retry(attempt, give_up)
+
     def _written(self, count: int) -> None:
         self.queued -= count
         if self._room is not None and self.queued < self._limit:
@@ -222,18 +229,22 @@ class DiskWriter:
         fsync: bool = False,
         observe_lag: Callable[[float], None] | None = None,
         stall_timeout: float = DEFAULT_STALL_TIMEOUT,
+        retry_interval: float = DEFAULT_RETRY_INTERVAL,
     ) -> None:
         """``per_lane``: blocks a lane may have queued; ``max_lanes``: lanes expected at most
         (sizes the shared channel); ``fsync``: fsync what a batch appended (batched appends; the
         targets' `flush_blocks` decide for themselves); ``observe_lag``: called in the event
         loop after each batch with each written block's seconds from ready to flushed;
         ``stall_timeout``: seconds a lane's wait on the disk may last (see the module's
-        docstring)."""
+        docstring); ``retry_interval``: seconds between attempts at a refused finish (see
+        `retry`)."""
         if per_lane < 1 or shards < 1:
             raise ValueError("per_lane and shards must be at least 1")
         if not stall_timeout > 0:
             raise ValueError("stall_timeout must be positive")
         self.stall_timeout = stall_timeout
+        self.retry_interval = retry_interval
+        self._stopping = trio.Event()  # set when running() ends: retries give up
         self._batch_started: float | None = None  # trio.current_time() while a batch is written
         self._per_lane = per_lane
         self._shards = shards
@@ -278,7 +289,28 @@ class DiskWriter:
                 try:
                     yield self
                 finally:
+                    self._stopping.set()  # pending retries give up (see retry)
                     self._send.close()  # the writer writes what is queued, then ends
+
+    def retry(self, attempt: Callable[[], bool], give_up: Callable[[], None]) -> None:
+        """Run ``attempt()`` in a finishing thread every ``retry_interval`` seconds until it
+        returns True: a recording whose finish the disk refused (no space for its sidecar) is
+        finished once there is space again. When the writer stops first, ``give_up()`` runs
+        instead, in a thread (it leaves the files to recovery at the next start). Neither may
+        raise. Only inside `running`."""
+        assert self._nursery is not None, "inside running()"
+        self._nursery.start_soon(self._retry, attempt, give_up)
+
+    async def _retry(self, attempt: Callable[[], bool], give_up: Callable[[], None]) -> None:
+        with trio.CancelScope(shield=True):  # ends when running() does: see _stopping
+            while True:
+                with trio.move_on_after(self.retry_interval):
+                    await self._stopping.wait()
+                if self._stopping.is_set():
+                    await trio.to_thread.run_sync(give_up, limiter=self._finish_threads)
+                    return
+                if await trio.to_thread.run_sync(attempt, limiter=self._finish_threads):
+                    return
 
     async def _run(self) -> None:
         # Shielded: the calls' finalisation (itself shielded) still needs the writer while the

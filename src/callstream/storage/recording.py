@@ -201,6 +201,11 @@ class Recording:
         return self._sink.frames_written
 
     @property
+    def finished(self) -> bool:
+        """True once `finish` has succeeded."""
+        return self._finished
+
+    @property
     def stream(self) -> int:
         """1 for ``NAME``, N for ``NAME-N``: which stream of this name the recording is."""
         return self._reservation.number
