@@ -14,7 +14,7 @@ from dataclasses import dataclass
 from itertools import pairwise
 
 import pytest
-from hypothesis import HealthCheck, given, settings
+from hypothesis import HealthCheck, assume, given, settings
 from hypothesis import strategies as st
 from hypothesis.stateful import (
     RuleBasedStateMachine,
@@ -99,16 +99,18 @@ class Call:
 
 @st.composite
 def calls(draw: st.DrawFn, *, drops: bool = False, duplicates: bool = False) -> Call:
-    """Two per-perspective counters; every frame arrives before a frame ``window`` newer on its
-    side (arrival key = index + delay, delay < window), both sides progressing together."""
+    """Two per-perspective counters from one origin; every frame arrives before a frame
+    ``window`` newer on its side (arrival key = index + delay, delay < window), both sides progressing together."""
     window = draw(st.integers(1, 12))
     length = draw(st.sampled_from([80, 160, 240]))
     arrivals: list[tuple[int, int, int, int, bytes]] = []
     frames: tuple[list[bytes | None], list[bytes | None]] = ([], [])
     dup_count = 0
+    # one counter origin for both sides (their numbers agree: placed by number from there): the
+    # platform's 1, or anywhere far from it (then the first side starts where it arrives)
+    first = draw(st.one_of(st.just(1), st.integers(2**20, 2**40)))
     for side in (0, 1):
         count = draw(st.integers(1, 70))
-        first = draw(st.integers(0, 2**40))
         delays = draw(st.lists(st.integers(0, window - 1), min_size=count, max_size=count))
         present = [True] * count
         if drops:
@@ -958,9 +960,9 @@ def test_lag_is_bounded_by_forcing_the_lagging_side() -> None:
 
 def test_finish_pads_the_shorter_side_and_closes() -> None:
     timeline = Timeline()
-    timeline.push(0, 0, F[0])
-    timeline.push(0, 1, F[1])
-    timeline.push(1, 7, b"\x05" * 160)
+    timeline.push(0, 1, F[0])
+    timeline.push(0, 2, F[1])
+    timeline.push(1, 1, b"\x05" * 160)
     tail = timeline.finish()
     assert tail == StereoBlock(F[0] + F[1], b"\x05" * 160 + SIL * 160, 0)
     with pytest.raises(TimelineFinishedError):
@@ -1054,21 +1056,27 @@ def first_sound(audio: bytes) -> int:
     late_side=st.integers(0, 1),
     late_first=st.booleans(),
     window_ms=st.sampled_from([60, 200, 380]),  # W = 3, 10, 19 frames: late > W
+    other_first=st.sampled_from([1, 1000]),
 )
 def test_a_side_starting_late_lands_where_it_arrived(
-    late: int, after: int, late_side: int, late_first: bool, window_ms: int
+    late: int, after: int, late_side: int, late_first: bool, window_ms: int, other_first: int
 ) -> None:
     """The other side streams alone for ``late`` frames; then both send one frame per 20 ms tick
     (in either order within the tick). The late side's first frame lands within one frame of
     ``late`` frames of silence, nothing lost; the streaming side is untouched. (Late by at most
-    the window, a first frame is reordering jitter: both sides start together.)"""
+    the window, a first frame is reordering jitter: both sides start together.) The late side
+    numbers from 7 (its first frames lost), the other from 1 (so the late side's numbers come
+    after the other side's same numbers: it really started later) or from 1000."""
+    # numbered alike, a side later by less than the window is a side whose first frames were
+    # lost (placed by its numbers: the test above)
+    assume(other_first != 1 or late - 6 > window_ms / 20)
     other = 1 - late_side
     sent: tuple[list[bytes], list[bytes]] = ([], [])
     pushes: list[Push] = []
     for i in range(late + after):
         tick: list[Push] = []
         sent[other].append(frame(other, i))
-        tick.append((other, 1000 + i, sent[other][-1]))
+        tick.append((other, other_first + i, sent[other][-1]))
         if i >= late:
             sent[late_side].append(frame(late_side, i))
             tick.append((late_side, 7 + i - late, sent[late_side][-1]))
@@ -1078,6 +1086,43 @@ def test_a_side_starting_late_lands_where_it_arrived(
     assert out[other] == b"".join(sent[other])
     assert abs(first_sound(out[late_side]) - late * N) <= N
     assert out[late_side].strip(SIL) == b"".join(sent[late_side])
+    check_accounting(timeline, N)
+
+
+@PROPERTY
+@given(
+    window=st.integers(1, 12),
+    lost=st.sampled_from([1, 2, 5]),
+    lost_side=st.integers(0, 1),
+    count=st.integers(6, 60),
+    mode=st.sampled_from(["auto", "perspective"]),
+    data=st.data(),
+)
+def test_a_side_whose_first_frames_are_lost_is_placed_by_its_numbers(
+    window: int, lost: int, lost_side: int, count: int, mode: str, data: st.DataObject
+) -> None:
+    """Both sides number from 1 and stream together, each frame delayed by less than the window
+    (a random order within it); ``lost_side``'s first ``lost`` frames never come. The recording
+    is exact: that side starts with ``lost`` frames of silence, nothing shifted (issue 12 bug 1:
+    each side was anchored at its first number seen, so the lost side played ``lost`` frames
+    early against the other for the whole call)."""
+    sent: tuple[list[bytes | None], list[bytes | None]] = ([], [])
+    keyed = []
+    for side in (0, 1):
+        delays = data.draw(st.lists(st.integers(0, window - 1), min_size=count, max_size=count))
+        for i in range(count):
+            payload = frame(side, i)
+            if side == lost_side and i < lost:
+                sent[side].append(None)
+                continue
+            sent[side].append(payload)
+            keyed.append((i + delays[i], data.draw(st.integers(0, 1)), side, (side, 1 + i, payload)))
+    keyed.sort()
+    pushes = [k[3] for k in keyed]
+    timeline = Timeline(window_ms=window * 20, sequence_mode=mode)
+    out = play(timeline, pushes)[:2]
+    expected = stereo_model(side_model(sent[0], N), side_model(sent[1], N))
+    assert out == expected
     check_accounting(timeline, N)
 
 

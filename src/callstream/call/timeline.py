@@ -46,6 +46,17 @@ thus lands where it arrived, within one frame. A first frame that arrives before
 has started (within about a window of the other's first) is reordering jitter: both sides start
 together, at their current positions.
 
+Anchoring. Both perspectives number from 1 on one timeline (docs: PROTOCOL.md, guarantee 1),
+so a side's first start is placed by its numbers when they agree with the other side's: its
+first frame k goes where the other side's frame k goes (the other side placed), or k - 1 frames
+into the call (neither placed yet), with silence (fill) before it; a side whose first frames
+were lost is not shifted. They agree when that place is within a window of where the other
+side's newest frame arrived (within two windows of the call's start, the other side not placed
+yet) and not behind the side's position. Otherwise -- numbers far from the other's, or frames
+that come more than a window after the other side's of the same numbers (the side really
+started later) -- the side is placed by arrival (below). Re-anchors are always by arrival.
+Perspective mode only: connection-wide numbers say nothing about a side's start.
+
 Sequence mode. "perspective": numbers count per side, gaps are filled. "connection": one counter
 across both sides; a side's numbers step by ~2, so the window and jump bound double in numbers,
 held frames are still capped at W, missing numbers are skipped, never filled. "auto" starts as
@@ -177,6 +188,7 @@ class _Side:
 
     __slots__ = (
         "acc",
+        "by_number",
         "committed",
         "discontinuities",
         "duplicates",
@@ -221,6 +233,7 @@ class _Side:
         self.lo = 0  # lowest held number, valid while next is None and held is not empty
         self.hi = 0  # highest number taken in since the (re)start, >= next - 1: hi + 1 is expected
         self.ever_started = False
+        self.by_number = False  # its first start is placed by its numbers (see "Anchoring")
         self.run: dict[int, bytes] = {}
         self.run_lo = 0
         self.run_hi = 0
@@ -349,11 +362,13 @@ class Timeline:
         held = side.held
         nxt = side.next
         if nxt is None:  # not started: collect, start once the window has passed the lowest
-            if not held:
+            if not held:  # its first frame (a re-anchor holds its frame already)
                 held[sequence] = payload
                 side.held_bytes = len(payload)
                 side.lo = side.hi = sequence
-                self._catch_up(side, 0)  # a late first frame: to where it arrived
+                side.by_number = self._numbers_agree(side, sequence)
+                if not side.by_number:
+                    self._catch_up(side, 0)  # a late first frame: to where it arrived
             elif sequence in held or (sequence < side.lo and _is_replay(side, sequence, payload)):
                 side.duplicates += 1
             elif abs(sequence - side.hi - 1) > side.jump:
@@ -614,7 +629,42 @@ class Timeline:
             side.ever_started = True
             if self._pending:
                 self._decide_mode()
+            if side.by_number:  # its first frame agreed with the other side's numbers
+                side.by_number = False
+                position = self._number_position(side, side.lo)
+                # (bounded: it agreed within a window or two of the other side's arrivals)
+                if position is not None and 0 < position - side.committed <= 4 * side.force_limit:
+                    self._fill(side, position - side.committed)
         side.next = side.lo
+
+    def _number_position(self, side: _Side, sequence: int) -> int | None:
+        """Where frame ``sequence`` of ``side`` goes by its number: where the other side's frame
+        of that number goes (the other side placed), or ``sequence - 1`` frames into the call
+        (neither placed yet: anchored at 1). None where numbers say nothing: connection-wide
+        counters, or the other side re-anchoring."""
+        other = self._right if side is self._left else self._left
+        if not side.fill_gaps:
+            return None
+        if other.next is not None:
+            return other.committed + (sequence - other.next) * other.nominal
+        if other.ever_started:
+            return None
+        return (sequence - 1) * side.nominal
+
+    def _numbers_agree(self, side: _Side, sequence: int) -> bool:
+        """Whether a side's first frame, number ``sequence`` arriving now, may be placed by its
+        number: within a window of where the other side's newest frame arrived (later, the side
+        started later: where it arrives; earlier, the numbers disagree), and not behind the
+        side's position; when the other side is not placed yet, at most two windows into the
+        call."""
+        position = self._number_position(side, sequence)
+        if position is None or position < side.committed:
+            return False
+        other = self._right if side is self._left else self._left
+        if other.next is None:
+            return position <= side.committed + 2 * self._window_samples
+        arrived = other.committed + min((other.hi - other.next) * other.nominal, other.force_limit)
+        return abs(position - arrived) <= other.force_limit
 
     def _decide_mode(self) -> None:
         sides = (self._left, self._right)
