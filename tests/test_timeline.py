@@ -1341,3 +1341,111 @@ def test_the_window_never_counts_frames_shorter_than_10_ms(first: int) -> None:
         assert timeline.statistics().participant.frames_held <= 20 + 1
     side = timeline._left  # white box: W, the ring and J, counted in frames of 10 ms
     assert (side.window, side.ring_size, side.jump_frames) == (20, 160, 1000)
+
+
+# ------------------------------------------------------------------------ the wall clock (set_time)
+
+
+def jumping_call(timeline: Timeline, frames: int, step: int, clock: bool) -> tuple[bytes, bytes, list[bytes]]:
+    """The agent numbers 1, 2, 3 ...; the caller 1, 1 + step, 1 + 2 * step ..., both one frame per
+    20 ms, the time given at each tick when ``clock``. Returns the output and the caller's frames."""
+    pushes: list[Push] = []
+    sent = []
+    for i in range(frames):
+        sent.append(frame(1, i))
+        pushes += [(0, 1 + i, frame(0, i)), (1, 1 + step * i, sent[-1])]
+    blocks = []
+    for i, (perspective, sequence, payload) in enumerate(pushes):
+        if clock and perspective == 0:
+            timeline.set_time(1000.0 + i // 2 * 0.02)  # any origin: the first call is the start
+        if timeline.push(perspective, sequence, payload):
+            while (block := timeline.pop_block()) is not None:
+                blocks.append(block)
+    if (tail := timeline.finish()) is not None:
+        blocks.append(tail)
+    return b"".join(b.left for b in blocks), b"".join(b.right for b in blocks), sent
+
+
+def test_numbers_running_ahead_of_the_clock_are_discontinuities() -> None:
+    """Issue 12: a sequence number jumping by 499 per frame (under the 500-frame jump bound, so
+    each jump was filled with 9.98 s of silence) turned 585 KiB sent into a 304 MiB file in 64
+    s. With the time given, no side's audio runs more than the window ahead of it: each such jump
+    is a discontinuity, counted, and every frame received is still in the recording."""
+    frames = 150  # 3 s
+    timeline = Timeline()  # window 200 ms
+    left, right, sent = jumping_call(timeline, frames, 499, clock=True)
+    assert len(left) == len(right) <= frames * N + timeline.window_samples + N
+    assert right.replace(SIL, b"") == b"".join(sent)
+    caller = timeline.statistics().conference
+    assert caller.clock_jumps == caller.discontinuities >= frames - 2
+    assert caller.gaps == 0
+    assert timeline.statistics().participant.clock_jumps == 0
+
+
+def test_without_a_clock_numbers_are_trusted() -> None:
+    """No set_time (the timeline alone, as the benchmarks use it): a jump under the bound is a gap."""
+    timeline = Timeline()
+    left, right, _ = jumping_call(timeline, 20, 499, clock=False)
+    assert len(right) >= 19 * 499 * N
+    assert timeline.statistics().conference.clock_jumps == 0
+
+
+@PROPERTY
+@given(
+    window=st.integers(1, 12),
+    count=st.integers(1, 80),
+    first=st.integers(1, 3),
+    data=st.data(),
+)
+def test_a_real_time_call_never_runs_ahead_of_the_clock(window: int, count: int, first: int, data: st.DataObject) -> None:
+    """Both sides send one frame per 20 ms tick from number ``first``, each delayed by less than
+    the window, some lost (runs of up to 20); the time is given at every tick. The clock never
+    bites: the output is exactly the frames in place, no clock_jumps."""
+    sent: tuple[list[bytes | None], list[bytes | None]] = ([None] * (first - 1), [None] * (first - 1))
+    keyed = []
+    for side in (0, 1):
+        lost = set()
+        for _ in range(data.draw(st.integers(0, 3))):
+            start = data.draw(st.integers(1, max(1, count - 2)))
+            lost.update(range(start, start + data.draw(st.integers(1, 20))))
+        for i in range(count):
+            payload = frame(side, i)
+            if i in lost and i < count - 1:
+                sent[side].append(None)
+                continue
+            sent[side].append(payload)
+            tick = first - 1 + i + data.draw(st.integers(0, window - 1))
+            keyed.append((tick, data.draw(st.integers(0, 1)), side, (side, first + i, payload)))
+    keyed.sort()
+    timeline = Timeline(window_ms=window * 20)
+    timeline.set_time(0.0)  # the call starts (the recorder: when the connection is accepted)
+    blocks = []
+    for tick, _, _, (perspective, sequence, payload) in keyed:
+        timeline.set_time(tick * 0.02)
+        if timeline.push(perspective, sequence, payload):
+            while (block := timeline.pop_block()) is not None:
+                blocks.append(block)
+    if (tail := timeline.finish()) is not None:
+        blocks.append(tail)
+    out = b"".join(b.left for b in blocks), b"".join(b.right for b in blocks)
+    assert out == stereo_model(side_model(sent[0], N), side_model(sent[1], N))
+    stats = timeline.statistics()
+    assert stats.participant.clock_jumps == stats.conference.clock_jumps == 0
+
+
+def test_a_sender_faster_than_real_time_may_still_lose_a_few_frames() -> None:
+    """The time stands still (a whole call sent at once, as tests and replays do): its frames
+    are its own allowance, so a few lost frames (under a window's worth) are still gaps in place."""
+    timeline = Timeline()  # window 10 frames
+    timeline.set_time(5.0)
+    sent: tuple[list[bytes | None], list[bytes | None]] = ([], [])
+    pushes: list[Push] = []
+    for i in range(100):
+        for side in (0, 1):
+            lost = i in ((20, 50, 70) if side else (30, 31, 80, 95))
+            sent[side].append(None if lost else frame(side, i))
+            if not lost:
+                pushes.append((side, 1 + i, frame(side, i)))
+    out = play(timeline, pushes)[:2]
+    assert out == stereo_model(side_model(sent[0], N), side_model(sent[1], N))
+    assert timeline.statistics().participant.clock_jumps == 0

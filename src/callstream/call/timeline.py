@@ -22,7 +22,8 @@ gap; a present frame is emitted with its own length. Released audio is appended 
 Arrivals. ``seq`` already held: duplicate. ``seq`` below ``next``: if it equals a recently
 released frame byte for byte (a ring over the last 8W numbers), duplicate; otherwise a *late*
 frame. A jump of more than J, either way, from the next expected number (one past the highest
-number taken in since the side's (re)start) is a *discontinuity*: flush what is held (in order,
+number taken in since the side's (re)start), or one that runs ahead of the clock (see Wall
+clock), is a *discontinuity*: flush what is held (in order,
 gaps filled), then re-anchor the side at the new number at its current position (caught up, see
 below), as at the start. Late frames are kept in a small *run* buffer while they keep arriving
 close to one another; an in-order frame or a distant late frame abandons the run (its frames
@@ -56,6 +57,12 @@ yet) and not behind the side's position. Otherwise -- numbers far from the other
 that come more than a window after the other side's of the same numbers (the side really
 started later) -- the side is placed by arrival (below). Re-anchors are always by arrival.
 Perspective mode only: connection-wide numbers say nothing about a side's start.
+
+Wall clock. The timeline reads no clock; the caller may pass the time (`set_time`). A forward
+jump in a side's numbers that would place its audio more than a window beyond the time since
+the first `set_time` (or beyond the side's received frames at the nominal length, for a sender
+faster than real time) is a discontinuity, counted in ``clock_jumps``: numbers alone cannot
+make a recording outgrow its call.
 
 Sequence mode. "perspective": numbers count per side, gaps are filled. "connection": one counter
 across both sides; a side's numbers step by ~2, so the window and jump bound double in numbers,
@@ -160,6 +167,7 @@ class PerspectiveStatistics:
     fill_ms: float
     discontinuities: int  # re-anchors: jumps beyond the bound, plus counter_resumes
     counter_resumes: int  # re-anchors on a run of window-many late frames (paused counter)
+    clock_jumps: int  # re-anchors on a jump that would have run ahead of the clock (set_time)
     frames_held: int
     samples_committed: int  # position of this side on the call's timeline
     nominal_frame_samples: int | None  # None until the side's first non-empty payload
@@ -189,6 +197,7 @@ class _Side:
     __slots__ = (
         "acc",
         "by_number",
+        "clock_jumps",
         "committed",
         "discontinuities",
         "duplicates",
@@ -244,7 +253,7 @@ class _Side:
         self.fill_gaps = True
         self.received = self.placed = self.duplicates = self.late = 0
         self.gaps = self.gap_samples = self.fill_samples = 0
-        self.discontinuities = self.resumes = 0
+        self.discontinuities = self.resumes = self.clock_jumps = 0
         self.streak = 0  # frames in a row through push_run's steady path (see STEADY_FRAMES)
         # set by Timeline._configure:
         self.nominal = 0
@@ -303,6 +312,8 @@ class Timeline:
         self._pending = sequence_mode == "auto"
         self._emitted = 0
         self._finished = False
+        self._t0: float | None = None  # the first set_time: the call's start on the caller's clock
+        self._clock_samples: int | None = None  # samples of wall-clock time since, None: no clock
         self._lanes: SteadyLanes | None = None  # created on the first steady state
         self._steady = False  # the lanes hold both sides
         self._steady_frames = STEADY_FRAMES
@@ -340,6 +351,18 @@ class Timeline:
         left, right = self._left, self._right
         return len(left.held) + len(left.run) + len(right.held) + len(right.run)
 
+    def set_time(self, now: float) -> None:
+        """The wall-clock time, ``now`` in seconds on the caller's monotonic clock (the timeline
+        reads none: it is sans-IO); the first call marks the call's start. From then on, a jump
+        in a side's numbers that would place its audio further than the reorder window ahead
+        of the time since then (or, for a sender faster than real time, ahead of its received
+        frames of the nominal length) is a discontinuity, counted in ``clock_jumps``: numbers
+        cannot make a call's recording outgrow its duration. Call it at the start and whenever
+        frames arrive (the recorder: once per read)."""
+        if self._t0 is None:
+            self._t0 = now
+        self._clock_samples = round((now - self._t0) * self._sample_rate)
+
     def push(self, perspective: int, sequence: int, payload: bytes) -> bool:
         """Place one frame: ``perspective`` 0 (left) or 1 (right), its ``sequence`` number, its
         mu-law ``payload`` (one byte per sample; kept by reference). Returns True when at least
@@ -371,7 +394,9 @@ class Timeline:
                     self._catch_up(side, 0)  # a late first frame: to where it arrived
             elif sequence in held or (sequence < side.lo and _is_replay(side, sequence, payload)):
                 side.duplicates += 1
-            elif abs(sequence - side.hi - 1) > side.jump:
+            elif abs(sequence - side.hi - 1) > side.jump or (
+                sequence > side.hi + 1 and self._beyond_clock(side, sequence - side.lo)
+            ):
                 self._discontinuity(side, sequence, payload)
             else:
                 held[sequence] = payload
@@ -384,7 +409,8 @@ class Timeline:
                     self._start(side)
                     self._release_window(side)
         elif sequence >= nxt:
-            if sequence - side.hi - 1 > side.jump:
+            gap = sequence - side.hi - 1
+            if gap > side.jump or (gap > 0 and self._beyond_clock(side, sequence - nxt)):
                 self._discontinuity(side, sequence, payload)
             elif sequence in held:
                 side.duplicates += 1
@@ -666,6 +692,20 @@ class Timeline:
         arrived = other.committed + min((other.hi - other.next) * other.nominal, other.force_limit)
         return abs(position - arrived) <= other.force_limit
 
+    def _beyond_clock(self, side: _Side, frames: int) -> bool:
+        """Whether a frame ``frames`` numbers past the side's next one (its lowest held, before
+        it starts) would place audio beyond what the clock allows (see `set_time`); counts it.
+        (Only gaps are checked: silence filled for numbers is the audio no sender paid for.)"""
+        clock = self._clock_samples
+        if clock is None or not side.fill_gaps:
+            return False
+        nominal = side.nominal
+        limit = max(clock, side.received * nominal) + self._window_samples
+        if side.committed + frames * nominal <= limit:
+            return False
+        side.clock_jumps += 1
+        return True
+
     def _decide_mode(self) -> None:
         sides = (self._left, self._right)
         consecutive = False
@@ -932,6 +972,7 @@ class Timeline:
             fill_ms=side.fill_samples * 1000 / rate,
             discontinuities=side.discontinuities,
             counter_resumes=side.resumes,
+            clock_jumps=side.clock_jumps,
             frames_held=len(side.held) + len(side.run),
             samples_committed=side.committed,
             nominal_frame_samples=side.nominal if side.learnt else None,

@@ -111,6 +111,7 @@ class CallRecorder:
         self._failure: RecordingError | None = None
         self._ended = False  # the receive loop is over (see run)
         now = time.monotonic()
+        self.timeline.set_time(now)  # the call's start: its audio stays within its time since
         self._deadline = now + settings.max_call_seconds
         self._idle_since, self._idle_count = now, -1
 
@@ -187,6 +188,7 @@ class CallRecorder:
             except StreamClosed as closed:
                 self._reason = _closed_reason(closed)
                 return False
+            timeline.set_time(time.monotonic())  # once per read: what the frames may span
             while data is not None:
                 waited = False
                 items = scan(data) if type(data) is TextBatch else [data]
@@ -225,6 +227,7 @@ class CallRecorder:
         block stays in the timeline (the receive loop is then waiting for the disk anyway)."""
         if self._ended:
             return
+        self.timeline.set_time(now)
         self._meter()
         self._log_sequence_mode()
         settings = self._settings
