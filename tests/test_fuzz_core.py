@@ -95,7 +95,8 @@ class Pipeline:
                 self.call.handle(item)  # type: ignore[arg-type]
             except ProtocolError as error:
                 assert error.code == CLOSE_INVALID_PAYLOAD
-                assert self.call.counters().bad_messages == MAX_BAD + 1
+                counters = self.call.counters()
+                assert counters.bad_messages + counters.unknown_events == MAX_BAD + 1
                 self.closed_with = error.code
         self.check_bounded()
 

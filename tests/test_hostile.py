@@ -306,8 +306,9 @@ async def test_a_10_mb_message_is_closed_1009_without_being_buffered(
 
 
 async def test_ten_thousand_tiny_frames_per_second(hostile: Hostile) -> None:
-    """Malformed ones end the call with 1007 once past --max-bad-messages; well-formed ones
-    (unknown events) are survived at 10,000 a second for three seconds."""
+    """Malformed ones, and well-formed unknown events alike (issue 12: two connections of them
+    kept a core busy), end the call with 1007 once past --max-bad-messages, long before three
+    seconds at 10,000 a second."""
     rate, seconds, batch = 10_000, 3.0, 100
     results: dict[str, tuple[int | None, int]] = {}
 
@@ -315,6 +316,11 @@ async def test_ten_thousand_tiny_frames_per_second(hostile: Hostile) -> None:
         client = await connect(hostile.server.url, f"/?callId=hostile-flood-{name}")
         codes: list[int | None] = []
         sent = 0
+        if with_media:  # a call proper, so that its recording is finished when it is closed
+            # (issue 12 bug 2: a call without Start closed right after its first media left
+            # its partial file, which the last test of this module finds)
+            await client.send(encode_connected())
+            await client.send(encode_start(metadata(f"hostile-flood-{name}")))
         try:
             async with trio.open_nursery() as nursery:
 
@@ -354,8 +360,8 @@ async def test_ten_thousand_tiny_frames_per_second(hostile: Hostile) -> None:
     assert bad_code == 1007
     assert bad_sent < rate * seconds  # closed early
     unknown_code, unknown_sent = results["unknown"]
-    assert unknown_sent == rate * seconds
-    assert unknown_code == 1000  # our own close, answered
+    assert unknown_code == 1007
+    assert unknown_sent < rate * seconds  # closed early, although its media kept it live
 
 
 async def test_slow_loris_handshakes_are_dropped_after_the_handshake_timeout(

@@ -115,7 +115,7 @@ def _add_serve(sub: argparse._SubParsersAction, environ: dict[str, str]) -> None
     add("--max-call-duration", dest="max_call_seconds", default=defaults.DEFAULT_MAX_CALL_SECONDS,
         type=_positive(float), metavar="SECONDS", help="a call is closed (1001) and finalised after this long")
     add("--max-bad-messages", default=defaults.DEFAULT_MAX_BAD_MESSAGES, type=_positive(int), metavar="N",
-        help="malformed messages tolerated per call before it is closed with 1007")
+        help="malformed messages and unknown events (together) tolerated per call before it is closed with 1007")
     add("--drain-timeout", default=defaults.DEFAULT_DRAIN_TIMEOUT, type=_positive(float), metavar="SECONDS",
         help="on SIGTERM/SIGINT, time given to live calls before they are closed (1001) and finalised")
     add("--workers", default=1, type=_positive(int), metavar="N",

@@ -4,8 +4,9 @@ Theory of operation: the server parses each text frame into an event. Media even
 to the call's `Timeline` (that is the hot path and skips this class entirely); every other event
 comes here. `CallState` keeps the metadata (the upgrade query first, the Start message when it
 arrives, which is authoritative), counts Stops (one per perspective, and a Stop names none: the
-call is over after the second) and counts bad messages, raising `ProtocolError` when their number
-passes the configured cap.
+call is over after the second) and counts bad messages and unknown events, raising `ProtocolError`
+when their number together passes the configured cap (an unknown event is harmless once, but a
+stream of them is a peer keeping a core busy for nothing).
 """
 
 from __future__ import annotations
@@ -36,7 +37,7 @@ class CallState:
     """Metadata and lifecycle of one stream.
 
     ``query`` is the parsed upgrade request; ``max_bad_messages`` is the number of malformed
-    messages tolerated before the call is closed with 1007.
+    messages and unknown events, together, tolerated before the call is closed with 1007.
     """
 
     def __init__(self, query: QueryMetadata, *, max_bad_messages: int) -> None:
@@ -71,7 +72,8 @@ class CallState:
         return self.fields.get("sessionId") or UNKNOWN_ID
 
     def handle(self, event: Event) -> None:
-        """Take one non-Media event. Raises `ProtocolError` when bad messages pass the cap."""
+        """Take one non-Media event. Raises `ProtocolError` when bad messages and unknown events
+        together pass the cap."""
         kind = type(event)
         if kind is BadMessage:
             self._on_bad_message(event)  # type: ignore[arg-type]
@@ -87,15 +89,21 @@ class CallState:
         elif kind is Unknown:
             self._unknown_events += 1
             LOGGER.debug("call %s: unknown event %r ignored", self.call_id, event.event)  # type: ignore[union-attr]
+            self._check_cap()
 
     def _on_bad_message(self, event: BadMessage) -> None:
         self._bad_messages += 1
         if self._first_bad_reason is None:
             self._first_bad_reason = event.reason
             LOGGER.warning("call %s: skipping a bad message: %s", self.call_id, event.reason)
-        if self._bad_messages > self._max_bad_messages:
+        self._check_cap()
+
+    def _check_cap(self) -> None:
+        if self._bad_messages + self._unknown_events > self._max_bad_messages:
             raise ProtocolError(
-                f"more than {self._max_bad_messages} bad messages", code=CLOSE_INVALID_PAYLOAD
+                f"more than {self._max_bad_messages} bad messages and unknown events "
+                f"({self._bad_messages} bad, {self._unknown_events} unknown)",
+                code=CLOSE_INVALID_PAYLOAD,
             )
 
     @property
