@@ -1385,7 +1385,7 @@ def test_numbers_running_ahead_of_the_clock_are_discontinuities() -> None:
 def test_without_a_clock_numbers_are_trusted() -> None:
     """No set_time (the timeline alone, as the benchmarks use it): a jump under the bound is a gap."""
     timeline = Timeline()
-    left, right, _ = jumping_call(timeline, 20, 499, clock=False)
+    _, right, _ = jumping_call(timeline, 20, 499, clock=False)
     assert len(right) >= 19 * 499 * N
     assert timeline.statistics().conference.clock_jumps == 0
 
@@ -1397,7 +1397,9 @@ def test_without_a_clock_numbers_are_trusted() -> None:
     first=st.integers(1, 3),
     data=st.data(),
 )
-def test_a_real_time_call_never_runs_ahead_of_the_clock(window: int, count: int, first: int, data: st.DataObject) -> None:
+def test_a_real_time_call_never_runs_ahead_of_the_clock(
+    window: int, count: int, first: int, data: st.DataObject
+) -> None:
     """Both sides send one frame per 20 ms tick from number ``first``, each delayed by less than
     the window, some lost (runs of up to 20); the time is given at every tick. The clock never
     bites: the output is exactly the frames in place, no clock_jumps."""
