@@ -925,6 +925,11 @@ class Timeline:
             if not side.held:
                 self._fill(side, side.nominal)
                 return
+            if side.by_number:  # silence up to where its numbers put it before it starts
+                position = self._number_position(side, side.lo)
+                if position is not None and position > side.committed:
+                    self._fill(side, min(side.nominal, position - side.committed))
+                    return
             self._start(side)
         if side.fill_gaps:
             self._release_to(side, side.next)
