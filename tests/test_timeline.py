@@ -286,7 +286,7 @@ def timeline_state(timeline: Timeline) -> tuple:
     sides will hold it when the lanes hand them back; not how long a side has been steady."""
     sides = []
     for index, side in enumerate((timeline._left, timeline._right)):
-        values = {name: getattr(side, name) for name in side.__slots__ if name != "streak"}
+        values = {name: getattr(side, name) for name in side.__slots__ if name != "steady_since"}
         if timeline._steady:
             values["held"], values["ring_seq"], values["ring_payload"] = timeline._lanes.export(index)
         sides.append(tuple(bytes(value) if isinstance(value, bytearray) else copy.copy(value)

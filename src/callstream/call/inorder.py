@@ -1,13 +1,15 @@
-"""The steady state of a call's two in-order streams, placed in C for a `Timeline` (sans-IO).
+"""The steady state's fast path: a call's two in-order streams, placed in C (sans-IO).
 
-`SteadyLanes` moves both sides of a `Timeline` into `cs_lane`s (csrc/inorder.h) while both are
-in their steady state, places scanned batches (`mediascan.ScannedMedia`) there in one C call
-each, and hands the state back when a frame needs anything else. It works on timeline.py's
-private `_Side` objects and is that module's helper only: see timeline.py, "Steady state".
+`SteadyLanes` borrows both `reorder.Side`s of a `Timeline` into `cs_lane`s (csrc/inorder.h)
+while both are in their steady state (`Side.is_steady`), places scanned batches
+(`batch.ScannedMedia`) there in one C call each, and hands the sides back when a frame needs
+anything else. csrc/inorder.c is the fast twin of the steady branch of `Timeline.push` (the
+placement rule; tests/test_timeline.py compares them state for state): see timeline.py, "Steady
+state". It touches a side only through `Side.lend`, `Side.settle` and `Side.take_back`.
 
 While the lanes hold the sides, each side's ``held`` dict keeps its keys (so its length, which
 the statistics report, stays right) but stale payloads, and its replay ring is empty; every
-other attribute of the side is kept up to date after each `place`.
+counter of the side is kept up to date after each `place`.
 """
 
 from __future__ import annotations
@@ -21,7 +23,7 @@ from callstream.native import ffi as _ffi
 from callstream.native import lib as _lib
 
 if TYPE_CHECKING:
-    from callstream.call.timeline import _Side
+    from callstream.call.reorder import Side
 
 AVAILABLE = _lib is not None
 
@@ -40,7 +42,7 @@ class SteadyLanes:
         self._report_view = memoryview(_ffi.buffer(self._report)).cast("q")
         self._rings: list[memoryview] = []  # the lanes' ring pools, to slice released audio from
 
-    def enter(self, left: _Side, right: _Side) -> None:
+    def enter(self, left: Side, right: Side) -> None:
         """Take both sides over: each must be in its steady state (started, learnt, no late
         run, holding exactly ``next .. next + window - 1``, within its byte budgets)."""
         lanes = self._lanes  # (a new lane has window 0: nothing allocated yet)
@@ -50,40 +52,38 @@ class SteadyLanes:
         for lane, side in zip(lanes, (left, right), strict=True):
             self._load(lane, side)
 
-    def place(self, left: _Side, right: _Side, items: ScannedMedia, start: int, block: int) -> int:
+    def place(self, left: Side, right: Side, items: ScannedMedia, start: int, block: int) -> int:
         """Place ``items[start:]`` as `Timeline.push_run` would, as far as the lanes can (see
         cs_inorder_place); released audio is appended to the sides' ``acc``. Returns the index
         of the first item not placed."""
-        left_acc, right_acc = left.acc, right.acc
         i = _lib.cs_inorder_place(
             self._lanes, items.fields, items.sequences, items.payloads, start, items.count,
-            self._hold_limit, self._ring_limit, len(left_acc), len(right_acc), block, self._report,
+            self._hold_limit, self._ring_limit, len(left.acc), len(right.acc), block, self._report,
         )
-        (left.next, left.received, left.placed, left.committed, left.held_bytes, left.ring_bytes, at, length,
-         right.next, right.received, right.placed, right.committed, right.held_bytes, right.ring_bytes, right_at,
-         right_length) = self._report_view.tolist()
-        left.hi = left.next + left.window - 1
-        right.hi = right.next + right.window - 1
-        if length:
-            self._release(left_acc, self._rings[0], at, length)
-        if right_length:
-            self._release(right_acc, self._rings[1], right_at, right_length)
-        return i
-
-    @staticmethod
-    def _release(acc: bytearray, ring: memoryview, at: int, length: int) -> None:
-        """Append ``length`` bytes of the circular ``ring`` from ``at`` on to ``acc``."""
+        # per side: its counters, then where the audio it released lies in its circular ring pool
+        (nxt, received, placed, committed, held_bytes, ring_bytes, at, length,
+         right_nxt, right_received, right_placed, right_committed, right_held_bytes, right_ring_bytes,
+         right_at, right_length) = self._report_view.tolist()
+        ring = self._rings[0]
         wrapped = at + length - len(ring)
         if wrapped <= 0:
-            acc += ring[at : at + length]
+            left.settle(nxt, received, placed, committed, held_bytes, ring_bytes, ring[at : at + length])
         else:
-            acc += ring[at:]
-            acc += ring[:wrapped]
+            left.settle(nxt, received, placed, committed, held_bytes, ring_bytes, ring[at:], ring[:wrapped])
+        ring = self._rings[1]
+        wrapped = right_at + right_length - len(ring)
+        if wrapped <= 0:
+            right.settle(right_nxt, right_received, right_placed, right_committed, right_held_bytes,
+                         right_ring_bytes, ring[right_at : right_at + right_length])
+        else:
+            right.settle(right_nxt, right_received, right_placed, right_committed, right_held_bytes,
+                         right_ring_bytes, ring[right_at:], ring[:wrapped])
+        return i
 
-    def leave(self, left: _Side, right: _Side) -> None:
+    def leave(self, left: Side, right: Side) -> None:
         """Hand both sides back: their held payloads and replay rings as the lanes left them."""
         for index, side in enumerate((left, right)):
-            side.held, side.ring_seq, side.ring_payload = self.export(index)
+            side.take_back(*self.export(index))
 
     def export(self, index: int) -> tuple[dict[int, bytes], list[int | None], list[bytes | None]]:
         """Side ``index``'s (0 left, 1 right) held frames and replay ring, built from its lane.
@@ -113,7 +113,7 @@ class SteadyLanes:
             ring_seq[slot] = None if number == _lib.CS_NO_SEQUENCE else number
         return held, ring_seq, ring_payload
 
-    def _allocate(self, left: _Side, right: _Side) -> None:
+    def _allocate(self, left: Side, right: Side) -> None:
         self._buffers = []
         self._rings = []
         for lane, side in zip(self._lanes, (left, right), strict=True):
@@ -129,9 +129,9 @@ class SteadyLanes:
             self._rings.append(memoryview(_ffi.buffer(buffers[2])))
 
     @staticmethod
-    def _load(lane: Any, side: _Side) -> None:
-        nxt, held = side.next, side.held
-        payloads = [held[number] for number in range(nxt, nxt + side.window)]
+    def _load(lane: Any, side: Side) -> None:
+        nxt = side.next
+        payloads, ring_seq, ring_payload = side.lend()  # the lane holds them from now on
         data = b"".join(payloads)
         _ffi.memmove(lane.held_pool, data, len(data))
         lane.held_len[0 : side.window] = [len(payload) for payload in payloads]
@@ -139,7 +139,6 @@ class SteadyLanes:
         size = side.ring_size
         first = nxt % size
         slots = [(first + k) % size for k in range(size)]
-        ring_payload, ring_seq = side.ring_payload, side.ring_seq
         data = b"".join(payload for slot in slots if (payload := ring_payload[slot]) is not None)
         _ffi.memmove(lane.ring_pool, data, len(data))
         lane.ring_start = 0
@@ -147,9 +146,6 @@ class SteadyLanes:
         lane.ring_seq[0:size] = [_lib.CS_NO_SEQUENCE if number is None else number for number in ring_seq]
         lane.next, lane.received, lane.placed, lane.committed = nxt, side.received, side.placed, side.committed
         lane.held_bytes, lane.ring_bytes, lane.force_limit = side.held_bytes, side.ring_bytes, side.force_limit
-        # what the lane holds now lives there only (the dict keeps its keys: see the docstring)
-        side.ring_payload = [None] * size
-        side.ring_seq = [None] * size
 
 
 def _rotated(pool: Any, capacity: int, start: int) -> bytes:

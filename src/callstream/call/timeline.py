@@ -1,34 +1,30 @@
 """One call's two perspectives, reordered and aligned into stereo blocks (sans-IO, pure Python).
 
+Three modules place a call's audio: this one (the placement rule of `Timeline.push`, the two-side
+alignment and the blocks), reorder.py (each perspective's reorder buffer, `Side`: held frames,
+in-order release, the replay ring, late runs) and inorder.py (the steady state's fast path in C).
+
 Theory of operation
 -------------------
-Each perspective (0 = participant = left, 1 = conference = right) is a ``_Side``. A side learns
-its *nominal* frame length N (samples) from its first non-empty payload; its window is
+Each perspective (0 = participant = left, 1 = conference = right) is a `reorder.Side`. A side
+learns its *nominal* frame length N (samples) from its first non-empty payload; its window is
 W = max(1, round(window_ms / frame_ms)) frames and its jump bound J = round(discontinuity_ms /
 frame_ms) frames (until then the other side's, or 20 ms, stands in), where frame_ms is N's
 duration but at least MIN_FRAME_MS (10 ms): a peer whose first frame is tiny cannot make W, J or
 the duplicate ring many frames long (W <= window_ms / 10). All limits count sequence progress,
-never time: there is no clock. Frames may be longer than N, so what is held is also capped in
-bytes (see Memory).
+never time (but see Wall clock). Frames may be longer than N, so what is held is also capped in
+bytes (see Memory). How a side holds and releases frames: reorder.py.
 
-Placement. A side holds arriving frames in a dict ``seq -> payload`` and releases them in sequence
-order from ``next`` (the next expected number). ``next`` is not fixed by the first frame: the side
-starts at the lowest number held at the moment its first frame must go. Frame ``next`` is released
-when a frame >= ``next + W`` has arrived (the window has passed), or when the side is *forced*
-(below). A released number that is missing becomes N samples of silence (0xFF) and counts as a
-gap; a present frame is emitted with its own length. Released audio is appended to the side's
-``acc`` (committed, not yet popped). So at most W frames are held per side.
-
-Arrivals. ``seq`` already held: duplicate. ``seq`` below ``next``: if it equals a recently
-released frame byte for byte (a ring over the last 8W numbers), duplicate; otherwise a *late*
-frame. A jump of more than J, either way, from the next expected number (one past the highest
-number taken in since the side's (re)start), or one that runs ahead of the clock (see Wall
-clock), is a *discontinuity*: flush what is held (in order,
-gaps filled), then re-anchor the side at the new number at its current position (caught up, see
-below), as at the start. Late frames are kept in a small *run* buffer while they keep arriving
-close to one another; an in-order frame or a distant late frame abandons the run (its frames
-count as late drops). A run that reaches W frames is a paused or rewound counter: flush,
-re-anchor at the run's lowest number (caught up), and place the run.
+Arrivals (`push`). ``seq`` already held: duplicate. ``seq`` below ``next``: if it equals a
+recently released frame byte for byte (the side's replay ring), duplicate; otherwise a *late*
+frame, kept in the side's late run. A jump of more than J, either way, from the next expected
+number (one past the highest number taken in since the side's (re)start), or one that runs
+ahead of the clock (see Wall clock), is a *discontinuity*: flush what is held (in order, gaps
+filled), then re-anchor the side at the new number at its current position (caught up, see
+below), as at the start. A late run that reaches W frames is a paused or rewound counter: flush,
+re-anchor at the run's lowest number (caught up), and place the run. Anything else is held, and
+releases what the window has passed. A side that has not started yet collects frames, and starts
+at its lowest number once the window has passed it.
 
 Alignment. Stereo is emitted up to the shorter ``acc``. After every push, while one side's
 committed length exceeds the other's by more than ``max(window, N)`` samples the lagging side is
@@ -76,14 +72,15 @@ numbers. A side holding >= 3 numbers with a consecutive pair, or the second side
 settles "perspective".
 
 Steady state. A side in its steady state holds exactly the W numbers next .. next + W - 1 (all
-received, no late run), and the frame to come is next + W, which releases frame next. push_run's
-steady path places such frames without a call to push; once both sides have placed
-STEADY_FRAMES (100) frames in a row that way, a batch from the scanner (`ScannedMedia`) is placed
-by the C lanes (inorder.py, csrc/inorder.c), which then hold both sides (their held payloads and
-replay rings, in circular pools; every counter is written back after each batch) until a frame is
-anything but the next one of its side's steady state, or would shed, evict or force the other
-side: then they hand the state back, and the frame is placed here as any other. This holds in any
-sequence mode (a side holding W consecutive numbers releases its lowest when the next arrives).
+received, no late run), and the frame to come is next + W, which releases frame next. `push`
+places such a frame first, in a few lines; once both sides have placed STEADY_FRAMES (100)
+frames in a row that way, a batch from the scanner (`ScannedMedia`) is placed by the C lanes
+(inorder.py, csrc/inorder.c: the same rule, its fast twin), which then hold both sides (their held
+payloads and replay rings, in circular pools; every counter is written back after each batch)
+until a frame is anything but the next one of its side's steady state, or would shed, evict or
+force the other side: then they hand the state back, and the frame is placed by `push` as any
+other. This holds in any sequence mode (a side holding W consecutive numbers releases its lowest
+when the next arrives).
 
 Memory, in frames: held <= W frames per side, the late run < W frames, the ring 8W references.
 In bytes, with U = max(window, LONGEST_FRAME_MS) samples (2000 at the defaults: 200 ms window,
@@ -106,21 +103,24 @@ from dataclasses import asdict, dataclass
 from itertools import pairwise
 from typing import Any, Final
 
-from callstream.audio import ULAW_SILENCE
 from callstream.call.batch import ScannedMedia
 from callstream.call.inorder import AVAILABLE as STEADY_IN_C
 from callstream.call.inorder import SteadyLanes
+from callstream.call.reorder import RING_WINDOWS, SILENCE, PerspectiveStatistics, Side
 from callstream.errors import CallstreamError
 
-SILENCE: Final = ULAW_SILENCE  # mu-law silence (decodes to 0); 0x00 decodes to -32124
+__all__ = [
+    "SILENCE", "STEADY_FRAMES", "STEADY_IN_C", "PerspectiveStatistics", "StereoBlock", "Timeline",
+    "TimelineFinishedError", "TimelineStatistics",
+]
+
 MODES: Final = ("auto", "perspective", "connection")
 DEFAULT_FRAME_MS: Final = 20.0  # stands in for the frame length until a side's first payload
-RING_WINDOWS: Final = 8  # exact replays are recognised up to 8 windows of numbers back
 MIN_FRAME_MS: Final = 10.0  # the window arithmetic never counts frames shorter than this
 LONGEST_FRAME_MS: Final = 250.0  # the longest frame expected (protocol.MAX_MEDIA_PAYLOAD at 8 kHz)
 HOLD_UNITS: Final = 2  # held frames, and a late run, stay within 2 budget units of bytes
-# Frames a side places through push_run's steady path in a row before the C lanes take both
-# sides over (each hand-over costs about as much as placing 20 frames in Python).
+# Frames a side places in its steady state in a row before the C lanes take both sides over
+# (each hand-over costs about as much as placing 20 frames in Python).
 STEADY_FRAMES: Final = 100
 
 
@@ -148,32 +148,6 @@ class StereoBlock:
 
 
 @dataclass(frozen=True, slots=True)
-class PerspectiveStatistics:
-    """Counters of one perspective. Frames are counted by push; samples at the sample rate.
-
-    ``frames_received == frames_placed + duplicates + late_drops + frames_held`` at any moment
-    (``frames_held`` includes a pending late run). ``samples_committed == sum of placed payload
-    lengths + gap_samples + fill_samples``.
-    """
-
-    frames_received: int
-    frames_placed: int
-    duplicates: int
-    late_drops: int
-    gaps: int  # missing sequence numbers replaced by silence of the nominal length
-    gap_samples: int
-    gap_ms: float
-    fill_samples: int  # silence with no sequence number behind it (side silent or ended first)
-    fill_ms: float
-    discontinuities: int  # re-anchors: jumps beyond the bound, plus counter_resumes
-    counter_resumes: int  # re-anchors on a run of window-many late frames (paused counter)
-    clock_jumps: int  # re-anchors on a jump that would have run ahead of the clock (set_time)
-    frames_held: int
-    samples_committed: int  # position of this side on the call's timeline
-    nominal_frame_samples: int | None  # None until the side's first non-empty payload
-
-
-@dataclass(frozen=True, slots=True)
 class TimelineStatistics:
     """Counters of one call's timeline; ``as_dict()`` is ready for a JSON sidecar."""
 
@@ -189,87 +163,6 @@ class TimelineStatistics:
 
     def as_dict(self) -> dict[str, Any]:
         return asdict(self)
-
-
-class _Side:
-    """The state of one perspective. Plain attributes, no behaviour: ``Timeline`` drives it."""
-
-    __slots__ = (
-        "acc",
-        "by_number",
-        "clock_jumps",
-        "committed",
-        "discontinuities",
-        "duplicates",
-        "ever_started",
-        "fill_gaps",
-        "fill_samples",
-        "force_limit",
-        "gap_samples",
-        "gaps",
-        "held",
-        "held_bytes",
-        "hi",
-        "jump",
-        "jump_frames",
-        "late",
-        "learnt",
-        "lo",
-        "next",
-        "nominal",
-        "placed",
-        "received",
-        "resumes",
-        "ring_bytes",
-        "ring_cursor",
-        "ring_payload",
-        "ring_seq",
-        "ring_size",
-        "run",
-        "run_bytes",
-        "run_hi",
-        "run_lo",
-        "silence",
-        "span",
-        "streak",
-        "window",
-    )
-
-    def __init__(self) -> None:
-        self.held: dict[int, bytes] = {}
-        self.held_bytes = 0  # sum of the held payloads' lengths
-        self.next: int | None = None  # next sequence to release; None until (re)started
-        self.lo = 0  # lowest held number, valid while next is None and held is not empty
-        self.hi = 0  # highest number taken in since the (re)start, >= next - 1: hi + 1 is expected
-        self.ever_started = False
-        self.by_number = False  # its first start is placed by its numbers (see "Anchoring")
-        self.run: dict[int, bytes] = {}
-        self.run_lo = 0
-        self.run_hi = 0
-        self.run_bytes = 0
-        self.acc = bytearray()
-        self.committed = 0
-        self.learnt = False
-        self.fill_gaps = True
-        self.received = self.placed = self.duplicates = self.late = 0
-        self.gaps = self.gap_samples = self.fill_samples = 0
-        self.discontinuities = self.resumes = self.clock_jumps = 0
-        self.streak = 0  # frames in a row through push_run's steady path (see STEADY_FRAMES)
-        # set by Timeline._configure:
-        self.nominal = 0
-        self.silence = b""
-        self.window = self.span = self.jump = self.jump_frames = 0
-        self.force_limit = self.ring_size = 0
-        self.ring_seq: list[int | None] = []
-        self.ring_payload: list[bytes | None] = []
-        self.ring_bytes = 0  # sum of the ring's payload lengths
-        self.ring_cursor = 0  # where eviction resumes: roughly the oldest entry
-
-
-def _is_replay(side: _Side, sequence: int, payload: bytes) -> bool:
-    """True when ``sequence`` was released recently with exactly this payload."""
-    i = sequence % side.ring_size
-    return side.ring_seq[i] == sequence and side.ring_payload[i] == payload
 
 
 class Timeline:
@@ -317,8 +210,8 @@ class Timeline:
         self._lanes: SteadyLanes | None = None  # created on the first steady state
         self._steady = False  # the lanes hold both sides
         self._steady_frames = STEADY_FRAMES
-        self._left = _Side()
-        self._right = _Side()
+        self._left = Side(self._hold_limit, self._ring_limit)
+        self._right = Side(self._hold_limit, self._ring_limit)
         default = max(1, round(DEFAULT_FRAME_MS * sample_rate / 1000))
         self._configure(self._left, default)
         self._configure(self._right, default)
@@ -367,70 +260,98 @@ class Timeline:
         """Place one frame: ``perspective`` 0 (left) or 1 (right), its ``sequence`` number, its
         mu-law ``payload`` (one byte per sample; kept by reference). Returns True when at least
         one full block is ready to pop. Raises ValueError for another perspective and
-        TimelineFinishedError after ``finish``. O(1) amortised."""
+        TimelineFinishedError after ``finish``. O(1) amortised.
+
+        This is the placement rule (the module's theory of operation); the C lanes
+        (inorder.py) are its fast twin for the steady state."""
         if perspective == 0:
             side = self._left
         elif perspective == 1:
             side = self._right
         else:
             raise ValueError(f"perspective must be 0 or 1, not {perspective!r}")
-        if self._finished:
-            raise TimelineFinishedError("push after finish")
         if self._steady:
             self._leave_steady()
-        side.streak = 0
-        side.received += 1
-        if not side.learnt and payload:
-            self._learn(side, len(payload))
         held = side.held
         nxt = side.next
-        if nxt is None:  # not started: collect, start once the window has passed the lowest
-            if not held:  # its first frame (a re-anchor holds its frame already)
-                held[sequence] = payload
-                side.held_bytes = len(payload)
-                side.lo = side.hi = sequence
-                side.by_number = self._numbers_agree(side, sequence)
-                if not side.by_number:
-                    self._catch_up(side, 0)  # a late first frame: to where it arrived
-            elif sequence in held or (sequence < side.lo and _is_replay(side, sequence, payload)):
-                side.duplicates += 1
-            elif abs(sequence - side.hi - 1) > side.jump or (
-                sequence > side.hi + 1 and self._beyond_clock(side, sequence - side.lo)
-            ):
-                self._discontinuity(side, sequence, payload)
-            else:
-                held[sequence] = payload
-                side.held_bytes += len(payload)
-                if sequence > side.hi:
-                    side.hi = sequence
-                elif sequence < side.lo:
-                    side.lo = sequence
-                if side.hi - side.lo >= side.span or len(held) > side.window:
-                    self._start(side)
-                    self._release_window(side)
-        elif sequence >= nxt:
-            gap = sequence - side.hi - 1
-            if gap > side.jump or (gap > 0 and self._beyond_clock(side, sequence - nxt)):
-                self._discontinuity(side, sequence, payload)
-            elif sequence in held:
-                side.duplicates += 1
-            else:
-                if side.run:
-                    self._abandon_run(side)
-                held[sequence] = payload
-                side.held_bytes += len(payload)
-                if sequence > side.hi:
-                    side.hi = sequence
-                if side.hi - nxt >= side.span or len(held) > side.window:
-                    self._release_window(side)
+        # (in either sequence mode: `nxt` is held, so there is no gap to fill or skip; after
+        # finish() nothing is held, so the condition is false and the general path raises)
+        if (
+            sequence == side.hi + 1 and sequence - side.span == nxt and len(held) == side.window
+            and nxt in held and side.learnt and not side.run
+        ):
+            # the steady state: hold this frame, release frame `nxt` (what the general path
+            # below and Side.release_window would do, in straight-line code: most frames are
+            # this; csrc/inorder.c is its twin)
+            side.received += 1
+            held[sequence] = payload
+            side.hi = sequence
+            first = held.pop(nxt)
+            n = len(first)
+            slot = nxt % side.ring_size
+            ring_payload = side.ring_payload
+            old = ring_payload[slot]
+            side.ring_seq[slot] = nxt
+            ring_payload[slot] = first
+            side.acc += first
+            side.placed += 1
+            side.committed += n
+            side.held_bytes += len(payload) - n
+            side.ring_bytes += n - (0 if old is None else len(old))
+            if side.ring_bytes > self._ring_limit:
+                side.evict()
+            side.next = nxt + 1
         else:
-            i = sequence % side.ring_size
-            if side.ring_seq[i] == sequence and side.ring_payload[i] == payload:
+            if self._finished:
+                raise TimelineFinishedError("push after finish")
+            side.steady_since = side.received = side.received + 1
+            if not side.learnt and payload:
+                self._learn(side, len(payload))
+            if nxt is None:  # not started: collect, start once the window has passed the lowest
+                if not held:  # its first frame (a re-anchor holds its frame already)
+                    held[sequence] = payload
+                    side.held_bytes = len(payload)
+                    side.lo = side.hi = sequence
+                    side.by_number = self._numbers_agree(side, sequence)
+                    if not side.by_number:
+                        self._catch_up(side, 0)  # a late first frame: to where it arrived
+                elif sequence in held or (sequence < side.lo and side.is_replay(sequence, payload)):
+                    side.duplicates += 1
+                elif abs(sequence - side.hi - 1) > side.jump or (
+                    sequence > side.hi + 1 and self._beyond_clock(side, sequence - side.lo)
+                ):
+                    self._discontinuity(side, sequence, payload)
+                else:
+                    held[sequence] = payload
+                    side.held_bytes += len(payload)
+                    if sequence > side.hi:
+                        side.hi = sequence
+                    elif sequence < side.lo:
+                        side.lo = sequence
+                    if side.hi - side.lo >= side.span or len(held) > side.window:
+                        self._start(side)
+                        side.release_window()
+            elif sequence >= nxt:
+                gap = sequence - side.hi - 1
+                if gap > side.jump or (gap > 0 and self._beyond_clock(side, sequence - nxt)):
+                    self._discontinuity(side, sequence, payload)
+                elif sequence in held:
+                    side.duplicates += 1
+                else:
+                    if side.run:
+                        side.abandon_run()
+                    held[sequence] = payload
+                    side.held_bytes += len(payload)
+                    if sequence > side.hi:
+                        side.hi = sequence
+                    if side.hi - nxt >= side.span or len(held) > side.window:
+                        side.release_window()
+            elif side.is_replay(sequence, payload):
                 side.duplicates += 1
             elif side.hi + 1 - sequence > side.jump:
                 self._discontinuity(side, sequence, payload)
-            else:
-                self._late(side, sequence, payload)
+            elif side.late(sequence, payload):
+                self._resume(side)
         if side.held_bytes > self._hold_limit:
             self._shed(side)
         left = self._left
@@ -447,71 +368,27 @@ class Timeline:
         then, as after `push` returning True), or before an item that is not a plain tuple.
         Returns the index of the first item not pushed. Raises as `push`.
 
-        For a batch of parsed messages (mediascan): the steady state of an in-order stream (the
-        next number, a window of frames held, nothing else pending) is placed here without a
-        call to `push` per frame, which was a fifth of the cost of placing a frame; and once both
-        sides have been steady for a while, a `ScannedMedia` is placed in C (see "Steady state"
-        in the module's docstring)."""
-        left, right = self._left, self._right
-        block = self._block
+        For a batch of parsed messages (mediascan): once both sides have been steady for a
+        while, a `ScannedMedia` is placed by the C lanes (see "Steady state" in the module's
+        docstring), as far as they can, and the rest by `push`."""
         if type(items) is ScannedMedia:
             if self._steady or self._enter_steady():
+                left, right = self._left, self._right
+                block = self._block
                 start = self._lanes.place(left, right, items, start, block)
                 if start == len(items) or (len(left.acc) >= block and len(right.acc) >= block):
                     return start
                 self._leave_steady()  # items[start] is not the steady state's next frame
             items = items.tuples()
-        elif self._steady:
-            self._leave_steady()
         push = self.push
-        end = len(items)
-        i = start
-        while i < end:
+        for i in range(start, len(items)):
             item = items[i]
             if type(item) is not tuple:
                 return i
-            i += 1
             perspective, sequence, payload = item
-            side = left if perspective == 0 else right
-            held = side.held
-            nxt = side.next
-            # (in either sequence mode: `nxt` is held, so there is no gap to fill or skip; after
-            # finish() nothing is held, so the condition is false and push raises)
-            if (
-                sequence == side.hi + 1 and sequence - side.span == nxt and len(held) == side.window
-                and nxt in held and side.learnt and not side.run and (perspective == 0 or perspective == 1)
-            ):
-                # what push and then _release_to do for this frame and frame `nxt`, without
-                # their calls and set-up (inlined: a call here was 0.3 us of 2.8 per frame)
-                side.streak += 1
-                side.received += 1
-                held[sequence] = payload
-                side.hi = sequence
-                first = held.pop(nxt)
-                n = len(first)
-                slot = nxt % side.ring_size
-                ring_payload = side.ring_payload
-                old = ring_payload[slot]
-                side.ring_seq[slot] = nxt
-                ring_payload[slot] = first
-                side.acc += first
-                side.placed += 1
-                side.committed += n
-                side.held_bytes += len(payload) - n
-                side.ring_bytes += n - (0 if old is None else len(old))
-                if side.ring_bytes > self._ring_limit:
-                    self._evict(side)
-                side.next = nxt + 1
-                if side.held_bytes > self._hold_limit:
-                    self._shed(side)
-                lead = left.committed - right.committed
-                if lead > right.force_limit or -lead > left.force_limit:
-                    self._align()
-                if len(left.acc) >= block and len(right.acc) >= block:
-                    return i
-            elif push(perspective, sequence, payload):
-                return i
-        return i
+            if push(perspective, sequence, payload):
+                return i + 1
+        return len(items)
 
     def pop_block(self, *, partial: bool = False) -> StereoBlock | None:
         """The next ``block_samples`` aligned stereo samples, or None when fewer are aligned.
@@ -536,13 +413,13 @@ class Timeline:
             self._leave_steady()
         self._finished = True
         for side in (self._left, self._right):
-            self._abandon_run(side)
+            side.abandon_run()
             self._flush(side)
         left, right = self._left, self._right
         if left.committed < right.committed:
-            self._fill(left, right.committed - left.committed)
+            left.fill(right.committed - left.committed)
         elif right.committed < left.committed:
-            self._fill(right, left.committed - right.committed)
+            right.fill(left.committed - right.committed)
         n = min(len(left.acc), len(right.acc))
         return self._take(n) if n else None
 
@@ -560,14 +437,14 @@ class Timeline:
         placed = left.committed + right.committed - gap_samples - left.fill_samples - right.fill_samples
         return (
             left.received + right.received, placed, left.gaps + right.gaps, gap_samples,
-            left.duplicates + right.duplicates, left.late + right.late,
+            left.duplicates + right.duplicates, left.late_drops + right.late_drops,
         )
 
     def statistics(self) -> TimelineStatistics:
         """A snapshot of the counters (see PerspectiveStatistics)."""
         return TimelineStatistics(
-            participant=self._side_statistics(self._left),
-            conference=self._side_statistics(self._right),
+            participant=self._left.statistics(self._sample_rate),
+            conference=self._right.statistics(self._sample_rate),
             samples_emitted=self._emitted,
             sequence_mode=self.sequence_mode,
             sequence_mode_decided=not self._pending,
@@ -576,43 +453,27 @@ class Timeline:
 
     # ------------------------------------------------------------------------------- internals
 
-    def _configure(self, side: _Side, nominal: int) -> None:
+    def _configure(self, side: Side, nominal: int) -> None:
         # the window arithmetic counts frames of at least MIN_FRAME_MS: a peer's tiny first
         # frame cannot make the window, the jump bound or the ring many frames long
         frame_ms = max(nominal, self._min_frame) * 1000 / self._sample_rate
         window = max(1, round(self._window_ms / frame_ms))
         jump = max(window + 1, round(self._discontinuity_ms / frame_ms))
-        side.nominal = nominal
-        side.silence = bytes([SILENCE]) * nominal
-        side.window = window
-        side.jump_frames = jump
-        side.force_limit = max(self._window_samples, nominal)
-        self._apply_mode(side)
-        side.ring_size = RING_WINDOWS * window
-        side.ring_seq = [None] * side.ring_size
-        side.ring_payload = [None] * side.ring_size
-        side.ring_bytes = side.ring_cursor = 0
+        side.configure(nominal, window, jump, max(self._window_samples, nominal))
+        side.apply_mode(self._connection, self._pending)
 
     def _enter_steady(self) -> bool:
         """Hand both sides to the C lanes if both have been in their steady state for
         STEADY_FRAMES frames in a row and still are. Returns whether they took them."""
         left, right = self._left, self._right
         frames = self._steady_frames
-        if left.streak < frames or right.streak < frames or self._finished:
+        if (left.received - left.steady_since < frames or right.received - right.steady_since < frames
+                or self._finished):
             return False
         # (in any sequence mode: a side holding `window` consecutive numbers, the next to come
         # releases its lowest; and both sides started means "auto" has decided)
-        for side in (left, right):
-            nxt = side.next
-            window = side.window
-            # `window` numbers held, none below next nor above hi: exactly next .. hi; and numbers
-            # C takes as int64: not negative (C's % would put the ring slot apart; the platform's
-            # are digits), nor near 2**63 (protocol.py takes any count of digits)
-            if (
-                nxt is None or not 0 <= nxt < 1 << 62 or side.run or not side.learnt or len(side.held) != window
-                or side.hi != nxt + window - 1
-            ):
-                return False
+        if not (left.is_steady() and right.is_steady()):
+            return False
         if self._lanes is None:
             if not STEADY_IN_C:
                 return False
@@ -625,32 +486,23 @@ class Timeline:
         """Take both sides back from the C lanes, before anything but their steady state."""
         self._lanes.leave(self._left, self._right)
         self._steady = False
-        self._left.streak = self._right.streak = 0
+        for side in (self._left, self._right):
+            side.steady_since = side.received
 
-    def _learn(self, side: _Side, nominal: int) -> None:
+    def _learn(self, side: Side, nominal: int) -> None:
         side.learnt = True
         self._configure(side, nominal)
         other = self._right if side is self._left else self._left
         if not other.learnt and other.nominal != nominal and not other.held and not other.run:
             self._configure(other, nominal)  # provisional, until its own first payload
 
-    def _apply_mode(self, side: _Side) -> None:
-        # connection-wide numbers step by ~2 per frame of a side: twice the span in numbers.
-        # While auto is undecided, a side may wait for that span before its first release (it
-        # still releases once it holds more than a window of frames), so that the decision
-        # sees enough numbers either way.
-        factor = 2 if self._connection else 1
-        side.span = side.window * (2 if self._connection or self._pending else 1)
-        side.jump = side.jump_frames * factor
-        side.fill_gaps = not self._connection
-
     def _set_mode(self, connection: bool) -> None:
         self._connection = connection
         self._pending = False
-        self._apply_mode(self._left)
-        self._apply_mode(self._right)
+        self._left.apply_mode(connection, False)
+        self._right.apply_mode(connection, False)
 
-    def _start(self, side: _Side) -> None:
+    def _start(self, side: Side) -> None:
         if not side.ever_started:
             side.ever_started = True
             if self._pending:
@@ -660,10 +512,10 @@ class Timeline:
                 position = self._number_position(side, side.lo)
                 # (bounded: it agreed within a window or two of the other side's arrivals)
                 if position is not None and 0 < position - side.committed <= 4 * side.force_limit:
-                    self._fill(side, position - side.committed)
+                    side.fill(position - side.committed)
         side.next = side.lo
 
-    def _number_position(self, side: _Side, sequence: int) -> int | None:
+    def _number_position(self, side: Side, sequence: int) -> int | None:
         """Where frame ``sequence`` of ``side`` goes by its number: where the other side's frame
         of that number goes (the other side placed), or ``sequence - 1`` frames into the call
         (neither placed yet: anchored at 1). None where numbers say nothing: connection-wide
@@ -677,7 +529,7 @@ class Timeline:
             return None
         return (sequence - 1) * side.nominal
 
-    def _numbers_agree(self, side: _Side, sequence: int) -> bool:
+    def _numbers_agree(self, side: Side, sequence: int) -> bool:
         """Whether a side's first frame, number ``sequence`` arriving now, may be placed by its
         number: within a window of where the other side's newest frame arrived (later, the side
         started later: where it arrives; earlier, the numbers disagree), and not behind the
@@ -692,7 +544,7 @@ class Timeline:
         arrived = other.committed + min((other.hi - other.next) * other.nominal, other.force_limit)
         return abs(position - arrived) <= other.force_limit
 
-    def _beyond_clock(self, side: _Side, frames: int) -> bool:
+    def _beyond_clock(self, side: Side, frames: int) -> bool:
         """Whether a frame ``frames`` numbers past the side's next one (its lowest held, before
         it starts) would place audio beyond what the clock allows (see `set_time`); counts it.
         (Only gaps are checked: silence filled for numbers is the audio no sender paid for.)"""
@@ -733,95 +585,7 @@ class Timeline:
         if consecutive or (self._left.ever_started and self._right.ever_started):
             self._set_mode(False)
 
-    def _release_window(self, side: _Side) -> None:
-        """Release what the window has passed; in connection mode also enforce the held cap."""
-        self._release_to(side, side.hi - side.span)
-        held = side.held
-        while len(held) > side.window:
-            seq = side.next
-            while seq not in held:
-                seq += 1
-            self._release_to(side, seq)
-
-    def _release_to(self, side: _Side, last: int) -> None:
-        """Release every number from ``next`` to ``last`` inclusive, in order."""
-        nxt = side.next
-        if last < nxt:
-            return
-        held = side.held
-        acc = side.acc
-        ring_seq = side.ring_seq
-        ring_payload = side.ring_payload
-        size = side.ring_size
-        ring_bytes = side.ring_bytes
-        released = 0  # payload bytes placed
-        placed = 0
-        if side.fill_gaps:
-            silence = side.silence
-            gaps = 0
-            while nxt <= last:
-                payload = held.pop(nxt, None)
-                i = nxt % size
-                old = ring_payload[i]
-                if old is not None:
-                    ring_bytes -= len(old)
-                ring_seq[i] = nxt
-                ring_payload[i] = payload
-                if payload is None:
-                    acc += silence
-                    gaps += 1
-                else:
-                    acc += payload
-                    released += len(payload)
-                    placed += 1
-                nxt += 1
-            if gaps:
-                side.gaps += gaps
-                side.gap_samples += gaps * len(silence)
-                side.committed += gaps * len(silence)
-        else:
-            while nxt <= last:
-                payload = held.pop(nxt, None)
-                if payload is not None:
-                    i = nxt % size
-                    old = ring_payload[i]
-                    if old is not None:
-                        ring_bytes -= len(old)
-                    ring_seq[i] = nxt
-                    ring_payload[i] = payload
-                    acc += payload
-                    released += len(payload)
-                    placed += 1
-                nxt += 1
-        side.placed += placed
-        side.committed += released
-        side.held_bytes -= released
-        side.ring_bytes = ring_bytes = ring_bytes + released
-        if ring_bytes > self._ring_limit:
-            self._evict(side)
-        side.next = nxt
-        if side.hi < nxt - 1:  # forced past everything received: expect nxt next
-            side.hi = nxt - 1
-
-    def _evict(self, side: _Side) -> None:
-        """The ring is over its byte budget: forget payloads, from about the oldest on, until
-        it is not (their numbers are then no longer recognised as replays)."""
-        ring_seq = side.ring_seq
-        ring_payload = side.ring_payload
-        size = side.ring_size
-        limit = self._ring_limit
-        ring_bytes = side.ring_bytes
-        i = side.ring_cursor
-        while ring_bytes > limit:
-            payload = ring_payload[i]
-            if payload is not None:
-                ring_bytes -= len(payload)
-                ring_payload[i] = ring_seq[i] = None
-            i = i + 1 if i + 1 < size else 0
-        side.ring_bytes = ring_bytes
-        side.ring_cursor = i
-
-    def _shed(self, side: _Side) -> None:
+    def _shed(self, side: Side) -> None:
         """Held payloads are over their byte budget (frames longer than the nominal one): release
         the lowest held frames, as if the window had passed them, until they are not."""
         if side.next is None:
@@ -829,77 +593,37 @@ class Timeline:
         held = side.held
         limit = self._hold_limit
         while side.held_bytes > limit:
-            self._release_to(side, min(held))
+            side.release_to(min(held))
 
-    def _flush(self, side: _Side) -> None:
+    def _flush(self, side: Side) -> None:
         """Release everything held, in order."""
         if side.held:
             if side.next is None:
                 self._start(side)
-            self._release_to(side, max(side.held))
+            side.release_to(max(side.held))
 
-    def _fill(self, side: _Side, samples: int) -> None:
-        side.acc += side.silence if samples == side.nominal else bytes([SILENCE]) * samples
-        side.committed += samples
-        side.fill_samples += samples
-
-    def _discontinuity(self, side: _Side, sequence: int, payload: bytes) -> None:
-        self._abandon_run(side)
+    def _discontinuity(self, side: Side, sequence: int, payload: bytes) -> None:
+        side.abandon_run()
         self._flush(side)
-        side.discontinuities += 1
-        side.next = None
-        side.held[sequence] = payload
-        side.held_bytes = len(payload)
-        side.lo = side.hi = sequence
+        side.restart({sequence: payload}, len(payload), sequence, sequence)
         self._catch_up(side, 0)
 
-    def _late(self, side: _Side, sequence: int, payload: bytes) -> None:
-        run = side.run
-        if run:
-            if sequence in run:
-                side.duplicates += 1
-                return
-            if sequence > side.run_hi + side.span or sequence < side.run_lo - side.span:
-                self._abandon_run(side)
-        if run:
-            if sequence > side.run_hi:
-                side.run_hi = sequence
-            elif sequence < side.run_lo:
-                side.run_lo = sequence
-        else:
-            side.run_lo = side.run_hi = sequence
-        run[sequence] = payload
-        side.run_bytes += len(payload)
-        if len(run) >= side.window or side.run_bytes > self._hold_limit:
-            self._resume(side)
-
-    def _abandon_run(self, side: _Side) -> None:
-        if side.run:
-            side.late += len(side.run)
-            side.run.clear()
-            side.run_bytes = 0
-
-    def _resume(self, side: _Side) -> None:
+    def _resume(self, side: Side) -> None:
         """A run of window-many late frames (or of more bytes than may be held): the counter
         was paused or rewound. Re-anchor."""
-        run = side.run
+        run, run_bytes = side.run, side.run_bytes
         side.run = {}
-        self._flush(side)
-        side.discontinuities += 1
-        side.resumes += 1
-        side.held = run
-        side.held_bytes = side.run_bytes
         side.run_bytes = 0
-        side.next = None
-        side.lo = side.run_lo
-        side.hi = side.run_hi
+        self._flush(side)
+        side.resumes += 1
+        side.restart(run, run_bytes, side.run_lo, side.run_hi)
         # the run's lowest frame arrived that many frames before its newest, which just did
         self._catch_up(side, side.hi - side.lo if side.fill_gaps else len(run) - 1)
         if side.hi - side.lo >= side.span:
             self._start(side)
-            self._release_window(side)
+            side.release_window()
 
-    def _catch_up(self, side: _Side, behind: int) -> None:
+    def _catch_up(self, side: Side, behind: int) -> None:
         """``side`` (re)anchors on frames whose newest has just arrived, ``behind`` frames after
         its lowest. While the other side streams, top the side's silence up so that its newest
         frame starts where the other side's newest received frame starts (the other side's
@@ -917,30 +641,30 @@ class Timeline:
         target = other.committed + min(ahead * other.nominal, other.force_limit)
         target -= behind * side.nominal
         if target > side.committed:
-            self._fill(side, target - side.committed)
+            side.fill(target - side.committed)
 
-    def _force(self, side: _Side) -> None:
+    def _force(self, side: Side) -> None:
         """Move a lagging side forward by one frame: its next frame, or silence."""
         if side.next is None:
             if not side.held:
-                self._fill(side, side.nominal)
+                side.fill(side.nominal)
                 return
             if side.by_number:  # silence up to where its numbers put it before it starts
                 position = self._number_position(side, side.lo)
                 if position is not None and position > side.committed:
-                    self._fill(side, min(side.nominal, position - side.committed))
+                    side.fill(min(side.nominal, position - side.committed))
                     return
             self._start(side)
         if side.fill_gaps:
-            self._release_to(side, side.next)
+            side.release_to(side.next)
         elif side.held:
             seq = side.next
             held = side.held
             while seq not in held:
                 seq += 1
-            self._release_to(side, seq)
+            side.release_to(seq)
         else:
-            self._fill(side, side.nominal)
+            side.fill(side.nominal)
 
     def _align(self) -> None:
         left = self._left
@@ -962,23 +686,3 @@ class Timeline:
         del right_acc[:n]
         self._emitted += n
         return block
-
-    def _side_statistics(self, side: _Side) -> PerspectiveStatistics:
-        rate = self._sample_rate
-        return PerspectiveStatistics(
-            frames_received=side.received,
-            frames_placed=side.placed,
-            duplicates=side.duplicates,
-            late_drops=side.late,
-            gaps=side.gaps,
-            gap_samples=side.gap_samples,
-            gap_ms=side.gap_samples * 1000 / rate,
-            fill_samples=side.fill_samples,
-            fill_ms=side.fill_samples * 1000 / rate,
-            discontinuities=side.discontinuities,
-            counter_resumes=side.resumes,
-            clock_jumps=side.clock_jumps,
-            frames_held=len(side.held) + len(side.run),
-            samples_committed=side.committed,
-            nominal_frame_samples=side.nominal if side.learnt else None,
-        )
