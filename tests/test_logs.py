@@ -50,7 +50,7 @@ def test_hostile_call_ids_cannot_forge_log_lines(tmp_path: Path) -> None:
 
         trio.run(calls)
         server.wait_for(r"refused id\\x0d\\x0a2026.*FORGED\\x00\\x1b\[31m\\u2028end from .*HTTP 401")
-        server.wait_for(r"call id\\x0d\\x0a2026.*FORGED.* ended: complete")
+        server.wait_for(r"call id\\x0d\\x0a2026.*FORGED.* ended: status=complete")
     finally:
         assert server.stop() == 0
     log = "".join(server.log)

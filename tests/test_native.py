@@ -77,7 +77,7 @@ def test_a_recorder_without_native_code_records_calls_sample_for_sample(tmp_path
             assert "_mulaw" not in maps.read()  # the extension was never loaded
         result = subprocess.run(
             [sys.executable, "-m", "callstream", "simulate", "--url", server.url, "--calls", "3",
-             "--seconds", "2", "--fast", "--quiet", "--verify", str(output), "--call-id", "twin"],
+             "--seconds", "2", "--fast", "--verify", str(output), "--call-id", "twin"],
             capture_output=True, text=True, timeout=TIMEOUT, env={**os.environ, "CALLSTREAM_NATIVE": "0"},
         )
         assert result.returncode == 0, result.stdout + result.stderr

@@ -24,8 +24,8 @@ async def simulate(*argv: str) -> int:
     return await trio.to_thread.run_sync(main, ["simulate", *argv])
 
 
-def load_args(server: RunningServer, *extra: str) -> list[str]:
-    return ["--url", server.url, "--calls", "5", "--seconds", "2", "--fast", "--quiet", *extra]
+def load_args(server: RunningServer, *extra: str, quiet: bool = True) -> list[str]:
+    return ["--url", server.url, "--calls", "5", "--seconds", "2", "--fast", *(["--quiet"] if quiet else []), *extra]
 
 
 async def test_five_fast_calls_verify(
@@ -33,14 +33,12 @@ async def test_five_fast_calls_verify(
 ) -> None:
     output = server.settings.output_dir
     with trio.fail_after(TIMEOUT):
-        code = await simulate(*load_args(server, "--verify", str(output), "--call-id", "five"))
+        code = await simulate(*load_args(server, "--verify", str(output), "--call-id", "five", quiet=False))
     out = capsys.readouterr().out
     assert code == 0, out
     assert "5/5 calls ok" in out
-    assert sorted(line.split(":")[0] for line in out.splitlines() if line.startswith("PASS")) == [
-        f"PASS five-{i}" for i in range(1, 6)
-    ]
     assert "verify: 5 passed, 0 failed" in out
+    assert "PASS" not in out and len(out.splitlines()) == 3, out  # passes are counted, not listed
     sidecars = sorted(output.rglob("five-*.json"))
     assert len(sidecars) == 5
     assert {json.loads(p.read_text())["frames"] for p in sidecars} == {2 * 8000}
@@ -59,7 +57,7 @@ async def test_real_time_calls_through_the_pacer_verify(
         )
     out = capsys.readouterr().out
     assert code == 0, out
-    assert "3/3 calls ok" in out and "verify: 3 passed, 0 failed" in out
+    assert out == ""  # --quiet: nothing when everything passed
     # never ahead of real time (a slow machine only makes it longer)
     calls = json.loads(report.read_text())["calls"]
     assert min(call["ended"] - call["connected"] for call in calls) >= 1.0
@@ -136,4 +134,4 @@ async def test_single_call_real_time(
     out = capsys.readouterr().out
     assert code == 0, out
     assert "playing 0.5 s call sim-1/1" in out and "done: both Stops sent" in out
-    assert "PASS sim-1: 0.50 s identical" in out
+    assert "verify: 1 passed, 0 failed" in out

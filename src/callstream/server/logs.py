@@ -11,17 +11,25 @@ Tracebacks (``exc_info``) keep their lines: they are ours.
 
 The handler of ``--log-file`` is a `logging.handlers.WatchedFileHandler`: after logrotate moves
 the file, the next line (or SIGHUP, see `reopen_log_files`) opens a new one.
+
+``--log-format``: text, ``TIME [worker[pid] ]LEVEL logger: message``; or JSON, one object per line
+with ``time`` (UTC, ISO 8601, milliseconds), ``level``, ``logger``, ``event`` (the message, escaped
+as above), ``process`` and ``pid`` when a worker logs, and any of `FIELDS` a call site passed in
+``extra=`` (the end of a call carries ``call_id``, ``session_id``, ``status``, ``reason``,
+``close_code``, ``duration`` in seconds, ``path`` and ``statistics`` as a nested object), so that
+a log pipeline can index them. JSON strings escape every control character themselves.
 """
 
 from __future__ import annotations
 
+import json
 import logging
 import logging.handlers
 import sys
 import time
 from collections.abc import Callable
 from pathlib import Path
-from typing import Final
+from typing import Any, Final
 
 # C0 controls (tab and newline included: a log line is one line), DEL, C1 controls, and the
 # Unicode line and paragraph separators some viewers break lines at.
@@ -44,16 +52,52 @@ class EscapeControls(logging.Filter):
         return True
 
 
-def configure_logging(level: str, *, name: str | None = None, file: Path | None = None) -> None:
-    """Log at ``level`` to stderr, or appended to ``file``; ``name`` (a worker's) prefixes
-    every line. Replaces whatever handlers the root logger had."""
-    prefix = f"{name}[%(process)d] " if name else ""
+FIELDS: Final = ("call_id", "session_id", "status", "reason", "close_code", "duration", "path", "statistics")
+
+
+class JsonFormatter(logging.Formatter):
+    """One JSON object per record, on one line (see the module's docstring)."""
+
+    def __init__(self, process_name: str | None = None) -> None:
+        super().__init__()
+        self._process_name = process_name
+
+    def format(self, record: logging.LogRecord) -> str:
+        seconds = time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(record.created))
+        data: dict[str, Any] = {
+            "time": f"{seconds}.{int(record.msecs):03d}Z",
+            "level": record.levelname.lower(),
+            "logger": record.name,
+            "event": record.getMessage(),
+        }
+        if self._process_name:
+            data["process"] = self._process_name
+            data["pid"] = record.process
+        for key in FIELDS:
+            value = record.__dict__.get(key)
+            if value is not None:
+                data[key] = value
+        if record.exc_info:
+            data["exception"] = self.formatException(record.exc_info)
+        return json.dumps(data, default=str, separators=(",", ":"))
+
+
+def configure_logging(
+    level: str, *, name: str | None = None, file: Path | None = None, log_format: str = "text"
+) -> None:
+    """Log at ``level`` to stderr, or appended to ``file``, as text lines or JSON objects
+    (``log_format``); ``name`` (a worker's) marks every line. Replaces whatever handlers the
+    root logger had."""
     handler: logging.Handler
     if file is None:
         handler = logging.StreamHandler(sys.stderr)
     else:
         handler = logging.handlers.WatchedFileHandler(file, encoding="utf-8")
-    handler.setFormatter(logging.Formatter(f"%(asctime)s {prefix}%(levelname)s %(name)s: %(message)s"))
+    if log_format == "json":
+        handler.setFormatter(JsonFormatter(name))
+    else:
+        prefix = f"{name}[%(process)d] " if name else ""
+        handler.setFormatter(logging.Formatter(f"%(asctime)s {prefix}%(levelname)s %(name)s: %(message)s"))
     handler.addFilter(EscapeControls())
     logging.basicConfig(level=level.upper(), handlers=[handler], force=True)
 

@@ -403,17 +403,38 @@ class _FirstMessageRead:
 
 
 def _log_result(result: CallResult) -> None:
+    """One line per call: short ``key=value`` pairs in text; in JSON (``--log-format json``) the
+    same fields and the full statistics as a nested object. The sidecar has them all too."""
     stats = result.statistics
+    sides = [stats.get(side) or {} for side in ("participant", "conference")]
+    summary = {
+        "frames": "/".join(str(side.get("frames_received", 0)) for side in sides),
+        "gaps": sum(side.get("gaps", 0) for side in sides),
+        "late": sum(side.get("late_drops", 0) for side in sides),
+        "dup": sum(side.get("duplicates", 0) for side in sides),
+        "bad": stats.get("bad_messages", 0),
+    }
+    duration = result.frames / SAMPLE_RATE
     LOGGER.info(
-        "call %s session %s ended: %s (%s), %.1f s recorded to %s; stats %s",
+        "call %s session %s ended: status=%s reason=%s duration=%.1fs %s path=%s",
         result.call_id,
         result.session_id,
         result.status,
-        result.reason,
-        result.frames / SAMPLE_RATE,
+        _quoted(result.reason),
+        duration,
+        " ".join(f"{key}={value}" for key, value in summary.items()),
         result.path,
-        stats,
+        extra={
+            "call_id": result.call_id, "session_id": result.session_id, "status": result.status,
+            "reason": result.reason, "close_code": result.close_code, "duration": round(duration, 3),
+            "path": None if result.path is None else str(result.path), "statistics": stats,
+        },
     )
+
+
+def _quoted(text: str) -> str:
+    """A value for a ``key=value`` line: as it is when it has no space, else in double quotes."""
+    return text if text and " " not in text and '"' not in text else '"' + text.replace('"', "'") + '"'
 
 
 def ssl_context_from(settings: Settings) -> ssl.SSLContext | None:
@@ -503,7 +524,8 @@ async def run_until_signalled(
             nursery.start_soon(_signals_while_draining, signals, server)
             await server.drain(settings.drain_timeout)
             nursery.cancel_scope.cancel()
-    LOGGER.info("stopped: %s", server.statistics())
+    stats = server.statistics()
+    LOGGER.info("stopped: %d calls recorded, %d refused", stats.calls_finished, stats.calls_rejected)
 
 
 async def _signals_while_draining(signals: AsyncIterator[int], server: Server) -> None:

@@ -50,7 +50,8 @@ def _worker_main(settings: Settings, index: int, shared_calls: Any, disk_flag: A
     # drain). SIGHUP is handled once the worker serves; until then it must not kill it.
     signal.signal(signal.SIGINT, signal.SIG_IGN)
     signal.signal(signal.SIGHUP, signal.SIG_IGN)
-    configure_logging(settings.log_level, name=f"worker-{index}", file=settings.log_file)
+    configure_logging(settings.log_level, log_format=settings.log_format, name=f"worker-{index}",
+                      file=settings.log_file)
     tune_garbage_collector()
     worker_settings = replace(settings, metrics_port=None)  # the supervisor serves the totals
     trio.run(lambda: run_until_signalled(

@@ -111,7 +111,14 @@ def load_audio(
     import soundfile
 
     def read(path: Path, channel: int | None) -> np.ndarray:
-        data, rate = soundfile.read(str(path), dtype="float64", always_2d=True)
+        if not path.is_file():
+            raise ValueError(f"{path}: {'is a directory' if path.is_dir() else 'no such file'}")
+        try:
+            data, rate = soundfile.read(str(path), dtype="float64", always_2d=True)
+        except soundfile.LibsndfileError as error:
+            raise ValueError(f"{path}: not an audio file soundfile can read ({error.error_string})") from None
+        if channel is not None and data.shape[1] <= channel:
+            raise ValueError(f"{path}: has {data.shape[1]} channel, a stereo file needs 2")
         mono = data[:, channel] if channel is not None else data.mean(axis=1)
         return _to_8k_int16(mono, rate)
 
@@ -263,8 +270,24 @@ def add_arguments(
         metavar="PATH",
         help="write the summary and every call's result to PATH",
     )
-    add("--quiet", action="store_true", default=False, help="no progress line on stderr")
+    add("--quiet", action="store_true", default=False,
+        help="print only failures (no progress line, no summary when everything passed)")
     parser.set_defaults(command=_run)
+
+
+class _Say:
+    """Prints a progress or summary line unless --quiet (failures are printed regardless)."""
+
+    def __init__(self, *, quiet: bool) -> None:
+        self._quiet = quiet
+
+    def __call__(self, line: str) -> None:
+        if not self._quiet:
+            print(line, flush=True)
+
+
+def _print(line: str) -> None:
+    print(line, flush=True)
 
 
 def _run(args: argparse.Namespace) -> int:
@@ -305,6 +328,14 @@ def _run(args: argparse.Namespace) -> int:
         processes=args.processes,
         send_interval=args.send_interval,
     )
+    for flag, path in (("--stereo", args.stereo), ("--agent", args.agent), ("--caller", args.caller)):
+        if path is not None and not path.is_file():
+            print(f"callstream simulate: {flag}: {path}: {'is a directory' if path.is_dir() else 'no such file'}",
+                  file=sys.stderr)
+            return 2
+    if args.verify is not None and not args.verify.is_dir():
+        print(f"callstream simulate: --verify: {args.verify} is not a directory", file=sys.stderr)
+        return 2
     try:
         pool = build_pool(spec)
     except ValueError as error:
@@ -312,40 +343,39 @@ def _run(args: argparse.Namespace) -> int:
         return 2
     calls = plan_calls(spec, pool)
     seconds = calls[0].frames * FRAME_SECONDS
+    say = _Say(quiet=args.quiet)
     if many:
         pace = (
             "as fast as possible"
             if args.fast
             else f"in real time, starts spread over {spec.ramp:g} s"
         )
-        print(f"playing {args.calls} calls of {seconds:.1f} s at {args.url} {pace}", flush=True)
+        say(f"playing {args.calls} calls of {seconds:.1f} s at {args.url} {pace}")
     else:
-        print(
-            f"playing {seconds:.1f} s call {spec.call_id}/{spec.session_id} at {args.url}",
-            flush=True,
-        )
+        say(f"playing {seconds:.1f} s call {spec.call_id}/{spec.session_id} at {args.url}")
     report = run_load(spec, calls, pool, Progress(enabled=not args.quiet and sys.stderr.isatty()))
     for outcome in report.failed:
-        print(f"FAIL {outcome.call_id}: {outcome.error}", flush=True)
+        print(f"FAIL {outcome.call_id}: {outcome.error}", flush=True)  # failures always, in full
     summary = report.summary()
     if not many and not report.failed:
-        print("done: both Stops sent", flush=True)
-    print(
+        say("done: both Stops sent")
+    (_print if report.failed else say)(
         f"{summary['ok']}/{summary['calls']} calls ok; {summary['messages']} Media messages in "
         f"{summary['wall_seconds']:.1f} s ({summary['messages_per_second'] or 0:,.0f}/s); "
         f"generator CPU {summary['generator_cpu_seconds']:.2f} s, "
-        f"{summary['generator_cpu_us_per_message'] or 0:.1f} us per message",
-        flush=True,
+        f"{summary['generator_cpu_us_per_message'] or 0:.1f} us per message"
     )
     verdicts = []
     if args.verify is not None:
         from callstream.sim.simverify import verify
 
         verdicts = verify(args.verify, calls, pool)
-        for verdict in verdicts:
-            print(f"{'PASS' if verdict.ok else 'FAIL'} {verdict.call_id}: {verdict.detail}")
+        for verdict in verdicts:  # a failure in full; passes are counted
+            if not verdict.ok:
+                print(f"FAIL {verdict.call_id}: {verdict.detail} ({verdict.path})", flush=True)
         passed = sum(v.ok for v in verdicts)
-        print(f"verify: {passed} passed, {len(verdicts) - passed} failed", flush=True)
+        failed = len(verdicts) - passed
+        (_print if failed else say)(f"verify: {passed} passed, {failed} failed")
     if args.json is not None:
         detail = {
             "summary": summary,
