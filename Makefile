@@ -5,32 +5,39 @@ BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed
 SOURCES := pyproject.toml setup.py $(wildcard csrc/*.c csrc/*.h csrc/*.py)
 
-.PHONY: run test bench lint clean install
+.PHONY: run test bench lint clean install installed
 
-install: $(STAMP)
+# The set-up runs under a lock (.venv.lock, beside the venv), and inside the lock a second make decides
+# again whether anything is out of date: `make run` and `make test` started at once on a fresh clone
+# build the venv once, the second waiting for the first. A plain Python lock (fcntl), not flock(1),
+# so that it works wherever Python does.
+LOCKED := $(PYTHON) -c 'import fcntl, subprocess, sys; lock = open(sys.argv[1], "a"); fcntl.flock(lock, fcntl.LOCK_EX); sys.exit(subprocess.call(sys.argv[2:]))' $(VENV).lock
 
-$(BIN)/python:
-	$(PYTHON) -m venv $(VENV)
-	$(BIN)/python -m pip install --quiet --upgrade pip
+install:
+	@$(LOCKED) $(MAKE) --no-print-directory installed
+
+installed: $(STAMP)
 
 # Editable install compiles csrc/ into callstream._mulaw; re-run whenever the C sources change.
-$(STAMP): $(BIN)/python $(SOURCES)
+$(STAMP): $(SOURCES)
+	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
+	$(BIN)/python -m pip install --quiet --upgrade pip
 	$(BIN)/python -m pip install --quiet -e '.[test,dev]'
 	touch $@
 
-run: $(STAMP)
+run: install
 	$(BIN)/callstream serve
 
-test: $(STAMP)
+test: install
 	$(BIN)/python -m pytest
 
-bench: $(STAMP)
+bench: install
 	$(BIN)/python -m pip install --quiet -e '.[test,dev,bench]'
 	$(BIN)/python benchmarks/run_all.py
 
-lint: $(STAMP)
+lint: install
 	$(BIN)/ruff check src tests benchmarks csrc
 
 clean:
-	rm -rf $(VENV) build dist src/*.egg-info src/callstream/_mulaw.* .pytest_cache .hypothesis .ruff_cache
+	rm -rf $(VENV) $(VENV).lock build dist src/*.egg-info src/callstream/_mulaw.* .pytest_cache .hypothesis .ruff_cache
 	find . -name __pycache__ -type d -prune -exec rm -rf {} +
