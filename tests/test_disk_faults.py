@@ -162,11 +162,13 @@ async def test_a_hung_disk_fails_the_waiting_call_refuses_new_ones_and_recovers(
             await trio.sleep(0.01)
         while not flag.value:  # set by the server's clock
             await trio.sleep(0.01)
+        assert b"\ncallstream_disk_stalled 1.0\n" in running.server.metrics.render()
         rejected = await expect_rejection(running.url)
         assert rejected.status == 503
         disk.set()
         while running.server.readiness() is not None or flag.value:
             await trio.sleep(0.01)
+        assert b"\ncallstream_disk_stalled 0.0\n" in running.server.metrics.render()
         await send_all(running.url, call_messages(metadata("after"), media[:200]))
         await wait_for_calls(running, 2)
         while len(found := {s["callId"]: (p, s) for p, s in recordings(running.settings.output_dir)}) < 2:

@@ -13,6 +13,7 @@ import soundfile
 import trio
 from prometheus_client.parser import text_string_to_metric_families
 
+import callstream
 from callstream.engagevoice.query import build_query
 from callstream.errors import RecordingError
 from callstream.events import Perspective
@@ -154,7 +155,8 @@ async def test_known_workload_scrapes_exact_values(
         assert (await running.get("/readyz")).status == 200
         after = await running.scrape()
 
-    assert all(v == 0 for (name, _), v in before.items() if not name.endswith("_created")), before
+    assert all(v == 0 for (name, _), v in before.items()
+               if name.startswith("callstream_") and name != "callstream_build_info"), before
     expected = {
         "callstream_live_calls": 0,
         "callstream_calls_started_total": 4,
@@ -228,6 +230,7 @@ async def test_readyz_is_503_while_draining_healthz_stays_200(
         assert (health.status, health.body) == (200, b"ok\n")
         samples = await running.scrape()
     assert value(samples, "callstream_calls_rejected_total", reason="draining") == 1
+    assert value(samples, "callstream_draining") == 1
 
 
 async def test_paths_methods_keep_alive_and_garbage(
@@ -333,3 +336,20 @@ def test_metrics_render_without_a_server() -> None:
     text = metrics.render().decode()
     assert "callstream_calls_started_total 1.0" in text
     assert "callstream_live_calls 1.0" in text
+
+
+async def test_process_build_and_state_metrics_and_no_created_series(
+    nursery: trio.Nursery, settings: Settings
+) -> None:
+    running = await start(nursery, settings)
+    with trio.fail_after(TIMEOUT):
+        text = (await running.get("/metrics")).body.decode()
+        samples = await running.scrape()
+    assert "_created" not in text
+    assert value(samples, "process_resident_memory_bytes") > 1e6
+    assert value(samples, "process_cpu_seconds_total") > 0
+    assert 0 < value(samples, "process_open_fds") < value(samples, "process_max_fds")
+    [build] = [labels for name, labels in samples if name == "callstream_build_info"]
+    assert dict(build)["version"] == callstream.__version__ and dict(build)["codec"]
+    assert value(samples, "callstream_draining") == 0
+    assert value(samples, "callstream_disk_stalled") == 0

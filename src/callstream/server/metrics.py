@@ -18,10 +18,21 @@ exits.
 
 from __future__ import annotations
 
+import platform
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Final
 
-from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest
+from prometheus_client import (
+    CollectorRegistry,
+    Counter,
+    Gauge,
+    Histogram,
+    ProcessCollector,
+    disable_created_metrics,
+    generate_latest,
+)
+from prometheus_client.core import InfoMetricFamily, Metric
 from prometheus_client.multiprocess import MultiProcessCollector
 
 CONTENT_TYPE: Final = "text/plain; version=0.0.4; charset=utf-8"  # what generate_latest writes
@@ -42,12 +53,40 @@ MediaTotals = tuple[int, int, int, int, int, int, int]
 NO_MEDIA: Final[MediaTotals] = (0, 0, 0, 0, 0, 0, 0)
 
 
+class BuildInfo:
+    """``callstream_build_info{version, python, codec} 1``: what is running (a custom collector,
+    so that it works the same in a worker's registry and in the supervisor's sum)."""
+
+    def collect(self) -> Iterator[Metric]:
+        from callstream import __version__
+        from callstream.codec import BACKEND
+
+        family = InfoMetricFamily(
+            "callstream_build", "The running callstream: version, Python, the audio codec's backend.",
+        )
+        family.add_metric((), {"version": __version__, "python": platform.python_version(), "codec": BACKEND})
+        yield family
+
+
+def process_collectors(registry: CollectorRegistry) -> None:
+    """Add the metrics of the process itself to ``registry``: build info, and prometheus_client's
+    process metrics (process_resident_memory_bytes, process_cpu_seconds_total, process_open_fds
+    against process_max_fds, process_start_time_seconds)."""
+    registry.register(BuildInfo())
+    ProcessCollector(registry=registry)
+
+
 class Metrics:
     """The counters of one server. Thread safe (the writer threads observe write lag)."""
 
     def __init__(self, *, registry: CollectorRegistry | None = None) -> None:
+        # No `_created` series: a scraper gets nothing from them but twice the series of every
+        # counter and histogram. prometheus_client's switch is process-wide; every registry of
+        # callstream wants it off.
+        disable_created_metrics()
         self.registry = CollectorRegistry() if registry is None else registry
         r = self.registry
+        process_collectors(r)
 
         def counter(name: str, doc: str, labels: tuple[str, ...] = ()) -> Counter:
             return Counter(name, doc, labels, registry=r)
@@ -57,6 +96,15 @@ class Metrics:
             "Calls being recorded now.",
             registry=r,
             multiprocess_mode="livesum",
+        )
+        self._draining = Gauge(
+            "callstream_draining", "1 while the server drains (SIGTERM/SIGINT): new calls are refused.",
+            registry=r, multiprocess_mode="livemax",
+        )
+        self._disk_stalled = Gauge(
+            "callstream_disk_stalled",
+            "1 while a write has hung longer than --disk-stall-timeout: new calls are refused.",
+            registry=r, multiprocess_mode="livemax",
         )
         self._started = counter("callstream_calls_started", "Calls accepted and started.")
         self._finished = counter(
@@ -110,8 +158,10 @@ class Metrics:
     def aggregate(directory: Path) -> CollectorRegistry:
         """For a parent of multiprocess workers: a registry summing what they wrote to
         ``directory`` (their PROMETHEUS_MULTIPROC_DIR)."""
+        disable_created_metrics()
         registry = CollectorRegistry()
         MultiProcessCollector(registry, path=str(directory))
+        process_collectors(registry)  # the supervisor's own process
         return registry
 
     def render(self) -> bytes:
@@ -126,6 +176,12 @@ class Metrics:
         """``status``: one of CALL_STATUSES."""
         self._live.dec()
         self._finished.labels(status).inc()
+
+    def set_draining(self, draining: bool) -> None:
+        self._draining.set(int(draining))
+
+    def set_disk_stalled(self, stalled: bool) -> None:
+        self._disk_stalled.set(int(stalled))
 
     def call_rejected(self, reason: str) -> None:
         self._rejected.labels(reason).inc()

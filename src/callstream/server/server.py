@@ -132,6 +132,7 @@ class Server:
             self._disk_stalled = stalled
             if self._disk_flag is not None:
                 self._disk_flag.value = int(stalled)
+            self.metrics.set_disk_stalled(stalled)
             if stalled:
                 LOGGER.error("the disk has not finished a write for %g s: refusing new calls",
                              self.settings.disk_stall_timeout)
@@ -367,6 +368,7 @@ class Server:
         """Refuse new calls, give live ones ``timeout`` seconds (or until `hurry`), then stop
         them (1001) and wait until each is finalised. Once per server."""
         self._draining = True
+        self.metrics.set_draining(True)
         LOGGER.info("draining: %d live calls, %g s to finish", len(self._live), timeout)
         with self._grace, trio.move_on_after(timeout):
             await self._idle.wait()
