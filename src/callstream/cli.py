@@ -167,7 +167,7 @@ def build_parser(environ: Mapping[str, str] | None = None) -> argparse.ArgumentP
     _add_serve(sub, environ)
     _add_simulate(sub, environ)
     _add_recover(sub, environ)
-    # _add_status(sub, environ)
+    _add_status(sub, environ)
     return parser
 
 

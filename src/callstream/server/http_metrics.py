@@ -1,4 +1,5 @@
-"""A tiny HTTP/1.1 endpoint for operations, on trio and h11: /metrics, /healthz, /readyz.
+"""A tiny HTTP/1.1 endpoint for operations, on trio and h11: /metrics, /healthz, /readyz, and the
+read-only live-calls page: / (HTML), /live.js and /calls.json (see `callstream.server.statuspage`).
 
 One trio task per connection (no threads), at most MAX_CONNECTIONS; keep-alive is honoured;
 each request must arrive within REQUEST_TIMEOUT; only GET and HEAD. Protocol errors get h11's
@@ -7,6 +8,7 @@ status hint (400, 431, ...) and the connection is closed.
 
 from __future__ import annotations
 
+import json
 import logging
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -19,6 +21,7 @@ import h11
 import trio
 
 from callstream.server.metrics import CONTENT_TYPE, Metrics
+from callstream.server.statuspage import CONTENT_SECURITY_POLICY, PAGE, SCRIPT
 
 LOGGER = logging.getLogger("callstream.http_metrics")
 
@@ -27,6 +30,10 @@ MAX_CONNECTIONS: Final = 32  # open connections at once; more are closed at once
 MAX_RECEIVE: Final = 16 * 1024  # bytes read at a time
 MAX_REQUEST_HEAD: Final = 8 * 1024  # bytes of request line and headers
 TEXT: Final = "text/plain; charset=utf-8"
+HTML: Final = "text/html; charset=utf-8"
+JAVASCRIPT: Final = "text/javascript; charset=utf-8"
+JSON: Final = "application/json"
+Calls = Callable[[], dict]  # what /calls.json returns (see callstream.server.livecalls.snapshot)
 
 
 @dataclass(frozen=True, slots=True)
@@ -46,10 +53,11 @@ class _Reply:
 
 
 def route(
-    method: bytes, target: bytes, metrics: Metrics, readiness: Callable[[], str | None]
+    method: bytes, target: bytes, metrics: Metrics, readiness: Callable[[], str | None],
+    calls: Calls | None = None,
 ) -> _Reply:
     """The answer to one request. ``readiness()`` returns None when the server accepts calls,
-    else why not (the 503's body)."""
+    else why not (the 503's body); ``calls()``: the live calls (no page without it)."""
     if method not in (b"GET", b"HEAD"):
         return _Reply(405, b"method not allowed\n", headers=(("Allow", "GET, HEAD"),))
     path = target.split(b"?", 1)[0]
@@ -60,6 +68,13 @@ def route(
     if path == b"/readyz":
         why = readiness()
         return _Reply(200, b"ready\n") if why is None else _Reply(503, why.encode() + b"\n")
+    if calls is not None:
+        if path == b"/calls.json":
+            return _Reply(200, json.dumps(calls()).encode(), JSON)
+        if path == b"/":
+            return _Reply(200, PAGE, HTML, (("Content-Security-Policy", CONTENT_SECURITY_POLICY),))
+        if path == b"/live.js":
+            return _Reply(200, SCRIPT, JAVASCRIPT)
     return _Reply(404, b"not found\n")
 
 
@@ -69,12 +84,13 @@ async def serve_metrics(
     *,
     host: str,
     port: int,  # 0: any free port, reported through task_status
+    calls: Calls | None = None,
     task_status: trio.TaskStatus[MetricsEndpoint] = trio.TASK_STATUS_IGNORED,
 ) -> None:
     """Serve until cancelled; reports the real address through ``task_status``."""
     listeners = await trio.open_tcp_listeners(port, host=host)
     limiter = trio.CapacityLimiter(MAX_CONNECTIONS)
-    handler = partial(_connection, metrics=metrics, readiness=readiness, limiter=limiter)
+    handler = partial(_connection, metrics=metrics, readiness=readiness, calls=calls, limiter=limiter)
     async with trio.open_nursery() as nursery:
         await nursery.start(trio.serve_listeners, handler, listeners)
         bound = listeners[0].socket.getsockname()
@@ -86,6 +102,7 @@ async def _connection(
     *,
     metrics: Metrics,
     readiness: Callable[[], str | None],
+    calls: Calls | None,
     limiter: trio.CapacityLimiter,
 ) -> None:
     async with stream:
@@ -94,7 +111,7 @@ async def _connection(
         except trio.WouldBlock:
             return
         try:
-            await _serve_requests(stream, metrics, readiness)
+            await _serve_requests(stream, metrics, readiness, calls)
         except (trio.BrokenResourceError, trio.ClosedResourceError):
             pass  # the client went away
         finally:
@@ -102,7 +119,7 @@ async def _connection(
 
 
 async def _serve_requests(
-    stream: trio.SocketStream, metrics: Metrics, readiness: Callable[[], str | None]
+    stream: trio.SocketStream, metrics: Metrics, readiness: Callable[[], str | None], calls: Calls | None
 ) -> None:
     connection = h11.Connection(h11.SERVER, max_incomplete_event_size=MAX_REQUEST_HEAD)
     while True:
@@ -126,7 +143,7 @@ async def _serve_requests(
         if reply is None:
             if request is None or type(event) is not h11.EndOfMessage:
                 return  # closed, or timed out, between or within requests
-            reply = route(request.method, request.target, metrics, readiness)
+            reply = route(request.method, request.target, metrics, readiness, calls)
         if connection.our_state not in (h11.IDLE, h11.SEND_RESPONSE):
             return
         head_only = request is not None and request.method == b"HEAD"

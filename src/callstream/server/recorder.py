@@ -103,7 +103,9 @@ class CallRecorder:
         )
         self._recording: Recording | None = None
         self._ended_at: datetime | None = None  # when the finish began: the sidecar's end
+        self.last_block: StereoBlock | None = None  # the latest block sent to the disk (levels)
         self._started = datetime.now(UTC)
+        self.started_monotonic = time.monotonic()
         self._receive_scope = trio.CancelScope()
         self._mode_logged = settings.sequence_mode != "auto"
         self._reason = "closed by peer"
@@ -114,6 +116,16 @@ class CallRecorder:
         self.timeline.set_time(now)  # the call's start: its audio stays within its time since
         self._deadline = now + settings.max_call_seconds
         self._idle_since, self._idle_count = now, -1
+
+    @property
+    def started(self) -> datetime:
+        """When the call was accepted (UTC)."""
+        return self._started
+
+    @property
+    def blocks_waiting(self) -> int:
+        """Blocks of this call queued for the disk or being written."""
+        return self._lane.queued
 
     def stop(self, reason: str, code: int = CLOSE_GOING_AWAY) -> None:
         """Ask the call to end now (drain, timeout); the recording is still finalised."""
@@ -271,6 +283,7 @@ class CallRecorder:
     def plan_block(self, block: StereoBlock) -> PlannedAppend | None:
         """In the event loop: the block as a batched append, or None (then `write_block`)."""
         assert self._recording is not None, "open_target() first"
+        self.last_block = block  # one reference per block: the live view's levels (see livecalls)
         return self._recording.plan(block.left, block.right)
 
     def write_block(self, block: StereoBlock) -> None:

@@ -335,7 +335,7 @@ class Server:
         if port is None:
             raise ValueError("no metrics_port in the settings")
         await serve_metrics(
-            self.metrics, self.readiness, host=self.settings.metrics_host, port=port,
+            self.metrics, self.readiness, host=self.settings.metrics_host, port=port, calls=self.live_calls,
             task_status=task_status,
         )
 
@@ -363,6 +363,15 @@ class Server:
         """End the drain's grace period now (a second SIGTERM/SIGINT): live calls are closed
         (1001) and finalised at once. Before the drain starts: it will have none."""
         self._grace.cancel()
+
+    def live_calls(self) -> dict[str, Any]:
+        """The live calls for /calls.json and the page at / (see `callstream.server.livecalls`)."""
+        from callstream.server.livecalls import snapshot
+
+        return snapshot(
+            self._live, live=len(self._live), draining=self._draining, disk_stalled=self._disk_stalled,
+            block_seconds=self.settings.block_ms / 1000,
+        )
 
     async def drain(self, timeout: float) -> None:
         """Refuse new calls, give live ones ``timeout`` seconds (or until `hurry`), then stop
@@ -512,7 +521,7 @@ async def run_until_signalled(
             )
             if settings.metrics_port is not None:  # after the listener: /readyz is never early
                 endpoint = await nursery.start(server.serve_metrics)
-                LOGGER.info("metrics on http://%s:%d/metrics (also /healthz, /readyz)",
+                LOGGER.info("metrics on http://%s:%d/metrics (also /healthz, /readyz; live calls at /)",
                             endpoint.host, endpoint.port)
             async for signum in signals:
                 if signum == signal.SIGHUP:

@@ -97,6 +97,14 @@ class Supervisor:
             return "the disk has stopped writing"
         return None
 
+    def live_calls(self) -> dict[str, Any]:
+        """/calls.json across the workers: counts only (each worker holds its own calls)."""
+        from callstream.server.livecalls import snapshot
+
+        return snapshot(None, live=self.shared_calls.value, draining=self._stopping,
+                        disk_stalled=any(flag.value for flag in self.disk_flags),
+                        block_seconds=self.settings.block_ms / 1000)
+
     def _start(self, index: int) -> Any:
         self.disk_flags[index].value = 0
         process = self._context.Process(
@@ -193,6 +201,7 @@ async def _run(settings: Settings, count: int, metrics_dir: Path) -> int:
                         supervisor.readiness,  # type: ignore[arg-type]
                         host=settings.metrics_host,
                         port=settings.metrics_port,
+                        calls=supervisor.live_calls,
                         task_status=task_status,
                     )
                 )
