@@ -555,7 +555,48 @@ def markdown(data: dict) -> str:
     return "\n".join(lines) + "\n"
 
 
+PANELS = (  # (key of a step, y label, panel title, the step's limit or None)
+    ("cpu_percent", "server CPU (% of one core)", "Server CPU", None),
+    ("lag_p99_s", "write lag p99 (s)", "Write lag p99", LAG_LIMIT),
+    ("behind_seconds", "behind real time (s)", "Generator behind real time", REALTIME_SLACK),
+    ("frames_lost", "frames lost", "Frames lost", None),
+)
+
+
+def plot_title(data: dict) -> str:
+    """The figure's title: date, commit and machine of the run (older runs stored no commit)."""
+    machine = data["machine"]
+    cores = f"{machine.get('cores_usable', machine.get('cores'))} cores"
+    virtual = ", virtualized" if machine.get("virtualized") else ""
+    return (f"callstream end to end - {data['utc'][:16].replace('T', ' ')} UTC - "
+            f"commit {data.get('commit') or 'not recorded'} - {machine['cpu']}, {cores}{virtual}")
+
+
+def plot_series(data: dict) -> dict[str, list[dict]]:
+    """What each panel draws, per variant: the steps' x (calls) and y, and which steps failed
+    (judged by the capacity rules), so that a failed step is marked wherever it is drawn."""
+    panels: dict[str, list[dict]] = {key: [] for key, *_ in PANELS}
+    for variant in data["capacity"]:
+        steps = [judge(dict(s)) for s in variant["steps"]]
+        for key, *_ in PANELS:
+            points = [
+                (s["calls"], 100 * s["server_cpu_share"] if key == "cpu_percent" else s[key], not s["ok"])
+                for s in steps
+                if (s.get("server_cpu_share") if key == "cpu_percent" else s.get(key)) is not None
+            ]
+            panels[key].append({
+                "label": variant["variant"],
+                "x": [x for x, _, _ in points],
+                "y": [y for _, y, _ in points],
+                "failed": [failed for _, _, failed in points],
+            })
+    return panels
+
+
 def plot(data: dict, path: Path) -> bool:
+    """Draw ``data`` (a run) into ``path`` (PNG): CPU, write lag p99, behind real time and frames
+    lost against concurrent calls, one line per variant, every failed step marked with a red x,
+    each limit dotted, and the run's date, commit and machine in the title."""
     try:
         import matplotlib
 
@@ -564,28 +605,27 @@ def plot(data: dict, path: Path) -> bool:
     except ImportError:
         print("matplotlib is not installed: no plot (pip install matplotlib)", flush=True)
         return False
-    figure, (cpu_axis, lag_axis) = plt.subplots(1, 2, figsize=(11, 4.2))
-    for variant in data["capacity"]:
-        steps = [s for s in variant["steps"] if s["server_cpu_share"] is not None]
-        calls = [s["calls"] for s in steps]
-        cpu_axis.plot(
-            calls, [100 * s["server_cpu_share"] for s in steps], "o-", label=variant["variant"]
-        )
-        lag_axis.plot(calls, [s["lag_p99_s"] for s in steps], "o-", label=variant["variant"])
-    cpu_axis.axhline(100, color="grey", linestyle=":", linewidth=1)
-    lag_axis.axhline(
-        LAG_LIMIT, color="red", linestyle=":", linewidth=1, label=f"limit {LAG_LIMIT} s"
-    )
-    cpu_axis.set(
-        xlabel="concurrent real-time calls", ylabel="server CPU (% of one core)", title="Server CPU"
-    )
-    lag_axis.set(
-        xlabel="concurrent real-time calls", ylabel="write lag p99 (s)", title="Write lag p99"
-    )
-    for axis in (cpu_axis, lag_axis):
+    series = plot_series(data)
+    figure, axes = plt.subplots(2, 2, figsize=(11, 7.5))
+    for axis, (key, ylabel, title, limit) in zip(axes.flat, PANELS, strict=True):
+        for line in series[key]:
+            axis.plot(line["x"], line["y"], "o-", label=line["label"])
+            failed = [(x, y) for x, y, bad in zip(line["x"], line["y"], line["failed"], strict=True) if bad]
+            if failed:
+                axis.plot(*zip(*failed, strict=True), "x", color="red", markersize=11, markeredgewidth=2.5)
+        if key == "cpu_percent":
+            axis.axhline(100, color="grey", linestyle=":", linewidth=1)
+        if key == "frames_lost":  # a count: whole numbers, from 0 even when nothing was lost
+            highest = max((y for line in series[key] for y in line["y"]), default=0)
+            axis.set_ylim(-0.5, max(1, highest * 1.1))
+            axis.yaxis.get_major_locator().set_params(integer=True)
+        if limit is not None:
+            axis.axhline(limit, color="red", linestyle=":", linewidth=1, label=f"limit {limit:g}")
+        axis.plot([], [], "x", color="red", markersize=9, markeredgewidth=2.5, label="failed step")
+        axis.set(xlabel="concurrent real-time calls", ylabel=ylabel, title=title)
         axis.grid(alpha=0.3)
-        axis.legend()
-    figure.suptitle(f"callstream end to end - {data['machine']['cpu']}", fontsize=9)
+        axis.legend(fontsize=7)
+    figure.suptitle(plot_title(data), fontsize=9)
     figure.tight_layout()
     figure.savefig(path, dpi=110)
     plt.close(figure)

@@ -82,6 +82,19 @@ def describe_machine() -> dict:
     }
 
 
+def current_commit() -> str | None:
+    """The checkout's commit (short), with ``-dirty`` when tracked files differ; None outside git."""
+    root = Path(__file__).resolve().parent.parent
+    try:
+        commit = subprocess.run(["git", "rev-parse", "--short", "HEAD"], cwd=root, capture_output=True,
+                                text=True, check=True).stdout.strip()
+        dirty = subprocess.run(["git", "status", "--porcelain", "--untracked-files=no"], cwd=root,
+                               capture_output=True, text=True, check=True).stdout.strip()
+    except (OSError, subprocess.CalledProcessError):
+        return None
+    return f"{commit}-dirty" if dirty else commit
+
+
 def write_result(name: str, data: dict) -> Path:
     """Store one run of benchmark ``name``; returns the timestamped file.
 
@@ -90,6 +103,7 @@ def write_result(name: str, data: dict) -> Path:
     now = datetime.now(UTC)
     payload = {"benchmark": name, "utc": now.isoformat(timespec="seconds"), **data}
     payload.setdefault("machine", describe_machine())
+    payload.setdefault("commit", current_commit())
     text = json.dumps(payload, indent=2, sort_keys=False) + "\n"
     RESULTS.mkdir(parents=True, exist_ok=True)
     path = RESULTS / f"{name}-{now.strftime('%Y%m%dT%H%M%SZ')}.json"

@@ -63,3 +63,40 @@ def test_capacity_is_the_largest_step_before_the_first_failure() -> None:
     judged = bench_e2e.rejudge(data)
     assert [variant["capacity_calls"] for variant in judged["capacity"]] == [250, 0, 250]
     assert [s["ok"] for s in judged["capacity"][0]["steps"]] == [True, True, False, True]
+
+
+STORED = Path(__file__).resolve().parent.parent / "benchmarks" / "results" / "e2e-latest.json"
+
+
+def test_the_plot_marks_failed_steps_and_shows_behind_and_lost() -> None:
+    data = {"utc": "2026-12-02T08:18:04+00:00", "commit": "abc1234",
+            "machine": {"cpu": "AMD EPYC", "cores": 2, "cores_usable": 2, "virtualized": True},
+            "capacity": [{"variant": "1 worker", "steps": [
+                step(100, server_cpu_share=0.2),
+                step(250, server_cpu_share=0.5, frames_lost=3),
+                step(500, server_cpu_share=0.9, wall_seconds=60.0),
+            ]}]}
+    series = bench_e2e.plot_series(data)
+    assert set(series) == {"cpu_percent", "lag_p99_s", "behind_seconds", "frames_lost"}
+    for lines in series.values():
+        [line] = lines
+        assert line["x"] == [100, 250, 500] and line["failed"] == [False, True, True]
+    assert series["cpu_percent"][0]["y"] == pytest.approx([20, 50, 90])
+    assert series["behind_seconds"][0]["y"] == [1.0, 1.0, 20.0]
+    assert series["frames_lost"][0]["y"] == [0, 3, 0]
+    title = bench_e2e.plot_title(data)
+    assert "2026-12-02 08:18 UTC" in title and "commit abc1234" in title and "AMD EPYC, 2 cores" in title
+
+
+def test_the_plot_of_a_stored_run(tmp_path: Path) -> None:
+    import json
+
+    data = json.loads(STORED.read_text())
+    series = bench_e2e.plot_series(data)
+    assert any(any(line["failed"]) for line in series["lag_p99_s"])  # that run had failed steps
+    assert "commit not recorded" in bench_e2e.plot_title(data)  # stored before commits were
+    pytest.importorskip("matplotlib", reason="matplotlib is in the bench extra only: the drawing is not tried")
+    path = tmp_path / "e2e.png"
+    assert bench_e2e.plot(data, path)
+    assert path.read_bytes().startswith(b"\x89PNG")
+    print(f"plot of the stored run: {path}")
