@@ -268,10 +268,11 @@ class Settings:
     disk_stall_timeout: float = _opt(DEFAULT_DISK_STALL_TIMEOUT, group="limits", parse=parse_duration,
                                      unit="SECONDS", low=0, low_open=True,
                                      help="a hung disk (dead NFS server, failing device): a call whose audio the "
-                                     "disk has not taken for this many seconds is closed with 1011 and its "
-                                     "recording stays NAME.partial.EXT with its sidecar (finished by `recover` or "
-                                     "the next start); while a write hangs this long new calls are refused (503) "
-                                     "and /readyz is not ready")
+                                     "disk has not taken for this many seconds is closed with 1011; its "
+                                     "NAME.partial.EXT stays until the disk is back, then is closed and marked "
+                                     "failed (if the process stops first: finished by `recover` or the next "
+                                     "start); while a write hangs this long new calls are refused (503) and "
+                                     "/readyz is not ready")
     # performance
     workers: int = _opt(1, group="performance", parse=parse_int, unit="PROCESSES", low=1, high=256,
                         help="worker processes sharing the port (SO_REUSEPORT), each with its own event loop; "
