@@ -100,3 +100,10 @@ def test_the_plot_of_a_stored_run(tmp_path: Path) -> None:
     assert bench_e2e.plot(data, path)
     assert path.read_bytes().startswith(b"\x89PNG")
     print(f"plot of the stored run: {path}")
+
+
+def test_the_benchmark_reads_the_serve_flags_it_varies() -> None:
+    """bench_e2e picks its variants from `serve --help` (the transports as argparse prints
+    choices): a help text that hid them would silently drop variants from a run."""
+    assert bench_e2e.serve_features() == {
+        "metrics": True, "workers": True, "transports": ["websockets", "trio-websocket"]}

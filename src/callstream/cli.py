@@ -105,14 +105,13 @@ def _add_serve(sub: argparse._SubParsersAction, environ: Mapping[str, str]) -> N
     shown = Settings()
     for name, option in options():
         help_text = option.help
-        if option.choices:
-            help_text += f"; one of: {', '.join(option.choices)}"
+        metavar = "{" + ",".join(option.choices) + "}" if option.choices else option.unit  # argparse's style
         help_text = f"{help_text} [default: {shown.default_text(name)}; env {env_name(name)}]".replace("%", "%%")
         if option.switch:
             groups[option.group].add_argument(flag_name(name), dest=name, action="store_const", const="true",
                                               default=None, help=help_text)
         else:
-            groups[option.group].add_argument(flag_name(name), dest=name, metavar=option.unit, default=None,
+            groups[option.group].add_argument(flag_name(name), dest=name, metavar=metavar, default=None,
                                               help=help_text)
     parser.set_defaults(command=_run_serve)
 
