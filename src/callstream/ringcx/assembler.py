@@ -1,0 +1,500 @@
+"""One RingCX dialog's segments placed in time and mixed into channel blocks (sans-IO: no grpc,
+no trio, no files; time comes in as data, in every event's ``at`` and in `tick`).
+
+Theory of operation. The recording's timeline counts samples at 8 kHz from the dialog's first
+event (its ``at`` is sample 0). The platform's events carry no timestamp, only ``seq`` and
+``duration`` per segment, so a segment is placed by two clocks:
+- Where it joins: its first chunk (``n`` samples, arrived at ``at``) starts at ``pos(at) - n``:
+  a chunk arrives once it has been spoken. Accurate to the network's jitter, i.e. within a chunk.
+- From there, by ``seq``: each chunk starts where the previous one ended. A chunk that arrives
+  out of order waits (at most ``window_ms`` of audio, or until it is ``window_ms`` old) for the
+  ones before it; a repeated ``seq`` is dropped; a ``seq`` that never came becomes silence of
+  the segment's last chunk length (its own duration is lost with it).
+- A pause (hold): when the next chunk in ``seq`` order arrives more than ``window_ms`` later
+  than its place by ``seq`` (``pos(at) - n - cursor``), the segment's media stopped meanwhile
+  although ``seq`` went on: the chunk is placed by its arrival, the time between is silence.
+  Sequence gaps are filled first, so a platform that numbers through the hold is not counted
+  twice.
+Channels (``layout="stereo"``): AGENT segments on the left (0); CONTACT, BOT and unspecified
+participants on the right (1). Segments on one channel at the same time are summed in 32 bits
+and clipped to 16 bits once when the block is cut (a saturating add).
+
+Emission: audio up to the watermark W leaves in blocks of ``block_ms`` (`pop_block`), W being the
+smallest end of the live segments' placed audio and of the clock less ``window_ms`` (a segment
+joining now lands after what has left), but never further behind than ``window_ms`` of the
+newest audio placed or of the clock: a live segment that falls silent (hold, loss) holds the
+others back by at most the window. A chunk that would land before W (a segment late past
+the window) is moved to W and the move counted (``shifted_seconds``), never dropped.
+
+Memory: per dialog, the unemitted mix (at most one block + the window + one chunk per channel,
+int32), per segment at most ``window_ms`` of waiting chunks (and MAX_PENDING of them), at most
+MAX_ORPHANS chunks of media for segments not started yet (held for ``window_ms``, then
+dropped and counted), at most MAX_SEGMENTS segments and MAX_INFOS SegmentInfo events kept.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any, Final
+
+import numpy as np
+
+from callstream import codec
+from callstream.errors import CLOSE_INVALID_PAYLOAD, ProtocolError
+from callstream.ringcx.events import (
+    AGENT,
+    AudioFormat,
+    DialogEvent,
+    DialogInit,
+    SegmentInfo,
+    SegmentMedia,
+    SegmentStart,
+    SegmentStop,
+)
+
+LOGGER = logging.getLogger("callstream.ringcx.assembler")
+
+SAMPLE_RATE: Final = 8000  # Hz: the only rate recorded
+DEFAULT_FORMAT: Final = AudioFormat("PCMU", SAMPLE_RATE, 100)  # RINGCX.md: the platform's today
+MAX_SEGMENTS: Final = 64  # segments per dialog; beyond, new ones are not recorded (and counted)
+MAX_PENDING: Final = 64  # chunks waiting for a missing seq, per segment
+MAX_ORPHANS: Final = 64  # chunks of segments not started yet, per dialog
+MAX_INFOS: Final = 1000  # SegmentInfo events kept for the sidecar
+MAX_GAP_CHUNKS: Final = 10_000  # a seq jump beyond this (or discontinuity_ms) is a restart, not silence
+STEREO: Final = 2
+BYTE_ORDERS: Final = ("big", "little")
+
+
+@dataclass(frozen=True, slots=True)
+class PcmBlock:
+    """Mixed audio: ``frames`` int16 of shape (n, channels), C-contiguous; ``start`` its first
+    sample on the dialog's timeline (8 kHz)."""
+
+    frames: np.ndarray
+    start: int
+
+    @property
+    def samples(self) -> int:
+        return int(self.frames.shape[0])
+
+
+class _Segment:
+    __slots__ = (
+        "bad_payloads", "channel", "chunks", "cursor", "decode", "duplicates", "format", "info",
+        "joined", "last_samples", "left", "lost_chunks", "lost_samples", "next_seq", "paused",
+        "pauses", "pending", "pending_samples", "reordered", "restarts", "samples", "shifted",
+        "start", "stopped", "unrecorded", "why_not",
+    )
+
+    def __init__(self, start: SegmentStart, fmt: AudioFormat, channel: int,
+                 decode: Callable[[bytes], np.ndarray] | None, why_not: str | None) -> None:
+        self.start = start
+        self.format = fmt
+        self.channel = channel
+        self.decode = decode
+        self.why_not = why_not  # None: recorded; else why this segment is not
+        self.next_seq: int | None = None
+        self.cursor = 0  # where the chunk numbered next_seq starts
+        self.joined: int | None = None  # first sample placed
+        self.left: int | None = None  # SegmentStop: where its audio ended
+        self.stopped = False
+        self.pending: dict[int, tuple[np.ndarray, float]] = {}
+        self.pending_samples = 0
+        self.last_samples = fmt.ptime * SAMPLE_RATE // 1000 or 800
+        self.chunks = self.samples = self.duplicates = self.lost_chunks = self.lost_samples = 0
+        self.pauses = self.paused = self.shifted = self.reordered = self.restarts = 0
+        self.bad_payloads = self.unrecorded = 0
+
+    def sidecar(self) -> dict[str, Any]:
+        start, fmt = self.start, self.format
+        ended = None if self.joined is None else self.cursor  # still live: where it is now
+
+        def seconds(samples: int | None) -> float | None:
+            return None if samples is None else round(samples / SAMPLE_RATE, 3)
+
+        return {
+            "segment_id": start.segment_id,
+            "participant": {"id": start.participant_id, "type": start.participant_type, "name": start.name},
+            "product": start.product,
+            "codec": fmt.codec, "rate": fmt.rate, "ptime": fmt.ptime,
+            "channel": self.channel,
+            "recorded": self.why_not is None,
+            "not_recorded_because": self.why_not,
+            "joined_seconds": seconds(self.joined),
+            "left_seconds": seconds(self.left if self.left is not None else ended),
+            "statistics": {
+                "chunks": self.chunks, "seconds": seconds(self.samples),
+                "duplicates": self.duplicates, "reordered": self.reordered,
+                "lost_chunks": self.lost_chunks, "lost_seconds": seconds(self.lost_samples),
+                "pauses": self.pauses, "paused_seconds": seconds(self.paused),
+                "shifted_seconds": seconds(self.shifted), "restarts": self.restarts,
+                "bad_payloads": self.bad_payloads, "chunks_not_recorded": self.unrecorded,
+            },
+        }
+
+
+def _decoder(fmt: AudioFormat, l16_byte_order: str) -> tuple[Callable[[bytes], np.ndarray] | None, str | None]:
+    if fmt.codec not in ("PCMU", "PCMA", "L16"):
+        return None, f"codec {fmt.codec} is not recorded (PCMU, PCMA and L16 are)"
+    if fmt.rate != SAMPLE_RATE:
+        return None, f"sample rate {fmt.rate} Hz is not recorded (only {SAMPLE_RATE} Hz)"
+    if fmt.codec == "PCMU":
+        return codec.decode_ulaw, None
+    if fmt.codec == "PCMA":
+        return codec.decode_alaw, None
+    if fmt.codec == "L16":
+        dtype = np.dtype(">i2" if l16_byte_order == "big" else "<i2")
+
+        def decode_l16(payload: bytes) -> np.ndarray:
+            return np.frombuffer(payload, dtype=dtype, count=len(payload) // 2).astype(np.int16)
+
+        return decode_l16, None
+    raise AssertionError(fmt.codec)
+
+
+class DialogAssembler:
+    """One dialog: events in (`handle`, `tick`), channel blocks out (`pop_block`, `finish`).
+
+    Raises ProtocolError only for what ends the dialog (more than ``max_bad_events`` events it
+    cannot use); everything else is counted and reported in `sidecar`."""
+
+    def __init__(self, *, window_ms: float = 200.0, block_ms: float = 1000.0,
+                 discontinuity_ms: float = 10_000.0, l16_byte_order: str = "big",
+                 max_bad_events: int = 1000) -> None:
+        if l16_byte_order not in BYTE_ORDERS:
+            raise ValueError(f"l16_byte_order must be one of {BYTE_ORDERS}")
+        self.channels = STEREO
+        self._window = max(1, int(window_ms * SAMPLE_RATE / 1000))
+        self._block = max(1, int(block_ms * SAMPLE_RATE / 1000))
+        self._discontinuity = int(discontinuity_ms * SAMPLE_RATE / 1000)
+        self._l16 = l16_byte_order
+        self._max_bad = max_bad_events
+        self._origin: float | None = None
+        self._now = 0  # newest clock reading, in samples
+        self._emitted = 0  # samples per channel emitted so far (the mix starts here)
+        # one block, the window on both sides and a chunk: room enough in the steady state
+        self._mix = np.zeros((self.channels, self._block + 2 * self._window + 800), dtype=np.int32)
+        self._newest = 0  # end of the newest audio placed
+        self._segments: dict[str, _Segment] = {}
+        self._live: list[_Segment] = []  # started, not stopped, recorded
+        self._format = DEFAULT_FORMAT  # the last one a SegmentStart gave
+        self._orphans: list[SegmentMedia] = []
+        self.init: DialogInit | None = None
+        self.infos: list[dict[str, Any]] = []
+        self.counters = {"unknown_segment_media": 0, "media_after_stop": 0, "segments_over_cap": 0,
+                         "unknown_events": 0, "bad_events": 0, "infos_dropped": 0}
+        self._finished = False
+
+    # -- input -----------------------------------------------------------------------------
+
+    def handle(self, event: DialogEvent) -> None:
+        """Take one event (in arrival order; ``event.at`` never earlier than the last)."""
+        if self._finished:
+            raise RuntimeError("the dialog is finished")
+        at = event.at
+        if self._origin is None:
+            self._origin = at
+        now = round((at - self._origin) * SAMPLE_RATE)
+        if now > self._now:
+            self._now = now
+        kind = type(event)
+        if kind is SegmentMedia:
+            self._media(event)  # type: ignore[arg-type]
+        elif kind is SegmentStart:
+            self._start(event)  # type: ignore[arg-type]
+        elif kind is SegmentStop:
+            self._stop(event)  # type: ignore[arg-type]
+        elif kind is SegmentInfo:
+            self._info(event)  # type: ignore[arg-type]
+        elif kind is DialogInit:
+            if self.init is None:
+                self.init = event  # type: ignore[assignment]
+            else:
+                self._bad("a second DialogInit")
+        else:
+            self.counters["unknown_events"] += 1
+
+    def tick(self, now: float) -> None:
+        """Time has passed (``now`` on the events' clock): give up waiting for lost chunks and
+        for media of segments never started."""
+        if self._origin is None:
+            self._origin = now
+        position = round((now - self._origin) * SAMPLE_RATE)
+        if position > self._now:
+            self._now = position
+        self._expire(position)
+
+    def _media(self, media: SegmentMedia) -> None:
+        segment = self._segments.get(media.segment_id)
+        if segment is None:
+            if len(self._orphans) < MAX_ORPHANS:
+                self._orphans.append(media)
+            else:
+                self.counters["unknown_segment_media"] += 1
+            return
+        if segment.stopped:
+            self.counters["media_after_stop"] += 1
+            return
+        if segment.decode is None:
+            segment.unrecorded += 1
+            return
+        payload = media.payload
+        if payload:
+            pcm = segment.decode(payload)
+            if segment.format.codec == "L16" and len(payload) % 2:
+                segment.bad_payloads += 1
+        else:  # no audio but a duration: silence of that length (DTX)
+            pcm = np.zeros(media.duration * SAMPLE_RATE // 1000, dtype=np.int16)
+        segment.chunks += 1
+        seq = media.seq
+        if segment.next_seq is None:  # its first chunk: placed where it arrived
+            arrived = round((media.at - self._origin) * SAMPLE_RATE) - len(pcm)  # type: ignore[operator]
+            segment.cursor = max(self._emitted, arrived)
+            segment.joined = segment.cursor
+            segment.next_seq = seq
+        elif seq < segment.next_seq:
+            if segment.next_seq - seq > self._gap_limit(segment):
+                self._restart(segment, seq)  # a restarted counter: carry on from the clock
+            else:
+                segment.duplicates += 1
+                return
+        if seq == segment.next_seq:
+            self._place(segment, pcm, media.at)
+            if segment.pending:
+                self._drain(segment)
+            return
+        if seq in segment.pending:
+            segment.duplicates += 1
+            return
+        if seq - segment.next_seq > self._gap_limit(segment):
+            self._restart(segment, seq)
+            self._place(segment, pcm, media.at)
+            return
+        segment.pending[seq] = (pcm, media.at)
+        segment.pending_samples += len(pcm)
+        segment.reordered += 1
+        if segment.pending_samples > self._window or len(segment.pending) > MAX_PENDING:
+            self._skip_gap(segment)
+
+    def _gap_limit(self, segment: _Segment) -> int:
+        return min(MAX_GAP_CHUNKS, max(1, self._discontinuity // max(1, segment.last_samples)))
+
+    def _restart(self, segment: _Segment, seq: int) -> None:
+        segment.restarts += 1
+        for pcm, at in [segment.pending[k] for k in sorted(segment.pending)]:
+            self._place(segment, pcm, at)
+        segment.pending.clear()
+        segment.pending_samples = 0
+        segment.next_seq = seq
+        segment.cursor = max(segment.cursor, self._now - segment.last_samples, self._emitted)
+
+    def _skip_gap(self, segment: _Segment) -> None:
+        """Give up the missing chunks before the lowest waiting one: silence of the last chunk
+        length each, then place what waited."""
+        assert segment.next_seq is not None
+        lowest = min(segment.pending)
+        missing = lowest - segment.next_seq
+        segment.lost_chunks += missing
+        silence = missing * segment.last_samples
+        segment.lost_samples += silence
+        segment.cursor += silence
+        segment.next_seq = lowest
+        self._drain(segment)
+
+    def _drain(self, segment: _Segment) -> None:
+        pending = segment.pending
+        while segment.next_seq in pending:
+            pcm, at = pending.pop(segment.next_seq)  # type: ignore[arg-type]
+            segment.pending_samples -= len(pcm)
+            self._place(segment, pcm, at)
+
+    def _place(self, segment: _Segment, pcm: np.ndarray, at: float) -> None:
+        """The chunk numbered next_seq: at the segment's cursor, or at its arrival after a pause."""
+        n = len(pcm)
+        arrived = round((at - self._origin) * SAMPLE_RATE) - n  # type: ignore[operator]
+        if arrived - segment.cursor > self._window:  # the media paused (hold) while seq went on
+            segment.pauses += 1
+            segment.paused += arrived - segment.cursor
+            segment.cursor = arrived
+        if segment.cursor < self._emitted:
+            segment.shifted += self._emitted - segment.cursor
+            segment.cursor = self._emitted
+        start = segment.cursor - self._emitted
+        end = start + n
+        if end > self._mix.shape[1]:
+            self._grow(end)
+        self._mix[segment.channel, start:end] += pcm
+        segment.cursor += n
+        segment.next_seq += 1  # type: ignore[operator]
+        segment.samples += n
+        if n:
+            segment.last_samples = n
+        if segment.cursor > self._newest:
+            self._newest = segment.cursor
+
+    def _grow(self, needed: int) -> None:
+        size = self._mix.shape[1]
+        while size < needed:
+            size *= 2
+        mix = np.zeros((self.channels, size), dtype=np.int32)
+        mix[:, : self._mix.shape[1]] = self._mix
+        self._mix = mix
+
+    def _start(self, start: SegmentStart) -> None:
+        if start.segment_id in self._segments:
+            self._bad(f"a second SegmentStart of segment {start.segment_id!r}")
+            return
+        if start.audio_format is not None:
+            self._format = start.audio_format
+        fmt = self._format
+        if len(self._segments) >= MAX_SEGMENTS:
+            self.counters["segments_over_cap"] += 1
+            return
+        decode, why_not = _decoder(fmt, self._l16)
+        channel = 0 if start.participant_type == AGENT else 1
+        segment = _Segment(start, fmt, channel, decode, why_not)
+        if why_not is not None:
+            LOGGER.warning("segment %s (%s %s): %s", start.segment_id, start.participant_type,
+                           start.participant_id, why_not)
+        self._segments[start.segment_id] = segment
+        if why_not is None:
+            self._live.append(segment)
+        orphans = [media for media in self._orphans if media.segment_id == start.segment_id]
+        if orphans:  # its media came first: placed now, with their own arrival times
+            self._orphans = [media for media in self._orphans if media.segment_id != start.segment_id]
+            for media in orphans:
+                self._media(media)
+
+    def _stop(self, stop: SegmentStop) -> None:
+        segment = self._segments.get(stop.segment_id)
+        if segment is None or segment.stopped:
+            self._bad(f"SegmentStop of {'an unknown' if segment is None else 'a stopped'} segment")
+            return
+        self._close(segment)
+
+    def _close(self, segment: _Segment) -> None:
+        while segment.pending:
+            self._skip_gap(segment)
+        segment.stopped = True
+        if segment.joined is not None:
+            segment.left = segment.cursor
+        if segment in self._live:
+            self._live.remove(segment)
+
+    def _info(self, info: SegmentInfo) -> None:
+        if len(self.infos) >= MAX_INFOS:
+            self.counters["infos_dropped"] += 1
+            return
+        self.infos.append({
+            "segment_id": info.segment_id, "event": info.event, "data": info.data,
+            "offset_seconds": round(self._now / SAMPLE_RATE, 3),
+            "known_segment": info.segment_id in self._segments,
+        })
+
+    def _bad(self, what: str) -> None:
+        self.counters["bad_events"] += 1
+        if self.counters["bad_events"] == 1:
+            LOGGER.warning("dialog %s: ignoring %s", self.dialog_id, what)
+        if self.counters["bad_events"] > self._max_bad:
+            raise ProtocolError(f"more than {self._max_bad} unusable events", code=CLOSE_INVALID_PAYLOAD)
+
+    def _expire(self, now: int) -> None:
+        """Chunks waiting for a lost one longer than the window, orphans older than it."""
+        origin = self._origin
+        assert origin is not None
+        for segment in self._live:
+            while segment.pending and now - int((min(at for _, at in segment.pending.values()) - origin)
+                                                * SAMPLE_RATE) > self._window:
+                self._skip_gap(segment)
+        if self._orphans:
+            keep = []
+            for media in self._orphans:
+                if now - round((media.at - origin) * SAMPLE_RATE) > self._window:
+                    self.counters["unknown_segment_media"] += 1
+                else:
+                    keep.append(media)
+            self._orphans = keep
+
+    # -- output ----------------------------------------------------------------------------
+
+    def watermark(self) -> int:
+        """Where the emitted audio may end now (samples from the dialog's start)."""
+        floor = max(self._now, self._newest) - self._window
+        for segment in self._live:  # a chunk still missing below the floor is as good as lost
+            while segment.pending and segment.cursor < floor:
+                self._skip_gap(segment)
+        # a window behind the clock too: a segment joining now lands after what has left
+        placed = [segment.cursor for segment in self._live if segment.joined is not None]
+        mark = min(self._now - self._window, *placed) if placed else self._now - self._window
+        return max(mark, floor, self._emitted)
+
+    def pop_block(self, *, partial: bool = False) -> PcmBlock | None:
+        """A full block when one is ready (or, with ``partial``, whatever is ready); else None."""
+        ready = self.watermark() - self._emitted
+        if ready >= self._block:
+            return self._cut(self._block)
+        if partial and ready > 0:
+            return self._cut(ready)
+        return None
+
+    def finish(self) -> PcmBlock | None:
+        """End of the stream: every segment closed, everything placed comes out (one block)."""
+        if self._finished:
+            return None
+        for segment in list(self._live):
+            self._close(segment)
+        self.counters["unknown_segment_media"] += len(self._orphans)
+        self._orphans = []
+        self._finished = True
+        end = self._newest
+        return self._cut(end - self._emitted) if end > self._emitted else None
+
+    def _cut(self, n: int) -> PcmBlock:
+        if n > self._mix.shape[1]:
+            self._grow(n)
+        mix = self._mix
+        frames = np.clip(mix[:, :n], -32768, 32767).astype(np.int16).T.copy()
+        block = PcmBlock(frames, self._emitted)
+        used = self._newest - self._emitted  # samples of the mix that may hold audio
+        if used > n:
+            mix[:, : used - n] = mix[:, n:used]  # overlapping: numpy copies through a buffer
+            mix[:, used - n : used] = 0
+        elif used > 0:
+            mix[:, :used] = 0
+        self._emitted += n
+        return block
+
+    # -- reports ---------------------------------------------------------------------------
+
+    @property
+    def dialog_id(self) -> str | None:
+        return None if self.init is None else self.init.dialog.get("id") or None
+
+    @property
+    def emitted(self) -> int:
+        """Samples per channel emitted so far."""
+        return self._emitted
+
+    @property
+    def chunks_received(self) -> int:
+        """Media chunks taken so far (for the idle timeout)."""
+        return sum(segment.chunks + segment.unrecorded for segment in self._segments.values()) + len(self._orphans)
+
+    def segments(self) -> list[dict[str, Any]]:
+        """Every segment, in order of starting, as the sidecar shows it."""
+        return [segment.sidecar() for segment in self._segments.values()]
+
+    def statistics(self) -> dict[str, Any]:
+        segments = self._segments.values()
+        return {
+            "sample_rate": SAMPLE_RATE,
+            "samples_emitted": self._emitted,
+            "segments": len(self._segments),
+            "chunks": sum(s.chunks for s in segments),
+            "duplicates": sum(s.duplicates for s in segments),
+            "lost_chunks": sum(s.lost_chunks for s in segments),
+            "pauses": sum(s.pauses for s in segments),
+            **self.counters,
+        }

@@ -1,0 +1,235 @@
+"""The sans-IO RingCX dialog assembler: placement in time, ordering, gaps, pauses, mixing."""
+
+from __future__ import annotations
+
+import numpy as np
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from callstream import codec
+from callstream.ringcx.assembler import DialogAssembler, PcmBlock
+from callstream.ringcx.events import (
+    AGENT,
+    BOT,
+    CONTACT,
+    AudioFormat,
+    DialogInit,
+    SegmentInfo,
+    SegmentMedia,
+    SegmentStart,
+    SegmentStop,
+)
+
+RATE = 8000
+N = 800  # samples of a 100 ms chunk
+
+
+def tone_chunk(seed: int, k: int, n: int = N) -> bytes:
+    """Mu-law bytes of chunk k of a segment: distinct per (seed, k), never silence."""
+    rng = np.random.default_rng(seed * 100_003 + k)
+    return bytes(rng.integers(0, 0x7F, n, dtype=np.uint8))  # negative half: never decodes to 0
+
+
+def pcm(payload: bytes) -> np.ndarray:
+    return codec.decode_ulaw(payload)
+
+
+def collect(assembler: DialogAssembler) -> np.ndarray:
+    """Pop every block, then finish; the whole recording, blocks checked to be contiguous."""
+    blocks: list[PcmBlock] = []
+    while (block := assembler.pop_block()) is not None:
+        blocks.append(block)
+    tail = assembler.finish()
+    if tail is not None:
+        blocks.append(tail)
+    position = 0
+    for block in blocks:
+        assert block.start == position
+        position += block.samples
+    if not blocks:
+        return np.zeros((0, 2), dtype=np.int16)
+    return np.concatenate([block.frames for block in blocks])
+
+
+def start(segment: str, kind: str, at: float, fmt: AudioFormat | None = None) -> SegmentStart:
+    return SegmentStart(segment, f"p-{segment}", kind, name=segment, audio_format=fmt, at=at)
+
+
+def run(events: list, *, window_ms: float = 200.0, tick: bool = True) -> tuple[np.ndarray, DialogAssembler]:
+    """Feed ``events`` (sorted by arrival), popping blocks as the recorder does."""
+    assembler = DialogAssembler(window_ms=window_ms)
+    blocks: list[PcmBlock] = []
+    for event in events:
+        if tick:
+            assembler.tick(event.at)
+        assembler.handle(event)
+        while (block := assembler.pop_block()) is not None:
+            blocks.append(block)
+    tail = assembler.finish()
+    if tail is not None:
+        blocks.append(tail)
+    position = 0
+    for block in blocks:
+        assert block.start == position
+        position += block.samples
+    audio = np.concatenate([b.frames for b in blocks]) if blocks else np.zeros((0, 2), np.int16)
+    return audio, assembler
+
+
+def init(at: float = 0.0) -> DialogInit:
+    return DialogInit("sess", {"id": "acc"}, {"id": "dlg-1", "type": "INBOUND"}, at=at)
+
+
+def test_two_participants_agent_joining_later_starts_where_it_joined() -> None:
+    events: list = [init(0.0), start("c", CONTACT, 0.0, AudioFormat("PCMU", 8000, 100))]
+    for k in range(30):  # the caller, 3 s
+        events.append(SegmentMedia("c", tone_chunk(1, k), k, 100, (k + 1) * 0.1))
+    events.append(start("a", AGENT, 1.0))
+    for k in range(15):  # the agent from 1.0 s, its seq starting at 7
+        events.append(SegmentMedia("a", tone_chunk(2, k), 7 + k, 100, 1.0 + (k + 1) * 0.1))
+    events.sort(key=lambda e: e.at)
+    audio, assembler = run(events)
+    assert audio.shape == (30 * N, 2)
+    caller = np.concatenate([pcm(tone_chunk(1, k)) for k in range(30)])
+    agent = np.concatenate([pcm(tone_chunk(2, k)) for k in range(15)])
+    assert np.array_equal(audio[:, 1], caller)
+    joined = 10 * N  # arrived at 1.1 s, less one chunk
+    assert np.array_equal(audio[:joined, 0], np.zeros(joined, np.int16))
+    assert np.array_equal(audio[joined : joined + 15 * N, 0], agent)
+    assert not audio[joined + 15 * N :, 0].any()
+    segments = {s["segment_id"]: s for s in assembler.segments()}
+    assert segments["a"]["joined_seconds"] == 1.0
+    assert segments["a"]["codec"] == "PCMU"  # inherited from the first SegmentStart
+
+
+def test_hold_with_seq_continuing_becomes_silence_of_the_pause() -> None:
+    events: list = [init(), start("c", CONTACT, 0.0), start("a", AGENT, 0.0)]
+    for k in range(40):  # the agent talks throughout
+        events.append(SegmentMedia("a", tone_chunk(2, k), k, 100, (k + 1) * 0.1))
+    for k in range(10):  # the caller: 1 s, a 2 s hold, 1 s more, seq continuing
+        events.append(SegmentMedia("c", tone_chunk(1, k), k, 100, (k + 1) * 0.1))
+    for k in range(10, 20):
+        events.append(SegmentMedia("c", tone_chunk(1, k), k, 100, (k + 1) * 0.1 + 2.0))
+    events.append(SegmentInfo("c", "HOLD", None, at=1.05))
+    events.append(SegmentInfo("c", "UNHOLD", None, at=3.0))
+    events.sort(key=lambda e: e.at)
+    audio, assembler = run(events)
+    caller = audio[:, 1]
+    assert np.array_equal(caller[: 10 * N], np.concatenate([pcm(tone_chunk(1, k)) for k in range(10)]))
+    assert not caller[10 * N : 30 * N].any()
+    assert np.array_equal(caller[30 * N : 40 * N], np.concatenate([pcm(tone_chunk(1, k)) for k in range(10, 20)]))
+    assert np.array_equal(audio[:, 0], np.concatenate([pcm(tone_chunk(2, k)) for k in range(40)]))
+    stats = {s["segment_id"]: s["statistics"] for s in assembler.segments()}
+    assert stats["c"]["pauses"] == 1 and stats["c"]["paused_seconds"] == 2.0
+    assert [(i["event"], i["offset_seconds"]) for i in assembler.infos] == [("HOLD", 1.05), ("UNHOLD", 3.0)]
+
+
+def test_reordering_duplicates_and_a_lost_chunk() -> None:
+    order = [0, 1, 3, 2, 2, 4, 1, 6, 7, 8, 9]  # 3 before 2, 2 and 1 repeated, 5 lost
+    events: list = [init(), start("c", CONTACT, 0.0)]
+    for i, k in enumerate(order):
+        events.append(SegmentMedia("c", tone_chunk(1, k), 100 + k, 100, (i + 1) * 0.1))
+    audio, assembler = run(events, tick=False)
+    expected = [pcm(tone_chunk(1, k)) if k != 5 else np.zeros(N, np.int16) for k in range(10)]
+    assert np.array_equal(audio[:, 1], np.concatenate(expected))
+    stats = assembler.segments()[0]["statistics"]
+    assert stats["duplicates"] == 2 and stats["lost_chunks"] == 1 and stats["reordered"] >= 1
+
+
+def test_transfer_overlap_mixes_with_saturation_on_one_side() -> None:
+    loud = np.full(N, 30000, np.int16)
+    events: list = [init(), start("a1", AGENT, 0.0, AudioFormat("L16", 8000, 100)), start("a2", AGENT, 0.0)]
+    for k in range(3):
+        events.append(SegmentMedia("a1", loud.astype(">i2").tobytes(), k, 100, (k + 1) * 0.1))
+        events.append(SegmentMedia("a2", (loud // 3).astype(">i2").tobytes(), k, 100, (k + 1) * 0.1))
+    events.append(SegmentStop("a1", at=0.31))
+    events.sort(key=lambda e: e.at)
+    audio, _ = run(events)
+    assert (audio[:, 0] == 32767).all()  # 30000 + 10000 clipped, not wrapped
+    assert not audio[:, 1].any()
+
+
+def test_pcma_and_bot_on_the_right_unsupported_codec_not_recorded() -> None:
+    alaw = bytes(range(0x10, 0x10 + 160)) * 5
+    events: list = [
+        init(), start("b", BOT, 0.0, AudioFormat("PCMA", 8000, 100)),
+        start("o", AGENT, 0.0, AudioFormat("OPUS", 48000, 20)),
+    ]
+    for k in range(5):
+        events.append(SegmentMedia("b", alaw, k, 100, (k + 1) * 0.1))
+        events.append(SegmentMedia("o", b"\x01\x02", k, 20, (k + 1) * 0.1))
+    audio, assembler = run(events)
+    assert np.array_equal(audio[:, 1], np.tile(codec.decode_alaw(alaw), 5))
+    assert not audio[:, 0].any()
+    opus = assembler.segments()[1]
+    assert not opus["recorded"] and "OPUS" in opus["not_recorded_because"]
+    assert opus["statistics"]["chunks_not_recorded"] == 5
+
+
+def test_media_before_its_segment_start_is_placed_and_unknown_segments_are_counted() -> None:
+    events: list = [init(), SegmentMedia("c", tone_chunk(1, 0), 0, 100, 0.1),
+                    start("c", CONTACT, 0.12), SegmentMedia("c", tone_chunk(1, 1), 1, 100, 0.2),
+                    SegmentMedia("ghost", tone_chunk(3, 0), 0, 100, 0.2),
+                    SegmentMedia("c", tone_chunk(1, 2), 2, 100, 0.6)]
+    audio, assembler = run(events)
+    assert np.array_equal(audio[: 2 * N, 1], np.concatenate([pcm(tone_chunk(1, k)) for k in range(2)]))
+    assert assembler.statistics()["unknown_segment_media"] == 1
+
+
+def test_memory_stays_bounded_when_one_segment_runs_far_ahead() -> None:
+    assembler = DialogAssembler()
+    assembler.handle(init())
+    assembler.handle(start("c", CONTACT, 0.0))
+    assembler.handle(start("a", AGENT, 0.0))
+    assembler.handle(SegmentMedia("a", tone_chunk(2, 0), 0, 100, 0.1))
+    size = assembler._mix.nbytes
+    for k in range(600):  # one minute of the caller at once; the agent silent
+        assembler.handle(SegmentMedia("c", tone_chunk(1, k), k, 100, 0.1))
+        while assembler.pop_block() is not None:
+            pass
+    assert assembler._mix.nbytes == size
+    assert assembler.emitted >= 59 * RATE
+
+
+Plan = list[tuple[str, int, int, int, list[tuple[int, int, bool]]]]
+
+
+@st.composite
+def jittered_dialog(draw: st.DrawFn) -> Plan:
+    """Two or three segments joining at chunk boundaries, every chunk delayed by up to 90 ms,
+    some repeated, some lost; the first chunk of each arrives on time. Per segment: (name,
+    join chunk, count, first seq, [(chunk, delay ms, repeated)] of the chunks sent)."""
+    plan = []
+    for index in range(draw(st.integers(2, 3))):
+        join = 0 if index == 0 else draw(st.integers(0, 20))
+        count = draw(st.integers(1, 30))
+        lost = set(draw(st.sets(st.integers(1, max(1, count - 2)), max_size=3))) - {0, count - 1}
+        sent = [(k, 0 if k == 0 else draw(st.integers(0, 90)), draw(st.integers(0, 9)) == 0)
+                for k in range(count) if k not in lost]
+        plan.append((f"s{index}", join, count, draw(st.integers(0, 1000)), sent))
+    return plan
+
+
+@settings(max_examples=60, deadline=None)
+@given(jittered_dialog())
+def test_property_every_chunk_lands_at_its_place(plan: Plan) -> None:
+    kinds = [CONTACT, AGENT, BOT]
+    events: list = [init()]
+    for index, (name, join, _, seq0, sent) in enumerate(plan):
+        events.append(start(name, kinds[index], join * 0.1))
+        for k, delay, repeated in sent:
+            at = (join + k + 1) * 0.1 + delay / 1000
+            events.append(SegmentMedia(name, tone_chunk(index, k), seq0 + k, 100, at))
+            if repeated:
+                events.append(SegmentMedia(name, tone_chunk(index, k), seq0 + k, 100, at + 0.05))
+    events.sort(key=lambda e: e.at)
+    audio, _ = run(events)
+    expected = np.zeros((max(join + count for _, join, count, _, _ in plan) * N, 2), np.int32)
+    for index, (name, join, _, _, sent) in enumerate(plan):
+        channel = 0 if name == "s1" else 1
+        for k, _, _ in sent:
+            where = (join + k) * N
+            expected[where : where + N, channel] += pcm(tone_chunk(index, k))
+    expected = np.clip(expected, -32768, 32767).astype(np.int16)
+    assert audio.shape == expected.shape
+    assert np.array_equal(audio, expected)
