@@ -186,3 +186,28 @@ def test_close_is_idempotent_and_final(tmp_path: Path, fmt: str) -> None:
     with pytest.raises(ValueError):
         sink.flush()
     assert sink.frames_written == 10
+
+
+@pytest.mark.parametrize("fmt", ["wav", "flac", "mulaw-wav"])
+def test_write_pcm_reads_back(tmp_path, fmt: str) -> None:
+    """The PCM entry point (RingCX mixes and decodes A-law/L16 itself): what goes in comes back;
+    mulaw-wav gives back every mu-law byte's PCM exactly (0x7F, negative zero, as 0xFF)."""
+    from callstream import codec as g711
+
+    codes = np.arange(256, dtype=np.uint8)
+    frames = np.stack([g711.decode_ulaw(codes.tobytes()), g711.decode_ulaw(codes[::-1].tobytes())], axis=1)
+    path = tmp_path / f"x.{EXTENSIONS[fmt]}"
+    sink = open_sink(fmt, path)
+    sink.write_pcm(frames)
+    sink.write_pcm(frames[:0])
+    sink.close()
+    assert sink.frames_written == 256
+    data, rate = soundfile.read(path, dtype="int16", always_2d=True)
+    assert rate == 8000 and np.array_equal(data, frames)
+    if fmt == "mulaw-wav":
+        raw = np.frombuffer(path.read_bytes()[-512:], dtype=np.uint8).reshape(-1, 2)
+        assert np.array_equal(raw[:, 0], np.where(codes == 0x7F, 0xFF, codes))
+    other = open_sink(fmt, tmp_path / f"y.{EXTENSIONS[fmt]}")
+    with pytest.raises(ValueError):
+        other.write_pcm(frames[:, :1])
+    other.close()

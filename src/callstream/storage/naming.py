@@ -28,6 +28,7 @@ DEFAULT_TEMPLATE: Final = "{date}/{callId}-{sessionId}"
 METADATA_FIELDS: Final = (
     "callId", "sessionId", "agentId", "ani", "dnis", "accountId", "subaccountId",
     "rcAccountId", "productType", "productId",
+    "dialogId",  # RingCX (gRPC): the dialog a stream records
 )
 TIME_FIELDS: Final = ("date", "time", "datetime", "year", "month", "day")
 PLACEHOLDERS: Final = frozenset(METADATA_FIELDS + TIME_FIELDS)

@@ -127,8 +127,9 @@ class Recording:
 
     def __init__(self, reservation: Reservation, sink: AudioSink, fmt: str, *,
                  fields: Mapping[str, Any], started: datetime,
-                 metadata: Mapping[str, Any]) -> None:
+                 metadata: Mapping[str, Any], channel_map: Mapping[str, str] | None = None) -> None:
         """Use ``create``; this only assembles the parts."""
+        self._channel_map = dict(CHANNEL_MAP if channel_map is None else channel_map)
         self._reservation = reservation
         self._sink = sink
         self._format = fmt
@@ -140,7 +141,8 @@ class Recording:
 
     @classmethod
     def create(cls, output_dir: Path, template: str, fmt: str, *, fields: Mapping[str, Any],
-               started: datetime, metadata: Mapping[str, Any], durable: bool = True) -> Recording:
+               started: datetime, metadata: Mapping[str, Any], durable: bool = True,
+               channel_map: Mapping[str, str] | None = None) -> Recording:
         """Reserve the name, open the sink on ``NAME.partial.EXT`` and write the sidecar.
 
         ``fields`` are the mapped metadata fields (they name the file and identify the call);
@@ -148,7 +150,8 @@ class Recording:
         server without --fsync does not: nothing of a live recording is durable then, and the
         fsyncs cost more than the rest of a create; the final sidecar always is). ValueError for
         an unknown ``fmt``, a bad template or a naive ``started``; RecordingError if the disk
-        fails (nothing is left).
+        fails (nothing is left). ``channel_map``: what the sidecar says each channel holds
+        (default: the WebSocket front end's CHANNEL_MAP).
         """
         if fmt not in EXTENSIONS:
             raise ValueError(f"unknown format {fmt!r}; expected one of {sorted(EXTENSIONS)}")
@@ -162,7 +165,7 @@ class Recording:
             reservation.release()
             raise
         recording = cls(reservation, sink, fmt, fields=fields, started=started,
-                        metadata=metadata)
+                        metadata=metadata, channel_map=channel_map)
         try:
             recording._publish(RECORDING, ended=None, sha256=None, statistics={}, durable=durable)
         except BaseException:
@@ -213,6 +216,10 @@ class Recording:
     def write(self, left: bytes, right: bytes) -> None:
         """Append mu-law samples of both channels (equal lengths, else ValueError)."""
         self._sink.write(left, right)
+
+    def write_pcm(self, frames: Any) -> None:
+        """Append 16-bit PCM frames, (n, 2) int16 (see `AudioSink.write_pcm`)."""
+        self._sink.write_pcm(frames)
 
     def flush(self, fsync: bool = False) -> None:
         """Make everything written so far readable in the partial file (durable if fsync)."""
@@ -309,7 +316,7 @@ class Recording:
         data.update({
             "sample_rate": SAMPLE_RATE,
             "channels": CHANNELS,
-            "channel_map": dict(CHANNEL_MAP),
+            "channel_map": dict(self._channel_map),
             "frames": frames,
             "duration_seconds": round(frames / SAMPLE_RATE, 3),
             "started": self._started,

@@ -34,6 +34,12 @@ class AudioSink(Protocol):
         """Append mu-law samples: ``left`` and ``right`` of equal length, else ValueError."""
         ...
 
+    def write_pcm(self, frames: np.ndarray) -> None:
+        """Append 16-bit PCM frames, shape (n, 2) int16 (a front end that mixes, decodes
+        A-law or L16: RingCX). ``mulaw-wav`` encodes them to mu-law, which gives back every
+        mu-law byte decoded to PCM except the negative zero 0x7F (written 0xFF)."""
+        ...
+
     def flush(self, fsync: bool = False) -> None:
         """Put everything written so far in the file (and on stable storage if ``fsync``)."""
         ...
@@ -48,6 +54,12 @@ def _check_pair(left: bytes, right: bytes) -> int:
     if n != len(right):
         raise ValueError(f"left has {n} samples, right has {len(right)}")
     return n
+
+
+def _check_pcm(frames: np.ndarray) -> np.ndarray:
+    if frames.ndim != 2 or frames.shape[1] != CHANNELS or frames.dtype != np.int16:
+        raise ValueError(f"expected int16 frames of shape (n, {CHANNELS}), got {frames.dtype} {frames.shape}")
+    return np.ascontiguousarray(frames, dtype="<i2")
 
 
 def _decode(left: bytes, right: bytes) -> np.ndarray:
@@ -90,6 +102,11 @@ class WavPcmSink(_WavSink):
         if _check_pair(left, right):
             self._writer.write(_decode(left, right))
 
+    def write_pcm(self, frames: np.ndarray) -> None:
+        frames = _check_pcm(frames)
+        if len(frames):
+            self._writer.write(frames)
+
 
 class WavMulawSink(_WavSink):
     """G.711 mu-law WAV (format tag 7): the received bytes, interleaved, never re-encoded."""
@@ -103,6 +120,12 @@ class WavMulawSink(_WavSink):
             frames[:, 0] = np.frombuffer(left, dtype=np.uint8)
             frames[:, 1] = np.frombuffer(right, dtype=np.uint8)
             self._writer.write(frames)
+
+    def write_pcm(self, frames: np.ndarray) -> None:
+        frames = _check_pcm(frames)
+        if len(frames):
+            encoded = np.frombuffer(codec.encode_ulaw(frames.reshape(-1)), dtype=np.uint8)
+            self._writer.write(encoded.reshape(-1, CHANNELS))
 
 
 class FlacSink:
@@ -153,6 +176,16 @@ class FlacSink:
             except sf.SoundFileError as exc:
                 raise self._error("write", exc) from exc
             self._frames += n
+
+    def write_pcm(self, frames: np.ndarray) -> None:
+        frames = _check_pcm(frames)
+        self._check_open()
+        if len(frames):
+            try:
+                self._file.write(frames)
+            except sf.SoundFileError as exc:
+                raise self._error("write", exc) from exc
+            self._frames += len(frames)
 
     def flush(self, fsync: bool = False) -> None:
         self._check_open()
