@@ -49,6 +49,10 @@ DEFAULT_AUTH_TIMEOUT: Final = 5.0  # seconds for a first message carrying the se
 DEFAULT_MAX_UNAUTHENTICATED: Final = 500  # connections yet to present the secret, per process
 DEFAULT_DRAIN_TIMEOUT: Final = 30.0  # seconds live calls get to finish on SIGTERM/SIGINT
 DEFAULT_METRICS_HOST: Final = "127.0.0.1"  # unauthenticated: local scrapers only unless widened
+DEFAULT_RINGCX_PATH_TEMPLATE: Final = "{date}/{dialogId}"  # RingCX (gRPC): one recording per dialog
+DEFAULT_RINGCX_L16_BYTE_ORDER: Final = "big"  # undocumented; network order, as in RTP
+DEFAULT_RINGCX_QUEUE_EVENTS: Final = 64  # events queued per dialog before its stream is not read
+BYTE_ORDERS: Final = ("big", "little")
 
 ENV_PREFIX: Final = "CALLSTREAM_"
 GROUPS: Final = ("network", "security", "recording", "limits", "performance", "observability")
@@ -194,6 +198,15 @@ class Settings:
     handshake_timeout: float = _opt(DEFAULT_HANDSHAKE_TIMEOUT, group="network", parse=parse_duration,
                                     unit="SECONDS", low=0, low_open=True,
                                     help="time allowed for the WebSocket upgrade, in seconds")
+    ringcx_port: int | None = _opt(None, group="network", parse=parse_optional_port, unit="PORT", low=0,
+                                   high=MAX_PORT,
+                                   help="also serve RingCX audio streaming (gRPC) on this TCP port, beside --port "
+                                   "(the platform connects to 443 or 10443 only); TLS from --tls-cert/--tls-key; "
+                                   "unset: no gRPC listener; 0: any free port (logged)")
+    ringcx_plaintext: bool = _opt(False, group="network", parse=parse_bool, switch=True,
+                                  help="serve --ringcx-port without TLS, for a TLS-terminating proxy on loopback "
+                                  "(nginx grpc_pass, HAProxy); without it and without --tls-cert the gRPC listener "
+                                  "refuses to start")
     # security
     secret: str | None = _opt(None, group="security", secret=True, unit="SECRET",
                               help="the streaming profile's secret; streams that do not present it are "
@@ -242,6 +255,12 @@ class Settings:
                                  "(what a crash of the process can lose)")
     fsync: bool = _opt(False, group="recording", parse=parse_bool, switch=True,
                        help="make every flush durable with fsync (costs disk I/O; what a power cut can lose)")
+    ringcx_path_template: str = _opt(DEFAULT_RINGCX_PATH_TEMPLATE, group="recording", unit="TEMPLATE",
+                                     help="file path of a RingCX dialog's recording, as --path-template; also "
+                                     "{dialogId}")
+    ringcx_l16_byte_order: str = _opt(DEFAULT_RINGCX_L16_BYTE_ORDER, group="recording", choices=BYTE_ORDERS,
+                                      unit="ORDER", help="byte order of RingCX L16 audio (undocumented by the "
+                                      "platform; big = network order, as in RTP)")
     block_ms: float = field(default=DEFAULT_BLOCK_MS)  # not an option: the decoder's block, in ms
     # limits
     max_calls: int = _opt(DEFAULT_MAX_CALLS, group="limits", parse=parse_int, unit="CALLS", low=1,
@@ -290,6 +309,11 @@ class Settings:
                                 help="websockets transport: a stream that keeps up is read at most this often, in "
                                 "seconds (capped at half of --flush-interval; 0: read on every arrival); fewer "
                                 "wake-ups per call, more calls per core")
+    ringcx_queue_events: int = _opt(DEFAULT_RINGCX_QUEUE_EVENTS, group="performance", parse=parse_int,
+                                    unit="EVENTS", low=2, high=65536,
+                                    help="RingCX: events (about 100 ms of one participant each) a dialog may have "
+                                    "waiting for its recorder; beyond, its gRPC stream is not read (HTTP/2 flow "
+                                    "control pushes back on the platform)")
     # observability
     metrics_host: str = _opt(DEFAULT_METRICS_HOST, group="observability", unit="ADDRESS",
                              help="address of the --metrics-port endpoint; it has no authentication, so the "
@@ -336,6 +360,9 @@ class Settings:
                                 "all to accept streams without authentication")
         if self.tls_key is not None and self.tls_cert is None:
             raise SettingsError("tls_key", "needs --tls-cert")
+        if self.ringcx_port is not None and self.tls_cert is None and not self.ringcx_plaintext:
+            raise SettingsError("ringcx_port", "needs --tls-cert/--tls-key (the platform speaks TLS only), or "
+                                "--ringcx-plaintext behind a TLS-terminating proxy")
         if self.discontinuity_ms <= self.reorder_window_ms:
             raise SettingsError("discontinuity_ms", "must be longer than --reorder-window")
         if (self.metrics_port is not None and self.metrics_port == self.port and self.port != 0

@@ -321,6 +321,59 @@ class Server:
             self.metrics.call_rejected("unauthorized")
         _log_result(result)
 
+    # -- another front end (RingCX gRPC): the same admission, live calls, clock and drain -----
+
+    @property
+    def disk(self) -> DiskWriter:
+        """The running disk writer (inside `running()`, else RuntimeError)."""
+        if self._disk is None:
+            raise RuntimeError("outside Server.running()")
+        return self._disk
+
+    def admit_other(self, remote: str) -> str | None:
+        """Admit one call of another front end (None; then `record_other` it), or refuse it:
+        the metrics reason (draining, disk, capacity), counted and logged as for an upgrade."""
+        refusal = self._refusal()
+        reason = None if refusal is None else refusal[3]
+        if reason is None and not self._admission.try_admit():
+            reason = "capacity"
+        if reason is not None:
+            self.refuse_other(reason, remote)
+            return reason
+        self._admitted += 1
+        if self._idle.is_set():
+            self._idle = trio.Event()
+        return None
+
+    def refuse_other(self, reason: str, remote: str) -> None:
+        """Count and log a refusal made by another front end (``reason``: a metrics reason)."""
+        self._rejected += 1
+        self.metrics.call_rejected(reason)
+        LOGGER.warning("refused a dialog from %s: %s", remote, reason)
+
+    async def record_other(self, recorder: Any, remote: str) -> None:
+        """Run an admitted call of another front end (a recorder with ``run``, ``tick``,
+        ``stop``, ``call_id``, ``session_id``) as a live call, then release its admission."""
+        self._live.add(recorder)
+        self._started += 1
+        self.metrics.call_started()
+        LOGGER.info("dialog from %s started", remote)
+        result: CallResult | None = None
+        try:
+            result = await recorder.run()
+        finally:
+            self._live.discard(recorder)
+            self._finished += 1
+            self.metrics.publish()
+            self.metrics.call_finished("failed" if result is None else result.status)
+            self._admission.release()
+            self._admitted -= 1
+            if not self._admitted:
+                self._idle.set()
+        if result.path is not None:
+            self.metrics.recording_written()
+        _log_result(result)
+
     async def recover(self) -> list[Recovered]:
         """Recover what an interrupted run left in the output directory (before serving)."""
         recovered = await trio.to_thread.run_sync(recover_directory, self.settings.output_dir)
@@ -479,7 +532,12 @@ async def serve(
         serve_transport = serve_trio_websocket
     else:
         raise ValueError(f"unknown transport {settings.transport!r}")
-    async with server.running():
+    async with server.running(), trio.open_nursery() as nursery:
+        if settings.ringcx_port is not None:
+            from callstream.ringcx.service import serve_ringcx
+
+            ringcx = await nursery.start(partial(serve_ringcx, server, settings, reuse_port=reuse_port))
+            LOGGER.info("RingCX gRPC on %s:%d (%s)", ringcx.host, ringcx.port, "TLS" if ringcx.tls else "plaintext")
         await serve_transport(
             server.handle,
             host=settings.host,

@@ -1,0 +1,122 @@
+"""One dialog's events handed from the gRPC thread (asyncio) to its recorder (trio), bounded.
+
+Theory of operation: the gRPC thread's reader appends each event to a deque; when the deque
+holds ``capacity`` events it stops reading the RPC (so HTTP/2 flow control pushes back on the
+platform) until the recorder has taken them. The recorder takes everything queued at once
+(`receive_batch`), so under load a wake-up carries many events. Crossing threads costs a
+wake-up only when the other side sleeps: the recorder is woken (``TrioToken.run_sync_soon``)
+only when it waits for events, the reader (``loop.call_soon_threadsafe``) only when it waits for
+room. A lock guards the waiting flags against the race between "found nothing" and "asleep".
+
+The dialog's clock (`clock`): ``time.monotonic()`` less the time the reader spent waiting for
+room. While the recorder cannot keep up (a slow disk) the platform's chunks queue up in the
+transport and then arrive in a burst; without this, the assembler would take the wait for a
+pause of the media (a hold) and insert silence.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import threading
+import time
+from collections import deque
+from typing import Any, Final
+
+import trio
+
+DEFAULT_CAPACITY: Final = 64  # events (~3 s of a two-segment dialog at 100 ms chunks)
+
+
+class DialogEnded(Exception):
+    """The RPC's side is over: ``how`` is "closed" (the platform ended the stream), "cancelled"
+    (it cancelled the RPC) or "failed: ..." (the transport failed)."""
+
+    def __init__(self, how: str) -> None:
+        super().__init__(how)
+        self.how = how
+
+
+class DialogChannel:
+    """Create in trio (it keeps the trio token); the reader side runs on ``loop``."""
+
+    def __init__(self, loop: asyncio.AbstractEventLoop, *, capacity: int = DEFAULT_CAPACITY) -> None:
+        self._loop = loop
+        self._token = trio.lowlevel.current_trio_token()
+        self._capacity = capacity
+        self._items: deque[Any] = deque()
+        self._lock = threading.Lock()
+        self._ended: str | None = None
+        self._trio_wait: trio.Event | None = None  # set while the recorder waits for events
+        self._room: asyncio.Event | None = None  # set while the reader waits for room
+        self._stalled = 0.0  # seconds the reader waited for room, in all
+        self._stall_since: float | None = None
+        # answered by the recorder once the recording is finished: (grpc status name, details)
+        self.done: asyncio.Future[tuple[str, str]] = loop.create_future()
+
+    # -- the gRPC thread ---------------------------------------------------------------------
+
+    def clock(self) -> float:
+        """The dialog's clock in seconds (any thread): monotonic time less the reader's waits."""
+        since = self._stall_since
+        now = time.monotonic()
+        return now - self._stalled - (0.0 if since is None else now - since)
+
+    async def put(self, item: Any) -> None:
+        """Queue one event; waits (and so stops reading the RPC) while ``capacity`` are queued."""
+        with self._lock:
+            self._items.append(item)
+            wake, self._trio_wait = self._trio_wait, None
+            full = len(self._items) >= self._capacity
+            if full:
+                room = self._room = asyncio.Event()
+        if wake is not None:
+            self._token.run_sync_soon(wake.set)
+        if full:
+            self._stall_since = started = time.monotonic()
+            try:
+                await room.wait()
+            finally:
+                self._stalled += time.monotonic() - started
+                self._stall_since = None
+
+    def end(self, how: str) -> None:
+        """No more events (any thread, once; later calls are ignored)."""
+        with self._lock:
+            if self._ended is not None:
+                return
+            self._ended = how
+            wake, self._trio_wait = self._trio_wait, None
+        if wake is not None:
+            self._token.run_sync_soon(wake.set)
+
+    def answer(self, status: str, details: str) -> None:
+        """From trio: the recording is finished; the RPC may answer (status name, details)."""
+        with contextlib.suppress(RuntimeError):  # a closed gRPC loop: nobody is left to answer
+            self._loop.call_soon_threadsafe(_resolve, self.done, (status, details))
+
+    # -- trio ----------------------------------------------------------------------------------
+
+    async def receive_batch(self) -> list[Any]:
+        """Everything queued (at least one event); raises DialogEnded once the queue is empty
+        and the reader has ended."""
+        while True:
+            with self._lock:
+                if self._items:
+                    items = list(self._items)
+                    self._items.clear()
+                    room, self._room = self._room, None
+                    break
+                if self._ended is not None:
+                    raise DialogEnded(self._ended)
+                self._trio_wait = event = trio.Event()
+            await event.wait()
+        if room is not None:
+            with contextlib.suppress(RuntimeError):  # a closed gRPC loop: the reader is gone
+                self._loop.call_soon_threadsafe(room.set)
+        return items
+
+
+def _resolve(future: asyncio.Future[Any], value: Any) -> None:
+    if not future.done():
+        future.set_result(value)
