@@ -17,6 +17,7 @@ import soundfile
 import trio
 import trustme
 
+from callstream.cli import build_parser, settings_from
 from callstream.ringcx import client, streaming_pb2_grpc
 from callstream.ringcx import streaming_pb2 as pb
 from callstream.ringcx.service import TlsRequiredError, serve_ringcx
@@ -140,9 +141,19 @@ async def test_authorization(rsettings: Settings, token: str | None) -> None:
         assert sidecar["status"] == "complete" and read(path).any()
 
 
-async def test_tls_is_required_unless_plaintext_is_asked_for(rsettings: Settings) -> None:
+async def test_tls_is_required_unless_plaintext_is_asked_for(rsettings: Settings, tmp_path: Path) -> None:
     with pytest.raises(TlsRequiredError, match="--ringcx-plaintext"):
         await serve_ringcx(Server(rsettings), replace(rsettings, ringcx_plaintext=False))
+    base = ["serve", "--output-dir", str(tmp_path), "--ringcx-port", "10443"]
+    with pytest.raises(SystemExit, match="--ringcx-port needs --tls-cert"):
+        settings_from(build_parser({}).parse_args(base))
+    settings = settings_from(build_parser({}).parse_args([*base, "--ringcx-plaintext"]))
+    assert settings.ringcx_port == 10443 and settings.ringcx_plaintext
+    assert settings.ringcx_path_template == "{date}/{dialogId}" and settings.ringcx_l16_byte_order == "big"
+    environ = {"CALLSTREAM_RINGCX_PORT": "443", "CALLSTREAM_RINGCX_PLAINTEXT": "1"}
+    assert settings_from(build_parser(environ).parse_args(base[:3])).ringcx_port == 443
+    with pytest.raises(SystemExit, match="--ringcx-path-template"):
+        settings_from(build_parser({}).parse_args([*base, "--ringcx-plaintext", "--ringcx-path-template", "{x}"]))
 
 
 def _chunks(segment: str, seqs: list[int], seed: int) -> Iterator[pb.StreamEvent]:

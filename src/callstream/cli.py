@@ -180,10 +180,11 @@ def settings_from(args: argparse.Namespace, environ: Mapping[str, str] | None = 
 
     try:
         settings = Settings.from_strings(given, environ)
-        try:  # checks of modules the shared settings may not import
-            validate_template(settings.path_template)
-        except ValueError as error:
-            raise SettingsError("path_template", str(error)) from None
+        for name in ("path_template", "ringcx_path_template"):  # checks the shared settings may not import
+            try:
+                validate_template(getattr(settings, name))
+            except ValueError as error:
+                raise SettingsError(name, str(error)) from None
         if settings.secret_file is not None:  # kept in the settings: SIGHUP reads it again
             try:
                 settings = replace(settings, secret=read_secret_file(settings.secret_file))

@@ -110,13 +110,14 @@ async def _read(request_iterator: Any, channel: DialogChannel, context: grpc.aio
 
 
 def _credentials(settings: Settings) -> grpc.ServerCredentials | None:
-    if settings.tls_cert is None or settings.tls_key is None:
+    if settings.tls_cert is None:
         if not settings.ringcx_plaintext:
             raise TlsRequiredError(
                 "--ringcx-port needs --tls-cert and --tls-key (the platform speaks TLS only); "
                 "--ringcx-plaintext serves plaintext gRPC for a TLS-terminating proxy on loopback")
         return None
-    return grpc.ssl_server_credentials([(settings.tls_key.read_bytes(), settings.tls_cert.read_bytes())])
+    key = settings.tls_key or settings.tls_cert  # the key may sit in the certificate's file
+    return grpc.ssl_server_credentials([(key.read_bytes(), settings.tls_cert.read_bytes())])
 
 
 async def serve_ringcx(
