@@ -220,3 +220,64 @@ async def test_cancelled_stream_is_incomplete_with_what_was_received(rsettings: 
     assert sidecar["status"] == "incomplete"
     caller = np.concatenate([client.codec.decode_ulaw(client.chunk_payload(1, k)) for k in range(5)])
     assert client.verify(read(path), [client.Run(1, 0, caller)], tolerance=800) == []
+
+
+async def _wait_live(running: Running, count: int) -> None:
+    while sum(1 for r in running.server._live if getattr(r, "assembler", None) and r.assembler.chunks_received)\
+            < count:
+        await trio.sleep(0.02)
+
+
+async def test_max_calls_counts_dialogs_and_drain_ends_them_finalised(rsettings: Settings) -> None:
+    """--max-calls 1: a second dialog gets RESOURCE_EXHAUSTED; a drain ends the live one
+    (UNAVAILABLE, its recording finalised with its audio), and refuses new ones."""
+    settings = replace(rsettings, max_calls=1)
+    events = [_init("drained"), _start("caller", pb.CONTACT), *_chunks("caller", list(range(5)), 1)]
+    release = threading.Event()
+
+    def held() -> Iterator[pb.StreamEvent]:
+        yield from events
+        release.wait(TIMEOUT)
+
+    with trio.fail_after(TIMEOUT):
+        async with ringcx_server(settings) as running:
+            with client.open_channel(running.target) as channel:
+                future = streaming_pb2_grpc.StreamingStub(channel).Stream.future(held())
+                await _wait_live(running, 1)
+                second = client.platform_dialog("second", seconds=0.3, hold=None, transfer=None, agent_join=0.1)
+                assert await play(running.target, second.steps, realtime=False) == grpc.StatusCode.RESOURCE_EXHAUSTED
+                await running.server.drain(0.2)
+                code = await trio.to_thread.run_sync(lambda: future.exception(TIMEOUT).code())
+                release.set()
+                assert code == grpc.StatusCode.UNAVAILABLE
+                assert await play(running.target, second.steps, realtime=False) == grpc.StatusCode.UNAVAILABLE
+    [(path, sidecar)] = finished(settings.output_dir)
+    assert sidecar["status"] == "incomplete" and path.name == "drained.wav"
+    caller = np.concatenate([client.codec.decode_ulaw(client.chunk_payload(1, k)) for k in range(5)])
+    assert client.verify(read(path), [client.Run(1, 0, caller)]) == []
+    assert not list(settings.output_dir.rglob("*.partial.*"))
+
+
+async def test_idle_dialog_is_ended_and_second_stream_of_a_dialog_gets_a_suffix(rsettings: Settings) -> None:
+    settings = replace(rsettings, idle_timeout=0.3)
+    events = [_init("same"), _start("caller", pb.CONTACT), *_chunks("caller", [0, 1], 1)]
+    release = threading.Event()
+
+    def held() -> Iterator[pb.StreamEvent]:
+        yield from events
+        release.wait(TIMEOUT)
+
+    with trio.fail_after(TIMEOUT):
+        async with ringcx_server(settings) as running:
+            with client.open_channel(running.target) as channel:
+                future = streaming_pb2_grpc.StreamingStub(channel).Stream.future(held())
+                code = await trio.to_thread.run_sync(lambda: future.exception(TIMEOUT).code())
+                release.set()
+            assert code == grpc.StatusCode.UNAVAILABLE
+            steps = [client.Step(0.0, event) for event in events]
+            assert await play(running.target, steps, realtime=False) == grpc.StatusCode.OK
+    names = sorted(path.name for path, _ in finished(settings.output_dir))
+    assert names == ["same-2.wav", "same.wav"]
+    sidecars = {path.name: data for path, data in finished(settings.output_dir)}
+    assert sidecars["same.wav"]["status"] == "incomplete" and sidecars["same-2.wav"]["status"] == "complete"
+    assert sidecars["same.wav"]["siblings"] == ["same-2"]
