@@ -281,3 +281,18 @@ async def test_idle_dialog_is_ended_and_second_stream_of_a_dialog_gets_a_suffix(
     sidecars = {path.name: data for path, data in finished(settings.output_dir)}
     assert sidecars["same.wav"]["status"] == "incomplete" and sidecars["same-2.wav"]["status"] == "complete"
     assert sidecars["same.wav"]["siblings"] == ["same-2"]
+
+
+async def test_simulate_ringcx_plays_and_verifies(rsettings: Settings, certificates, capsys) -> None:
+    """`callstream simulate --ringcx` over TLS with a CA file and a token, two dialogs at once."""
+    cert, key, ca_file = certificates
+    settings = replace(rsettings, ringcx_plaintext=False, tls_cert=cert, tls_key=key, secret="tok")
+    with trio.fail_after(TIMEOUT):
+        async with ringcx_server(settings) as running:
+            args = build_parser({}).parse_args([
+                "simulate", "--ringcx", "--ringcx-target", running.target, "--cafile", str(ca_file),
+                "--server-name", "recorder.example.com", "--token", "Bearer tok", "--seconds", "2",
+                "--calls", "2", "--verify", str(settings.output_dir)])
+            assert await trio.to_thread.run_sync(args.command, args) == 0
+    assert "2 of 2 dialogs ok" in capsys.readouterr().out
+    assert sorted(path.name for path, _ in finished(settings.output_dir)) == ["ringcx-sim-1.wav", "ringcx-sim-2.wav"]

@@ -272,6 +272,13 @@ def add_arguments(
     )
     add("--quiet", action="store_true", default=False,
         help="print only failures (no progress line, no summary when everything passed)")
+    add("--ringcx", action="store_true", default=False,
+        help="play RingCX (gRPC) dialogs instead: DialogInit, the caller, an agent joining later, a hold, "
+        "a transfer to a second agent, 100 ms PCMU chunks (--seconds, --calls, --fast, --verify, --cafile, "
+        "--call-id as the dialog id apply)")
+    add("--ringcx-target", metavar="HOST:PORT", help="the recorder's gRPC address (default 127.0.0.1:10443)")
+    add("--token", help="RingCX: the authorization metadata to send (for example 'Bearer SECRET')")
+    add("--server-name", help="RingCX over TLS: the name to check the certificate against, if not the host's")
     parser.set_defaults(command=_run)
 
 
@@ -291,6 +298,13 @@ def _print(line: str) -> None:
 
 
 def _run(args: argparse.Namespace) -> int:
+    if args.ringcx:
+        from callstream.ringcx.simulate import run as run_ringcx
+
+        if args.calls < 1 or args.seconds < 1:
+            print("callstream simulate --ringcx: --calls must be positive, --seconds at least 1", file=sys.stderr)
+            return 2
+        return run_ringcx(args)
     from callstream.sim.loadgen import (
         FRAME_SECONDS,
         POOL_FRAMES,
