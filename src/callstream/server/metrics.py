@@ -38,6 +38,7 @@ from prometheus_client.multiprocess import MultiProcessCollector
 CONTENT_TYPE: Final = "text/plain; version=0.0.4; charset=utf-8"  # what generate_latest writes
 CALL_STATUSES: Final = ("complete", "incomplete", "failed")
 REJECT_REASONS: Final = ("draining", "capacity", "unauthorized", "unauthenticated", "disk")
+FRONT_ENDS: Final = ("websocket", "ringcx")  # Engage Voice WebSocket, RingCX gRPC
 WRITE_LAG_BUCKETS: Final = (0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 0.75, 1.0, 1.25, 1.5, 2.0, 2.5, 5.0, 10.0)  # seconds
 # (finer around 1.5 s, a sensible alert threshold and the benchmark's limit on p99: bench_e2e reads its
 # quantiles as bucket upper bounds, which between 1.0 and 2.5 could not tell 1.1 s from 2.4 s)
@@ -115,6 +116,16 @@ class Metrics:
             "Streams refused: upgrade answered 503/401, or closed 1008 on a wrong secret.",
             ("reason",),
         )
+        # the same calls again, by front end (the series above stay as they were for dashboards)
+        self._front_live = Gauge(
+            "callstream_front_end_live_calls", "Calls being recorded now, by front end.", ("front_end",),
+            registry=r, multiprocess_mode="livesum",
+        )
+        self._front_calls = counter(
+            "callstream_front_end_calls",
+            "Calls by front end and event: started, a finished status (complete, incomplete, failed) "
+            "or rejected.", ("front_end", "event"),
+        )
         self._messages = counter("callstream_media_messages", "Media messages received.")
         self._bytes = counter(
             "callstream_media_bytes",
@@ -151,6 +162,10 @@ class Metrics:
             self._finished.labels(status)
         for reason in REJECT_REASONS:
             self._rejected.labels(reason)
+        for front_end in FRONT_ENDS:
+            self._front_live.labels(front_end)
+            for event in ("started", *CALL_STATUSES, "rejected"):
+                self._front_calls.labels(front_end, event)
         self._pending = [0] * 7  # media progress of all calls since the last publish (MediaTotals)
         self._pending_gap_seconds = 0.0
 
@@ -168,14 +183,19 @@ class Metrics:
         """The exposition, in ``CONTENT_TYPE``."""
         return generate_latest(self.registry)
 
-    def call_started(self) -> None:
+    def call_started(self, front_end: str = "websocket") -> None:
+        """``front_end``: one of FRONT_ENDS (here and below)."""
         self._started.inc()
         self._live.inc()
+        self._front_live.labels(front_end).inc()
+        self._front_calls.labels(front_end, "started").inc()
 
-    def call_finished(self, status: str) -> None:
+    def call_finished(self, status: str, front_end: str = "websocket") -> None:
         """``status``: one of CALL_STATUSES."""
         self._live.dec()
         self._finished.labels(status).inc()
+        self._front_live.labels(front_end).dec()
+        self._front_calls.labels(front_end, status).inc()
 
     def set_draining(self, draining: bool) -> None:
         self._draining.set(int(draining))
@@ -183,8 +203,9 @@ class Metrics:
     def set_disk_stalled(self, stalled: bool) -> None:
         self._disk_stalled.set(int(stalled))
 
-    def call_rejected(self, reason: str) -> None:
+    def call_rejected(self, reason: str, front_end: str = "websocket") -> None:
         self._rejected.labels(reason).inc()
+        self._front_calls.labels(front_end, "rejected").inc()
 
     def add_media(self, now: MediaTotals, before: MediaTotals, *, sample_rate: int) -> None:
         """Add a call's progress from its totals ``before`` to ``now`` (see `MediaTotals`). It is

@@ -348,7 +348,7 @@ class Server:
     def refuse_other(self, reason: str, remote: str) -> None:
         """Count and log a refusal made by another front end (``reason``: a metrics reason)."""
         self._rejected += 1
-        self.metrics.call_rejected(reason)
+        self.metrics.call_rejected(reason, front_end="ringcx")
         LOGGER.warning("refused a dialog from %s: %s", remote, reason)
 
     async def record_other(self, recorder: Any, remote: str) -> None:
@@ -356,7 +356,7 @@ class Server:
         ``stop``, ``call_id``, ``session_id``) as a live call, then release its admission."""
         self._live.add(recorder)
         self._started += 1
-        self.metrics.call_started()
+        self.metrics.call_started(front_end="ringcx")
         LOGGER.info("dialog from %s started", remote)
         result: CallResult | None = None
         try:
@@ -365,7 +365,7 @@ class Server:
             self._live.discard(recorder)
             self._finished += 1
             self.metrics.publish()
-            self.metrics.call_finished("failed" if result is None else result.status)
+            self.metrics.call_finished("failed" if result is None else result.status, front_end="ringcx")
             self._admission.release()
             self._admitted -= 1
             if not self._admitted:
