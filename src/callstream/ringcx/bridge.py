@@ -3,10 +3,11 @@
 Theory of operation: the gRPC thread's reader appends each event to a deque; when the deque
 holds ``capacity`` events it stops reading the RPC (so HTTP/2 flow control pushes back on the
 platform) until the recorder has taken them. The recorder takes everything queued at once
-(`receive_batch`), so under load a wake-up carries many events. Crossing threads costs a
-wake-up only when the other side sleeps: the recorder is woken (``TrioToken.run_sync_soon``)
-only when it waits for events, the reader (``loop.call_soon_threadsafe``) only when it waits for
-room. A lock guards the waiting flags against the race between "found nothing" and "asleep".
+(`receive_batch`) every ``interval`` seconds, or as soon as half the capacity is queued or the
+stream has ended, so that a real-time dialog (20 events a second) costs two cross-thread
+wake-ups a second, not twenty. The reader is woken (``loop.call_soon_threadsafe``) only when it
+waits for room, the recorder (``TrioToken.run_sync_soon``) only early. A lock guards the waiting
+flags against the race between "found nothing" and "asleep".
 
 The dialog's clock (`clock`): ``time.monotonic()`` less the time the reader spent waiting for
 room. While the recorder cannot keep up (a slow disk) the platform's chunks queue up in the
@@ -26,6 +27,7 @@ from typing import Any, Final
 import trio
 
 DEFAULT_CAPACITY: Final = 64  # events (~3 s of a two-segment dialog at 100 ms chunks)
+DEFAULT_INTERVAL: Final = 0.5  # seconds between takes of a dialog that keeps up
 
 
 class DialogEnded(Exception):
@@ -40,10 +42,14 @@ class DialogEnded(Exception):
 class DialogChannel:
     """Create in trio (it keeps the trio token); the reader side runs on ``loop``."""
 
-    def __init__(self, loop: asyncio.AbstractEventLoop, *, capacity: int = DEFAULT_CAPACITY) -> None:
+    def __init__(self, loop: asyncio.AbstractEventLoop, *, capacity: int = DEFAULT_CAPACITY,
+                 interval: float = DEFAULT_INTERVAL) -> None:
         self._loop = loop
         self._token = trio.lowlevel.current_trio_token()
         self._capacity = capacity
+        self._wake_at = max(1, capacity // 2)
+        self._interval = interval
+        self._next_take = 0.0  # trio.current_time() of the next take by the clock
         self._items: deque[Any] = deque()
         self._lock = threading.Lock()
         self._ended: str | None = None
@@ -66,8 +72,11 @@ class DialogChannel:
         """Queue one event; waits (and so stops reading the RPC) while ``capacity`` are queued."""
         with self._lock:
             self._items.append(item)
-            wake, self._trio_wait = self._trio_wait, None
-            full = len(self._items) >= self._capacity
+            queued = len(self._items)
+            wake = None
+            if queued >= self._wake_at:
+                wake, self._trio_wait = self._trio_wait, None
+            full = queued >= self._capacity
             if full:
                 room = self._room = asyncio.Event()
         if wake is not None:
@@ -98,11 +107,14 @@ class DialogChannel:
     # -- trio ----------------------------------------------------------------------------------
 
     async def receive_batch(self) -> list[Any]:
-        """Everything queued (at least one event); raises DialogEnded once the queue is empty
-        and the reader has ended."""
+        """Everything queued (at least one event), once the interval has passed since the last
+        take, half the capacity is queued or the stream has ended; raises DialogEnded once the
+        queue is empty and the reader has ended."""
         while True:
+            now = trio.current_time()
             with self._lock:
-                if self._items:
+                queued = len(self._items)
+                if queued and (queued >= self._wake_at or self._ended is not None or now >= self._next_take):
                     items = list(self._items)
                     self._items.clear()
                     room, self._room = self._room, None
@@ -110,7 +122,11 @@ class DialogChannel:
                 if self._ended is not None:
                     raise DialogEnded(self._ended)
                 self._trio_wait = event = trio.Event()
-            await event.wait()
+            with trio.move_on_at(max(self._next_take, now + (0 if queued else self._interval))):
+                await event.wait()
+            with self._lock:
+                self._trio_wait = None
+        self._next_take = trio.current_time() + self._interval
         if room is not None:
             with contextlib.suppress(RuntimeError):  # a closed gRPC loop: the reader is gone
                 self._loop.call_soon_threadsafe(room.set)

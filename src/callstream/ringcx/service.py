@@ -34,7 +34,7 @@ from callstream.ringcx import streaming_pb2_grpc
 from callstream.ringcx.bridge import DialogChannel
 from callstream.ringcx.convert import convert
 from callstream.ringcx.recorder import DialogRecorder
-from callstream.settings import Settings
+from callstream.settings import READ_INTERVAL_SHARE, Settings
 
 LOGGER = logging.getLogger("callstream.ringcx")
 
@@ -134,6 +134,9 @@ async def serve_ringcx(
     started: dict[str, Any] = {}
     ready = threading.Event()
     holder: dict[str, trio.Nursery] = {}  # the dialogs' nursery while it takes new ones
+    # a dialog's events are taken this often (as the WebSocket reads): at most half the flush
+    # interval, so what a crash can lose grows by at most that much
+    interval = min(settings.read_interval, settings.flush_interval * READ_INTERVAL_SHARE)
 
     def admit_in_trio(credential: str | None, remote: str, loop: asyncio.AbstractEventLoop,
                       future: asyncio.Future[Any]) -> None:
@@ -150,7 +153,7 @@ async def serve_ringcx(
             if refusal is not None:
                 answer = ("RESOURCE_EXHAUSTED" if refusal == "capacity" else "UNAVAILABLE", refusal)
             else:
-                channel = DialogChannel(loop, capacity=settings.ringcx_queue_events)
+                channel = DialogChannel(loop, capacity=settings.ringcx_queue_events, interval=interval)
                 recorder = DialogRecorder(channel, settings, server.disk, remote=remote)
                 dialogs.start_soon(server.record_other, recorder, remote)
                 answer = channel
