@@ -175,8 +175,10 @@ class DialogAssembler:
         self._now = 0  # newest clock reading, in samples
         self._emitted = 0  # samples per channel emitted so far (the mix starts here)
         # one block, the window on both sides and a chunk: room enough in the steady state
-        self._mix = np.zeros((self.channels, self._block + 2 * self._window + 800), dtype=np.int32)
+        # (samples, channels): a block is cut as it is written, without a transpose
+        self._mix = np.zeros((self._block + 2 * self._window + 800, self.channels), dtype=np.int32)
         self._newest = 0  # end of the newest audio placed
+        self._filled = [0] * self.channels  # per channel: the end of the audio placed on it
         self._segments: dict[str, _Segment] = {}
         self._live: list[_Segment] = []  # started, not stopped, recorded
         self._format = DEFAULT_FORMAT  # the last one a SegmentStart gave
@@ -323,9 +325,18 @@ class DialogAssembler:
             segment.cursor = self._emitted
         start = segment.cursor - self._emitted
         end = start + n
-        if end > self._mix.shape[1]:
+        mix = self._mix
+        if end > len(mix):
             self._grow(end)
-        self._mix[segment.channel, start:end] += pcm
+            mix = self._mix
+        channel, filled = segment.channel, self._filled
+        column = mix[start:end, channel]
+        if filled[channel] <= segment.cursor:  # nothing there yet: a copy, cheaper than an add
+            column[:] = pcm
+        else:
+            column += pcm
+        if segment.cursor + n > filled[channel]:
+            filled[channel] = segment.cursor + n
         segment.cursor += n
         segment.next_seq += 1  # type: ignore[operator]
         segment.samples += n
@@ -335,11 +346,11 @@ class DialogAssembler:
             self._newest = segment.cursor
 
     def _grow(self, needed: int) -> None:
-        size = self._mix.shape[1]
+        size = len(self._mix)
         while size < needed:
             size *= 2
-        mix = np.zeros((self.channels, size), dtype=np.int32)
-        mix[:, : self._mix.shape[1]] = self._mix
+        mix = np.zeros((size, self.channels), dtype=np.int32)
+        mix[: len(self._mix)] = self._mix
         self._mix = mix
 
     def _start(self, start: SegmentStart) -> None:
@@ -432,6 +443,8 @@ class DialogAssembler:
 
     def pop_block(self, *, partial: bool = False) -> PcmBlock | None:
         """A full block when one is ready (or, with ``partial``, whatever is ready); else None."""
+        if not partial and max(self._now, self._newest) - self._emitted < self._block:
+            return None  # the watermark is never past the clock or the newest audio
         ready = self.watermark() - self._emitted
         if ready >= self._block:
             return self._cut(self._block)
@@ -452,17 +465,17 @@ class DialogAssembler:
         return self._cut(end - self._emitted) if end > self._emitted else None
 
     def _cut(self, n: int) -> PcmBlock:
-        if n > self._mix.shape[1]:
+        if n > len(self._mix):
             self._grow(n)
         mix = self._mix
-        frames = np.clip(mix[:, :n], -32768, 32767).astype(np.int16).T.copy()
+        frames = np.clip(mix[:n], -32768, 32767).astype(np.int16)
         block = PcmBlock(frames, self._emitted)
         used = self._newest - self._emitted  # samples of the mix that may hold audio
         if used > n:
-            mix[:, : used - n] = mix[:, n:used]  # overlapping: numpy copies through a buffer
-            mix[:, used - n : used] = 0
+            mix[: used - n] = mix[n:used]  # overlapping: numpy copies through a buffer
+            mix[used - n : used] = 0
         elif used > 0:
-            mix[:, :used] = 0
+            mix[:used] = 0
         self._emitted += n
         return block
 

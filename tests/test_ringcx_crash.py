@@ -1,0 +1,65 @@
+"""A recorder killed (SIGKILL) in the middle of RingCX dialogs: the restarted one recovers each
+recording with the audio received up to about a flush interval before the kill."""
+
+from __future__ import annotations
+
+import contextlib
+import signal
+import threading
+from pathlib import Path
+
+import grpc
+import numpy as np
+import soundfile
+import trio
+
+from callstream.recording import read_sidecar
+from callstream.ringcx import client
+from serverprocess import ServerProcess
+
+RINGCX_READY = r"RingCX gRPC on [\d.]+:(\d+)"
+
+
+def _serve(output: Path) -> ServerProcess:
+    return ServerProcess(output, "--ringcx-port", "0", "--ringcx-plaintext", "--flush-interval", "0.2",
+                         ready=RINGCX_READY)
+
+
+async def test_sigkill_mid_dialog_then_restart_recovers_it(tmp_path: Path) -> None:
+    output = tmp_path / "recordings"
+    script = client.platform_dialog("crashed", seconds=6.0, agent_join=0.5, hold=None, transfer=None)
+    server = _serve(output)
+    stop = threading.Event()
+
+    def play() -> None:
+        with client.open_channel(f"127.0.0.1:{server.port}") as channel:
+            events = client.paced(script.steps)
+            with contextlib.suppress(grpc.RpcError):  # the server is killed under it
+                client.stream(channel, (e for e in events if not stop.is_set()), timeout=30)
+
+    with trio.fail_after(60):
+        async with trio.open_nursery() as nursery:
+            nursery.start_soon(trio.to_thread.run_sync, play)
+            await trio.sleep(3.0)
+            assert server.stop(signal.SIGKILL) == -signal.SIGKILL
+            stop.set()
+    assert list(output.rglob("*.partial.*")), "nothing was left to recover"
+    restarted = ServerProcess(output)  # recovers before it listens
+    assert restarted.stop(signal.SIGTERM) == 0
+    assert not list(output.rglob("*.partial.*"))
+    [sidecar_path] = output.rglob("crashed.json")
+    sidecar = read_sidecar(sidecar_path)
+    assert sidecar["status"] == "recovered" and sidecar["metadata"]["front_end"] == "ringcx"
+    audio, rate = soundfile.read(sidecar_path.with_name(sidecar["file"]), dtype="int16", always_2d=True)
+    assert rate == 8000 and len(audio) >= 1.5 * 8000  # 3 s sent; the window, reads and a flush may be lost
+    # what was kept is exact: the runs cut to the recording's length
+    runs = []
+    for run in script.runs:
+        keep = max(0, min(len(run.pcm), len(audio) - run.start - 800))
+        if keep > 800:
+            runs.append(client.Run(run.channel, run.start, run.pcm[:keep]))
+    problems = client.verify(np.asarray(audio), runs)
+    assert len(runs) == 2
+    cut = min(run.start + len(run.pcm) for run in runs)
+    for problem in problems:  # only the audio past the cut runs may be unaccounted for
+        assert "silence was expected" in problem and int(problem.rsplit(" ", 1)[1]) // 2 >= cut - 800, problem
