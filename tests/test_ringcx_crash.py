@@ -63,3 +63,29 @@ async def test_sigkill_mid_dialog_then_restart_recovers_it(tmp_path: Path) -> No
     cut = min(run.start + len(run.pcm) for run in runs)
     for problem in problems:  # only the audio past the cut runs may be unaccounted for
         assert "silence was expected" in problem and int(problem.rsplit(" ", 1)[1]) // 2 >= cut - 800, problem
+
+
+async def test_workers_share_the_ringcx_port(tmp_path: Path) -> None:
+    """--workers 2: both workers serve gRPC on the one port the supervisor picked; a dialog is
+    recorded and verified, and SIGTERM drains both (exit 0)."""
+    output = tmp_path / "recordings"
+    # a wide reorder window: a fresh worker's first dialog may stall its reader (imports, the
+    # first file), and a stall longer than the window moves the audio after it (see protocol.md)
+    server = ServerProcess(output, "--workers", "2", "--ringcx-port", "0", "--ringcx-plaintext",
+                           "--reorder-window", "1000", ready=RINGCX_READY)
+    second = server.wait_for(RINGCX_READY, count=2)
+    assert int(second.group(1)) == server.port
+    script = client.platform_dialog("worked", seconds=1.0, agent_join=0.3, hold=None, transfer=None)
+
+    def play() -> None:
+        with client.open_channel(f"127.0.0.1:{server.port}") as channel:
+            client.stream(channel, client.paced(script.steps), timeout=30)
+
+    with trio.fail_after(60):
+        await trio.to_thread.run_sync(play)
+    assert server.stop(signal.SIGTERM) == 0
+    [sidecar_path] = output.rglob("worked.json")
+    sidecar = read_sidecar(sidecar_path)
+    assert sidecar["status"] == "complete"
+    audio, _ = soundfile.read(sidecar_path.with_name(sidecar["file"]), dtype="int16", always_2d=True)
+    assert client.verify(np.asarray(audio), script.runs) == []

@@ -157,6 +157,9 @@ def stream(channel: grpc.Channel, events: Iterator[pb.StreamEvent], *, token: st
            timeout: float | None = None) -> None:
     """One Stream RPC (blocking); raises grpc.RpcError with the server's status."""
     metadata = [] if token is None else [("authorization", token)]
+    # connected first: a paced script's clock must not run while the connection is being made
+    # (its first events would then arrive together, and the joins look earlier than they are)
+    grpc.channel_ready_future(channel).result(timeout=timeout)
     streaming_pb2_grpc.StreamingStub(channel).Stream(events, metadata=metadata, timeout=timeout)
 
 

@@ -35,7 +35,8 @@ def _script(args: argparse.Namespace, index: int) -> client.Script:
     seconds = args.seconds
     return client.platform_dialog(
         _dialog_id(args, index), session_id=args.session_id or time.strftime("%Y%m%d%H%M%S"), seconds=seconds,
-        agent_join=round(seconds * 0.15, 1), hold=(round(seconds * 0.4, 1), round(seconds * 0.15, 1)),
+        # a hold of at least a second: longer than the reorder window, or it is not a pause
+        agent_join=round(seconds * 0.15, 1), hold=(round(seconds * 0.4, 1), max(1.0, round(seconds * 0.15, 1))),
         transfer=round(seconds * 0.7, 1),
     )
 

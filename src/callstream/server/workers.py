@@ -243,6 +243,11 @@ def run_workers(settings: Settings, count: int) -> int:
         LOGGER.warning("recovered %d recordings left by an interrupted run", len(recovered))
     # Hold the port from here on: with port 0 this picks it, and the workers bind beside it.
     holder = bound_socket(settings.host, settings.port, reuse_port=True)
+    # the RingCX gRPC port too: each worker's grpc server binds beside it (SO_REUSEPORT)
+    ringcx_holder = None
+    if settings.ringcx_port is not None:
+        ringcx_holder = bound_socket(settings.host, settings.ringcx_port, reuse_port=True)
+        settings = replace(settings, ringcx_port=ringcx_holder.getsockname()[1])
     try:
         settings = replace(settings, port=holder.getsockname()[1])
         with tempfile.TemporaryDirectory(prefix="callstream-metrics-") as metrics_dir:
@@ -253,3 +258,5 @@ def run_workers(settings: Settings, count: int) -> int:
                 os.environ.pop(MULTIPROC_ENV, None)
     finally:
         holder.close()
+        if ringcx_holder is not None:
+            ringcx_holder.close()

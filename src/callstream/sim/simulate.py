@@ -301,8 +301,8 @@ def _run(args: argparse.Namespace) -> int:
     if args.ringcx:
         from callstream.ringcx.simulate import run as run_ringcx
 
-        if args.calls < 1 or args.seconds < 1:
-            print("callstream simulate --ringcx: --calls must be positive, --seconds at least 1", file=sys.stderr)
+        if args.calls < 1 or args.seconds < 4:
+            print("callstream simulate --ringcx: --calls must be positive, --seconds at least 4", file=sys.stderr)
             return 2
         return run_ringcx(args)
     from callstream.sim.loadgen import (
