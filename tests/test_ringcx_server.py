@@ -304,3 +304,18 @@ async def test_simulate_ringcx_plays_and_verifies(rsettings: Settings, certifica
             assert await trio.to_thread.run_sync(args.command, args) == 0
     assert "2 of 2 dialogs ok" in capsys.readouterr().out
     assert sorted(path.name for path, _ in finished(settings.output_dir)) == ["ringcx-sim-1.wav", "ringcx-sim-2.wav"]
+
+
+async def test_message_over_the_size_limit_keeps_what_was_received(rsettings: Settings) -> None:
+    settings = replace(rsettings, max_message_bytes=4096)
+    huge = pb.StreamEvent(session_id="s", segment_media=pb.SegmentMediaEvent(
+        segment_id="caller", audio_content=pb.AudioContent(payload=bytes(10_000), seq=5, duration=1250)))
+    events = [_init("too-big"), _start("caller", pb.CONTACT), *_chunks("caller", list(range(5)), 1), huge]
+    with trio.fail_after(TIMEOUT):
+        async with ringcx_server(settings) as running:
+            steps = [client.Step(0.0, event) for event in events]
+            assert await play(running.target, steps, realtime=False) == grpc.StatusCode.RESOURCE_EXHAUSTED
+    [(path, sidecar)] = finished(settings.output_dir)
+    assert sidecar["status"] == "incomplete"
+    caller = np.concatenate([client.codec.decode_ulaw(client.chunk_payload(1, k)) for k in range(5)])
+    assert client.verify(read(path), [client.Run(1, 0, caller)]) == []
