@@ -68,26 +68,41 @@ class DialogChannel:
         now = time.monotonic()
         return now - self._stalled - (0.0 if since is None else now - since)
 
-    async def put(self, item: Any) -> None:
-        """Queue one event; waits (and so stops reading the RPC) while ``capacity`` are queued."""
+    def stamp(self) -> float:
+        """The dialog's clock, for the reader (which is not waiting when it reads)."""
+        return time.monotonic() - self._stalled
+
+    def put_nowait(self, item: Any) -> asyncio.Event | None:
+        """Queue one event. Below half the capacity this takes no lock (the deque's append is
+        atomic, and the recorder takes items with popleft). Returns an event to pass to
+        `wait_room` when the queue is full: the reader must not read on until it is set."""
+        items = self._items
+        items.append(item)
+        if len(items) < self._wake_at:
+            return None
         with self._lock:
-            self._items.append(item)
-            queued = len(self._items)
-            wake = None
-            if queued >= self._wake_at:
-                wake, self._trio_wait = self._trio_wait, None
-            full = queued >= self._capacity
-            if full:
+            wake, self._trio_wait = self._trio_wait, None
+            room = None
+            if len(items) >= self._capacity:
                 room = self._room = asyncio.Event()
         if wake is not None:
             self._token.run_sync_soon(wake.set)
-        if full:
-            self._stall_since = started = time.monotonic()
-            try:
-                await room.wait()
-            finally:
-                self._stalled += time.monotonic() - started
-                self._stall_since = None
+        return room
+
+    async def wait_room(self, room: asyncio.Event) -> None:
+        """Wait until the recorder has taken the queue; the wait is taken out of the clock."""
+        self._stall_since = started = time.monotonic()
+        try:
+            await room.wait()
+        finally:
+            self._stalled += time.monotonic() - started
+            self._stall_since = None
+
+    async def put(self, item: Any) -> None:
+        """`put_nowait`, waiting for room when the queue is full."""
+        room = self.put_nowait(item)
+        if room is not None:
+            await self.wait_room(room)
 
     def end(self, how: str) -> None:
         """No more events (any thread, once; later calls are ignored)."""
@@ -113,10 +128,11 @@ class DialogChannel:
         while True:
             now = trio.current_time()
             with self._lock:
+                ended = self._ended  # read first: the reader's last event is queued before it ends
                 queued = len(self._items)
-                if queued and (queued >= self._wake_at or self._ended is not None or now >= self._next_take):
-                    items = list(self._items)
-                    self._items.clear()
+                if queued and (queued >= self._wake_at or ended is not None or now >= self._next_take):
+                    popleft = self._items.popleft  # never clear(): the reader appends without the lock
+                    items = [popleft() for _ in range(queued)]
                     room, self._room = self._room, None
                     break
                 if self._ended is not None:

@@ -89,10 +89,12 @@ class _Servicer(streaming_pb2_grpc.StreamingServicer):
 
 
 async def _read(request_iterator: Any, channel: DialogChannel, context: grpc.aio.ServicerContext) -> None:
-    put, clock = channel.put, channel.clock
+    put, stamp = channel.put_nowait, channel.stamp
     try:
         async for message in request_iterator:
-            await put(convert(message, clock()))
+            room = put(convert(message, stamp()))
+            if room is not None:  # the recorder is behind: stop reading this stream until it has caught up
+                await channel.wait_room(room)
     except asyncio.CancelledError:
         channel.end("cancelled")
         raise
