@@ -1,0 +1,78 @@
+"""Wire messages to neutral events: every field carried over; any bytes either fail to parse
+(grpc then fails the RPC) or convert without raising."""
+
+from __future__ import annotations
+
+from google.protobuf.message import DecodeError
+from hypothesis import given
+from hypothesis import strategies as st
+
+from callstream.ringcx import streaming_pb2 as pb
+from callstream.ringcx.convert import convert
+from callstream.ringcx.events import DialogInit, SegmentInfo, SegmentMedia, SegmentStart, SegmentStop, Unknown
+
+text = st.text(max_size=20)
+u32 = st.integers(0, 2**32 - 1)
+
+
+@given(segment=text, payload=st.binary(max_size=2000), seq=u32, duration=u32, at=st.floats(0, 1e6))
+def test_media(segment: str, payload: bytes, seq: int, duration: int, at: float) -> None:
+    event = pb.StreamEvent(segment_media=pb.SegmentMediaEvent(
+        segment_id=segment, audio_content=pb.AudioContent(payload=payload, seq=seq, duration=duration)))
+    wire = pb.StreamEvent.FromString(event.SerializeToString())
+    assert convert(wire, at) == SegmentMedia(segment, payload, seq, duration, at)
+
+
+@given(segment=text, participant=text, kind=st.sampled_from([0, 1, 2, 5, 7]), name=st.none() | text,
+       codec=st.none() | st.integers(0, 9), rate=u32, ptime=u32, product=st.none() | text)
+def test_segment_start(segment: str, participant: str, kind: int, name: str | None, codec: int | None,
+                       rate: int, ptime: int, product: str | None) -> None:
+    start = pb.SegmentStartEvent(segment_id=segment, participant=pb.Participant(id=participant, type=kind))
+    if name is not None:
+        start.participant.name = name
+    if codec is not None:
+        start.audio_format.CopyFrom(pb.AudioFormat(codec=codec, rate=rate, ptime=ptime))
+    if product is not None:
+        start.product.CopyFrom(pb.Product(id=product, type=pb.QUEUE))
+    wire = pb.StreamEvent.FromString(pb.StreamEvent(segment_start=start).SerializeToString())
+    event = convert(wire, 1.5)
+    assert isinstance(event, SegmentStart)
+    assert (event.segment_id, event.participant_id, event.name, event.at) == (segment, participant, name, 1.5)
+    assert event.participant_type == {0: "PARTICIPANT_TYPE_UNSPECIFIED", 1: "CONTACT", 2: "AGENT", 5: "BOT"}.get(
+        kind, str(kind))
+    if codec is None:
+        assert event.audio_format is None
+    else:
+        names = {0: "CODEC_UNSPECIFIED", 1: "OPUS", 2: "PCMA", 3: "PCMU", 4: "L16", 5: "FLAC"}
+        assert (event.audio_format.codec, event.audio_format.rate, event.audio_format.ptime) == (
+            names.get(codec, str(codec)), rate, ptime)
+    assert event.product == (None if product is None else {"id": product, "type": "QUEUE"})
+
+
+@given(dialog=text, session=text, ani=st.none() | text, attributes=st.dictionaries(text, text, max_size=3))
+def test_dialog_init(dialog: str, session: str, ani: str | None, attributes: dict[str, str]) -> None:
+    message = pb.Dialog(id=dialog, type=pb.OUTBOUND, attributes=attributes)
+    if ani is not None:
+        message.ani = ani
+    event = convert(pb.StreamEvent(session_id=session, dialog_init=pb.DialogInitEvent(
+        account=pb.Account(id="a", sub_account_id="s", rc_account_id="r"), dialog=message)), 0.0)
+    assert isinstance(event, DialogInit) and event.session_id == session
+    assert event.dialog == {"id": dialog, "type": "OUTBOUND", "ani": ani, "dnis": None, "language": None,
+                            "attributes": attributes}
+    assert event.account == {"id": "a", "sub_account_id": "s", "rc_account_id": "r"}
+
+
+def test_info_stop_and_no_event() -> None:
+    info = convert(pb.StreamEvent(segment_info=pb.SegmentInfoEvent(segment_id="c", event="HOLD")), 2.0)
+    assert info == SegmentInfo("c", "HOLD", None, at=2.0)
+    assert convert(pb.StreamEvent(segment_stop=pb.SegmentStopEvent(segment_id="c")), 3.0) == SegmentStop("c", at=3.0)
+    assert isinstance(convert(pb.StreamEvent(session_id="x"), 4.0), Unknown)
+
+
+@given(st.binary(max_size=300))
+def test_any_bytes_parse_and_convert_or_fail_to_parse(data: bytes) -> None:
+    try:
+        message = pb.StreamEvent.FromString(data)
+    except DecodeError:
+        return
+    convert(message, 0.0)  # never raises
