@@ -246,6 +246,7 @@ async def test_max_calls_counts_dialogs_and_drain_ends_them_finalised(rsettings:
             with client.open_channel(running.target) as channel:
                 future = streaming_pb2_grpc.StreamingStub(channel).Stream.future(held())
                 await _wait_live(running, 1)
+                assert running.server.readiness() == "1 live calls (--max-calls)"  # /readyz: not ready
                 second = client.platform_dialog("second", seconds=0.3, hold=None, transfer=None, agent_join=0.1)
                 assert await play(running.target, second.steps, realtime=False) == grpc.StatusCode.RESOURCE_EXHAUSTED
                 await running.server.drain(0.2)
