@@ -16,8 +16,8 @@ event (its ``at`` is sample 0). The platform's events carry no timestamp, only `
   Sequence gaps are filled first, so a platform that numbers through the hold is not counted
   twice.
 Channels (``layout="stereo"``): AGENT segments on the left (0); CONTACT, BOT and unspecified
-participants on the right (1). Segments on one channel at the same time are summed in 32 bits
-and clipped to 16 bits once when the block is cut (a saturating add).
+participants on the right (1). Segments on one channel at the same time are mixed with a
+saturating 16-bit add (summed in 32 bits, clipped to 16, chunk by chunk).
 
 Emission: audio up to the watermark W leaves in blocks of ``block_ms`` (`pop_block`), W being the
 smallest end of the live segments' placed audio and of the clock less ``window_ms`` (a segment
@@ -26,10 +26,11 @@ newest audio placed or of the clock: a live segment that falls silent (hold, los
 others back by at most the window. A chunk that would land before W (a segment late past
 the window) is moved to W and the move counted (``shifted_seconds``), never dropped.
 
-Memory: per dialog, the unemitted mix (at most one block + the window + one chunk per channel,
-int32), per segment at most ``window_ms`` of waiting chunks (and MAX_PENDING of them), at most
-MAX_ORPHANS chunks of media for segments not started yet (held for ``window_ms``, then
-dropped and counted), at most MAX_SEGMENTS segments and MAX_INFOS SegmentInfo events kept.
+Memory: per dialog, the unemitted mix (one block + the window + one chunk per channel, int16:
+42 KB at the defaults; a longer chunk grows it), per segment at most ``window_ms`` of waiting
+chunks (and MAX_PENDING of them), at most MAX_ORPHANS chunks of media for segments not started
+yet (held for ``window_ms``, then dropped and counted), at most MAX_SEGMENTS segments and
+MAX_INFOS SegmentInfo events kept.
 """
 
 from __future__ import annotations
@@ -175,8 +176,9 @@ class DialogAssembler:
         self._now = 0  # newest clock reading, in samples
         self._emitted = 0  # samples per channel emitted so far (the mix starts here)
         # one block, the window on both sides and a chunk: room enough in the steady state
-        # (samples, channels): a block is cut as it is written, without a transpose
-        self._mix = np.zeros((self._block + 2 * self._window + 800, self.channels), dtype=np.int32)
+        # (samples, channels) int16: a block is cut as it is written, without a transpose or a
+        # conversion; room for a block, the window and a chunk (see Memory above)
+        self._mix = np.zeros((self._block + self._window + 800, self.channels), dtype=np.int16)
         self._newest = 0  # end of the newest audio placed
         self._filled = [0] * self.channels  # per channel: the end of the audio placed on it
         self._segments: dict[str, _Segment] = {}
@@ -331,10 +333,12 @@ class DialogAssembler:
             mix = self._mix
         channel, filled = segment.channel, self._filled
         column = mix[start:end, channel]
-        if filled[channel] <= segment.cursor:  # nothing there yet: a copy, cheaper than an add
+        if filled[channel] <= segment.cursor:  # nothing there yet: a copy
             column[:] = pcm
-        else:
-            column += pcm
+        else:  # another segment of this side is there: a saturating 16-bit add
+            total = column.astype(np.int32)
+            total += pcm
+            column[:] = np.clip(total, -32768, 32767)
         if segment.cursor + n > filled[channel]:
             filled[channel] = segment.cursor + n
         segment.cursor += n
@@ -349,7 +353,7 @@ class DialogAssembler:
         size = len(self._mix)
         while size < needed:
             size *= 2
-        mix = np.zeros((size, self.channels), dtype=np.int32)
+        mix = np.zeros((size, self.channels), dtype=np.int16)
         mix[: len(self._mix)] = self._mix
         self._mix = mix
 
@@ -468,7 +472,7 @@ class DialogAssembler:
         if n > len(self._mix):
             self._grow(n)
         mix = self._mix
-        frames = np.clip(mix[:n], -32768, 32767).astype(np.int16)
+        frames = mix[:n].copy()
         block = PcmBlock(frames, self._emitted)
         used = self._newest - self._emitted  # samples of the mix that may hold audio
         if used > n:
