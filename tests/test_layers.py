@@ -1,6 +1,6 @@
 """The package's layers, read from the source: every module's imports (ast) point one way.
 
-Front end (``engagevoice/``) -> call core (``call/``) <- storage (``storage/``); the server
+Front ends (``engagevoice/``, ``ringcx/``) -> call core (``call/``) <- storage (``storage/``); the server
 (``server/``) wires them; ``sim/`` talks to a server the way the platform does. Shared top-level
 modules (errors, events, audio, codec, native, settings) import no layer. The call core is
 sans-IO: no trio, sockets, threads or file formats. docs/architecture.md draws the same picture.
@@ -22,9 +22,10 @@ ALLOWED: dict[str, set[str]] = {
     "shared": set(),
     "call": set(),
     "engagevoice": {"call"},
+    "ringcx": {"call"},
     "storage": {"call"},
-    "server": {"call", "engagevoice", "storage"},
-    "sim": {"engagevoice"},
+    "server": {"call", "engagevoice", "ringcx", "storage"},
+    "sim": {"engagevoice", "ringcx"},
 }
 # third-party and standard modules a layer must not import
 FORBIDDEN: dict[str, set[str]] = {
@@ -36,6 +37,7 @@ FORBIDDEN: dict[str, set[str]] = {
     },
     "storage": {"trio_websocket", "websockets", "wsproto", "h11", "socket", "ssl"},
     "engagevoice": {"soundfile", "fcntl", "prometheus_client"},
+    "ringcx": {"soundfile", "fcntl", "prometheus_client", "os"},
 }
 
 

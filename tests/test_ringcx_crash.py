@@ -13,8 +13,8 @@ import numpy as np
 import soundfile
 import trio
 
-from callstream.recording import read_sidecar
-from callstream.ringcx import client
+from callstream.sim import ringcx_client as client
+from callstream.storage.recording import read_sidecar
 from serverprocess import ServerProcess
 
 RINGCX_READY = r"RingCX gRPC on [\d.]+:(\d+)"

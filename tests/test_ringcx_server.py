@@ -18,11 +18,12 @@ import trio
 import trustme
 
 from callstream.cli import build_parser, settings_from
-from callstream.ringcx import client, streaming_pb2_grpc
 from callstream.ringcx import streaming_pb2 as pb
-from callstream.ringcx.service import TlsRequiredError, serve_ringcx
-from callstream.server import Server
+from callstream.ringcx import streaming_pb2_grpc
+from callstream.server.ringcx_service import TlsRequiredError, serve_ringcx
+from callstream.server.server import Server
 from callstream.settings import Settings
+from callstream.sim import ringcx_client as client
 
 TIMEOUT = 40
 
@@ -289,7 +290,8 @@ async def test_idle_dialog_is_ended_and_second_stream_of_a_dialog_gets_a_suffix(
     assert names == ["same-2.wav", "same.wav"]
     sidecars = {path.name: data for path, data in finished(settings.output_dir)}
     assert sidecars["same.wav"]["status"] == "incomplete" and sidecars["same-2.wav"]["status"] == "complete"
-    assert sidecars["same.wav"]["siblings"] == ["same-2"]
+    assert (sidecars["same.wav"]["stream"], sidecars["same-2.wav"]["stream"]) == (1, 2)
+    assert sidecars["same.wav"]["root"] == sidecars["same-2.wav"]["root"] == "same"
 
 
 async def test_simulate_ringcx_plays_and_verifies(rsettings: Settings, certificates, capsys) -> None:

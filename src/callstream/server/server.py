@@ -206,13 +206,13 @@ class Server:
         if not self._admitted:
             self._idle.set()
 
-    def _refuse(self, reason: str, message: str, *args: object) -> None:
+    def _refuse(self, reason: str, message: str, *args: object, front_end: str = "websocket") -> None:
         """Count a refusal (statistics, metrics: every one) and log it: anyone who can connect
         can cause refusals as fast as they like, so of one ``reason`` at most one line per
         refusal log interval, saying how many were held back before it (and `_clock` reports
         those held back after the last line once the interval is over)."""
         self._rejected += 1
-        self.metrics.call_rejected(reason)
+        self.metrics.call_rejected(reason, front_end=front_end)
         held = self._refusal_log.allow(reason)
         if held is None:
             return
@@ -330,26 +330,26 @@ class Server:
             raise RuntimeError("outside Server.running()")
         return self._disk
 
+    @property
+    def secret(self) -> str | None:
+        """The secret in force (``--secret``; `reload` replaces it)."""
+        return self._secret
+
     def admit_other(self, remote: str) -> str | None:
         """Admit one call of another front end (None; then `record_other` it), or refuse it:
         the metrics reason (draining, disk, capacity), counted and logged as for an upgrade."""
         refusal = self._refusal()
-        reason = None if refusal is None else refusal[3]
-        if reason is None and not self._admission.try_admit():
-            reason = "capacity"
-        if reason is not None:
-            self.refuse_other(reason, remote)
-            return reason
-        self._admitted += 1
-        if self._idle.is_set():
-            self._idle = trio.Event()
+        if refusal is None and not self._admission.try_admit():
+            refusal = self._capacity_refusal()
+        if refusal is not None:
+            self.refuse_other(refusal[3], refusal[2], remote)
+            return refusal[3]
+        self._enter()
         return None
 
-    def refuse_other(self, reason: str, remote: str) -> None:
-        """Count and log a refusal made by another front end (``reason``: a metrics reason)."""
-        self._rejected += 1
-        self.metrics.call_rejected(reason, front_end="ringcx")
-        LOGGER.warning("refused a dialog from %s: %s", remote, reason)
+    def refuse_other(self, reason: str, why: str, remote: str) -> None:
+        """Count and log (throttled, see `_refuse`) a refusal made by another front end."""
+        self._refuse(reason, "refused a RingCX dialog from %s: %s", remote, why, front_end="ringcx")
 
     async def record_other(self, recorder: Any, remote: str) -> None:
         """Run an admitted call of another front end (a recorder with ``run``, ``tick``,
@@ -366,10 +366,7 @@ class Server:
             self._finished += 1
             self.metrics.publish()
             self.metrics.call_finished("failed" if result is None else result.status, front_end="ringcx")
-            self._admission.release()
-            self._admitted -= 1
-            if not self._admitted:
-                self._idle.set()
+            self._leave()
         if result.path is not None:
             self.metrics.recording_written()
         _log_result(result)
@@ -534,7 +531,7 @@ async def serve(
         raise ValueError(f"unknown transport {settings.transport!r}")
     async with server.running(), trio.open_nursery() as nursery:
         if settings.ringcx_port is not None:
-            from callstream.ringcx.service import serve_ringcx
+            from callstream.server.ringcx_service import serve_ringcx
 
             ringcx = await nursery.start(partial(serve_ringcx, server, settings, reuse_port=reuse_port))
             LOGGER.info("RingCX gRPC on %s:%d (%s)", ringcx.host, ringcx.port, "TLS" if ringcx.tls else "plaintext")

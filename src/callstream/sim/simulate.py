@@ -299,7 +299,7 @@ def _print(line: str) -> None:
 
 def _run(args: argparse.Namespace) -> int:
     if args.ringcx:
-        from callstream.ringcx.simulate import run as run_ringcx
+        from callstream.sim.ringcx_simulate import run as run_ringcx
 
         if args.calls < 1 or args.seconds < 4:
             print("callstream simulate --ringcx: --calls must be positive, --seconds at least 4", file=sys.stderr)

@@ -21,7 +21,7 @@ import grpc
 import numpy as np
 import soundfile
 
-from callstream.ringcx import client
+from callstream.sim import ringcx_client as client
 
 DEFAULT_TARGET = "127.0.0.1:10443"
 

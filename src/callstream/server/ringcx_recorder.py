@@ -19,7 +19,6 @@ from typing import Any, Final
 
 import trio
 
-from callstream.diskwriter import DiskWriter
 from callstream.errors import (
     CLOSE_GOING_AWAY,
     CLOSE_INTERNAL_ERROR,
@@ -28,14 +27,15 @@ from callstream.errors import (
     ProtocolError,
     RecordingError,
 )
-from callstream.recorder import FINALISE_TIMEOUT, CallResult
-from callstream.recording import Recording
 from callstream.ringcx.assembler import DialogAssembler, PcmBlock
 from callstream.ringcx.bridge import DialogChannel, DialogEnded
+from callstream.server.recorder import FINALISE_TIMEOUT, CallResult
 from callstream.settings import Settings
-from callstream.wavbatch import PlannedAppend
+from callstream.storage.diskwriter import DiskWriter
+from callstream.storage.recording import Recording
+from callstream.storage.wavbatch import PlannedAppend
 
-LOGGER = logging.getLogger("callstream.ringcx.recorder")
+LOGGER = logging.getLogger("callstream.server.ringcx_recorder")
 
 CHANNEL_MAP: Final = {"left": "AGENT segments", "right": "CONTACT and BOT segments"}
 # What the RPC answers, by the WebSocket close code the recorder would have sent.
@@ -242,24 +242,53 @@ class DialogRecorder:
         status = "failed" if self._failure is not None else self._status or "incomplete"
         statistics = self.assembler.statistics()
         path: Path | None = None
-        if self._failure is None and (self._recording is not None or self.assembler.init is not None):
-            try:
-                path = await self._lane.finish(self._finish_recording, status, statistics)
-            except RecordingError as error:
+        # Always through the lane, as the WebSocket recorder: it runs this after the file's
+        # creation (if a block asked for one) and the last block.
+        try:
+            path = await self._lane.finish(self._finish_recording, status, statistics)
+        except RecordingError as error:
+            status = "failed"
+            recording = self._recording
+            if recording is not None and not recording.finished and not isinstance(error, DiskStalledError):
+                # a full disk: the writer keeps trying to finish it as failed (recovery gets it else)
+                self._lane.retry(lambda: self._retry_finish(statistics), recording.abandon)
+            if self._failure is None:
                 self._fail(error)
-                status = "failed"
-        elif self._recording is not None:
-            try:
-                path = await self._lane.finish(self._finish_recording, "failed", statistics)
-            except RecordingError:
-                path = None
+        if self._failure is not None:
+            status = "failed"
         frames = 0 if self._recording is None else self._recording.frames_written
         return CallResult(
             call_id=self.call_id, session_id=self.session_id, status=status, reason=self._reason,
             close_code=self._close_code, path=path, frames=frames, statistics=statistics,
         )
 
-    def _finish_recording(self, status: str, statistics: dict[str, Any]) -> Path:
-        recording = self._recording or self._create_recording()
+    def _finish_recording(self, status: str, statistics: dict[str, Any]) -> Path | None:
+        """In a disk thread, after every block: finish the recording (create it first for a
+        dialog that sent its DialogInit but no audio); None without either. After a failed
+        finish, tries once more as failed, then raises (the caller has the writer retry it)."""
+        recording = self._recording
+        if recording is None:
+            if self.assembler.init is None:
+                return None
+            recording = self._create_recording()
+        if self._failure is not None:
+            status = "failed"
+        try:
+            return self._finish_as(recording, status, statistics)
+        except RecordingError:
+            if status == "failed":
+                raise
+        return self._finish_as(recording, "failed", statistics)
+
+    def _retry_finish(self, statistics: dict[str, Any]) -> bool:
+        """In a disk thread, every retry interval after the finish failed: True once finished."""
+        assert self._recording is not None
+        try:
+            self._finish_as(self._recording, "failed", statistics)
+        except RecordingError:
+            return False
+        return True
+
+    def _finish_as(self, recording: Recording, status: str, statistics: dict[str, Any]) -> Path:
         return recording.finish(status, ended=datetime.now(UTC), metadata=self.sidecar_metadata(),
                                 statistics=statistics)

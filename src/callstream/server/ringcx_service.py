@@ -29,14 +29,14 @@ import grpc
 import trio
 from google.protobuf import empty_pb2
 
-from callstream.auth import secret_matches, upgrade_credential
 from callstream.ringcx import streaming_pb2_grpc
 from callstream.ringcx.bridge import DialogChannel
 from callstream.ringcx.convert import convert
-from callstream.ringcx.recorder import DialogRecorder
+from callstream.server.auth import secret_matches, upgrade_credential
+from callstream.server.ringcx_recorder import DialogRecorder
 from callstream.settings import READ_INTERVAL_SHARE, Settings
 
-LOGGER = logging.getLogger("callstream.ringcx")
+LOGGER = logging.getLogger("callstream.server.ringcx_service")
 
 GRACE: Final = 5.0  # seconds grpc gets to finish answering RPCs when the listener stops
 CANCEL_GRACE: Final = 0.1  # seconds after the last request for grpc to report a cancellation
@@ -145,8 +145,9 @@ async def serve_ringcx(
         answer: Any
         presented = upgrade_credential({} if credential is None else {"authorization": credential}, None)
         dialogs = holder.get("dialogs")
-        if settings.secret is not None and not secret_matches(settings.secret, presented):
-            server.refuse_other("unauthorized", remote)
+        secret = server.secret  # the one in force: SIGHUP may have read a new one
+        if secret is not None and not secret_matches(secret, presented):
+            server.refuse_other("unauthorized", "missing or wrong authorization metadata", remote)
             answer = ("UNAUTHENTICATED", "missing or wrong authorization")
         elif dialogs is None:
             answer = ("UNAVAILABLE", "shutting down")
