@@ -261,6 +261,8 @@ async def test_max_calls_counts_dialogs_and_drain_ends_them_finalised(rsettings:
     assert 'callstream_front_end_calls_total{event="incomplete",front_end="ringcx"} 1.0' in text
     assert 'callstream_front_end_live_calls{front_end="ringcx"} 0.0' in text
     assert 'callstream_calls_rejected_total{reason="capacity"} 1.0' in text
+    assert "callstream_media_messages_total 5.0" in text  # the drained dialog's five chunks
+    assert "callstream_media_bytes_total 4000.0" in text
     [(path, sidecar)] = finished(settings.output_dir)
     assert sidecar["status"] == "incomplete" and path.name == "drained.wav"
     caller = np.concatenate([client.codec.decode_ulaw(client.chunk_payload(1, k)) for k in range(5)])

@@ -499,6 +499,18 @@ class DialogAssembler:
         """Media chunks taken so far (for the idle timeout)."""
         return sum(segment.chunks + segment.unrecorded for segment in self._segments.values()) + len(self._orphans)
 
+    def media_totals(self) -> tuple[int, int, int, int, int, int, int]:
+        """The server's media counters so far (server.metrics.MediaTotals): chunks received,
+        samples placed, lost chunks, their samples, repeats, chunks moved past the window (as
+        late), unusable events."""
+        segments = self._segments.values()
+        return (
+            sum(s.chunks + s.unrecorded for s in segments), sum(s.samples for s in segments),
+            sum(s.lost_chunks for s in segments), sum(s.lost_samples for s in segments),
+            sum(s.duplicates for s in segments), sum(1 for s in segments if s.shifted),
+            self.counters["bad_events"],
+        )
+
     def segments(self) -> list[dict[str, Any]]:
         """Every segment, in order of starting, as the sidecar shows it."""
         return [segment.sidecar() for segment in self._segments.values()]

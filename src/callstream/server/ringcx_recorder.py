@@ -27,8 +27,9 @@ from callstream.errors import (
     ProtocolError,
     RecordingError,
 )
-from callstream.ringcx.assembler import DialogAssembler, PcmBlock
+from callstream.ringcx.assembler import SAMPLE_RATE, DialogAssembler, PcmBlock
 from callstream.ringcx.bridge import DialogChannel, DialogEnded
+from callstream.server.metrics import NO_MEDIA, MediaTotals, Metrics
 from callstream.server.recorder import FINALISE_TIMEOUT, CallResult
 from callstream.settings import Settings
 from callstream.storage.diskwriter import DiskWriter
@@ -53,8 +54,12 @@ GRPC_STATUS: Final = {
 class DialogRecorder:
     """One dialog, from its admitted RPC to the finished recording. Use once: `await run()`."""
 
-    def __init__(self, channel: DialogChannel, settings: Settings, disk: DiskWriter, *, remote: str) -> None:
+    def __init__(self, channel: DialogChannel, settings: Settings, disk: DiskWriter, *, remote: str,
+                 metrics: Metrics | None = None) -> None:
+        """``metrics``: where the dialog's media counters go (at each tick and at the end)."""
         self._channel = channel
+        self._metrics = metrics
+        self._metered: MediaTotals = NO_MEDIA
         self._settings = settings
         self._lane = disk.lane(self)
         self._remote = remote
@@ -156,6 +161,7 @@ class DialogRecorder:
             return
         assembler, settings = self.assembler, self._settings
         assembler.tick(self._channel.clock())
+        self._meter()
         count = assembler.chunks_received
         if count != self._idle_count:
             self._idle_since, self._idle_count = now, count
@@ -169,6 +175,15 @@ class DialogRecorder:
                 if self._snapshot is None:
                     self._snapshot = (self.fields(), self.sidecar_metadata())
                 self._lane.send_nowait(block, now)
+
+    def _meter(self) -> None:
+        """Report the media counters' progress since the last report (once per tick, and at the end)."""
+        if self._metrics is None:
+            return
+        totals = self.assembler.media_totals()
+        if totals != self._metered:
+            self._metrics.add_media(totals, self._metered, sample_rate=SAMPLE_RATE)
+            self._metered = totals
 
     # -- the lane's target (see diskwriter.BlockTarget) -----------------------------------------
 
@@ -241,6 +256,7 @@ class DialogRecorder:
     async def _finalise(self) -> CallResult:
         status = "failed" if self._failure is not None else self._status or "incomplete"
         statistics = self.assembler.statistics()
+        self._meter()
         path: Path | None = None
         # Always through the lane, as the WebSocket recorder: it runs this after the file's
         # creation (if a block asked for one) and the last block.

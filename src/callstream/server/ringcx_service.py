@@ -157,7 +157,7 @@ async def serve_ringcx(
                 answer = ("RESOURCE_EXHAUSTED" if refusal == "capacity" else "UNAVAILABLE", refusal)
             else:
                 channel = DialogChannel(loop, capacity=settings.ringcx_queue_events, interval=interval)
-                recorder = DialogRecorder(channel, settings, server.disk, remote=remote)
+                recorder = DialogRecorder(channel, settings, server.disk, remote=remote, metrics=server.metrics)
                 dialogs.start_soon(server.record_other, recorder, remote)
                 answer = channel
         loop.call_soon_threadsafe(_answer, future, answer)
