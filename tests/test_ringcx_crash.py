@@ -72,7 +72,7 @@ async def test_workers_share_the_ringcx_port(tmp_path: Path) -> None:
     # a wide reorder window: a fresh worker's first dialog may stall its reader (imports, the
     # first file), and a stall longer than the window moves the audio after it (see protocol.md)
     server = ServerProcess(output, "--workers", "2", "--ringcx-port", "0", "--ringcx-plaintext",
-                           "--reorder-window", "1000", ready=RINGCX_READY)
+                           "--reorder-window", "1s", ready=RINGCX_READY)
     second = server.wait_for(RINGCX_READY, count=2)
     assert int(second.group(1)) == server.port
     script = client.platform_dialog("worked", seconds=1.0, agent_join=0.3, hold=None, transfer=None)

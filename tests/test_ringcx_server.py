@@ -20,9 +20,9 @@ import trustme
 from callstream.cli import build_parser, settings_from
 from callstream.ringcx import streaming_pb2 as pb
 from callstream.ringcx import streaming_pb2_grpc
-from callstream.server.ringcx_service import TlsRequiredError, serve_ringcx
+from callstream.server.ringcx_service import serve_ringcx
 from callstream.server.server import Server
-from callstream.settings import Settings
+from callstream.settings import Settings, SettingsError
 from callstream.sim import ringcx_client as client
 
 TIMEOUT = 40
@@ -144,19 +144,23 @@ async def test_authorization(rsettings: Settings, token: str | None) -> None:
         assert sidecar["status"] == "complete" and read(path).any()
 
 
-async def test_tls_is_required_unless_plaintext_is_asked_for(rsettings: Settings, tmp_path: Path) -> None:
-    with pytest.raises(TlsRequiredError, match="--ringcx-plaintext"):
-        await serve_ringcx(Server(rsettings), replace(rsettings, ringcx_plaintext=False))
+def test_tls_is_required_unless_plaintext_is_asked_for(rsettings: Settings, tmp_path: Path, capsys) -> None:
+    with pytest.raises(SettingsError, match="--ringcx-plaintext") as refused:
+        replace(rsettings, ringcx_plaintext=False)
+    assert refused.value.option == "ringcx_port"
     base = ["serve", "--output-dir", str(tmp_path), "--ringcx-port", "10443"]
-    with pytest.raises(SystemExit, match="--ringcx-port needs --tls-cert"):
-        settings_from(build_parser({}).parse_args(base))
-    settings = settings_from(build_parser({}).parse_args([*base, "--ringcx-plaintext"]))
+    with pytest.raises(SystemExit):
+        settings_from(build_parser({}).parse_args(base), {})
+    assert "--ringcx-port" in capsys.readouterr().err
+    settings = settings_from(build_parser({}).parse_args([*base, "--ringcx-plaintext"]), {})
     assert settings.ringcx_port == 10443 and settings.ringcx_plaintext
     assert settings.ringcx_path_template == "{date}/{dialogId}" and settings.ringcx_l16_byte_order == "big"
-    environ = {"CALLSTREAM_RINGCX_PORT": "443", "CALLSTREAM_RINGCX_PLAINTEXT": "1"}
-    assert settings_from(build_parser(environ).parse_args(base[:3])).ringcx_port == 443
-    with pytest.raises(SystemExit, match="--ringcx-path-template"):
-        settings_from(build_parser({}).parse_args([*base, "--ringcx-plaintext", "--ringcx-path-template", "{x}"]))
+    environ = {"CALLSTREAM_RINGCX_PORT": "443", "CALLSTREAM_RINGCX_PLAINTEXT": "true"}
+    assert settings_from(build_parser(environ).parse_args(base[:3]), environ).ringcx_port == 443
+    with pytest.raises(SystemExit):
+        settings_from(build_parser({}).parse_args([*base, "--ringcx-plaintext", "--ringcx-path-template", "{x}"]),
+                      {})
+    assert "--ringcx-path-template" in capsys.readouterr().err
 
 
 def _chunks(segment: str, seqs: list[int], seed: int) -> Iterator[pb.StreamEvent]:
@@ -248,6 +252,10 @@ async def test_max_calls_counts_dialogs_and_drain_ends_them_finalised(rsettings:
                 future = streaming_pb2_grpc.StreamingStub(channel).Stream.future(held())
                 await _wait_live(running, 1)
                 assert running.server.readiness() == "1 live calls (--max-calls)"  # /readyz: not ready
+                await trio.sleep(0.5)  # a tick: the dialog's first (partial) block goes to the disk
+                [view] = running.server.live_calls()["calls"]  # /calls.json and the page at /
+                assert (view["call_id"], view["session_id"]) == ("drained", "s")
+                assert view["caller_dbfs"] > -96 and view["agent_dbfs"] == -96
                 second = client.platform_dialog("second", seconds=0.3, hold=None, transfer=None, agent_join=0.1)
                 assert await play(running.target, second.steps, realtime=False) == grpc.StatusCode.RESOURCE_EXHAUSTED
                 await running.server.drain(0.2)

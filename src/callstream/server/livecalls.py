@@ -40,18 +40,32 @@ def level_dbfs(mulaw: bytes) -> float:
     return max(SILENCE_DBFS, 20 * math.log10(rms / FULL_SCALE)) if rms > 0 else SILENCE_DBFS
 
 
+def _pcm_dbfs(pcm: np.ndarray) -> float:
+    rms = math.sqrt(float(np.mean(pcm.astype(np.float64) ** 2))) if len(pcm) else 0.0
+    return max(SILENCE_DBFS, 20 * math.log10(rms / FULL_SCALE)) if rms > 0 else SILENCE_DBFS
+
+
+def _levels(block: Any) -> tuple[float, float]:
+    """(left, right) in dBFS of a mu-law StereoBlock, or of a RingCX PcmBlock (``frames``)."""
+    frames = getattr(block, "frames", None)
+    if frames is not None:
+        return _pcm_dbfs(frames[:, 0]), _pcm_dbfs(frames[:, 1])
+    return level_dbfs(block.left), level_dbfs(block.right)
+
+
 def call_view(recorder: Any, now: float, block_seconds: float) -> dict[str, Any]:
     """One live call: ids, seconds since accepted, each side's level (dBFS, None before the first
     block), and ``lag``: seconds of its audio waiting for the disk (blocks queued or being
     written, at ``block_seconds`` each)."""
     block = recorder.last_block
+    levels = None if block is None else _levels(block)
     return {
         "call_id": recorder.call.call_id,
         "session_id": recorder.call.session_id,
         "started": recorder.started.isoformat(timespec="seconds"),
         "seconds": round(now - recorder.started_monotonic, 1),
-        "agent_dbfs": None if block is None else round(level_dbfs(block.left), 1),
-        "caller_dbfs": None if block is None else round(level_dbfs(block.right), 1),
+        "agent_dbfs": None if levels is None else round(levels[0], 1),
+        "caller_dbfs": None if levels is None else round(levels[1], 1),
         "lag": round(recorder.blocks_waiting * block_seconds, 1),
     }
 

@@ -73,6 +73,8 @@ class DialogRecorder:
         # disk thread, which must not read the assembler while the receive loop changes it
         self._snapshot: tuple[dict[str, str], dict[str, Any]] | None = None
         self._started = datetime.now(UTC)
+        self.started_monotonic = time.monotonic()
+        self.last_block: PcmBlock | None = None  # the latest block sent to the disk (the live view's levels)
         self._scope = trio.CancelScope()
         self._reason = "stream closed by the platform"
         self._close_code: int | None = None
@@ -92,6 +94,21 @@ class DialogRecorder:
     def session_id(self) -> str:
         init = self.assembler.init
         return (init.session_id if init is not None else "") or "unknown"
+
+    @property
+    def call(self) -> DialogRecorder:
+        """What the live view reads ``call_id`` and ``session_id`` from (see server.livecalls)."""
+        return self
+
+    @property
+    def started(self) -> datetime:
+        """When the dialog was admitted (UTC)."""
+        return self._started
+
+    @property
+    def blocks_waiting(self) -> int:
+        """Blocks of this dialog queued for the disk or being written."""
+        return self._lane.queued
 
     def stop(self, reason: str, code: int = CLOSE_GOING_AWAY) -> None:
         """End the dialog now (drain, timeouts); the recording is still finalised."""
@@ -141,6 +158,7 @@ class DialogRecorder:
                     if block is not None and self._snapshot is None:
                         self._snapshot = (self.fields(), self.sidecar_metadata())
                     while block is not None:
+                        self.last_block = block
                         if lane.has_room():
                             lane.send_nowait(block, time.monotonic())
                         else:
@@ -174,6 +192,7 @@ class DialogRecorder:
             if block is not None:
                 if self._snapshot is None:
                     self._snapshot = (self.fields(), self.sidecar_metadata())
+                self.last_block = block
                 self._lane.send_nowait(block, now)
 
     def _meter(self) -> None:
