@@ -11,8 +11,9 @@ segment's place to within a chunk), equal to what was sent, and silence everywhe
 
 from __future__ import annotations
 
+import asyncio
 import time
-from collections.abc import Iterator, Sequence
+from collections.abc import AsyncIterator, Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -161,6 +162,35 @@ def stream(channel: grpc.Channel, events: Iterator[pb.StreamEvent], *, token: st
     # (its first events would then arrive together, and the joins look earlier than they are)
     grpc.channel_ready_future(channel).result(timeout=timeout)
     streaming_pb2_grpc.StreamingStub(channel).Stream(events, metadata=metadata, timeout=timeout)
+
+
+def open_aio_channel(target: str, *, ca_file: Path | None = None, server_name: str | None = None
+                     ) -> grpc.aio.Channel:
+    """As `open_channel`, for grpc.aio (use ``async with``)."""
+    if ca_file is None:
+        return grpc.aio.insecure_channel(target)
+    credentials = grpc.ssl_channel_credentials(root_certificates=Path(ca_file).read_bytes())
+    options = [("grpc.ssl_target_name_override", server_name)] if server_name else []
+    return grpc.aio.secure_channel(target, credentials, options=options)
+
+
+async def stream_aio(channel: grpc.aio.Channel, steps: Sequence[Step], *, token: str | None = None,
+                     realtime: bool = True, timeout: float | None = None) -> None:
+    """One Stream RPC on a grpc.aio channel, each step sent at its time (``realtime``) or at
+    once; raises grpc.aio.AioRpcError with the server's status."""
+    loop = asyncio.get_running_loop()
+    began = loop.time()
+
+    async def events() -> AsyncIterator[pb.StreamEvent]:
+        for step in steps:
+            if realtime:
+                delay = began + step.at - loop.time()
+                if delay > 0:
+                    await asyncio.sleep(delay)
+            yield step.event
+
+    metadata = () if token is None else (("authorization", token),)
+    await streaming_pb2_grpc.StreamingStub(channel).Stream(events(), metadata=metadata, timeout=timeout)
 
 
 def verify(audio: np.ndarray, runs: Sequence[Run], *, tolerance: int = 800) -> list[str]:

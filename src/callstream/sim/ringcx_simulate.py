@@ -3,19 +3,20 @@
 Each dialog (`client.platform_dialog`): DialogInit, the caller, an agent joining later, a hold
 (both parties' media pause while seq goes on), a transfer to a second agent, 100 ms PCMU chunks;
 over TLS with a CA file (``--cafile``) or plaintext, with a token (``--token``). ``--calls N``
-plays N dialogs at once (a thread each: grpcio's sync client); ``--verify DIR`` then checks
-every recording sample by sample. Exits 1 if any dialog or check fails.
+plays N dialogs at once (grpc.aio: one loop, one connection, the starts spread over ``--ramp``);
+``--verify DIR`` then checks every recording sample by sample. Exits 1 if any dialog or check
+fails.
 """
 
 from __future__ import annotations
 
 import argparse
+import asyncio
 import json
+import random
 import sys
-import threading
 import time
 from pathlib import Path
-from typing import Any
 
 import grpc
 import numpy as np
@@ -24,6 +25,7 @@ import soundfile
 from callstream.sim import ringcx_client as client
 
 DEFAULT_TARGET = "127.0.0.1:10443"
+DEFAULT_RAMP = 1.0  # seconds over which the starts of several dialogs are spread
 
 
 def _dialog_id(args: argparse.Namespace, index: int) -> str:
@@ -41,47 +43,67 @@ def _script(args: argparse.Namespace, index: int) -> client.Script:
     )
 
 
-def verify_recording(directory: Path, script: client.Script) -> list[str]:
+def _sidecars(directory: Path) -> dict[str, list[Path]]:
+    """Every sidecar under ``directory`` by its callId (a RingCX dialog's id)."""
+    found: dict[str, list[Path]] = {}
+    for path in directory.rglob("*.json"):
+        try:
+            call_id = json.loads(path.read_text()).get("callId")
+        except (OSError, ValueError):
+            continue
+        found.setdefault(str(call_id), []).append(path)
+    return found
+
+
+def verify_recording(directory: Path, script: client.Script, sidecars: dict[str, list[Path]] | None = None
+                     ) -> list[str]:
     """Problems with the recording of ``script`` under ``directory`` (empty: exact)."""
-    sidecars = [path for path in directory.rglob("*.json")
-                if json.loads(path.read_text()).get("callId") == script.dialog_id]
-    if len(sidecars) != 1:
-        return [f"{len(sidecars)} recordings of dialog {script.dialog_id} in {directory}"]
-    data = json.loads(sidecars[0].read_text())
+    paths = (_sidecars(directory) if sidecars is None else sidecars).get(script.dialog_id, [])
+    if len(paths) != 1:
+        return [f"{len(paths)} recordings of dialog {script.dialog_id} in {directory}"]
+    data = json.loads(paths[0].read_text())
     if data.get("status") != "complete":
         return [f"status {data.get('status')!r}"]
-    audio, rate = soundfile.read(sidecars[0].with_name(data["file"]), dtype="int16", always_2d=True)
+    audio, rate = soundfile.read(paths[0].with_name(data["file"]), dtype="int16", always_2d=True)
     if rate != client.RATE:
         return [f"sample rate {rate}"]
     return client.verify(np.asarray(audio), script.runs)
+
+
+async def _play_all(args: argparse.Namespace, target: str, scripts: list[client.Script]) -> list[tuple[str, float]]:
+    """Every dialog on one grpc.aio channel (one HTTP/2 connection, as the platform may do), its
+    start spread over the ramp; (status, seconds) each."""
+    loop = asyncio.get_running_loop()
+    ramp = (DEFAULT_RAMP if len(scripts) > 1 else 0.0) if args.ramp is None else args.ramp
+    rng = random.Random(args.seed)
+    timeout = args.seconds * 3 + ramp + 60
+    async with client.open_aio_channel(target, ca_file=args.cafile, server_name=args.server_name) as channel:
+        await asyncio.wait_for(channel.channel_ready(), timeout)
+
+        async def one(script: client.Script) -> tuple[str, float]:
+            await asyncio.sleep(rng.uniform(0, ramp) if ramp else 0)
+            started = loop.time()
+            try:
+                await client.stream_aio(channel, script.steps, token=args.token, realtime=not args.fast,
+                                        timeout=timeout)
+            except grpc.aio.AioRpcError as error:
+                return f"{error.code().name}: {error.details()}", loop.time() - started
+            return "OK", loop.time() - started
+
+        return await asyncio.gather(*(one(script) for script in scripts))
 
 
 def run(args: argparse.Namespace) -> int:
     """The command (see the module docstring)."""
     target = args.ringcx_target or DEFAULT_TARGET
     scripts = [_script(args, index) for index in range(args.calls)]
-    results: list[Any] = [None] * len(scripts)
-
-    def play(index: int) -> None:
-        started = time.monotonic()
-        try:
-            with client.open_channel(target, ca_file=args.cafile, server_name=args.server_name) as channel:
-                client.stream(channel, client.paced(scripts[index].steps, realtime=not args.fast), token=args.token,
-                              timeout=args.seconds * 3 + 60)
-            results[index] = ("OK", time.monotonic() - started)
-        except grpc.RpcError as error:
-            results[index] = (f"{error.code().name}: {error.details()}", time.monotonic() - started)
-
-    threads = [threading.Thread(target=play, args=(i,), daemon=True) for i in range(len(scripts))]
-    for thread in threads:
-        thread.start()
-    for thread in threads:
-        thread.join()
+    results = asyncio.run(_play_all(args, target, scripts))
+    sidecars = _sidecars(args.verify) if args.verify is not None else None
     failed = 0
     for script, (status, took) in zip(scripts, results, strict=True):
         problems = []
         if status == "OK" and args.verify is not None:
-            problems = verify_recording(args.verify, script)
+            problems = verify_recording(args.verify, script, sidecars)
         ok = status == "OK" and not problems
         failed += not ok
         if not args.quiet or not ok:
