@@ -233,3 +233,26 @@ def test_property_every_chunk_lands_at_its_place(plan: Plan) -> None:
     expected = np.clip(expected, -32768, 32767).astype(np.int16)
     assert audio.shape == expected.shape
     assert np.array_equal(audio, expected)
+
+
+def test_a_late_start_does_not_move_later_joins_and_pauses_early() -> None:
+    """The dialog's first events come 0.25 s late, together (its RPC was being set up while the
+    platform spoke); then everything arrives on time. The agent joining at 1.0 s and the
+    caller's pause from 1.5 s to 2.5 s are still placed where they happened."""
+    late = 0.25
+    events: list = [init(late), start("c", CONTACT, late), start("a", AGENT, 1.0)]
+    for k in range(15):  # the caller, talking 0-1.5 s
+        events.append(SegmentMedia("c", tone_chunk(1, k), k, 100, max(late, (k + 1) * 0.1)))
+    for k in range(15, 25):  # and 2.5-3.5 s, seq going on
+        events.append(SegmentMedia("c", tone_chunk(1, k), k, 100, (k + 1) * 0.1 + 1.0))
+    for k in range(20):  # the agent from 1.0 s
+        events.append(SegmentMedia("a", tone_chunk(2, k), k, 100, 1.0 + (k + 1) * 0.1))
+    events.sort(key=lambda e: e.at)
+    audio, assembler = run(events)
+    caller = [pcm(tone_chunk(1, k)) for k in range(25)]
+    assert np.array_equal(audio[: 15 * N, 1], np.concatenate(caller[:15]))
+    assert not audio[15 * N : 25 * N, 1].any()
+    assert np.array_equal(audio[25 * N : 35 * N, 1], np.concatenate(caller[15:]))
+    assert np.array_equal(audio[10 * N : 30 * N, 0], np.concatenate([pcm(tone_chunk(2, k)) for k in range(20)]))
+    segments = {s["segment_id"]: s for s in assembler.segments()}
+    assert segments["a"]["joined_seconds"] == 1.0 and segments["c"]["statistics"]["paused_seconds"] == 1.0

@@ -1,9 +1,10 @@
 """One RingCX dialog's segments placed in time and mixed into channel blocks (sans-IO: no grpc,
 no trio, no files; time comes in as data, in every event's ``at`` and in `tick`).
 
-Theory of operation. The recording's timeline counts samples at 8 kHz from the dialog's first
-event (its ``at`` is sample 0). The platform's events carry no timestamp, only ``seq`` and
-``duration`` per segment, so a segment is placed by two clocks:
+Theory of operation. The recording's timeline counts samples at 8 kHz from the start of the
+dialog's first chunk of audio (sample 0: its arrival less its length). The platform's events
+carry no timestamp, only ``seq`` and ``duration`` per segment, so a segment is placed by two
+clocks:
 - Where it joins: its first chunk (``n`` samples, arrived at ``at``) starts at ``pos(at) - n``:
   a chunk arrives once it has been spoken. Accurate to the network's jitter, i.e. within a chunk.
 - From there, by ``seq``: each chunk starts where the previous one ended. A chunk that arrives
@@ -65,6 +66,7 @@ MAX_ORPHANS: Final = 64  # chunks of segments not started yet, per dialog
 MAX_INFOS: Final = 1000  # SegmentInfo events kept for the sidecar
 MAX_GAP_CHUNKS: Final = 10_000  # a seq jump beyond this (or discontinuity_ms) is a restart, not silence
 STEREO: Final = 2
+MAX_LEAD: Final = 2 * SAMPLE_RATE  # samples: the most the dialog's first event may have come late
 BYTE_ORDERS: Final = ("big", "little")
 
 
@@ -83,7 +85,7 @@ class PcmBlock:
 
 class _Segment:
     __slots__ = (
-        "bad_payloads", "channel", "chunks", "cursor", "decode", "duplicates", "format", "info",
+        "arrived", "bad_payloads", "channel", "chunks", "cursor", "decode", "duplicates", "format", "info",
         "joined", "last_samples", "left", "lost_chunks", "lost_samples", "next_seq", "paused",
         "pauses", "pending", "pending_samples", "reordered", "restarts", "samples", "shifted",
         "start", "stopped", "unrecorded", "why_not",
@@ -97,6 +99,7 @@ class _Segment:
         self.decode = decode
         self.why_not = why_not  # None: recorded; else why this segment is not
         self.next_seq: int | None = None
+        self.arrived = 0  # where (by the clock, in samples) its last chunk placed on arrival started
         self.cursor = 0  # where the chunk numbered next_seq starts
         self.joined: int | None = None  # first sample placed
         self.left: int | None = None  # SegmentStop: where its audio ended
@@ -172,7 +175,8 @@ class DialogAssembler:
         self._discontinuity = int(discontinuity_ms * SAMPLE_RATE / 1000)
         self._l16 = l16_byte_order
         self._max_bad = max_bad_events
-        self._origin: float | None = None
+        self._origin: float | None = None  # the events' clock at sample 0: set by the first audio
+        self._clock = float("-inf")  # the newest reading of the events' clock
         self._now = 0  # newest clock reading, in samples
         self._emitted = 0  # samples per channel emitted so far (the mix starts here)
         # one block, the window on both sides and a chunk: room enough in the steady state
@@ -180,6 +184,10 @@ class DialogAssembler:
         # conversion; room for a block, the window and a chunk (see Memory above)
         self._mix = np.zeros((self._block + self._window + 800, self.channels), dtype=np.int16)
         self._newest = 0  # end of the newest audio placed
+        # samples by which the clock runs behind the audio: the dialog's first events came late
+        # (its RPC was set up, or the network was slow, while the platform already spoke); see
+        # _place. Every position taken from the clock adds it.
+        self._lead = 0
         self._filled = [0] * self.channels  # per channel: the end of the audio placed on it
         self._segments: dict[str, _Segment] = {}
         self._live: list[_Segment] = []  # started, not stopped, recorded
@@ -198,11 +206,10 @@ class DialogAssembler:
         if self._finished:
             raise RuntimeError("the dialog is finished")
         at = event.at
-        if self._origin is None:
-            self._origin = at
-        now = round((at - self._origin) * SAMPLE_RATE)
-        if now > self._now:
-            self._now = now
+        if at > self._clock:
+            self._clock = at
+            if self._origin is not None:
+                self._now = round((at - self._origin) * SAMPLE_RATE)
         kind = type(event)
         if kind is SegmentMedia:
             self._media(event)  # type: ignore[arg-type]
@@ -223,12 +230,11 @@ class DialogAssembler:
     def tick(self, now: float) -> None:
         """Time has passed (``now`` on the events' clock): give up waiting for lost chunks and
         for media of segments never started."""
-        if self._origin is None:
-            self._origin = now
-        position = round((now - self._origin) * SAMPLE_RATE)
-        if position > self._now:
-            self._now = position
-        self._expire(position)
+        if now > self._clock:
+            self._clock = now
+            if self._origin is not None:
+                self._now = round((now - self._origin) * SAMPLE_RATE)
+        self._expire(now)
 
     def _media(self, media: SegmentMedia) -> None:
         segment = self._segments.get(media.segment_id)
@@ -252,10 +258,14 @@ class DialogAssembler:
         else:  # no audio but a duration: silence of that length (DTX)
             pcm = np.zeros(media.duration * SAMPLE_RATE // 1000, dtype=np.int16)
         segment.chunks += 1
+        if self._origin is None:  # the first audio starts the recording: sample 0 is its start
+            self._origin = media.at - len(pcm) / SAMPLE_RATE
+            self._now = round((self._clock - self._origin) * SAMPLE_RATE)
         seq = media.seq
         if segment.next_seq is None:  # its first chunk: placed where it arrived
             arrived = round((media.at - self._origin) * SAMPLE_RATE) - len(pcm)  # type: ignore[operator]
-            segment.cursor = max(self._emitted, arrived)
+            segment.arrived = arrived
+            segment.cursor = max(self._emitted, arrived + self._lead)
             segment.joined = segment.cursor
             segment.next_seq = seq
         elif seq < segment.next_seq:
@@ -265,7 +275,7 @@ class DialogAssembler:
                 segment.duplicates += 1
                 return
         if seq == segment.next_seq:
-            self._place(segment, pcm, media.at)
+            self._place(segment, pcm, media.at, on_arrival=True)
             if segment.pending:
                 self._drain(segment)
             return
@@ -292,7 +302,7 @@ class DialogAssembler:
         segment.pending.clear()
         segment.pending_samples = 0
         segment.next_seq = seq
-        segment.cursor = max(segment.cursor, self._now - segment.last_samples, self._emitted)
+        segment.cursor = max(segment.cursor, self._now + self._lead - segment.last_samples, self._emitted)
 
     def _skip_gap(self, segment: _Segment) -> None:
         """Give up the missing chunks before the lowest waiting one: silence of the last chunk
@@ -314,10 +324,21 @@ class DialogAssembler:
             segment.pending_samples -= len(pcm)
             self._place(segment, pcm, at)
 
-    def _place(self, segment: _Segment, pcm: np.ndarray, at: float) -> None:
-        """The chunk numbered next_seq: at the segment's cursor, or at its arrival after a pause."""
+    def _place(self, segment: _Segment, pcm: np.ndarray, at: float, *, on_arrival: bool = False) -> None:
+        """The chunk numbered next_seq: at the segment's cursor, or at its arrival after a pause.
+        ``on_arrival``: it is placed as it arrives (not after waiting for an earlier one)."""
         n = len(pcm)
-        arrived = round((at - self._origin) * SAMPLE_RATE) - n  # type: ignore[operator]
+        raw = round((at - self._origin) * SAMPLE_RATE) - n  # type: ignore[operator]
+        if on_arrival:
+            # A chunk that arrives a real chunk's time after the previous one (not in a burst)
+            # and starts, by seq, later than the clock says: the clock is behind by that much
+            # (the dialog's first events came late). Joins and pauses are measured with it.
+            if segment.samples and raw - segment.arrived >= n // 2:
+                lead = segment.cursor - raw
+                if lead > self._lead:
+                    self._lead = min(lead, MAX_LEAD)
+            segment.arrived = raw
+        arrived = raw + self._lead
         if arrived - segment.cursor > self._window:  # the media paused (hold) while seq went on
             segment.pauses += 1
             segment.paused += arrived - segment.cursor
@@ -404,7 +425,7 @@ class DialogAssembler:
             return
         self.infos.append({
             "segment_id": info.segment_id, "event": info.event, "data": info.data,
-            "offset_seconds": round(self._now / SAMPLE_RATE, 3),
+            "offset_seconds": round((self._now + self._lead) / SAMPLE_RATE, 3),
             "known_segment": info.segment_id in self._segments,
         })
 
@@ -415,18 +436,17 @@ class DialogAssembler:
         if self.counters["bad_events"] > self._max_bad:
             raise ProtocolError(f"more than {self._max_bad} unusable events", code=CLOSE_INVALID_PAYLOAD)
 
-    def _expire(self, now: int) -> None:
-        """Chunks waiting for a lost one longer than the window, orphans older than it."""
-        origin = self._origin
-        assert origin is not None
+    def _expire(self, now: float) -> None:
+        """Chunks waiting for a lost one longer than the window, orphans older than it (``now``
+        on the events' clock, seconds)."""
+        window = self._window / SAMPLE_RATE
         for segment in self._live:
-            while segment.pending and now - int((min(at for _, at in segment.pending.values()) - origin)
-                                                * SAMPLE_RATE) > self._window:
+            while segment.pending and now - min(at for _, at in segment.pending.values()) > window:
                 self._skip_gap(segment)
         if self._orphans:
             keep = []
             for media in self._orphans:
-                if now - round((media.at - origin) * SAMPLE_RATE) > self._window:
+                if now - media.at > window:
                     self.counters["unknown_segment_media"] += 1
                 else:
                     keep.append(media)
@@ -436,18 +456,19 @@ class DialogAssembler:
 
     def watermark(self) -> int:
         """Where the emitted audio may end now (samples from the dialog's start)."""
-        floor = max(self._now, self._newest) - self._window
+        now = self._now + self._lead
+        floor = max(now, self._newest) - self._window
         for segment in self._live:  # a chunk still missing below the floor is as good as lost
             while segment.pending and segment.cursor < floor:
                 self._skip_gap(segment)
         # a window behind the clock too: a segment joining now lands after what has left
         placed = [segment.cursor for segment in self._live if segment.joined is not None]
-        mark = min(self._now - self._window, *placed) if placed else self._now - self._window
+        mark = min(now - self._window, *placed) if placed else now - self._window
         return max(mark, floor, self._emitted)
 
     def pop_block(self, *, partial: bool = False) -> PcmBlock | None:
         """A full block when one is ready (or, with ``partial``, whatever is ready); else None."""
-        if not partial and max(self._now, self._newest) - self._emitted < self._block:
+        if not partial and max(self._now + self._lead, self._newest) - self._emitted < self._block:
             return None  # the watermark is never past the clock or the newest audio
         ready = self.watermark() - self._emitted
         if ready >= self._block:
