@@ -256,3 +256,35 @@ def test_a_late_start_does_not_move_later_joins_and_pauses_early() -> None:
     assert np.array_equal(audio[10 * N : 30 * N, 0], np.concatenate([pcm(tone_chunk(2, k)) for k in range(20)]))
     segments = {s["segment_id"]: s for s in assembler.segments()}
     assert segments["a"]["joined_seconds"] == 1.0 and segments["c"]["statistics"]["paused_seconds"] == 1.0
+
+
+def test_a_stall_of_the_whole_stream_is_not_a_pause() -> None:
+    """From 1.0 s every chunk of both segments comes 0.5 s late, in a burst, then on time again
+    (the network or the server stalled; the clock ticks meanwhile): nothing moves."""
+    events: list = [init(), start("c", CONTACT, 0.0), start("a", AGENT, 0.0)]
+    for k in range(30):
+        at = (k + 1) * 0.1
+        if 1.0 < at <= 1.5:
+            at = 1.5 + k * 0.001  # held back, then all at once
+        events.append(SegmentMedia("c", tone_chunk(1, k), k, 100, at))
+        events.append(SegmentMedia("a", tone_chunk(2, k), k, 100, at))
+    events.sort(key=lambda e: e.at)
+    assembler = DialogAssembler()
+    blocks: list[PcmBlock] = []
+    clock = 0.0
+    for event in events:
+        while clock + 0.05 < event.at:  # the server's clock ticks through the stall
+            clock += 0.05
+            assembler.tick(clock)
+            while (block := assembler.pop_block(partial=True)) is not None:
+                blocks.append(block)
+        assembler.tick(event.at)
+        assembler.handle(event)
+        while (block := assembler.pop_block()) is not None:
+            blocks.append(block)
+    blocks.append(assembler.finish())
+    audio = np.concatenate([b.frames for b in blocks])
+    assert np.array_equal(audio[:, 1], np.concatenate([pcm(tone_chunk(1, k)) for k in range(30)]))
+    assert np.array_equal(audio[:, 0], np.concatenate([pcm(tone_chunk(2, k)) for k in range(30)]))
+    stats = {s["segment_id"]: s["statistics"] for s in assembler.segments()}
+    assert stats["c"]["pauses"] == 0 and stats["c"]["stalls"] >= 1 and stats["c"]["shifted_seconds"] == 0

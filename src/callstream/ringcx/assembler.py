@@ -67,6 +67,7 @@ MAX_INFOS: Final = 1000  # SegmentInfo events kept for the sidecar
 MAX_GAP_CHUNKS: Final = 10_000  # a seq jump beyond this (or discontinuity_ms) is a restart, not silence
 STEREO: Final = 2
 MAX_LEAD: Final = 2 * SAMPLE_RATE  # samples: the most the dialog's first event may have come late
+CLOCK_SLACK: Final = SAMPLE_RATE  # samples: how far the clock may run ahead of all audio (a stall)
 BYTE_ORDERS: Final = ("big", "little")
 
 
@@ -88,7 +89,7 @@ class _Segment:
         "arrived", "bad_payloads", "channel", "chunks", "cursor", "decode", "duplicates", "format", "info",
         "joined", "last_samples", "left", "lost_chunks", "lost_samples", "next_seq", "paused",
         "pauses", "pending", "pending_samples", "reordered", "restarts", "samples", "shifted",
-        "start", "stopped", "unrecorded", "why_not",
+        "stalls", "start", "stopped", "suspect", "unrecorded", "why_not",
     )
 
     def __init__(self, start: SegmentStart, fmt: AudioFormat, channel: int,
@@ -100,6 +101,10 @@ class _Segment:
         self.why_not = why_not  # None: recorded; else why this segment is not
         self.next_seq: int | None = None
         self.arrived = 0  # where (by the clock, in samples) its last chunk placed on arrival started
+        # a chunk that came late by more than the window, held until the next one says whether
+        # the media paused (the next comes a chunk later) or the stream stalled (it comes at once)
+        self.suspect: tuple[np.ndarray, float] | None = None
+        self.stalls = 0
         self.cursor = 0  # where the chunk numbered next_seq starts
         self.joined: int | None = None  # first sample placed
         self.left: int | None = None  # SegmentStop: where its audio ended
@@ -133,7 +138,7 @@ class _Segment:
                 "duplicates": self.duplicates, "reordered": self.reordered,
                 "lost_chunks": self.lost_chunks, "lost_seconds": seconds(self.lost_samples),
                 "pauses": self.pauses, "paused_seconds": seconds(self.paused),
-                "shifted_seconds": seconds(self.shifted), "restarts": self.restarts,
+                "shifted_seconds": seconds(self.shifted), "restarts": self.restarts, "stalls": self.stalls,
                 "bad_payloads": self.bad_payloads, "chunks_not_recorded": self.unrecorded,
             },
         }
@@ -258,6 +263,9 @@ class DialogAssembler:
         else:  # no audio but a duration: silence of that length (DTX)
             pcm = np.zeros(media.duration * SAMPLE_RATE // 1000, dtype=np.int16)
         segment.chunks += 1
+        if segment.suspect is not None:  # this chunk says whether the held one ended a pause
+            held_at = segment.suspect[1]
+            self._resolve(segment, paused=media.at - held_at >= len(pcm) / SAMPLE_RATE / 2)
         if self._origin is None:  # the first audio starts the recording: sample 0 is its start
             self._origin = media.at - len(pcm) / SAMPLE_RATE
             self._now = round((self._clock - self._origin) * SAMPLE_RATE)
@@ -324,9 +332,21 @@ class DialogAssembler:
             segment.pending_samples -= len(pcm)
             self._place(segment, pcm, at)
 
-    def _place(self, segment: _Segment, pcm: np.ndarray, at: float, *, on_arrival: bool = False) -> None:
+    def _resolve(self, segment: _Segment, *, paused: bool) -> None:
+        """Place the held chunk: by its arrival after a pause, or at the cursor after a stall."""
+        assert segment.suspect is not None
+        pcm, at = segment.suspect
+        segment.suspect = None
+        self._place(segment, pcm, at, paused=paused)
+        if segment.pending:
+            self._drain(segment)
+
+    def _place(self, segment: _Segment, pcm: np.ndarray, at: float, *, on_arrival: bool = False,
+               paused: bool | None = None) -> None:
         """The chunk numbered next_seq: at the segment's cursor, or at its arrival after a pause.
-        ``on_arrival``: it is placed as it arrives (not after waiting for an earlier one)."""
+        ``on_arrival``: it is placed as it arrives (not after waiting for an earlier one): if it
+        comes more than the window late it is held (see `_Segment.suspect`). ``paused``: the
+        decision for a held chunk."""
         n = len(pcm)
         raw = round((at - self._origin) * SAMPLE_RATE) - n  # type: ignore[operator]
         if on_arrival:
@@ -339,10 +359,16 @@ class DialogAssembler:
                     self._lead = min(lead, MAX_LEAD)
             segment.arrived = raw
         arrived = raw + self._lead
-        if arrived - segment.cursor > self._window:  # the media paused (hold) while seq went on
-            segment.pauses += 1
-            segment.paused += arrived - segment.cursor
-            segment.cursor = arrived
+        if arrived - segment.cursor > self._window:  # the media paused (hold), or the stream stalled
+            if on_arrival:
+                segment.suspect = (pcm, at)
+                return
+            if paused is False:
+                segment.stalls += 1
+            else:  # the media paused while seq went on: silence of the pause
+                segment.pauses += 1
+                segment.paused += arrived - segment.cursor
+                segment.cursor = arrived
         if segment.cursor < self._emitted:
             segment.shifted += self._emitted - segment.cursor
             segment.cursor = self._emitted
@@ -411,6 +437,8 @@ class DialogAssembler:
         self._close(segment)
 
     def _close(self, segment: _Segment) -> None:
+        if segment.suspect is not None:
+            self._resolve(segment, paused=True)
         while segment.pending:
             self._skip_gap(segment)
         segment.stopped = True
@@ -441,6 +469,8 @@ class DialogAssembler:
         on the events' clock, seconds)."""
         window = self._window / SAMPLE_RATE
         for segment in self._live:
+            if segment.suspect is not None and now - segment.suspect[1] > window:
+                self._resolve(segment, paused=True)  # nothing followed at once: a pause
             while segment.pending and now - min(at for _, at in segment.pending.values()) > window:
                 self._skip_gap(segment)
         if self._orphans:
@@ -457,7 +487,9 @@ class DialogAssembler:
     def watermark(self) -> int:
         """Where the emitted audio may end now (samples from the dialog's start)."""
         now = self._now + self._lead
-        floor = max(now, self._newest) - self._window
+        # a window behind the newest audio (a silent segment holds the others back no longer),
+        # and further behind the clock: all audio late together is a stall, not silence
+        floor = max(now - max(self._window, CLOCK_SLACK), self._newest - self._window)
         for segment in self._live:  # a chunk still missing below the floor is as good as lost
             while segment.pending and segment.cursor < floor:
                 self._skip_gap(segment)
