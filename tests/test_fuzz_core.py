@@ -1,4 +1,5 @@
-"""The sans-IO core under hostile input: `parse_message`, `CallState` and `Timeline` together.
+"""The sans-IO core under hostile input: `parse_message`, the front end's translation and the
+`CallCore` (its state and its `Timeline`) together.
 
 The invariant of every test here (h11's fuzz rule): any input is either handled or ends the call
 with `ProtocolError` -- never any other exception. And whatever the input, the timeline holds a
@@ -17,10 +18,12 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from callstream.call.state import CallState
+from callstream.call.core import CallCore
 from callstream.call.timeline import StereoBlock, Timeline
 from callstream.engagevoice.protocol import parse_message
 from callstream.engagevoice.query import parse_query
+from callstream.engagevoice.mediascan import MediaScanner
+from callstream.engagevoice.session import EngageVoiceSession, core_event
 from callstream.errors import (
     CLOSE_INVALID_PAYLOAD,
     CLOSE_MESSAGE_TOO_BIG,
@@ -36,7 +39,7 @@ FUZZ = settings(
 )
 RATE = 8000  # Hz
 DEFAULT_NOMINAL = 160  # samples: what a side assumes before its first payload (20 ms)
-MAX_BAD = 50  # bad messages tolerated by the CallState under test
+MAX_BAD = 50  # bad messages and unknown events tolerated by the CallCore under test
 MAX_BYTES = 65536  # the server's default --max-message-size
 
 HOSTILE_SEQUENCES = (0, 1, 2**31 - 1, 2**31, 2**32, 2**53 + 1, 2**63 - 1, 2**63, 2**64, 10**30)
@@ -70,12 +73,15 @@ steps = st.lists(st.one_of(media_events, media_events, other_events, st.just(TIC
 # ------------------------------------------------------------------------------------- pipeline
 
 class Pipeline:
-    """What `CallRecorder` does with each event, without the I/O: Media to the timeline (popping
-    every full block), everything else to the call state; ProtocolError ends the call."""
+    """What `CallRecorder` does with each event, without the I/O: Media to the core's timeline
+    (popping every full block), everything else through the front end's translation to the
+    core; ProtocolError ends the call."""
 
     def __init__(self, *, window_ms: float = 200, mode: str = "auto") -> None:
-        self.call = CallState(parse_query("/?callId=fuzz"), max_bad_messages=MAX_BAD)
-        self.timeline = Timeline(window_ms=window_ms, sequence_mode=mode)
+        query = parse_query("/?callId=fuzz")
+        self.call = CallCore(fields=dict(query.mapped), max_bad_messages=MAX_BAD, window_ms=window_ms,
+                             sequence_mode=mode)
+        self.timeline = self.call.timeline
         self.window_ms = window_ms
         self.blocks: list[StereoBlock] = []
         self.largest_payload = DEFAULT_NOMINAL
@@ -85,18 +91,20 @@ class Pipeline:
         if self.closed_with is not None:
             return
         if item == TICK:
-            block = self.timeline.pop_block(partial=True)
+            block = self.call.tick(0.0)
             if block is not None:
                 self.blocks.append(block)
         elif type(item) is Media:
             self.push(item.perspective, item.sequence, item.payload)
         else:
+            event = core_event(item)  # type: ignore[arg-type]
             try:
-                self.call.handle(item)  # type: ignore[arg-type]
+                if event is not None:
+                    self.call.receive(event)
             except ProtocolError as error:
                 assert error.code == CLOSE_INVALID_PAYLOAD
-                counters = self.call.counters()
-                assert counters.bad_messages + counters.unknown_events == MAX_BAD + 1
+                counters = self.call.statistics()
+                assert counters["bad_messages"] + counters["unknown_events"] == MAX_BAD + 1
                 self.closed_with = error.code
         self.check_bounded()
 
@@ -135,10 +143,10 @@ class Pipeline:
         assert stats.samples_emitted == sum(block.samples for block in self.blocks)
 
     def finish(self) -> None:
-        tail = self.timeline.finish()
+        tail = self.call.finish()
         if tail is not None:
             self.blocks.append(tail)
-        assert self.timeline.finish() is None
+        assert self.call.finish() is None
         stats = self.timeline.statistics()
         assert stats.participant.frames_held == stats.conference.frames_held == 0
         assert self.timeline.buffered_frames == 0
@@ -347,9 +355,9 @@ def test_event_objects_parse_the_same_as_text_and_as_bytes(message: dict[str, An
     st.lists(st.sampled_from(["callId", "CALL_ID", "secret", "sessionId", "%", "%zz", "a=b"]),
              max_size=6),
     st.lists(st.text(max_size=30), max_size=6)))
-def test_any_upgrade_target_parses_into_a_call_state(target: str) -> None:
-    query = parse_query(target)
-    call = CallState(query, max_bad_messages=MAX_BAD)
+def test_any_upgrade_target_parses_into_a_call_core(target: str) -> None:
+    session = EngageVoiceSession(parse_query(target), scanner=MediaScanner())
+    call = CallCore(fields=session.fields(), connection=session.connection(), max_bad_messages=MAX_BAD)
     assert isinstance(call.call_id, str) and call.call_id
     assert isinstance(call.session_id, str) and call.session_id
     metadata = call.sidecar_metadata()

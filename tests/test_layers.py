@@ -116,6 +116,38 @@ def test_imports_point_one_way(path: Path) -> None:
     assert violations(path.read_text(), module_name(path)) == []
 
 
+# The call core is protocol-neutral: it takes `callstream.call.events`, never a front end's message
+# types (the shared `callstream.events` are the Engage Voice messages, which its front end
+# translates; a RingCX front end has its own).
+WIRE_MESSAGES = {"callstream.events"}
+
+
+def wire_imports(source: str, module: str) -> list[str]:
+    """The wire-message modules ``module`` imports, when it is in the call core."""
+    if layer_of(module) != "call":
+        return []
+    return [f"{module}:{line} imports {name}" for line, name in imports_of(source, module)
+            if name in WIRE_MESSAGES or any(name.startswith(f"{wire}.") for wire in WIRE_MESSAGES)]
+
+
+def test_the_call_core_takes_no_wire_messages() -> None:
+    assert "callstream.call.core" in {module_name(path) for path in MODULES}
+    found = [problem for path in MODULES for problem in wire_imports(path.read_text(), module_name(path))]
+    assert found == []
+
+
+@pytest.mark.parametrize(
+    ("module", "source"),
+    [
+        ("callstream.call.core", "from callstream.events import Start\n"),
+        ("callstream.call.core", "from callstream import events\n"),
+        ("callstream.call.events", "import callstream.events\n"),
+    ],
+)
+def test_a_wire_message_in_the_core_is_caught(module: str, source: str) -> None:
+    assert wire_imports(source, module)
+
+
 def test_only_the_native_seam_imports_the_extension() -> None:
     users = [
         module_name(path)
@@ -131,8 +163,11 @@ def test_only_the_native_seam_imports_the_extension() -> None:
     [
         ("callstream.call.timeline", "import trio\n"),
         ("callstream.call.timeline", "def f():\n    import socket\n"),
-        ("callstream.call.state", "from callstream.engagevoice.query import parse_query\n"),
-        ("callstream.call.state", "from callstream.storage import wavfile\n"),
+        ("callstream.call.core", "from callstream.engagevoice.session import EngageVoiceSession\n"),
+        ("callstream.call.core", "from callstream.storage import wavfile\n"),
+        ("callstream.call.core", "import trio\n"),
+        ("callstream.call.core", "from callstream.server.recorder import CallRecorder\n"),
+        ("callstream.call.events", "import time, os\n"),
         ("callstream.call.inorder", "from ..storage.wavfile import SAMPLE_RATE\n"),
         ("callstream.storage.sinks", "from callstream.engagevoice.protocol import parse_message\n"),
         ("callstream.storage.sinks", "from callstream.server.metrics import Metrics\n"),

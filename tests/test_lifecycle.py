@@ -295,3 +295,28 @@ async def test_a_recording_that_cannot_be_finished_is_closed_1011_and_ends_faile
     [(path, sidecar)] = recordings(output)
     assert sidecar["status"] == "failed" and not mark.exists()
     np.testing.assert_array_equal(read_audio(path), expected_stereo(frames, frames))
+
+
+async def test_a_drained_call_records_the_audio_already_in_its_socket(nursery, settings) -> None:
+    """Read coalescing leaves up to a read interval of audio unread in the socket (here: 4 s). A
+    drain that stops the call meanwhile must record it too: it reached us. (The maximum duration
+    and the idle timeout stop a call the same way, `CallRecorder.stop`.)"""
+    running = await start_server(nursery, replace(settings, read_interval=4.0, flush_interval=10.0))
+    frames = random_frames(np.random.default_rng(12), 60)
+    with trio.fail_after(TIMEOUT):
+        client = await open_call(running.url, "buffered")
+        await client.send(encode_connected())
+        await client.send(encode_start(metadata("buffered")))
+        for seq, frame in enumerate(frames, 1):
+            for perspective in Perspective:
+                await client.send(encode_media(perspective, seq, frame))
+        # on loopback the frames are in the server's socket now; its reader waits for its tick
+        await running.server.drain(0)
+        with pytest.raises(Closed) as closed:
+            await client.receive()
+        await client.close()
+        await wait_for_calls(running, 1)
+    assert closed.value.code == 1001
+    [(path, sidecar)] = recordings(running.settings.output_dir)
+    assert sidecar["status"] == "incomplete"
+    np.testing.assert_array_equal(read_audio(path), expected_stereo(frames, frames))

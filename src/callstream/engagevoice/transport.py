@@ -31,7 +31,10 @@ class MessageStream(Protocol):
     """A stream of whole messages. An adapter that reads many at once may also offer
     ``async receive_batch() -> str | bytes | TextBatch`` (a run of text messages read together
     as one `textbatch.TextBatch`) and ``receive_batch_nowait()`` (the same, or None when nothing
-    is parsed yet; never reads, never yields); the recorder uses them when they are there."""
+    is parsed yet; never reads, never yields); the recorder uses them when they are there. And
+    ``receive_buffered()``: like ``receive_batch_nowait()`` but it may also read what the kernel
+    already holds for the connection, without waiting (None when nothing is left); a call the
+    server stops takes it, so that the audio in flight is recorded."""
 
     async def receive(self) -> str | bytes:
         """Next whole message. Raises `StreamClosed` when the peer has closed or vanished."""

@@ -67,6 +67,7 @@ from callstream.native import lib as _lib
 LOGGER = logging.getLogger("callstream.transport_websockets")
 
 RECEIVE_BYTES: Final = 64 * 1024  # bytes read from the socket at most per read (64 KiB)
+BUFFERED_READS: Final = 16  # chunks a stopped call's last look at its socket reads at most (1 MiB)
 LINGER_SECONDS: Final = 2.0  # seconds the peer gets to end the closing handshake before we close
 CLOSE_ABNORMAL: Final = 1006  # the code reported when the peer vanished without a close frame
 CLOSE_INVALID_DATA: Final = 1007
@@ -169,6 +170,7 @@ class _Connection:
         self._ticker = ticker  # read coalescing (see the module's docstring); None: off
         self._splitter = splitter  # the fast path in C; None: in Python
         self._drained = False  # the last read took everything the socket had
+        self._buffered_reads = 0  # chunks `receive_buffered` has read
 
     async def receive(self) -> str | bytes:
         message = await self.receive_batch()
@@ -192,6 +194,33 @@ class _Connection:
         it can take the rest of the chunk's messages without a checkpoint each."""
         messages = self._messages
         return messages.popleft() if messages else None
+
+    def receive_buffered(self) -> str | bytes | TextBatch | None:
+        """What has reached us already, without waiting: the next message or batch parsed, else
+        one more chunk the kernel holds for the socket, parsed (plain TCP only: a TLS stream
+        cannot be read without waiting; at most `BUFFERED_READS` chunks per stream, so a peer
+        that keeps sending cannot hold a stopped call); None when nothing is left. For a call
+        the server stops (drain, a limit): the audio in flight is recorded, not dropped (read
+        coalescing may leave up to a read interval of it in the socket). Never yields; does not
+        send (pongs and close replies go with the close)."""
+        messages = self._messages
+        while not messages:
+            sock = self._socket
+            if (self._closed is not None or self._eof or sock is None or self._receiving
+                    or self._buffered_reads >= BUFFERED_READS or self._protocol.state is not _OPEN):
+                return None
+            fd = sock.fileno()
+            if fd < 0:
+                return None
+            try:
+                data = os.read(fd, RECEIVE_BYTES)
+            except OSError:  # BlockingIOError: nothing there; anything else: the peer is gone
+                return None
+            self._buffered_reads += 1
+            self._ingest(data)
+            if self._protocol.events:
+                self._absorb(self._protocol.events_received())
+        return messages.popleft()
 
     def _one(self, batch: TextBatch) -> str:
         """A batch's first message; the others go back to the front of the queue, in order."""
@@ -226,6 +255,10 @@ class _Connection:
             data = b""
         finally:
             self._receiving = False
+        self._ingest(data)
+
+    def _ingest(self, data: bytes) -> None:
+        """A chunk read (b"": the end of the stream) into the protocol and the queue."""
         protocol, tail = self._protocol, self._tail
         if not data:
             self._eof = True

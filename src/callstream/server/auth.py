@@ -12,7 +12,9 @@ import hmac
 from collections.abc import Mapping
 from pathlib import Path
 
-from callstream.events import Connected, Event, Start
+from callstream.engagevoice.session import message_credential
+
+__all__ = ["message_credential", "read_secret_file", "secret_matches", "upgrade_credential"]
 
 BEARER = "bearer "
 
@@ -24,13 +26,6 @@ def upgrade_credential(headers: Mapping[str, str], query_secret: str | None) -> 
         value = value.strip()
         return value[len(BEARER) :].strip() if value.lower().startswith(BEARER) else value
     return query_secret
-
-
-def message_credential(event: Event) -> str | None:
-    """The secret carried by a first message (Connected or Start), or None."""
-    if isinstance(event, Connected | Start):
-        return event.secret
-    return None
 
 
 def secret_matches(expected: str, presented: str | None) -> bool:

@@ -60,8 +60,8 @@ def call_view(recorder: Any, now: float, block_seconds: float) -> dict[str, Any]
     block = recorder.last_block
     levels = None if block is None else _levels(block)
     return {
-        "call_id": recorder.call.call_id,
-        "session_id": recorder.call.session_id,
+        "call_id": recorder.core.call_id,
+        "session_id": recorder.core.session_id,
         "started": recorder.started.isoformat(timespec="seconds"),
         "seconds": round(now - recorder.started_monotonic, 1),
         "agent_dbfs": None if levels is None else round(levels[0], 1),

@@ -1,50 +1,45 @@
-"""Records one accepted stream: the trio shell around the sans-IO call state and timeline.
+"""Records one accepted stream: the trio shell around the front end and the sans-IO call core.
 
 Theory of operation: one task per call, in the call's own nursery, plus two shared services.
-- The receive loop reads messages, parses them, pushes Media into the `Timeline` and hands each
-  full block (about one second of stereo audio) to the call's `Lane` of the process's
-  `DiskWriter`, which writes it to the call's `Recording` in a worker thread, batched with every
-  other call's blocks. A lane holds a bounded number of blocks: when the disk is slow the loop
-  waits, stops reading, and TCP pushes back on the platform: memory stays bounded and nothing is
-  dropped.
-- The server's clock calls `tick()` once per flush interval: it hands over whatever is aligned
-  but not yet a full block (so audio reaches disk within about a second even when media stalls),
-  reports the media counters and enforces the idle timeout and the maximum call duration. One
-  clock for all calls: a timer task per call cost a wake-up per call-second.
+- The receive loop reads messages, has the front end (`EngageVoiceSession`) turn them into call
+  events, feeds them to the `CallCore` and hands each full block (about one second of stereo
+  audio) to the call's `Lane` of the process's `DiskWriter`, which writes it to the call's
+  `Recording` in a worker thread, batched with every other call's blocks. A lane holds a bounded
+  number of blocks: when the disk is slow the loop waits, stops reading, and TCP pushes back on
+  the platform: memory stays bounded and nothing is dropped.
+- The server's clock calls `tick()` once per flush interval: the core hands over whatever is
+  aligned but not yet a full block (so audio reaches disk within about a second even when media
+  stalls) and decides the idle timeout and the maximum call duration; the media counters are
+  reported. One clock for all calls: a timer task per call cost a wake-up per call-second.
 The call ends after both Stops, when the peer closes, on a fatal protocol error, when the
 server stops it (drain), or when the disk fails; every way out finalises the recording with what
-was received.
+was received. When the server stops a call (drain, a limit), what the transport has already
+received but not handed out is read first (`receive_buffered`), so a drain loses no audio that
+reached us.
 """
 
 from __future__ import annotations
 
 import logging
 import time
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from datetime import UTC, datetime
+from functools import partial
 from pathlib import Path
 from typing import Any
 
 import trio
 
-from callstream.call.state import CallState
-from callstream.call.timeline import StereoBlock, Timeline
+from callstream.call.core import CallCore
+from callstream.call.timeline import StereoBlock
 from callstream.engagevoice.mediascan import MediaScanner
-from callstream.engagevoice.protocol import parse_message
 from callstream.engagevoice.query import QueryMetadata
+from callstream.engagevoice.session import EngageVoiceSession
 from callstream.engagevoice.textbatch import TextBatch
 from callstream.engagevoice.transport import MessageStream, StreamClosed
-from callstream.errors import (
-    CLOSE_GOING_AWAY,
-    CLOSE_INTERNAL_ERROR,
-    CLOSE_NORMAL,
-    CLOSE_POLICY_VIOLATION,
-    DiskStalledError,
-    ProtocolError,
-    RecordingError,
-)
-from callstream.events import Media
-from callstream.server.auth import message_credential, secret_matches
+from callstream.errors import CLOSE_GOING_AWAY, DiskStalledError, ProtocolError, RecordingError
+from callstream.server.auth import secret_matches
 from callstream.server.metrics import NO_MEDIA, Metrics
 from callstream.settings import Settings
 from callstream.storage.diskwriter import DiskWriter
@@ -54,6 +49,9 @@ from callstream.storage.wavbatch import PlannedAppend
 LOGGER = logging.getLogger("callstream.recorder")
 
 FINALISE_TIMEOUT = 30.0  # seconds allowed to write the tail and close files after the call ends
+
+Receive = Callable[[], Awaitable["str | bytes | TextBatch"]]
+
 
 @dataclass(frozen=True, slots=True)
 class CallResult:
@@ -91,11 +89,19 @@ class CallRecorder:
         self._lane = disk.lane(self)
         self._metrics = metrics
         self._metered = NO_MEDIA
-        self._require_secret = require_secret
         self._settings = settings
-        self._scanner = scanner
-        self.call = CallState(query, max_bad_messages=settings.max_bad_messages)
-        self.timeline = Timeline(
+        self.session = EngageVoiceSession(
+            query, scanner=scanner, max_bytes=settings.max_message_bytes,
+            authenticate=None if require_secret is None else partial(secret_matches, require_secret),
+        )
+        now = time.monotonic()
+        self.core = CallCore(
+            fields=self.session.fields(),
+            connection=self.session.connection(),
+            now=now,  # the call's start: its audio stays within its time since (Timeline.set_time)
+            max_bad_messages=settings.max_bad_messages,
+            idle_timeout=settings.idle_timeout,
+            max_call_seconds=settings.max_call_seconds,
             window_ms=settings.reorder_window_ms,
             discontinuity_ms=settings.discontinuity_ms,
             block_ms=settings.block_ms,
@@ -105,17 +111,10 @@ class CallRecorder:
         self._ended_at: datetime | None = None  # when the finish began: the sidecar's end
         self.last_block: StereoBlock | None = None  # the latest block sent to the disk (levels)
         self._started = datetime.now(UTC)
-        self.started_monotonic = time.monotonic()
+        self.started_monotonic = now
         self._receive_scope = trio.CancelScope()
         self._mode_logged = settings.sequence_mode != "auto"
-        self._reason = "closed by peer"
-        self._close_code: int | None = None
-        self._failure: RecordingError | None = None
         self._ended = False  # the receive loop is over (see run)
-        now = time.monotonic()
-        self.timeline.set_time(now)  # the call's start: its audio stays within its time since
-        self._deadline = now + settings.max_call_seconds
-        self._idle_since, self._idle_count = now, -1
 
     @property
     def started(self) -> datetime:
@@ -128,9 +127,9 @@ class CallRecorder:
         return self._lane.queued
 
     def stop(self, reason: str, code: int = CLOSE_GOING_AWAY) -> None:
-        """Ask the call to end now (drain, timeout); the recording is still finalised."""
-        if self._close_code is None:
-            self._reason, self._close_code = reason, code
+        """Ask the call to end now (drain, timeout); what the transport already holds is still
+        read and the recording is still finalised."""
+        self.core.close(reason, code)
         self._receive_scope.cancel()
 
     async def run(self) -> CallResult:
@@ -141,7 +140,9 @@ class CallRecorder:
             finally:
                 self._ended = True  # from here the tail goes as one block: no more ticks
             with trio.CancelScope(shield=True), trio.move_on_after(FINALISE_TIMEOUT):
-                tail = self.timeline.finish()
+                if self._receive_scope.cancelled_caught and not self.core.failed:
+                    await self._receive_buffered()  # stopped by us: what reached us counts
+                tail = self.core.finish()
                 if tail is not None:
                     try:
                         await self._lane.send(tail, time.monotonic())
@@ -162,35 +163,59 @@ class CallRecorder:
     async def _receive_until_end(self) -> None:
         with self._receive_scope:
             async with trio.open_nursery():  # the call's own nursery: its tasks end with it
-                try:
-                    if await self._receive():
-                        self._reason, self._close_code = "both Stops received", CLOSE_NORMAL
-                except ProtocolError as error:
-                    LOGGER.warning("call %s: %s (closing %d)", self.call.call_id, error.reason, error.code)
-                    self._reason, self._close_code = error.reason, error.code
+                stream = self._stream
+                await self._receive(
+                    getattr(stream, "receive_batch", stream.receive),
+                    getattr(stream, "receive_batch_nowait", _nothing),
+                    first=self.session.needs_first_message,
+                )
 
-    async def _receive(self) -> bool:
-        """The hot loop. Returns True after both Stops, False when the peer closed first."""
-        stream, timeline, call, lane = self._stream, self.timeline, self.call, self._lane
-        max_bytes = self._settings.max_message_bytes
-        if self._require_secret is not None:
-            try:
-                first = parse_message(await stream.receive(), max_bytes=max_bytes)
-            except StreamClosed as closed:
-                self._reason = _closed_reason(closed)
-                return False
-            if not secret_matches(self._require_secret, message_credential(first)):
-                raise ProtocolError("missing or wrong secret", code=CLOSE_POLICY_VIOLATION)
-            call.handle(first)
+    async def _receive_buffered(self) -> None:
+        """After `stop`: feed the core what the transport has received but not handed out (a
+        parsed chunk's messages, the socket's buffer), without waiting for more. A transport
+        without ``receive_buffered`` (TLS, trio-websocket) holds nothing we can take."""
+        take = getattr(self._stream, "receive_buffered", None)
+        if take is None:
+            return
+
+        async def receive() -> str | bytes | TextBatch:
+            data = take()
+            if data is None:
+                raise StreamClosed(None)  # nothing more: the ending already decided stands
+            return data
+
+        await self._receive(receive, take, first=False)
+
+    async def _receive(self, receive: Receive, receive_nowait: Callable[[], Any], *, first: bool) -> None:
+        """The hot loop: until the core has an ending, the peer closed, or the disk failed."""
+        session, core = self.session, self.core
+        try:
+            if first:
+                try:
+                    event = session.first(await self._stream.receive())
+                except StreamClosed as closed:
+                    core.receive(session.ended(closed))
+                    return
+                if type(event) is tuple:  # Media (it carries no secret: only when none is asked)
+                    core.receive_media([event])
+                elif event is not None and core.receive(event):
+                    return
+            await self._place(receive, receive_nowait)
+        except ProtocolError as error:
+            LOGGER.warning("call %s: %s (closing %d)", core.call_id, error.reason, error.code)
+            core.close(error.reason, error.code)
+
+    async def _place(self, receive: Receive, receive_nowait: Callable[[], Any]) -> None:
+        session, core, lane = self.session, self.core, self._lane
         # Messages already parsed from the last chunk are taken without an await each: between
         # two of them nothing else runs (no await), so nothing can cancel us either. A transport
-        # that reads many messages at once may hand them over as one TextBatch: its Media
-        # messages are then parsed in one C call (mediascan), and the batch is placed whole, also
-        # when a block had to wait for room on the lane meanwhile (that wait is a checkpoint);
-        # after such a wait the next message or batch comes through receive() again, which checks.
-        receive = getattr(stream, "receive_batch", stream.receive)
-        receive_nowait = getattr(stream, "receive_batch_nowait", _nothing)
-        push_run, pop_block, scan = timeline.push_run, timeline.pop_block, self._scanner.scan
+        # that reads many messages at once may hand them over as one TextBatch: the front end
+        # scans its Media messages in one C call, and the batch is placed whole, also when a
+        # block had to wait for room on the lane meanwhile (that wait is a checkpoint); after
+        # such a wait the next message or batch comes through receive() again, which checks.
+        items_of, event_of = session.items, session.event
+        receive_media, next_block, handle = core.receive_media, core.next_block, core.receive
+        set_time = core.set_time
         while True:
             # the last batch's decoded payloads (copied into the timeline's C lanes) go now, not
             # after the wait: server RSS per call at 1,000 real-time calls fell by ~18 KB
@@ -198,16 +223,16 @@ class CallRecorder:
             try:
                 data = await receive()
             except StreamClosed as closed:
-                self._reason = _closed_reason(closed)
-                return False
-            timeline.set_time(time.monotonic())  # once per read: what the frames may span
+                handle(session.ended(closed))
+                return
+            set_time(time.monotonic())  # once per read: what the frames may span
             while data is not None:
                 waited = False
-                items = scan(data) if type(data) is TextBatch else [data]
+                items = items_of(data)
                 i, end = 0, len(items)
                 while i < end:
-                    i = push_run(items, i)  # Media tuples, until a block is ready or another item
-                    block = pop_block()
+                    i = receive_media(items, i)  # Media tuples, until a block is ready or another item
+                    block = next_block()
                     while block is not None:
                         if lane.has_room():
                             lane.send_nowait(block, time.monotonic())
@@ -216,61 +241,54 @@ class CallRecorder:
                                 await lane.send(block, time.monotonic())
                             except DiskStalledError as error:
                                 self._fail(error)
-                                return False
+                                return
                             waited = True
-                        block = pop_block()
+                        block = next_block()
                     if i < end and type(items[i]) is not tuple:  # not recognised by the scanner
-                        event = parse_message(items[i], max_bytes=max_bytes)
-                        if type(event) is Media:
-                            items[i] = tuple(event)  # a plain tuple: push_run takes it next
+                        event = event_of(items[i])
+                        if type(event) is tuple:  # Media: receive_media takes it next
+                            items[i] = event  # type: ignore[index]
                             continue
                         i += 1
-                        call.handle(event)
-                        if call.finished:
-                            return True
+                        if event is not None and handle(event):
+                            return
                 if waited:
                     break
                 data = receive_nowait()
 
     def tick(self, now: float) -> None:
         """Once per flush interval (``now``: time.monotonic()), from the server's clock: hand
-        over the aligned audio that is not yet a full block, report the counters, enforce the
-        idle timeout and the maximum duration. Never waits: while the lane is full the partial
-        block stays in the timeline (the receive loop is then waiting for the disk anyway)."""
+        over the aligned audio that is not yet a full block, report the counters, and stop the
+        call when the core says its idle timeout or maximum duration is over. Never waits: while
+        the lane is full the partial block stays in the core (the receive loop is then waiting
+        for the disk anyway)."""
         if self._ended:
             return
-        self.timeline.set_time(now)
         self._meter()
         self._log_sequence_mode()
-        settings = self._settings
-        count = self.timeline.frames_received
-        if count != self._idle_count:
-            self._idle_since, self._idle_count = now, count
-        elif now - self._idle_since >= settings.idle_timeout:
-            self.stop(f"no media for {settings.idle_timeout:g} s")
-        if now >= self._deadline:
-            self.stop(f"maximum call duration of {settings.max_call_seconds:g} s reached")
-        if self._failure is None and self._lane.has_room():
-            block = self.timeline.pop_block(partial=True)
-            if block is not None:
-                self._lane.send_nowait(block, now)
+        core = self.core
+        block = core.tick(now, room=not core.failed and self._lane.has_room())
+        if core.ending is not None:
+            self._receive_scope.cancel()
+        if block is not None:
+            self._lane.send_nowait(block, now)
 
     def _log_sequence_mode(self) -> None:
         """docs/protocol.md: when auto-detection falls back to connection-wide ordering, say so once."""
-        if not self._mode_logged and self.timeline.sequence_mode == "connection":
+        if not self._mode_logged and self.core.sequence_mode == "connection":
             self._mode_logged = True
             LOGGER.warning(
                 "call %s: sequenceId counts across the connection, not per perspective: "
-                "ordering without gap filling", self.call.call_id,
+                "ordering without gap filling", self.core.call_id,
             )
 
     def _meter(self) -> None:
         """Report the media counters' progress since the last report (cheap: once per tick)."""
         if self._metrics is None:
             return
-        totals = (*self.timeline.media_counters(), self.call.bad_messages)
+        totals = self.core.media_totals()
         if totals != self._metered:
-            self._metrics.add_media(totals, self._metered, sample_rate=self.timeline.sample_rate)
+            self._metrics.add_media(totals, self._metered, sample_rate=self.core.sample_rate)
             self._metered = totals
 
     # -- the lane's target (see diskwriter.BlockTarget) ---------------------------------------
@@ -278,7 +296,7 @@ class CallRecorder:
     def open_target(self) -> None:
         """In a disk thread, before the first block: create the recording."""
         if self._recording is None:
-            self._create_recording(self.call.fields)
+            self._create_recording(self.core.fields)
 
     def plan_block(self, block: StereoBlock) -> PlannedAppend | None:
         """In the event loop: the block as a batched append, or None (then `write_block`)."""
@@ -309,37 +327,33 @@ class CallRecorder:
             settings.format,
             fields=fields,
             started=self._started,
-            metadata=self.call.sidecar_metadata(),
+            metadata=self.core.sidecar_metadata(),
             durable=settings.fsync,
         )
-        LOGGER.debug("call %s: recording to %s", self.call.call_id, self._recording.partial_path)
+        LOGGER.debug("call %s: recording to %s", self.core.call_id, self._recording.partial_path)
         return self._recording
 
     def _fail(self, error: RecordingError) -> None:
-        LOGGER.error("call %s session %s: recording failed: %s", self.call.call_id, self.call.session_id, error)
-        self._failure = error
+        core = self.core
+        LOGGER.error("call %s session %s: recording failed: %s", core.call_id, core.session_id, error)
+        core.fail(f"recording failed: {error}")
         if self._metrics is not None:
             self._metrics.disk_error()
-        self.stop(f"recording failed: {error}", CLOSE_INTERNAL_ERROR)
-        self._reason, self._close_code = f"recording failed: {error}", CLOSE_INTERNAL_ERROR
+        self._receive_scope.cancel()
 
     async def _close_stream(self) -> None:
-        if self._close_code is not None:
+        ending = self.core.ending
+        if ending is not None and ending.close_code is not None:
             try:
-                await self._stream.close(self._close_code, self._reason[:120])
+                await self._stream.close(ending.close_code, ending.reason[:120])
             except Exception:  # the peer may already be gone; closing is best effort
-                LOGGER.debug("call %s: close failed", self.call.call_id, exc_info=True)
+                LOGGER.debug("call %s: close failed", self.core.call_id, exc_info=True)
 
     async def _finalise(self) -> CallResult:
-        call = self.call
+        core = self.core
         self._log_sequence_mode()
-        if self._failure is not None:
-            status = "failed"
-        elif call.finished:
-            status = "complete"
-        else:
-            status = "incomplete"
-        statistics = {**self.timeline.statistics().as_dict(), **_counters(call)}
+        status = core.outcome().status
+        statistics = core.statistics()
         self._meter()
         path = None
         # Always through the lane, whatever happened to the Start: the lane runs this after the
@@ -348,25 +362,23 @@ class CallRecorder:
         try:
             path = await self._lane.finish(self._finish_recording, status, statistics)
         except RecordingError as error:
-            status = "failed"
             recording = self._recording
             if recording is not None and not recording.finished and not isinstance(error, DiskStalledError):
                 # (after a stall the finish itself still runs once the disk is back)
                 self._lane.retry(lambda: self._retry_finish(statistics), recording.abandon)
-            if self._failure is None:
+            if not core.failed:
                 self._fail(error)
             elif not isinstance(error, DiskStalledError):  # a stall: the file is closed when the disk is back
                 LOGGER.error("call %s session %s: cannot finish the failed recording: %s",
-                             call.call_id, call.session_id, error)
-        if self._failure is not None:
-            status = "failed"
+                             core.call_id, core.session_id, error)
+        outcome = core.outcome()
         frames = 0 if self._recording is None else self._recording.frames_written
         return CallResult(
-            call_id=call.call_id,
-            session_id=call.session_id,
-            status=status,
-            reason=self._reason,
-            close_code=self._close_code,
+            call_id=core.call_id,
+            session_id=core.session_id,
+            status=outcome.status,
+            reason=outcome.reason,
+            close_code=outcome.close_code,
             path=path,
             frames=frames,
             statistics=statistics,
@@ -379,10 +391,10 @@ class CallRecorder:
         writer retry it)."""
         recording = self._recording
         if recording is None:
-            if self.call.start is None:
+            if not self.core.started:
                 return None
-            recording = self._create_recording(self.call.fields)
-        if self._failure is not None:  # a write failed after the status was decided
+            recording = self._create_recording(self.core.fields)
+        if self.core.failed:  # a write failed after the status was decided
             status = "failed"
         self._ended_at = datetime.now(UTC)
         try:
@@ -401,14 +413,14 @@ class CallRecorder:
         except RecordingError:
             return False
         LOGGER.warning("call %s session %s: recording finished as failed once the disk took it: %s",
-                       self.call.call_id, self.call.session_id, path)
+                       self.core.call_id, self.core.session_id, path)
         return True
 
     def _finish_as(self, recording: Recording, status: str, statistics: dict[str, Any]) -> Path:
         return recording.finish(
             status,
             ended=self._ended_at or datetime.now(UTC),
-            metadata=self.call.sidecar_metadata(),
+            metadata=self.core.sidecar_metadata(),
             statistics=statistics,
         )
 
@@ -416,14 +428,3 @@ class CallRecorder:
 def _nothing() -> None:
     """`receive_batch_nowait` for a stream without one: every message then comes from receive()."""
     return None
-
-
-def _closed_reason(closed: StreamClosed) -> str:
-    if closed.code is None or closed.code == 1006:
-        return "connection lost"
-    return f"stream closed with {closed.code}" + (f" ({closed.reason})" if closed.reason else "")
-
-
-def _counters(call: CallState) -> dict[str, int]:
-    counters = call.counters()
-    return {"bad_messages": counters.bad_messages, "unknown_events": counters.unknown_events, "stops": counters.stops}

@@ -304,7 +304,7 @@ class Server:
         self._started += 1
         self.metrics.call_started()
         LOGGER.info(
-            "call %s session %s started from %s", recorder.call.call_id, recorder.call.session_id, upgrade.remote
+            "call %s session %s started from %s", recorder.core.call_id, recorder.core.session_id, upgrade.remote
         )
         result: CallResult | None = None
         try:
