@@ -20,9 +20,9 @@ from hypothesis import strategies as st
 
 from callstream.call.core import CallCore
 from callstream.call.timeline import StereoBlock, Timeline
+from callstream.engagevoice.mediascan import MediaScanner
 from callstream.engagevoice.protocol import parse_message
 from callstream.engagevoice.query import parse_query
-from callstream.engagevoice.mediascan import MediaScanner
 from callstream.engagevoice.session import EngageVoiceSession, core_event
 from callstream.errors import (
     CLOSE_INVALID_PAYLOAD,

@@ -1,7 +1,8 @@
 """The typed events of the Engage Voice Call Streaming protocol (see docs/protocol.md).
 
 These are plain values with no behaviour. `protocol.parse_message` makes them from text frames;
-the call state machine and the timeline consume them. ``Media`` is a NamedTuple rather than a
+the front end (`engagevoice.session`) translates them into the call core's own, protocol-neutral
+events (`call.events`): the core never sees these. ``Media`` is a NamedTuple rather than a
 frozen dataclass because it is built 100 times per call per second and tuple construction is
 the cheapest immutable record Python has.
 """

@@ -127,10 +127,11 @@ class CallCore:
     def receive(self, event: object) -> bool:
         """Take one event (any of `callstream.call.events`' input events). Returns True once the
         input is over: every side stopped, or the stream ended (stop reading; an ending the
-        shell decided, e.g. a drain, does not count: what already reached us is still fed). A `MediaReceived` is placed (pop `next_block` until
-        None afterwards). Raises `ProtocolError` when the event ends the call for a reason the
-        peer must hear (too many rejected messages: 1007; an encoding the core cannot record:
-        1003), after recording that ending; ValueError for an unknown event."""
+        shell decided, e.g. a drain, does not count: what already reached us is still fed). A
+        `MediaReceived` is placed (pop `next_block` until None afterwards). Raises
+        `ProtocolError` when the event ends the call for a reason the peer must hear (too many
+        rejected messages: 1007; an encoding the core cannot record: 1003), after recording
+        that ending; ValueError for an unknown event."""
         kind = type(event)
         if kind is MediaReceived:
             self.receive_media([tuple(event)])  # type: ignore[arg-type]

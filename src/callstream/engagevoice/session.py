@@ -43,7 +43,7 @@ class EngageVoiceSession:
     first message must carry a secret it accepts (it is given the secret, or None), else
     `first` raises `ProtocolError` 1008 before anything reaches the core."""
 
-    __slots__ = ("_authenticate", "_max_bytes", "_scan", "query")
+    __slots__ = ("_authenticate", "_max_bytes", "event", "items", "query")
 
     def __init__(
         self,
@@ -54,9 +54,26 @@ class EngageVoiceSession:
         authenticate: Callable[[str | None], bool] | None = None,
     ) -> None:
         self.query = query
-        self._scan = scanner.scan
         self._max_bytes = max_bytes
         self._authenticate = authenticate
+
+        def event(message: str | bytes, parse=parse_message, media=Media, translate=core_event) -> CoreEvent:
+            """One message as the core's event: a Media frame as its ``(side, sequence,
+            payload)`` tuple; None for a message the core needs nothing of (Connected). Raises
+            `ProtocolError` as `parse_message` (too big: 1009; a Start of audio we cannot
+            record: 1003). (A closure: it is called per message of a small read.)"""
+            parsed = parse(message, max_bytes=max_bytes)
+            return tuple(parsed) if type(parsed) is media else translate(parsed)  # type: ignore[return-value]
+
+        def items(
+            data: str | bytes | TextBatch, scan=scanner.scan, batch=TextBatch,
+        ) -> Sequence[MediaFields | str | bytes]:
+            """One read's messages, in order: Media as plain tuples (a `ScannedMedia` when all
+            are), every other message as it came, for `event`. Never raises."""
+            return scan(data) if type(data) is batch else [data]
+
+        self.event = event
+        self.items = items
 
     @property
     def needs_first_message(self) -> bool:
@@ -80,17 +97,6 @@ class EngageVoiceSession:
         if authenticate is not None and not authenticate(message_credential(parsed)):
             raise ProtocolError("missing or wrong secret", code=CLOSE_POLICY_VIOLATION)
         return core_event(parsed)
-
-    def items(self, data: str | bytes | TextBatch) -> Sequence[MediaFields | str | bytes]:
-        """One read's messages, in order: Media as plain tuples (a `ScannedMedia` when all are),
-        every other message as it came, for `event`. Never raises."""
-        return self._scan(data) if type(data) is TextBatch else [data]
-
-    def event(self, message: str | bytes) -> CoreEvent:
-        """One message as the core's event: a Media frame as its ``(side, sequence, payload)``
-        tuple; None for a message the core needs nothing of (Connected). Raises `ProtocolError`
-        as `parse_message` (too big: 1009; a Start of audio we cannot record: 1003)."""
-        return core_event(parse_message(message, max_bytes=self._max_bytes))
 
     @staticmethod
     def ended(closed: StreamClosed) -> StreamEnded:
