@@ -67,10 +67,25 @@ class EngageVoiceSession:
 
         def items(
             data: str | bytes | TextBatch, scan=scanner.scan, batch=TextBatch,
+            parse=parse_message, media=Media, failed=ProtocolError,
         ) -> Sequence[MediaFields | str | bytes]:
-            """One read's messages, in order: Media as plain tuples (a `ScannedMedia` when all
-            are), every other message as it came, for `event`. Never raises."""
-            return scan(data) if type(data) is batch else [data]
+            """One read's messages, in order: Media as plain tuples (a `ScannedMedia` when the
+            scanner recognised all), every other message as it came, for `event`. The messages
+            the scanner leaves as text (all of a small read, or without the C kernel) are parsed
+            here, so that their Media go to the core with the rest of the read; any other is
+            parsed again by `event` (a handful per call), which also raises, in order, for one
+            that cannot be taken. Never raises."""
+            found = scan(data) if type(data) is batch else [data]
+            if type(found) is list:
+                for i, item in enumerate(found):
+                    if type(item) is not tuple:
+                        try:
+                            parsed = parse(item, max_bytes=max_bytes)
+                        except failed:
+                            continue
+                        if type(parsed) is media:
+                            found[i] = tuple(parsed)
+            return found
 
         self.event = event
         self.items = items
