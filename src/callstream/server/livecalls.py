@@ -22,10 +22,16 @@ FULL_SCALE = 32768.0
 
 
 class LiveCall(Protocol):
-    """What a live call shows (`CallRecorder` has it)."""
+    """What a live call shows (`CallRecorder` and `DialogRecorder` have it)."""
 
     started_monotonic: float
     last_block: Any  # StereoBlock | None
+
+    @property
+    def call_id(self) -> str: ...
+
+    @property
+    def session_id(self) -> str: ...
 
     @property
     def blocks_waiting(self) -> int: ...
@@ -60,8 +66,8 @@ def call_view(recorder: Any, now: float, block_seconds: float) -> dict[str, Any]
     block = recorder.last_block
     levels = None if block is None else _levels(block)
     return {
-        "call_id": recorder.core.call_id,
-        "session_id": recorder.core.session_id,
+        "call_id": recorder.call_id,
+        "session_id": recorder.session_id,
         "started": recorder.started.isoformat(timespec="seconds"),
         "seconds": round(now - recorder.started_monotonic, 1),
         "agent_dbfs": None if levels is None else round(levels[0], 1),

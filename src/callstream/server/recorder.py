@@ -117,6 +117,14 @@ class CallRecorder:
         self._ended = False  # the receive loop is over (see run)
 
     @property
+    def call_id(self) -> str:
+        return self.core.call_id
+
+    @property
+    def session_id(self) -> str:
+        return self.core.session_id
+
+    @property
     def started(self) -> datetime:
         """When the call was accepted (UTC)."""
         return self._started
