@@ -53,6 +53,13 @@ DEFAULT_RINGCX_PATH_TEMPLATE: Final = "{date}/{dialogId}"  # RingCX (gRPC): one 
 DEFAULT_RINGCX_L16_BYTE_ORDER: Final = "big"  # undocumented; network order, as in RTP
 DEFAULT_RINGCX_QUEUE_EVENTS: Final = 64  # events queued per dialog before its stream is not read
 BYTE_ORDERS: Final = ("big", "little")
+CHANNEL_LAYOUTS: Final = ("stereo", "participants")  # RingCX dialogs (ringcx.assembler.LAYOUTS)
+DEFAULT_CHANNEL_LAYOUT: Final = "stereo"
+# participants layout: channels reserved in every file (a transfer joins after the header is
+# written). 4: caller, agent, a transfer's second agent and one more (a supervisor, a bot); a
+# WAV file costs 16 KB/s per channel, silent or not (FLAC: almost nothing for a silent one)
+DEFAULT_PARTICIPANT_CHANNELS: Final = 4
+MAX_PARTICIPANT_CHANNELS: Final = 8  # FLAC's limit
 
 ENV_PREFIX: Final = "CALLSTREAM_"
 GROUPS: Final = ("network", "security", "recording", "limits", "performance", "observability")
@@ -261,6 +268,16 @@ class Settings:
     ringcx_l16_byte_order: str = _opt(DEFAULT_RINGCX_L16_BYTE_ORDER, group="recording", choices=BYTE_ORDERS,
                                       unit="ORDER", help="byte order of RingCX L16 audio (undocumented by the "
                                       "platform; big = network order, as in RTP)")
+    channel_layout: str = _opt(DEFAULT_CHANNEL_LAYOUT, group="recording", choices=CHANNEL_LAYOUTS, unit="LAYOUT",
+                               help="channels of a RingCX dialog's recording: stereo (AGENT segments left, "
+                               "CONTACT and BOT right, overlaps mixed) or participants (one channel per "
+                               "segment in order of joining; --participant-channels channels in every file); "
+                               "WebSocket calls are always stereo")
+    participant_channels: int = _opt(DEFAULT_PARTICIPANT_CHANNELS, group="recording", parse=parse_int,
+                                     unit="CHANNELS", low=1, high=MAX_PARTICIPANT_CHANNELS,
+                                     help="with --channel-layout participants: channels in every file, reserved "
+                                     "from the start (a WAV channel costs 16 KB/s even when silent); segments "
+                                     "past the last are mixed into it, logged and marked in the sidecar")
     block_ms: float = field(default=DEFAULT_BLOCK_MS)  # not an option: the decoder's block, in ms
     # limits
     max_calls: int = _opt(DEFAULT_MAX_CALLS, group="limits", parse=parse_int, unit="CALLS", low=1,

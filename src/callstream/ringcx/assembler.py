@@ -19,6 +19,12 @@ clocks:
 Channels (``layout="stereo"``): AGENT segments on the left (0); CONTACT, BOT and unspecified
 participants on the right (1). Segments on one channel at the same time are mixed with a
 saturating 16-bit add (summed in 32 bits, clipped to 16, chunk by chunk).
+``layout="participants"``: ``max_channels`` channels, all of them from the first block (a file's
+channel count is fixed in its header, written before anyone can know whether a transfer will
+come; a reserved channel nobody joined stays silent). Each recorded segment gets the next free
+channel in the order of its SegmentStart; a segment beyond the last channel is mixed into the
+last one (no audio lost), logged and counted (``segments_sharing_last_channel``), and its
+sidecar entry says ``"channel_shared": true``. Segments not recorded (codec, rate) take none.
 
 Emission: audio up to the watermark W leaves in blocks of ``block_ms`` (`pop_block`), W being the
 smallest end of the live segments' placed audio and of the clock less ``window_ms`` (a segment
@@ -28,7 +34,7 @@ others back by at most the window. A chunk that would land before W (a segment l
 the window) is moved to W and the move counted (``shifted_seconds``), never dropped.
 
 Memory: per dialog, the unemitted mix (one block + the window + one chunk per channel, int16:
-42 KB at the defaults; a longer chunk grows it), per segment at most ``window_ms`` of waiting
+42 KB at the defaults in stereo, 21 KB more per participants channel; a longer chunk grows it), per segment at most ``window_ms`` of waiting
 chunks (and MAX_PENDING of them), at most MAX_ORPHANS chunks of media for segments not started
 yet (held for ``window_ms``, then dropped and counted), at most MAX_SEGMENTS segments and
 MAX_INFOS SegmentInfo events kept.
@@ -66,6 +72,8 @@ MAX_ORPHANS: Final = 64  # chunks of segments not started yet, per dialog
 MAX_INFOS: Final = 1000  # SegmentInfo events kept for the sidecar
 MAX_GAP_CHUNKS: Final = 10_000  # a seq jump beyond this (or discontinuity_ms) is a restart, not silence
 STEREO: Final = 2
+LAYOUTS: Final = ("stereo", "participants")
+MAX_CHANNELS: Final = 8  # participants layout: FLAC's limit, and past any real transfer chain
 MAX_LEAD: Final = 2 * SAMPLE_RATE  # samples: the most the dialog's first event may have come late
 CLOCK_SLACK: Final = SAMPLE_RATE  # samples: how far the clock may run ahead of all audio (a stall)
 BYTE_ORDERS: Final = ("big", "little")
@@ -88,15 +96,16 @@ class _Segment:
     __slots__ = (
         "arrived", "bad_payloads", "channel", "chunks", "cursor", "decode", "duplicates", "format", "info",
         "joined", "last_samples", "left", "lost_chunks", "lost_samples", "next_seq", "paused",
-        "pauses", "pending", "pending_samples", "reordered", "restarts", "samples", "shifted",
+        "pauses", "pending", "pending_samples", "reordered", "restarts", "samples", "shared", "shifted",
         "stalls", "start", "stopped", "suspect", "unrecorded", "why_not",
     )
 
-    def __init__(self, start: SegmentStart, fmt: AudioFormat, channel: int,
+    def __init__(self, start: SegmentStart, fmt: AudioFormat, channel: int | None,
                  decode: Callable[[bytes], np.ndarray] | None, why_not: str | None) -> None:
         self.start = start
         self.format = fmt
-        self.channel = channel
+        self.channel = channel  # None: not recorded (participants layout)
+        self.shared = False  # participants layout: mixed into the last channel, past the cap
         self.decode = decode
         self.why_not = why_not  # None: recorded; else why this segment is not
         self.next_seq: int | None = None
@@ -129,6 +138,7 @@ class _Segment:
             "product": start.product,
             "codec": fmt.codec, "rate": fmt.rate, "ptime": fmt.ptime,
             "channel": self.channel,
+            "channel_shared": self.shared,
             "recorded": self.why_not is None,
             "not_recorded_because": self.why_not,
             "joined_seconds": seconds(self.joined),
@@ -171,10 +181,18 @@ class DialogAssembler:
 
     def __init__(self, *, window_ms: float = 200.0, block_ms: float = 1000.0,
                  discontinuity_ms: float = 10_000.0, l16_byte_order: str = "big",
-                 max_bad_events: int = 1000) -> None:
+                 max_bad_events: int = 1000, layout: str = "stereo", max_channels: int = 4) -> None:
+        """``layout``: one of LAYOUTS (see the module's docstring); ``max_channels``: the
+        participants layout's channel count, 1 to MAX_CHANNELS. ValueError otherwise."""
         if l16_byte_order not in BYTE_ORDERS:
             raise ValueError(f"l16_byte_order must be one of {BYTE_ORDERS}")
-        self.channels = STEREO
+        if layout not in LAYOUTS:
+            raise ValueError(f"layout must be one of {LAYOUTS}")
+        if not 1 <= max_channels <= MAX_CHANNELS:
+            raise ValueError(f"max_channels must be 1 to {MAX_CHANNELS}")
+        self.layout = layout
+        self.channels = STEREO if layout == "stereo" else max_channels
+        self._next_channel = 0  # participants layout: the channel the next recorded segment gets
         self._window = max(1, int(window_ms * SAMPLE_RATE / 1000))
         self._block = max(1, int(block_ms * SAMPLE_RATE / 1000))
         self._discontinuity = int(discontinuity_ms * SAMPLE_RATE / 1000)
@@ -202,6 +220,8 @@ class DialogAssembler:
         self.infos: list[dict[str, Any]] = []
         self.counters = {"unknown_segment_media": 0, "media_after_stop": 0, "segments_over_cap": 0,
                          "unknown_events": 0, "bad_events": 0, "infos_dropped": 0}
+        if layout == "participants":
+            self.counters["segments_sharing_last_channel"] = 0
         self._finished = False
 
     # -- input -----------------------------------------------------------------------------
@@ -415,8 +435,23 @@ class DialogAssembler:
             self.counters["segments_over_cap"] += 1
             return
         decode, why_not = _decoder(fmt, self._l16)
-        channel = 0 if start.participant_type == AGENT else 1
+        shared = False
+        if self.layout == "stereo":
+            channel: int | None = 0 if start.participant_type == AGENT else 1
+        elif why_not is not None:
+            channel = None
+        else:
+            channel = self._next_channel
+            if channel < self.channels:
+                self._next_channel += 1
+            else:  # past the cap: mixed into the last channel rather than lost
+                channel, shared = self.channels - 1, True
+                self.counters["segments_sharing_last_channel"] += 1
+                LOGGER.warning("dialog %s: segment %s (%s %s) is mixed into the last channel (%d): "
+                               "all %d channels are taken", self.dialog_id, start.segment_id,
+                               start.participant_type, start.participant_id, channel, self.channels)
         segment = _Segment(start, fmt, channel, decode, why_not)
+        segment.shared = shared
         if why_not is not None:
             LOGGER.warning("segment %s (%s %s): %s", start.segment_id, start.participant_type,
                            start.participant_id, why_not)
@@ -563,6 +598,22 @@ class DialogAssembler:
             sum(s.duplicates for s in segments), sum(1 for s in segments if s.shifted),
             self.counters["bad_events"],
         )
+
+    def channel_map(self) -> dict[str, Any]:
+        """What each channel holds, for the sidecar's ``channel_map``: in stereo, the fixed
+        mapping; in the participants layout, per channel index ("0", "1", ...) the segments
+        on it so far (segment id, participant id, type and name; empty: reserved, silent)."""
+        if self.layout == "stereo":
+            return {"left": "AGENT segments", "right": "CONTACT and BOT segments"}
+        mapping: dict[str, Any] = {str(channel): [] for channel in range(self.channels)}
+        for segment in self._segments.values():
+            if segment.channel is not None:
+                start = segment.start
+                mapping[str(segment.channel)].append({
+                    "segment_id": start.segment_id, "participant_id": start.participant_id,
+                    "type": start.participant_type, "name": start.name,
+                })
+        return mapping
 
     def segments(self) -> list[dict[str, Any]]:
         """Every segment, in order of starting, as the sidecar shows it."""

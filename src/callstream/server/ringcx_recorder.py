@@ -38,7 +38,6 @@ from callstream.storage.wavbatch import PlannedAppend
 
 LOGGER = logging.getLogger("callstream.server.ringcx_recorder")
 
-CHANNEL_MAP: Final = {"left": "AGENT segments", "right": "CONTACT and BOT segments"}
 # What the RPC answers, by the WebSocket close code the recorder would have sent.
 GRPC_STATUS: Final = {
     CLOSE_NORMAL: "OK",
@@ -66,12 +65,13 @@ class DialogRecorder:
         self.assembler = DialogAssembler(
             window_ms=settings.reorder_window_ms, block_ms=settings.block_ms,
             discontinuity_ms=settings.discontinuity_ms, l16_byte_order=settings.ringcx_l16_byte_order,
-            max_bad_events=settings.max_bad_messages,
+            max_bad_events=settings.max_bad_messages, layout=settings.channel_layout,
+            max_channels=settings.participant_channels,
         )
         self._recording: Recording | None = None
-        # fields and metadata as of the first block, taken in trio: the file is created in a
+        # fields, metadata and channel map as of the first block, taken in trio: the file is created in a
         # disk thread, which must not read the assembler while the receive loop changes it
-        self._snapshot: tuple[dict[str, str], dict[str, Any]] | None = None
+        self._snapshot: tuple[dict[str, str], dict[str, Any], dict[str, Any]] | None = None
         self._started = datetime.now(UTC)
         self.started_monotonic = time.monotonic()
         self.last_block: PcmBlock | None = None  # the latest block sent to the disk (the live view's levels)
@@ -156,7 +156,7 @@ class DialogRecorder:
                     handle(event)
                     block = pop_block()
                     if block is not None and self._snapshot is None:
-                        self._snapshot = (self.fields(), self.sidecar_metadata())
+                        self._snapshot = (self.fields(), self.sidecar_metadata(), self.assembler.channel_map())
                     while block is not None:
                         self.last_block = block
                         if lane.has_room():
@@ -191,7 +191,7 @@ class DialogRecorder:
             block = assembler.pop_block(partial=True)
             if block is not None:
                 if self._snapshot is None:
-                    self._snapshot = (self.fields(), self.sidecar_metadata())
+                    self._snapshot = (self.fields(), self.sidecar_metadata(), self.assembler.channel_map())
                 self.last_block = block
                 self._lane.send_nowait(block, now)
 
@@ -258,11 +258,12 @@ class DialogRecorder:
 
     def _create_recording(self) -> Recording:
         settings = self._settings
-        fields, metadata = self._snapshot or (self.fields(), self.sidecar_metadata())
+        fields, metadata, channel_map = self._snapshot or (
+            self.fields(), self.sidecar_metadata(), self.assembler.channel_map())
         self._recording = Recording.create(
             settings.output_dir, settings.ringcx_path_template, settings.format, fields=fields,
             started=self._started, metadata=metadata, durable=settings.fsync,
-            channel_map=CHANNEL_MAP,
+            channel_map=channel_map, channels=self.assembler.channels,
         )
         return self._recording
 
@@ -326,4 +327,4 @@ class DialogRecorder:
 
     def _finish_as(self, recording: Recording, status: str, statistics: dict[str, Any]) -> Path:
         return recording.finish(status, ended=datetime.now(UTC), metadata=self.sidecar_metadata(),
-                                statistics=statistics)
+                                statistics=statistics, channel_map=self.assembler.channel_map())

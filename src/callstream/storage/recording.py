@@ -127,7 +127,7 @@ class Recording:
 
     def __init__(self, reservation: Reservation, sink: AudioSink, fmt: str, *,
                  fields: Mapping[str, Any], started: datetime,
-                 metadata: Mapping[str, Any], channel_map: Mapping[str, str] | None = None) -> None:
+                 metadata: Mapping[str, Any], channel_map: Mapping[str, Any] | None = None) -> None:
         """Use ``create``; this only assembles the parts."""
         self._channel_map = dict(CHANNEL_MAP if channel_map is None else channel_map)
         self._reservation = reservation
@@ -142,7 +142,7 @@ class Recording:
     @classmethod
     def create(cls, output_dir: Path, template: str, fmt: str, *, fields: Mapping[str, Any],
                started: datetime, metadata: Mapping[str, Any], durable: bool = True,
-               channel_map: Mapping[str, str] | None = None) -> Recording:
+               channel_map: Mapping[str, Any] | None = None, channels: int = CHANNELS) -> Recording:
         """Reserve the name, open the sink on ``NAME.partial.EXT`` and write the sidecar.
 
         ``fields`` are the mapped metadata fields (they name the file and identify the call);
@@ -151,7 +151,8 @@ class Recording:
         fsyncs cost more than the rest of a create; the final sidecar always is). ValueError for
         an unknown ``fmt``, a bad template or a naive ``started``; RecordingError if the disk
         fails (nothing is left). ``channel_map``: what the sidecar says each channel holds
-        (default: the WebSocket front end's CHANNEL_MAP).
+        (default: the WebSocket front end's CHANNEL_MAP). ``channels``: the audio file's channel
+        count (2; more only for PCM written with `write_pcm`, see `sinks.open_sink`).
         """
         if fmt not in EXTENSIONS:
             raise ValueError(f"unknown format {fmt!r}; expected one of {sorted(EXTENSIONS)}")
@@ -159,7 +160,7 @@ class Recording:
         relative = render_path(template, fields, when=started)
         reservation = reserve(Path(output_dir), relative, EXTENSIONS[fmt])
         try:
-            sink = open_sink(fmt, reservation.partial)
+            sink = open_sink(fmt, reservation.partial, channels)
         except BaseException:
             reservation.partial.unlink(missing_ok=True)
             reservation.release()
@@ -218,7 +219,7 @@ class Recording:
         self._sink.write(left, right)
 
     def write_pcm(self, frames: Any) -> None:
-        """Append 16-bit PCM frames, (n, 2) int16 (see `AudioSink.write_pcm`)."""
+        """Append 16-bit PCM frames, (n, channels) int16 (see `AudioSink.write_pcm`)."""
         self._sink.write_pcm(frames)
 
     def flush(self, fsync: bool = False) -> None:
@@ -232,10 +233,12 @@ class Recording:
         return None if planner is None else planner(left, right)
 
     def finish(self, status: str, *, ended: datetime, metadata: Mapping[str, Any],
-               statistics: Mapping[str, Any] | Any) -> Path:
+               statistics: Mapping[str, Any] | Any, channel_map: Mapping[str, Any] | None = None) -> Path:
         """Close the audio, hash it, write the final sidecar, move the audio to its final name.
 
-        ``status`` is one of STATUSES; ``statistics`` a dict (or a dataclass). Returns the final
+        ``status`` is one of STATUSES; ``statistics`` a dict (or a dataclass); ``channel_map``
+        replaces the one given to `create` (a layout whose channels fill as the call goes on).
+        Returns the final
         path. The steps, in this order, make finishing safe at every instant:
         1. close the sink (fsynced); 2. hash ``NAME.partial.EXT``; 3. write the final sidecar
         atomically and durably, naming ``NAME.EXT`` and the hash: the commit record, after which
@@ -273,6 +276,8 @@ class Recording:
         try:
             digest = sha256_file(partial)
             self._metadata = dict(metadata)
+            if channel_map is not None:
+                self._channel_map = dict(channel_map)
             self._publish(status, ended=ended_text, sha256=digest, statistics=dict(statistics))
         except RecordingError:
             if status == "failed":
@@ -315,7 +320,7 @@ class Recording:
             data["partial_file"] = self._reservation.partial.name
         data.update({
             "sample_rate": SAMPLE_RATE,
-            "channels": CHANNELS,
+            "channels": self._sink.channels,
             "channel_map": dict(self._channel_map),
             "frames": frames,
             "duration_seconds": round(frames / SAMPLE_RATE, 3),

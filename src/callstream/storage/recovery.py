@@ -84,20 +84,22 @@ def find_partials(output_dir: Path) -> list[Path]:
     )
 
 
-def _salvage_flac(path: Path) -> int:
+def _salvage_flac(path: Path, channels: int) -> tuple[int, int]:
     """Re-encode every decodable frame of an unclosed FLAC file into a closed one, in place.
 
-    Returns the frames (sample pairs) kept. Raises RecordingError when the file cannot be read
+    Returns the frames (samples per channel) kept and the channel count (the file's; else, when
+    its header was cut short, ``channels``). Raises RecordingError when the file cannot be read
     or the salvaged copy cannot be written."""
     temporary = path.with_name(path.name + ".salvage.flac")
     frames = 0
     try:
         if _flac_header_cut_short(path):
-            return 0
+            return 0, channels
         with _UnclosedFlacReader(str(path)) as source, soundfile.SoundFile(
             str(temporary), "w", SAMPLE_RATE, source.channels, subtype="PCM_16", format="FLAC"
         ) as target:
-            block = np.empty((FLAC_CHUNK_FRAMES, source.channels), dtype=np.int16)
+            channels = source.channels
+            block = np.empty((FLAC_CHUNK_FRAMES, channels), dtype=np.int16)
             while True:
                 got, complete = _read_decodable(source, block)
                 target.write(block[:got])
@@ -108,7 +110,24 @@ def _salvage_flac(path: Path) -> int:
     except (OSError, soundfile.LibsndfileError, RuntimeError) as error:
         temporary.unlink(missing_ok=True)
         raise RecordingError(f"cannot salvage {str(path)!r}: {error}") from error
-    return frames
+    return frames, channels
+
+
+def _channels(data: dict[str, Any]) -> int:
+    """The channel count the sidecar states (2 when it states none: sidecars before the RingCX
+    participants layout)."""
+    channels = data.get("channels")
+    return channels if isinstance(channels, int) and channels > 0 else 2
+
+
+def _wav_channels(path: Path, default: int) -> int:
+    """The channel count in a repaired WAV header (``default`` if unreadable)."""
+    try:
+        with open(path, "rb") as file:
+            header = file.read(24)
+    except OSError:
+        return default
+    return int.from_bytes(header[22:24], "little") if len(header) == 24 else default
 
 
 def _flac_header_cut_short(path: Path) -> bool:
@@ -183,11 +202,12 @@ def recover_partial(partial: Path) -> Recovered:
         _remove_mark(mark)
         return Recovered(path=None if data.get("file") is None else final, sidecar=sidecar,
                          frames=_frames(data), status=str(data["status"]))
+    channels = _channels(data)
     if extension == ".wav":
         encoding = WavEncoding.MULAW if data.get("format") == "mulaw-wav" else WavEncoding.PCM_16
-        frames = repair_wav(partial, encoding)
+        frames, channels = repair_wav(partial, encoding, channels), _wav_channels(partial, channels)
     else:
-        frames = _salvage_flac(partial)
+        frames, channels = _salvage_flac(partial, channels)
     audio: Path | None = None if extension == ".flac" and frames == 0 else final
     try:
         ended = datetime.fromtimestamp(partial.stat().st_mtime, UTC)
@@ -200,7 +220,7 @@ def recover_partial(partial: Path) -> Recovered:
         # None: the salvaged copy is empty, an unplayable zero-byte file: only the sidecar stays
         file=None if audio is None else audio.name,
         sample_rate=SAMPLE_RATE,
-        channels=2,
+        channels=channels,
         frames=frames,
         duration_seconds=round(frames / SAMPLE_RATE, 3),
         ended=rfc3339(ended),
@@ -307,14 +327,16 @@ def recover_renamed(sidecar: Path) -> Recovered | None:
         raise RecordingError(f"{str(sidecar)!r} says recording, but its audio is gone")
     if read_sidecar(sidecar).get("status") != RECORDING:
         return None  # a live finish committed meanwhile (it renames after its sidecar)
+    channels = _channels(data)
     if final.suffix == ".wav":
         encoding = WavEncoding.MULAW if data.get("format") == "mulaw-wav" else WavEncoding.PCM_16
-        frames = repair_wav(final, encoding)
+        frames, channels = repair_wav(final, encoding, channels), _wav_channels(final, channels)
     else:
         try:
-            frames = soundfile.info(str(final)).frames
+            info = soundfile.info(str(final))
+            frames, channels = info.frames, info.channels
         except (soundfile.LibsndfileError, RuntimeError):
-            frames = _salvage_flac(final)
+            frames, channels = _salvage_flac(final, channels)
     status = "failed" if mark.exists() else "recovered"
     try:
         ended = datetime.fromtimestamp(final.stat().st_mtime, UTC)
@@ -325,7 +347,7 @@ def recover_renamed(sidecar: Path) -> Recovered | None:
         status=status,
         file=final.name,
         sample_rate=SAMPLE_RATE,
-        channels=2,
+        channels=channels,
         frames=frames,
         duration_seconds=round(frames / SAMPLE_RATE, 3),
         ended=rfc3339(ended),

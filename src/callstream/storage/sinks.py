@@ -1,8 +1,11 @@
 """Audio sinks: one class per output format, one interface (``AudioSink``).
 
 Every sink takes the two perspectives as G.711 mu-law bytes of equal length (left = agent,
-right = caller) and appends them as one stereo file at 8 kHz. Disk failures raise RecordingError
-naming the path, chained to the underlying error.
+right = caller) and appends them as one stereo file at 8 kHz, or takes 16-bit PCM frames of its
+channel count (`write_pcm`: the RingCX front end, stereo or one channel per participant). A sink
+opened with other than 2 channels takes PCM only: its `write` raises ValueError (and it has no
+`plan`), so the stereo sinks' per-block path is the same as before channel counts existed. Disk
+failures raise RecordingError naming the path, chained to the underlying error.
 """
 
 from __future__ import annotations
@@ -17,13 +20,16 @@ import soundfile as sf
 from callstream import codec
 from callstream.errors import RecordingError
 from callstream.storage import wavbatch
-from callstream.storage.wavfile import CHANNELS, FILE_MODE, SAMPLE_RATE, WavEncoding, WavWriter
+from callstream.storage.wavfile import CHANNELS, FILE_MODE, MAX_CHANNELS, SAMPLE_RATE, WavEncoding, WavWriter
+
+FLAC_MAX_CHANNELS: Final = 8  # the FLAC format's limit
 
 
 class AudioSink(Protocol):
     """Where one call's audio goes. Blocking I/O; one thread at a time."""
 
     extension: str  # file extension without the dot
+    channels: int  # fixed when opened
 
     @property
     def frames_written(self) -> int:
@@ -35,7 +41,7 @@ class AudioSink(Protocol):
         ...
 
     def write_pcm(self, frames: np.ndarray) -> None:
-        """Append 16-bit PCM frames, shape (n, 2) int16 (a front end that mixes, decodes
+        """Append 16-bit PCM frames, shape (n, channels) int16 (a front end that mixes, decodes
         A-law or L16: RingCX). ``mulaw-wav`` encodes them to mu-law, which gives back every
         mu-law byte decoded to PCM except the negative zero 0x7F (written 0xFF)."""
         ...
@@ -56,10 +62,19 @@ def _check_pair(left: bytes, right: bytes) -> int:
     return n
 
 
-def _check_pcm(frames: np.ndarray) -> np.ndarray:
-    if frames.ndim != 2 or frames.shape[1] != CHANNELS or frames.dtype != np.int16:
-        raise ValueError(f"expected int16 frames of shape (n, {CHANNELS}), got {frames.dtype} {frames.shape}")
+def _check_pcm(frames: np.ndarray, channels: int) -> np.ndarray:
+    if frames.ndim != 2 or frames.shape[1] != channels or frames.dtype != np.int16:
+        raise ValueError(f"expected int16 frames of shape (n, {channels}), got {frames.dtype} {frames.shape}")
     return np.ascontiguousarray(frames, dtype="<i2")
+
+
+def _check_channels(channels: int) -> None:
+    if not 1 <= channels <= MAX_CHANNELS:
+        raise ValueError(f"channels must be 1 to {MAX_CHANNELS}, not {channels}")
+
+
+def _pcm_only(self: AudioSink, left: bytes, right: bytes) -> None:
+    raise ValueError(f"a {self.channels}-channel sink takes PCM frames (write_pcm), not a mu-law pair")
 
 
 def _decode(left: bytes, right: bytes) -> np.ndarray:
@@ -71,9 +86,14 @@ class _WavSink:
     extension = "wav"
     _encoding: WavEncoding
 
-    def __init__(self, path: os.PathLike[str] | str) -> None:
+    def __init__(self, path: os.PathLike[str] | str, channels: int = CHANNELS) -> None:
+        _check_channels(channels)
         self.path = Path(path)
-        self._writer = WavWriter(self.path, encoding=self._encoding)
+        self.channels = channels
+        self._writer = WavWriter(self.path, encoding=self._encoding, channels=channels)
+        if channels != CHANNELS:  # set once here: the stereo write and plan test nothing per block
+            self.write = _pcm_only.__get__(self)  # type: ignore[method-assign]
+            self.plan = lambda left, right: None  # type: ignore[method-assign]
 
     @property
     def frames_written(self) -> int:
@@ -103,7 +123,7 @@ class WavPcmSink(_WavSink):
             self._writer.write(_decode(left, right))
 
     def write_pcm(self, frames: np.ndarray) -> None:
-        frames = _check_pcm(frames)
+        frames = _check_pcm(frames, self.channels)
         if len(frames):
             self._writer.write(frames)
 
@@ -122,14 +142,15 @@ class WavMulawSink(_WavSink):
             self._writer.write(frames)
 
     def write_pcm(self, frames: np.ndarray) -> None:
-        frames = _check_pcm(frames)
+        frames = _check_pcm(frames, self.channels)
         if len(frames):
             encoded = np.frombuffer(codec.encode_ulaw(frames.reshape(-1)), dtype=np.uint8)
-            self._writer.write(encoded.reshape(-1, CHANNELS))
+            self._writer.write(encoded.reshape(-1, self.channels))
 
 
 class FlacSink:
-    """Lossless 16-bit stereo FLAC through soundfile (libsndfile + libFLAC).
+    """Lossless 16-bit FLAC through soundfile (libsndfile + libFLAC): stereo, or up to 8 channels
+    (FLAC's own limit) for PCM frames.
 
     libFLAC writes each encoded frame (4096 samples) to the file as soon as it is complete, so
     ``flush`` has nothing to push out and only fsyncs when asked. A file never closed has a
@@ -140,10 +161,15 @@ class FlacSink:
 
     extension = "flac"
 
-    def __init__(self, path: os.PathLike[str] | str) -> None:
+    def __init__(self, path: os.PathLike[str] | str, channels: int = CHANNELS) -> None:
+        if not 1 <= channels <= FLAC_MAX_CHANNELS:
+            raise ValueError(f"FLAC holds 1 to {FLAC_MAX_CHANNELS} channels, not {channels}")
         self.path = Path(path)
+        self.channels = channels
         self._frames = 0
         self._closed = False
+        if channels != CHANNELS:
+            self.write = _pcm_only.__get__(self)  # type: ignore[method-assign]
         try:
             fd = os.open(self.path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, FILE_MODE)
         except OSError as exc:
@@ -157,7 +183,7 @@ class FlacSink:
             os.close(fd)
             raise RecordingError(f"refusing to overwrite non-empty file {str(self.path)!r}")
         try:  # from here on libsndfile closes fd, also when opening fails
-            self._file = sf.SoundFile(fd, "w", SAMPLE_RATE, CHANNELS, subtype="PCM_16",
+            self._file = sf.SoundFile(fd, "w", SAMPLE_RATE, channels, subtype="PCM_16",
                                       format="FLAC", closefd=True)
         except sf.SoundFileError as exc:
             raise self._error("create", exc) from exc
@@ -178,7 +204,7 @@ class FlacSink:
             self._frames += n
 
     def write_pcm(self, frames: np.ndarray) -> None:
-        frames = _check_pcm(frames)
+        frames = _check_pcm(frames, self.channels)
         self._check_open()
         if len(frames):
             try:
@@ -226,8 +252,9 @@ FORMATS: Final[dict[str, type[AudioSink]]] = {
 EXTENSIONS: Final = {name: cls.extension for name, cls in FORMATS.items()}
 
 
-def open_sink(fmt: str, path: os.PathLike[str] | str) -> AudioSink:
-    """Open a sink of format ``fmt`` (a key of FORMATS, else ValueError) writing to ``path``.
+def open_sink(fmt: str, path: os.PathLike[str] | str, channels: int = CHANNELS) -> AudioSink:
+    """Open a sink of format ``fmt`` (a key of FORMATS, else ValueError) writing to ``path``,
+    ``channels`` wide (2; else 1 to MAX_CHANNELS, FLAC 1 to FLAC_MAX_CHANNELS, else ValueError).
 
     ``path`` must not exist or be empty. Raises RecordingError if it cannot be created.
     """
@@ -235,4 +262,4 @@ def open_sink(fmt: str, path: os.PathLike[str] | str) -> AudioSink:
         cls = FORMATS[fmt]
     except KeyError:
         raise ValueError(f"unknown format {fmt!r}; expected one of {sorted(FORMATS)}") from None
-    return cls(path)
+    return cls(path) if channels == CHANNELS else cls(path, channels)  # type: ignore[call-arg]

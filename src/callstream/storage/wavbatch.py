@@ -1,5 +1,9 @@
 """Appends of stereo blocks to many WAV files in one C call (``cs_append_batch``, csrc/append.h).
 
+Stereo only, by design: its input is the WebSocket front end's pair of mu-law perspectives. The
+RingCX front end mixes PCM itself and writes through `WavWriter.write` (any channel count), so the
+C kernel and this module stay two-channel and their per-block cost unchanged.
+
 Theory of operation: the disk writer's threads hold Python's GIL around every system call made
 from Python, and when the event loop keeps the interpreter busy each re-acquisition can wait a
 whole switch interval (5 ms): three system calls per block (decode, write, header) capped a busy
@@ -23,6 +27,7 @@ from callstream.errors import RecordingError
 # the C kernel, or None (not built or CALLSTREAM_NATIVE=0); see native.py
 from callstream.native import ffi as _ffi
 from callstream.native import lib as _lib
+from callstream.storage.wavfile import CHANNELS as STEREO
 from callstream.storage.wavfile import WavEncoding, WavWriter
 
 AVAILABLE: Final = _lib is not None  # False without the C extension: sinks write in Python
@@ -41,11 +46,14 @@ class PlannedAppend:
 
 def plan(writer: WavWriter, left: bytes, right: bytes) -> PlannedAppend:
     """Reserve the place of one block (mu-law ``left``/``right`` of equal length, else
-    ValueError) at the end of ``writer``'s data. Raises RecordingError at the RIFF limit."""
+    ValueError; a writer of other than 2 channels: ValueError) at the end of ``writer``'s data.
+    Raises RecordingError at the RIFF limit."""
     n = len(left)
     if n != len(right):
         raise ValueError(f"left has {n} samples, right has {len(right)}")
-    size = n * writer.encoding.block_align
+    if writer.channels != STEREO:
+        raise ValueError(f"batched appends are stereo; {str(writer.path)!r} has {writer.channels} channels")
+    size = n * writer.block_align
     return PlannedAppend(writer, left, right, writer.reserve(size), size)
 
 

@@ -1,4 +1,5 @@
-"""A crash-tolerant writer of 2-channel 8 kHz RIFF/WAVE files, and its repair.
+"""A crash-tolerant writer of 8 kHz RIFF/WAVE files (2 channels, or up to MAX_CHANNELS for the
+RingCX participants layout), and its repair.
 
 Theory of operation: the header is written first, with sizes for the data present (none). Sample
 bytes are appended behind it. ``flush()`` writes the buffered bytes, then rewrites the whole header
@@ -7,13 +8,18 @@ data now on disk, then optionally fsyncs. A process killed at any moment therefo
 whose header is at most one flush behind its data: every reader plays at least the audio up to the
 last flush, and ``repair_wav`` recovers the rest from the file length.
 
-Two layouts, both fixed (``repair_wav`` recognises exactly these and nothing else):
+Two layouts, both fixed for a channel count (``repair_wav`` recognises exactly these and nothing
+else; the count is read from the header's ``fmt `` chunk):
 
 - PCM 16-bit (format tag 1): ``RIFF`` ``WAVE`` ``fmt `` (16 bytes) ``data``: 44-byte header.
 - G.711 mu-law (format tag 7, 8 bits): ``RIFF`` ``WAVE`` ``fmt `` (18 bytes, cbSize 0)
   ``fact`` (frames per channel) ``data``: 58-byte header. Bytes are stored as received.
 
-Every frame is 2 channels, interleaved, so the data size is always even and never needs a pad byte.
+Every frame holds all channels, interleaved. With an odd channel count the mu-law data size may be
+odd: the RIFF pad byte is never written (readers, libsndfile included, take the data size), and
+``repair_wav`` cuts a file to whole frames. More than 2 channels use the plain PCM/mu-law format
+tag, not WAVE_FORMAT_EXTENSIBLE: no speaker positions are claimed (the channels are participants,
+not loudspeakers); libsndfile, sox, ffmpeg and Python's ``wave`` read it.
 """
 
 from __future__ import annotations
@@ -30,7 +36,8 @@ from callstream import audio
 from callstream.errors import RecordingError
 
 SAMPLE_RATE: Final = audio.SAMPLE_RATE  # Hz
-CHANNELS: Final = audio.CHANNELS
+CHANNELS: Final = audio.CHANNELS  # the default, and the WebSocket front end's only layout
+MAX_CHANNELS: Final = 64  # what repair_wav accepts in a header (the RingCX cap is far below)
 RIFF_LIMIT: Final = 0xFFFF_FFFF  # bytes: the largest RIFF chunk size a 32-bit field can hold
 FILE_MODE: Final = 0o640  # recordings are personal data: no access for others
 _BUFFER_SIZE: Final = 64 * 1024  # bytes held in user space between flushes
@@ -48,7 +55,7 @@ class WavEncoding(enum.IntEnum):
 
     @property
     def block_align(self) -> int:
-        """Bytes per sample frame (all channels)."""
+        """Bytes per stereo sample frame (a writer's own: `WavWriter.block_align`)."""
         return self.bytes_per_sample * CHANNELS
 
 
@@ -57,9 +64,11 @@ class _Layout:
     encoding: WavEncoding
     prefix: bytes  # everything from "WAVE" up to (excluding) the fact/data chunk headers
     header_size: int
+    channels: int
+    block_align: int  # bytes per sample frame (all channels)
 
     def header(self, data_bytes: int) -> bytes:
-        frames = data_bytes // self.encoding.block_align
+        frames = data_bytes // self.block_align
         fact = b""
         if self.encoding is WavEncoding.MULAW:
             fact = b"fact" + struct.pack("<II", 4, frames)
@@ -70,19 +79,24 @@ class _Layout:
         )
 
 
-def _layout(encoding: WavEncoding) -> _Layout:
+def _layout(encoding: WavEncoding, channels: int = CHANNELS) -> _Layout:
     bits = encoding.bytes_per_sample * 8
-    byte_rate = SAMPLE_RATE * encoding.block_align
-    fmt = struct.pack("<HHIIHH", encoding, CHANNELS, SAMPLE_RATE, byte_rate, encoding.block_align,
-                      bits)
+    align = encoding.bytes_per_sample * channels
+    fmt = struct.pack("<HHIIHH", encoding, channels, SAMPLE_RATE, SAMPLE_RATE * align, align, bits)
     if encoding is WavEncoding.PCM_16:
         prefix = b"WAVE" + b"fmt " + struct.pack("<I", 16) + fmt
-        return _Layout(encoding, prefix, 12 + 8 + 16 + 8)
+        return _Layout(encoding, prefix, 12 + 8 + 16 + 8, channels, align)
     prefix = b"WAVE" + b"fmt " + struct.pack("<I", 18) + fmt + struct.pack("<H", 0)
-    return _Layout(encoding, prefix, 12 + 8 + 18 + 12 + 8)
+    return _Layout(encoding, prefix, 12 + 8 + 18 + 12 + 8, channels, align)
 
 
-_LAYOUTS: Final = {encoding: _layout(encoding) for encoding in WavEncoding}
+_LAYOUTS: Final = {encoding: _layout(encoding) for encoding in WavEncoding}  # stereo
+
+
+def _layout_for(encoding: WavEncoding, channels: int) -> _Layout:
+    if not 1 <= channels <= MAX_CHANNELS:
+        raise ValueError(f"channels must be 1 to {MAX_CHANNELS}, not {channels}")
+    return _LAYOUTS[encoding] if channels == CHANNELS else _layout(encoding, channels)
 
 
 def _error(path: os.PathLike[str] | str, action: str, exc: OSError) -> RecordingError:
@@ -98,10 +112,13 @@ class WavWriter:
     """
 
     def __init__(self, path: os.PathLike[str] | str, *,
-                 encoding: WavEncoding = WavEncoding.PCM_16) -> None:
+                 encoding: WavEncoding = WavEncoding.PCM_16, channels: int = CHANNELS) -> None:
+        """``channels``: 1 to MAX_CHANNELS (else ValueError), fixed for the file's life."""
         self.path = Path(path)
         self.encoding = WavEncoding(encoding)
-        self._layout = _LAYOUTS[self.encoding]
+        self._layout = _layout_for(self.encoding, channels)
+        self.channels = channels
+        self.block_align = self._layout.block_align  # bytes per sample frame
         self._data_bytes = 0
         self._reserved = 0  # bytes reserved behind the data for an append made outside (wavbatch)
         self._appended_outside = False  # the buffered file's position is behind the data
@@ -129,7 +146,7 @@ class WavWriter:
     @property
     def frames_written(self) -> int:
         """Sample frames (samples per channel) accepted so far, flushed or not."""
-        return self._data_bytes // self.encoding.block_align
+        return self._data_bytes // self.block_align
 
     @property
     def closed(self) -> bool:
@@ -149,9 +166,8 @@ class WavWriter:
         (`wavbatch`, with ``pwrite`` at the returned file offset); report it with `appended`, or
         drop every reservation with `cancel_reserved`. Raises like `write`."""
         self._check_open()
-        if size % self.encoding.block_align:
-            raise ValueError(f"{size} bytes is not a whole number of "
-                             f"{self.encoding.block_align}-byte frames")
+        if size % self.block_align:
+            raise ValueError(f"{size} bytes is not a whole number of {self.block_align}-byte frames")
         end = self._data_bytes + self._reserved
         if self._layout.header_size - 8 + end + size > RIFF_LIMIT:
             raise RecordingError(f"{str(self.path)!r} would exceed the 4 GiB RIFF size limit")
@@ -186,9 +202,8 @@ class WavWriter:
             raise ValueError("an append made outside is not reported yet")
         view = memoryview(data).cast("B")  # type: ignore[arg-type]
         size = view.nbytes
-        if size % self.encoding.block_align:
-            raise ValueError(f"{size} bytes is not a whole number of "
-                             f"{self.encoding.block_align}-byte frames")
+        if size % self.block_align:
+            raise ValueError(f"{size} bytes is not a whole number of {self.block_align}-byte frames")
         if self._layout.header_size - 8 + self._data_bytes + size > RIFF_LIMIT:
             raise RecordingError(f"{str(self.path)!r} would exceed the 4 GiB RIFF size limit")
         try:
@@ -233,20 +248,32 @@ class WavWriter:
             raise ValueError(f"{str(self.path)!r} is closed")
 
 
-def _header_cut_short(header: bytes, encoding: WavEncoding) -> _Layout | None:
+def _header_cut_short(header: bytes, encoding: WavEncoding, channels: int) -> _Layout | None:
     """The layout whose first header ``header`` is the beginning of (``encoding``'s if both
-    fit), or None."""
-    fits = [layout for layout in _LAYOUTS.values()
+    fit; the channel count from the header when it got that far, else ``channels``), or None."""
+    if len(header) >= 24:  # the fmt chunk's channel count is there
+        channels = int.from_bytes(header[22:24], "little")
+        if not 1 <= channels <= MAX_CHANNELS:
+            return None
+    candidates = [_layout_for(each, channels) for each in WavEncoding]
+    fits = [layout for layout in candidates
             if 0 < len(header) < layout.header_size and layout.header(0).startswith(header)]
     if not fits:
         return None
-    return _LAYOUTS[encoding] if _LAYOUTS[encoding] in fits else fits[0]
+    preferred = [layout for layout in fits if layout.encoding is encoding]
+    return (preferred or fits)[0]
 
 
 def _identify(header: bytes) -> _Layout | None:
-    for layout in _LAYOUTS.values():
+    if len(header) < 24 or header[:4] != b"RIFF":
+        return None
+    channels = int.from_bytes(header[22:24], "little")
+    if not 1 <= channels <= MAX_CHANNELS:
+        return None
+    for encoding in WavEncoding:
+        layout = _layout_for(encoding, channels)
         size = layout.header_size
-        if len(header) < size or header[:4] != b"RIFF":
+        if len(header) < size:
             continue
         body = header[8:size]
         expected = layout.header(0)[8:size]
@@ -259,13 +286,15 @@ def _identify(header: bytes) -> _Layout | None:
     return None
 
 
-def repair_wav(path: os.PathLike[str] | str, encoding: WavEncoding = WavEncoding.PCM_16) -> int:
+def repair_wav(path: os.PathLike[str] | str, encoding: WavEncoding = WavEncoding.PCM_16,
+               channels: int = CHANNELS) -> int:
     """Make the header of a WAV file written by ``WavWriter`` match its length on disk.
 
     Truncates a trailing partial sample frame, rewrites the RIFF size, data size and fact count
     (only if they differ) and fsyncs. Returns the number of sample frames the file holds.
     A file that ends inside the header ``WavWriter`` writes first (its writer died writing it)
-    holds no audio: its header is completed, for ``encoding`` if what is there fits either.
+    holds no audio: its header is completed, for ``encoding`` if what is there fits either, and
+    for ``channels`` (the sidecar's) if it ends before the header's channel count.
     Raises RecordingError if the file is not a WAV written by ``WavWriter`` or on any disk
     failure.
     """
@@ -273,11 +302,11 @@ def repair_wav(path: os.PathLike[str] | str, encoding: WavEncoding = WavEncoding
     try:
         with open(path, "r+b") as file:
             header = file.read(max(layout.header_size for layout in _LAYOUTS.values()))
-            layout = _identify(header) or _header_cut_short(header, encoding)
+            layout = _identify(header) or _header_cut_short(header, encoding, channels)
             if layout is None:
                 raise RecordingError(f"{str(path)!r} is not a WAV file written by callstream")
             length = os.fstat(file.fileno()).st_size
-            align = layout.encoding.block_align
+            align = layout.block_align
             data_bytes = max(0, length - layout.header_size) // align * align
             data_bytes = min(data_bytes, (RIFF_LIMIT - layout.header_size + 8) // align * align)
             if layout.header_size + data_bytes != length:
