@@ -211,3 +211,33 @@ def test_write_pcm_reads_back(tmp_path, fmt: str) -> None:
     with pytest.raises(ValueError):
         other.write_pcm(frames[:, :1])
     other.close()
+
+
+@pytest.mark.parametrize("fmt", sorted(FORMATS))
+def test_multichannel_sink_takes_pcm_only(tmp_path: Path, fmt: str) -> None:
+    """A sink of 3 channels (RingCX participants layout): PCM frames read back sample by sample
+    (mu-law: through G.711, exact for values that are mu-law codes); the stereo-only mu-law
+    pair and batched appends are refused."""
+    path = tmp_path / f"a.{EXTENSIONS[fmt]}"
+    sink = open_sink(fmt, path, 3)
+    rng = np.random.default_rng(3)
+    codes = rng.integers(0, 0x7F, (9000, 3), dtype=np.uint8)  # never the negative zero 0x7F
+    frames = decode_ulaw_stereo(codes[:, 0].tobytes(), codes[:, 1].tobytes())
+    pcm = np.column_stack([frames, decode_ulaw_stereo(codes[:, 2].tobytes(), codes[:, 2].tobytes())[:, 0]])
+    sink.write_pcm(pcm[:4000])
+    sink.write_pcm(pcm[4000:])
+    with pytest.raises(ValueError, match="PCM frames"):
+        sink.write(b"\xff", b"\xff")
+    with pytest.raises(ValueError, match="shape"):
+        sink.write_pcm(pcm[:, :2])
+    assert getattr(sink, "plan", lambda left, right: None)(b"\xff", b"\xff") is None
+    assert sink.frames_written == 9000 and sink.channels == 3
+    sink.close()
+    data, rate = soundfile.read(str(path), dtype="int16", always_2d=True)
+    assert rate == 8000
+    np.testing.assert_array_equal(data, pcm)
+
+
+def test_flac_refuses_more_channels_than_flac_holds(tmp_path: Path) -> None:
+    with pytest.raises(ValueError, match="FLAC holds 1 to 8"):
+        FlacSink(tmp_path / "a.flac", 9)

@@ -11,7 +11,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from callstream.errors import RecordingError
-from callstream.storage import wavbatch
+from callstream.storage import wavbatch, wavfile
 from callstream.storage.sinks import WavMulawSink, WavPcmSink
 
 pytestmark = pytest.mark.skipif(not wavbatch.AVAILABLE, reason="the C extension is not built")
@@ -102,3 +102,10 @@ def test_mismatched_lengths_are_refused(tmp_path: Path) -> None:
         sink.plan(b"abc", b"ab")
     sink.close()
     assert wavbatch.append_all([]) == []
+
+
+def test_batched_appends_refuse_a_writer_of_other_than_two_channels(tmp_path: Path) -> None:
+    writer = wavfile.WavWriter(tmp_path / "a.wav", channels=3)
+    with pytest.raises(ValueError, match="stereo"):
+        wavbatch.plan(writer, b"\xff", b"\xff")
+    writer.close()

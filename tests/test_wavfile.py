@@ -292,3 +292,49 @@ def test_write_after_close(tmp_path: Path) -> None:
     writer.close()  # idempotent
     with pytest.raises(ValueError):
         writer.write(bytes(4))
+
+
+@pytest.mark.parametrize("channels", [1, 3, 4, 8])
+@pytest.mark.parametrize("encoding", list(WavEncoding))
+def test_multichannel_file_reads_back_and_repairs(tmp_path: Path, encoding: WavEncoding, channels: int) -> None:
+    """A file of other than 2 channels (the RingCX participants layout): header and frames for
+    its count; killed mid-frame after a flush, repair keeps the whole frames on disk."""
+    path = tmp_path / "a.wav"
+    writer = WavWriter(path, encoding=encoding, channels=channels)
+    rng = np.random.default_rng(channels)
+    dtype = np.int16 if encoding is WavEncoding.PCM_16 else np.uint8
+    frames = rng.integers(0, 0x7F, (101, channels)).astype(dtype)
+    writer.write(frames[:50])
+    writer.flush()
+    stale = path.read_bytes()[: writer.header_size]  # the header of a flush, before a kill
+    writer.write(frames[50:])
+    writer.close()
+    header = parse_header(path.read_bytes())
+    assert (header["channels"], header["align"]) == (channels, channels * frames.itemsize)
+    path.write_bytes(stale + path.read_bytes()[len(stale) : -1])  # and the end of the last frame lost
+    assert repair_wav(path, encoding, channels) == 100
+    with soundfile.SoundFile(str(path)) as f:
+        assert (f.frames, f.channels) == (100, channels)
+    if encoding is WavEncoding.PCM_16:
+        data, _ = soundfile.read(str(path), dtype="int16", always_2d=True)
+        np.testing.assert_array_equal(data, frames[:100])
+    else:
+        assert path.read_bytes()[58:] == frames[:100].tobytes()
+    other = WavWriter(tmp_path / "b.wav", encoding=encoding, channels=channels)
+    if other.block_align > 1:
+        with pytest.raises(ValueError, match="whole number"):
+            other.write(bytes(other.block_align + 1))
+    other.close()
+
+
+def test_repair_completes_a_multichannel_header_cut_short(tmp_path: Path) -> None:
+    """Cut before the channel count the sidecar's count is taken; after it, the header's."""
+    path = tmp_path / "a.wav"
+    WavWriter(path, channels=4).close()
+    header = path.read_bytes()
+    for cut in range(1, len(header)):
+        path.write_bytes(header[:cut])
+        assert repair_wav(path, WavEncoding.PCM_16, 4 if cut < 24 else 3) == 0, cut
+        assert soundfile.info(str(path)).channels == 4, cut
+    with pytest.raises(ValueError, match="channels"):
+        WavWriter(tmp_path / "c.wav", channels=65)
