@@ -9,6 +9,7 @@ import threading
 from pathlib import Path
 
 import grpc
+import pytest
 import numpy as np
 import soundfile
 import trio
@@ -89,3 +90,45 @@ async def test_workers_share_the_ringcx_port(tmp_path: Path) -> None:
     assert sidecar["status"] == "complete"
     audio, _ = soundfile.read(sidecar_path.with_name(sidecar["file"]), dtype="int16", always_2d=True)
     assert client.verify(np.asarray(audio), script.runs) == []
+
+
+@pytest.mark.parametrize("fmt", ["wav", "flac"])
+async def test_sigkill_mid_transfer_in_participants_layout_recovers_every_channel(tmp_path: Path, fmt: str) -> None:
+    """--channel-layout participants, killed after the transfer: the recovered file keeps its 4
+    channels (the sidecar says so), each participant's audio on its own, exact up to the cut."""
+    output = tmp_path / "recordings"
+    script = client.platform_dialog("crashed", seconds=5.0, agent_join=0.3, hold=None, transfer=1.0)
+    server = ServerProcess(output, "--ringcx-port", "0", "--ringcx-plaintext", "--flush-interval", "0.2",
+                           "--format", fmt, "--channel-layout", "participants", ready=RINGCX_READY)
+    stop = threading.Event()
+
+    def play() -> None:
+        with client.open_channel(f"127.0.0.1:{server.port}") as channel:
+            with contextlib.suppress(grpc.RpcError):  # the server is killed under it
+                client.stream(channel, (e for e in client.paced(script.steps) if not stop.is_set()), timeout=30)
+
+    with trio.fail_after(60):
+        async with trio.open_nursery() as nursery:
+            nursery.start_soon(trio.to_thread.run_sync, play)
+            await trio.sleep(3.0)
+            assert server.stop(signal.SIGKILL) == -signal.SIGKILL
+            stop.set()
+    assert list(output.rglob("*.partial.*")), "nothing was left to recover"
+    restarted = ServerProcess(output)  # recovers before it listens
+    assert restarted.stop(signal.SIGTERM) == 0
+    assert not list(output.rglob("*.partial.*"))
+    [sidecar_path] = output.rglob("crashed.json")
+    sidecar = read_sidecar(sidecar_path)
+    assert sidecar["status"] == "recovered" and sidecar["channels"] == 4
+    assert [s["channel"] for s in sidecar["metadata"]["segments"]] == [0, 1, 2]
+    audio, rate = soundfile.read(sidecar_path.with_name(sidecar["file"]), dtype="int16", always_2d=True)
+    assert rate == 8000 and audio.shape[1] == 4 and len(audio) >= 1.5 * 8000
+    runs = []  # one run per segment (no hold), on the channel of its order of joining; cut as recorded
+    for index, run in enumerate(script.runs):
+        keep = max(0, min(len(run.pcm), len(audio) - run.start - 800))
+        if keep > 800:
+            runs.append(client.Run(index, run.start, run.pcm[:keep]))
+    assert len(runs) == 3
+    cut = min(run.start + len(run.pcm) for run in runs)
+    for problem in client.verify(np.asarray(audio), runs):  # only audio past the cut may be unaccounted for
+        assert "silence was expected" in problem and int(problem.rsplit(" ", 1)[1]) // 4 >= cut - 800, problem

@@ -583,6 +583,11 @@ class DialogAssembler:
         return self._emitted
 
     @property
+    def segment_count(self) -> int:
+        """Segments started so far (recorded or not): when it changes, so does `channel_map`."""
+        return len(self._segments)
+
+    @property
     def chunks_received(self) -> int:
         """Media chunks taken so far (for the idle timeout)."""
         return sum(segment.chunks + segment.unrecorded for segment in self._segments.values()) + len(self._orphans)

@@ -72,6 +72,12 @@ class DialogRecorder:
         # fields, metadata and channel map as of the first block, taken in trio: the file is created in a
         # disk thread, which must not read the assembler while the receive loop changes it
         self._snapshot: tuple[dict[str, str], dict[str, Any], dict[str, Any]] | None = None
+        # participants layout: the sidecar of the live recording is rewritten (in a disk thread,
+        # at its next flush) with the segments that joined since it was written, so that a
+        # recovered file says who is on each channel; see tick
+        self._sidecar_segments = 0  # segment count of the last update (trio's)
+        self._sidecar_written = 0  # ... and of the last one written (the disk thread's)
+        self._sidecar_update: tuple[int, dict[str, Any], dict[str, Any]] | None = None
         self._started = datetime.now(UTC)
         self.started_monotonic = time.monotonic()
         self.last_block: PcmBlock | None = None  # the latest block sent to the disk (the live view's levels)
@@ -187,6 +193,11 @@ class DialogRecorder:
             self.stop(f"no media for {settings.idle_timeout:g} s")
         if now >= self._deadline:
             self.stop(f"maximum call duration of {settings.max_call_seconds:g} s reached")
+        if assembler.layout == "participants" and self._snapshot is not None:
+            count = assembler.segment_count
+            if count != self._sidecar_segments:
+                self._sidecar_segments = count
+                self._sidecar_update = (count, self.sidecar_metadata(), assembler.channel_map())
         if self._failure is None and self._lane.has_room():
             block = assembler.pop_block(partial=True)
             if block is not None:
@@ -218,8 +229,13 @@ class DialogRecorder:
         self._recording.write_pcm(block.frames)
 
     def flush_blocks(self) -> None:
-        if self._recording is not None:
-            self._recording.flush(fsync=self._settings.fsync)
+        recording = self._recording
+        if recording is not None:
+            recording.flush(fsync=self._settings.fsync)
+            update = self._sidecar_update  # replaced whole by trio, never written here
+            if update is not None and update[0] != self._sidecar_written and not recording.finished:
+                self._sidecar_written = update[0]
+                recording.update(metadata=update[1], channel_map=update[2], durable=self._settings.fsync)
 
     def write_failed(self, error: RecordingError) -> None:
         self._fail(error)

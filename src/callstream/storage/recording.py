@@ -226,6 +226,17 @@ class Recording:
         """Make everything written so far readable in the partial file (durable if fsync)."""
         self._sink.flush(fsync)
 
+    def update(self, *, metadata: Mapping[str, Any], channel_map: Mapping[str, Any],
+               durable: bool = True) -> None:
+        """Rewrite the sidecar of the live recording (status ``recording``) with new metadata and
+        channel map: what recovery keeps if the recorder dies (a participant that joined after
+        the file was created). Before `finish` only (else ValueError); raises RecordingError."""
+        if self._finished:
+            raise ValueError(f"{self.name!r} is already finished")
+        self._metadata = dict(metadata)
+        self._channel_map = dict(channel_map)
+        self._publish(RECORDING, ended=None, sha256=None, statistics={}, durable=durable)
+
     def plan(self, left: bytes, right: bytes) -> PlannedAppend | None:
         """The block as a batched append (`wavbatch.append_all` writes it), or None when this
         format or build has none (then use `write` and `flush`)."""
