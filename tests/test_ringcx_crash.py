@@ -9,8 +9,8 @@ import threading
 from pathlib import Path
 
 import grpc
-import pytest
 import numpy as np
+import pytest
 import soundfile
 import trio
 
@@ -103,9 +103,9 @@ async def test_sigkill_mid_transfer_in_participants_layout_recovers_every_channe
     stop = threading.Event()
 
     def play() -> None:
-        with client.open_channel(f"127.0.0.1:{server.port}") as channel:
-            with contextlib.suppress(grpc.RpcError):  # the server is killed under it
-                client.stream(channel, (e for e in client.paced(script.steps) if not stop.is_set()), timeout=30)
+        # the server is killed under it
+        with client.open_channel(f"127.0.0.1:{server.port}") as channel, contextlib.suppress(grpc.RpcError):
+            client.stream(channel, (e for e in client.paced(script.steps) if not stop.is_set()), timeout=30)
 
     with trio.fail_after(60):
         async with trio.open_nursery() as nursery:

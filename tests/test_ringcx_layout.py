@@ -4,7 +4,6 @@ and the files of every format read back channel by channel, sample by sample."""
 from __future__ import annotations
 
 from dataclasses import replace
-from pathlib import Path
 
 import grpc
 import numpy as np

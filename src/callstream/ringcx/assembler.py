@@ -34,10 +34,10 @@ others back by at most the window. A chunk that would land before W (a segment l
 the window) is moved to W and the move counted (``shifted_seconds``), never dropped.
 
 Memory: per dialog, the unemitted mix (one block + the window + one chunk per channel, int16:
-42 KB at the defaults in stereo, 21 KB more per participants channel; a longer chunk grows it), per segment at most ``window_ms`` of waiting
-chunks (and MAX_PENDING of them), at most MAX_ORPHANS chunks of media for segments not started
-yet (held for ``window_ms``, then dropped and counted), at most MAX_SEGMENTS segments and
-MAX_INFOS SegmentInfo events kept.
+42 KB at the defaults in stereo, 21 KB more per participants channel; a longer chunk grows
+it), per segment at most ``window_ms`` of waiting chunks (and MAX_PENDING of them), at most
+MAX_ORPHANS chunks of media for segments not started yet (held for ``window_ms``, then dropped
+and counted), at most MAX_SEGMENTS segments and MAX_INFOS SegmentInfo events kept.
 """
 
 from __future__ import annotations
