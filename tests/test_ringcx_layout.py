@@ -14,6 +14,7 @@ from callstream.ringcx.assembler import DialogAssembler, PcmBlock
 from callstream.ringcx.events import AGENT, BOT, CONTACT, AudioFormat, SegmentMedia, SegmentStart, SegmentStop
 from callstream.settings import Settings
 from callstream.sim import ringcx_client as client
+from callstream.sim.ringcx_simulate import verify_recording
 from test_ringcx_assembler import init, pcm, tone_chunk
 from test_ringcx_server import TIMEOUT, finished, play, read, ringcx_server, rsettings  # noqa: F401
 
@@ -96,6 +97,7 @@ async def test_transfer_in_participants_layout(rsettings: Settings, fmt: str) ->
     audio = read(path)
     assert audio.shape[1] == 4 == sidecar["channels"]
     assert client.verify(audio, participants(script)) == []
+    assert verify_recording(settings.output_dir, script) == []  # simulate --verify knows the layout
     assert sidecar["status"] == "complete"
     mapping = sidecar["channel_map"]
     assert [[(p["segment_id"], p["type"], p["name"]) for p in mapping[c]] for c in "0123"] == [

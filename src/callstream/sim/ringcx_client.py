@@ -36,11 +36,13 @@ class Step:
 
 @dataclass(slots=True)
 class Run:
-    """Consecutive chunks of one segment: ``pcm`` belongs at sample ``start`` of ``channel``."""
+    """Consecutive chunks of one segment: ``pcm`` belongs at sample ``start`` of ``channel`` (in
+    the stereo layout; in the participants layout the sidecar says the segment's channel)."""
 
     channel: int
     start: int
     pcm: np.ndarray
+    segment: str = ""  # its segment id
 
 
 @dataclass(slots=True)
@@ -92,7 +94,7 @@ class _Builder:
                 seq += 1
                 pcm.append(codec.decode_ulaw(payload))
             if pcm:
-                self.script.runs.append(Run(channel, round(begin * RATE), np.concatenate(pcm)))
+                self.script.runs.append(Run(channel, round(begin * RATE), np.concatenate(pcm), segment_id))
         if leave is not None:
             self.add(leave, segment_stop=pb.SegmentStopEvent(segment_id=segment_id))
 

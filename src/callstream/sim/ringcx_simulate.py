@@ -67,7 +67,13 @@ def verify_recording(directory: Path, script: client.Script, sidecars: dict[str,
     audio, rate = soundfile.read(paths[0].with_name(data["file"]), dtype="int16", always_2d=True)
     if rate != client.RATE:
         return [f"sample rate {rate}"]
-    return client.verify(np.asarray(audio), script.runs)
+    runs = script.runs
+    if "left" not in data.get("channel_map", {}):  # --channel-layout participants: the sidecar's channels
+        channels = {s["segment_id"]: s["channel"] for s in data.get("metadata", {}).get("segments", [])}
+        runs = [client.Run(channels.get(run.segment, -1), run.start, run.pcm, run.segment) for run in runs]
+        if any(run.channel is None or run.channel < 0 for run in runs):
+            return [f"the sidecar gives no channel to a segment of {sorted({run.segment for run in runs})}"]
+    return client.verify(np.asarray(audio), runs)
 
 
 async def _play_all(args: argparse.Namespace, target: str, scripts: list[client.Script]) -> list[tuple[str, float]]:
