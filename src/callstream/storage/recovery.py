@@ -2,7 +2,9 @@
 
 A recorder killed mid-call (SIGKILL, power loss, OOM) leaves the audio it had flushed in
 `NAME.partial.EXT` and a sidecar with status `recording`. Recovery repairs the audio file (WAV:
-header sizes from the file length; FLAC: the complete frames re-encoded into a closed file),
+header sizes from the file length; FLAC: the complete frames re-encoded into a closed file; of
+any channel count, the RingCX participants layout's included: the sidecar's ``channels`` says
+the file's),
 writes the sidecar with status `recovered` (`failed` when the recorder left the mark
 `NAME.failed`: its failed finish could not write the sidecar), the frames found and the
 SHA-256, and only then renames the audio to `NAME.EXT`: the same order as a live finish (see
