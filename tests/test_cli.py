@@ -87,6 +87,7 @@ def test_combinations_are_checked(capsys: pytest.CaptureFixture[str]) -> None:
         (["--reorder-window", "5", "--discontinuity", "2"], "--discontinuity: must be longer"),
         (["--port", "9000", "--metrics-port", "9000"], "--metrics-port: 9000 is also --port"),
         (["--secret", " "], "--secret: the secret is empty"),
+        (["--participant-channels", "6"], "--participant-channels: only applies with --channel-layout"),
     ):
         with pytest.raises(SystemExit):
             settings(argv)

@@ -380,6 +380,8 @@ class Settings:
         if self.ringcx_port is not None and self.tls_cert is None and not self.ringcx_plaintext:
             raise SettingsError("ringcx_port", "needs --tls-cert/--tls-key (the platform speaks TLS only), or "
                                 "--ringcx-plaintext behind a TLS-terminating proxy")
+        if self.channel_layout != "participants" and self.participant_channels != DEFAULT_PARTICIPANT_CHANNELS:
+            raise SettingsError("participant_channels", "only applies with --channel-layout participants")
         if self.discontinuity_ms <= self.reorder_window_ms:
             raise SettingsError("discontinuity_ms", "must be longer than --reorder-window")
         if (self.metrics_port is not None and self.metrics_port == self.port and self.port != 0
