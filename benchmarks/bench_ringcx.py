@@ -9,8 +9,22 @@ process of its own; its CPU (user + system, /proc) is read before and after the 
   of the transport, the floor);
 - ``full``: ``callstream serve --ringcx-port`` (plaintext on loopback), recording WAV files.
 
-Usage: python benchmarks/bench_ringcx.py [--dialogs N] [--seconds S]. Not part of make bench's
-default run (it takes 2 x (S + a few) seconds). Nothing here asserts speed.
+Two modes (nothing here asserts speed):
+- steps (the default; `make bench` runs it, ~3 minutes): concurrent real-time dialogs stepped up
+  (STEPS) on one worker, each step run against the bare receiver and then the full recorder,
+  judged like bench_e2e's WebSocket steps: every dialog answered OK, every recording exact
+  (both channels sample for sample: the sent chunks, contiguous, silence elsewhere), write lag
+  p99 (the server's histogram) under LAG_LIMIT and the generator on time (its dialogs end within
+  REALTIME_SLACK of their schedule: a server that reads too slowly holds the platform back
+  through HTTP/2 flow control instead of losing audio). Stepping stops at the first step the
+  full recorder fails. The server's CPU is read over the window in which every dialog is live;
+  the table "CPU per 1,000 calls/dialogs" sets it beside the WebSocket front end's from the
+  last bench_e2e run (results/e2e-latest.json; make bench runs bench_e2e first). The generator
+  runs in ceil(dialogs / GENERATOR_DIALOGS) processes.
+- ratio (``--dialogs N [--seconds S]``): one size, bare then full, whole-run CPU per message.
+
+    .venv/bin/python benchmarks/bench_ringcx.py [--steps 100,300,600,900] [--step-seconds 10]
+    .venv/bin/python benchmarks/bench_ringcx.py --dialogs 100 --seconds 20
 """
 
 from __future__ import annotations
@@ -21,6 +35,7 @@ import json
 import os
 import platform
 import re
+import shutil
 import subprocess
 import sys
 import tempfile
@@ -28,14 +43,30 @@ import time
 from pathlib import Path
 
 import grpc
+import numpy as np
+import soundfile
 
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+
+from bench_e2e import REALTIME_SLACK, Server, free_port, histogram_quantile
+from callstream import codec
 from callstream.ringcx import streaming_pb2 as pb
 from callstream.ringcx import streaming_pb2_grpc
+from machine import RESULTS, describe_machine, write_result
 
 SETTLE = 1.0  # seconds after the listener is up before measuring
 IDLE = 2.0  # seconds of the idle server measured before the dialogs
 CHUNK = bytes(range(0x10, 0x10 + 200)) * 4  # 800 bytes: 100 ms of PCMU
 HERE = Path(__file__).resolve()
+STEPS = (100, 300, 600, 900)  # concurrent real-time dialogs on one worker
+STEP_SECONDS = 10.0  # audio per dialog in a step
+BUDGET = 200.0  # seconds of steps at most (make bench's ~15 minutes: the gRPC share)
+STEP_OVERHEAD = 10.0  # seconds a step (bare + full) takes beyond 2 x (ramp + audio): start, checks
+LAG_LIMIT = 2.0  # seconds: the issue's write lag p99 for dialogs
+ARRIVALS_PER_SECOND = 200.0  # new dialogs per second in a step's ramp (at least MIN_RAMP)
+MIN_RAMP = 1.0  # seconds
+GENERATOR_DIALOGS = 300  # real-time dialogs one generator process (one grpc.aio loop) is given
+MESSAGES_PER_SECOND = 20  # per dialog: two segments, a 100 ms chunk each every 100 ms
 
 
 def cpu_seconds(pid: int) -> float:
@@ -95,8 +126,9 @@ def _events(index: int, seconds: float):
         yield seconds, pb.StreamEvent(session_id=session, segment_stop=pb.SegmentStopEvent(segment_id=segment))
 
 
-async def _dialog(stub: streaming_pb2_grpc.StreamingStub, index: int, seconds: float, delay: float) -> bool:
-    await asyncio.sleep(delay)
+async def _dialog(stub: streaming_pb2_grpc.StreamingStub, index: int, seconds: float, start: float) -> float | None:
+    """One dialog from ``start`` (time.time()); its lateness at the end (seconds), None if it failed."""
+    await asyncio.sleep(max(0.0, start - time.time()))
     loop = asyncio.get_running_loop()
     began = loop.time()
 
@@ -111,15 +143,22 @@ async def _dialog(stub: streaming_pb2_grpc.StreamingStub, index: int, seconds: f
         await stub.Stream(paced())
     except grpc.aio.AioRpcError as error:
         print(f"dialog {index}: {error.code().name} {error.details()}", file=sys.stderr)
-        return False
-    return True
+        return None
+    return loop.time() - began - seconds
+
+
+async def _generate_at(target: str, first: int, count: int, total: int, seconds: float, ramp: float,
+                       start: float) -> list[float | None]:
+    async with grpc.aio.insecure_channel(target) as channel:
+        stub = streaming_pb2_grpc.StreamingStub(channel)
+        return await asyncio.gather(*(
+            _dialog(stub, i, seconds, start + ramp * i / max(1, total)) for i in range(first, first + count)))
 
 
 async def _generate(target: str, dialogs: int, seconds: float) -> int:
-    async with grpc.aio.insecure_channel(target) as channel:
-        stub = streaming_pb2_grpc.StreamingStub(channel)
-        results = await asyncio.gather(*(_dialog(stub, i, seconds, i / dialogs) for i in range(dialogs)))
-    return sum(results)
+    """The ratio mode's generator, in this process: dialogs spread over one second."""
+    late = await _generate_at(target, 0, dialogs, dialogs, seconds, 1.0, time.time())
+    return sum(1 for x in late if x is not None)
 
 
 def run_variant(variant: str, dialogs: int, seconds: float) -> dict[str, float]:
@@ -128,22 +167,11 @@ def run_variant(variant: str, dialogs: int, seconds: float) -> dict[str, float]:
             command = [sys.executable, str(HERE), "--bare-server"]
         else:
             command = [sys.executable, "-m", "callstream", "serve", "--host", "127.0.0.1", "--port", "0",
-                       "--ringcx-port", "0", "--ringcx-plaintext", "--output-dir", output, "--log-level", "warning",
+                       "--ringcx-port", "0", "--ringcx-plaintext", "--output-dir", output, "--log-level", "info",
                        "--max-calls", str(dialogs + 10)]
-            command[4:4] = []
-        env = dict(os.environ)
-        if variant == "full":
-            command[command.index("warning")] = "info"
-        process = subprocess.Popen(command, stderr=subprocess.PIPE, text=True, env=env)
+        process = subprocess.Popen(command, stderr=subprocess.PIPE, text=True)
         try:
-            port = None
-            assert process.stderr is not None
-            while port is None:
-                line = process.stderr.readline()
-                if not line:
-                    raise RuntimeError(f"{variant} server ended before listening")
-                found = re.search(r"RingCX gRPC on [\d.]+:(\d+)", line)
-                port = int(found.group(1)) if found else None
+            port = _listening(process, variant)
             time.sleep(SETTLE)  # the rest of the server's start (the WebSocket listener, recovery)
             idle = cpu_seconds(process.pid)
             time.sleep(IDLE)
@@ -165,16 +193,256 @@ def run_variant(variant: str, dialogs: int, seconds: float) -> dict[str, float]:
             "messages": messages}
 
 
+def _listening(process: subprocess.Popen, variant: str) -> int:
+    """The gRPC port a server (stderr piped, text) logs once it listens."""
+    assert process.stderr is not None
+    while True:
+        line = process.stderr.readline()
+        if not line:
+            raise RuntimeError(f"{variant} server ended before listening")
+        found = re.search(r"RingCX gRPC on [\d.]+:(\d+)", line)
+        if found:
+            return int(found.group(1))
+
+
+# -- steps ----------------------------------------------------------------------------------------
+
+
+def _generators(port: int, dialogs: int, seconds: float, ramp: float) -> tuple[list[subprocess.Popen], float]:
+    """Start the generator processes (their dialogs begin together, 1.5 s from now); returns
+    them and the dialogs' start (time.time())."""
+    start = time.time() + 1.5  # the processes import grpc meanwhile
+    processes = []
+    per = -(-dialogs // max(1, -(-dialogs // GENERATOR_DIALOGS)))
+    for first in range(0, dialogs, per):
+        count = min(per, dialogs - first)
+        processes.append(subprocess.Popen(
+            [sys.executable, str(HERE), "--generate", f"127.0.0.1:{port}", "--first", str(first),
+             "--count", str(count), "--dialogs", str(dialogs), "--seconds", str(seconds), "--ramp", str(ramp),
+             "--start", repr(start)], stdout=subprocess.PIPE, text=True))
+    return processes, start
+
+
+def _gather(processes: list[subprocess.Popen]) -> tuple[int, float, float]:
+    """(failed dialogs, the latest dialog's lateness in s, generator CPU s) once all have ended."""
+    failed, behind, cpu = 0, 0.0, 0.0
+    for process in processes:
+        out, _ = process.communicate()
+        report = json.loads(out.strip().splitlines()[-1])
+        failed += report["failed"]
+        behind = max(behind, report["behind_max"])
+        cpu += report["cpu_s"]
+    return failed, behind, cpu
+
+
+def expected_channel(seconds: float) -> np.ndarray:
+    return np.tile(codec.decode_ulaw(CHUNK), round(seconds * 10))
+
+
+def exact(path: Path, expected: np.ndarray) -> bool:
+    """Both channels hold the sent chunks, contiguous, and silence elsewhere."""
+    frames, _ = soundfile.read(path, dtype="int16", always_2d=True)
+    if frames.shape[1] != 2:
+        return False
+    for channel in (frames[:, 0], frames[:, 1]):
+        nonzero = np.flatnonzero(channel)
+        if not len(nonzero) or nonzero[0] + len(expected) > len(channel):
+            return False
+        first = nonzero[0]
+        if not np.array_equal(channel[first : first + len(expected)], expected):
+            return False
+        if len(nonzero) != np.count_nonzero(expected):
+            return False
+    return True
+
+
+def verify(output: Path, dialogs: int, seconds: float, wait: float = 60.0) -> tuple[int, int]:
+    """(recordings finished, recordings exact), once none is still being written."""
+    deadline = time.monotonic() + wait
+    while True:
+        sidecars = []
+        for path in output.rglob("*.json"):
+            try:
+                sidecars.append((path, json.loads(path.read_text())))
+            except (OSError, ValueError):
+                continue
+        if all(data.get("status") != "recording" for _, data in sidecars) or time.monotonic() > deadline:
+            break
+        time.sleep(0.5)
+    expected = expected_channel(seconds)
+    finished = good = 0
+    for path, data in sidecars:
+        if data.get("status") != "complete":
+            continue
+        finished += 1
+        try:
+            good += exact(path.parent / data["file"], expected)
+        except (OSError, KeyError, RuntimeError):
+            continue
+    return finished, good
+
+
+def step(variant: str, dialogs: int, seconds: float, work: Path) -> dict:
+    """One step: the bare receiver or the full recorder (one worker) under ``dialogs`` real-time
+    dialogs; CPU over the window in which all of them are live."""
+    ramp = max(MIN_RAMP, dialogs / ARRIVALS_PER_SECOND)
+    output = work / f"{variant}-{dialogs}"
+    output.mkdir()
+    server: Server | None = None
+    bare: subprocess.Popen | None = None
+    if variant == "bare":
+        bare = subprocess.Popen([sys.executable, str(HERE), "--bare-server"], stderr=subprocess.PIPE, text=True)
+        port, pid = _listening(bare, "bare"), bare.pid
+        cpu = lambda: cpu_seconds(pid)  # noqa: E731
+    else:
+        port = free_port()
+        server = Server(output, ["--ringcx-port", str(port), "--ringcx-plaintext",
+                                 "--max-calls", str(dialogs + 10)], metrics=True)
+        cpu = server.cpu
+    try:
+        time.sleep(SETTLE)
+        processes, start = _generators(port, dialogs, seconds, ramp)
+        window = (start + ramp + 1.0, start + ramp + seconds - 1.0)  # every dialog live
+        samples: list[tuple[float, float, dict | None]] = []
+        for at in window:
+            time.sleep(max(0.0, at - time.time()))
+            samples.append((time.time(), cpu(), server.lag_histogram() if server else None))
+        failed, behind, generator_cpu = _gather(processes)
+    finally:
+        if bare is not None:
+            bare.terminate()
+            bare.wait(30)
+    (t0, c0, h0), (t1, c1, h1) = samples
+    share = (c1 - c0) / (t1 - t0)
+    result = {"variant": variant, "dialogs": dialogs, "seconds": seconds, "ramp_seconds": round(ramp, 2),
+              "failed_dialogs": failed, "behind_seconds": round(behind, 2),
+              "server_cpu_share": round(share, 3), "cores_per_1000": round(share / dialogs * 1000, 3),
+              "cpu_us_per_message": round(share / (dialogs * MESSAGES_PER_SECOND) * 1e6, 1),
+              "generator_cpu_us_per_message": round(
+                  generator_cpu / (dialogs * (5 + 2 * round(seconds * 10))) * 1e6, 1)}
+    if server is not None:
+        server.stop()
+        p50 = histogram_quantile(h0 or {}, h1 or {}, 0.5) if h1 else None
+        p99 = histogram_quantile(h0 or {}, h1 or {}, 0.99) if h1 else None
+        finished, good = verify(output, dialogs, seconds)
+        result.update(lag_p50_s=p50, lag_p99_s=p99, recordings=finished, exact=good)
+        result["ok"] = (failed == 0 and good == dialogs and p99 is not None and p99 < LAG_LIMIT
+                        and behind <= REALTIME_SLACK)
+    shutil.rmtree(output, ignore_errors=True)
+    return result
+
+
+def websocket_per_1000() -> list[tuple[str, int, float]]:
+    """(variant, calls, cores per 1,000 calls) of the one-worker WebSocket steps that passed in
+    the last bench_e2e run."""
+    try:
+        data = json.loads((RESULTS / "e2e-latest.json").read_text())
+    except (OSError, ValueError):
+        return []
+    rows = []
+    for variant in data.get("capacity", []):
+        if variant.get("variant") != "1 worker, websockets":
+            continue
+        for s in variant["steps"]:
+            if s.get("ok") and s.get("server_cpu_share"):
+                rows.append((f"WebSocket ({data.get('utc', '?')[:16]})", s["calls"],
+                             round(s["server_cpu_share"] / s["calls"] * 1000, 3)))
+    return rows
+
+
+def markdown(data: dict) -> str:
+    lines = [f"Machine: {data['machine_line']}",
+             f"Real-time dialogs of two segments (100 ms PCMU chunks), {data['step_seconds']:g} s each, one worker; "
+             f"CPU over the window in which every dialog is live.", "",
+             "| receiver | dialogs | ok | server CPU | cores per 1,000 | CPU-us per message | full / bare | "
+             "lag p50 (s) | lag p99 (s) | behind (s) | exact recordings | failed |",
+             "|---|---:|:---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|"]
+    for pair in data["steps"]:
+        bare, full = pair["bare"], pair.get("full")
+        for result in (bare, full):
+            if result is None:
+                continue
+            ratio = "" if result is bare else f"{full['server_cpu_share'] / max(bare['server_cpu_share'], 1e-9):.2f}"
+            lines.append(
+                f"| {result['variant']} | {result['dialogs']} | "
+                f"{'-' if result is bare else ('yes' if result['ok'] else 'NO')} | "
+                f"{result['server_cpu_share'] * 100:.0f} % | {result['cores_per_1000']} | "
+                f"{result['cpu_us_per_message']} | "
+                f"{ratio} | {result.get('lag_p50_s', '-')} | {result.get('lag_p99_s', '-')} | "
+                f"{result['behind_seconds']} | {result.get('exact', '-')} | {result['failed_dialogs']} |")
+    lines += ["", f"- capacity of 1 worker, RingCX gRPC: **{data['capacity_dialogs']} dialogs** "
+              f"(lag p99 < {LAG_LIMIT:g} s, every recording exact, generator within {REALTIME_SLACK:g} s)", "",
+              "CPU per 1,000 calls/dialogs (one worker, real-time, steps that passed):", "",
+              "| front end | calls/dialogs | cores per 1,000 |", "|---|---:|---:|"]
+    for name, count, cores in data["per_1000"]:
+        lines.append(f"| {name} | {count} | {cores} |")
+    return "\n".join(lines)
+
+
+def steps_main(steps: list[int], seconds: float, budget: float) -> int:
+    started = time.monotonic()
+    data: dict = {"benchmark": "ringcx", "machine_line": machine(), "step_seconds": seconds,
+                  "load_average_start": [round(x, 2) for x in os.getloadavg()], "steps": [],
+                  "capacity_dialogs": 0}
+    with tempfile.TemporaryDirectory() as temp:
+        work = Path(temp)
+        for dialogs in steps:
+            ramp = max(MIN_RAMP, dialogs / ARRIVALS_PER_SECOND)
+            if time.monotonic() - started + 2 * (ramp + seconds) + STEP_OVERHEAD > budget:
+                print(f"{dialogs} dialogs: beyond the {budget:g} s budget, not run", flush=True)
+                break
+            pair = {"bare": step("bare", dialogs, seconds, work)}
+            pair["full"] = full = step("full", dialogs, seconds, work)
+            data["steps"].append(pair)
+            print(json.dumps(pair), flush=True)
+            if not full["ok"]:
+                break
+            data["capacity_dialogs"] = dialogs
+    per_1000 = websocket_per_1000()
+    for pair in data["steps"]:
+        for result in pair.values():
+            if result["variant"] == "bare" or result["ok"]:
+                name = "RingCX gRPC, full recorder" if result["variant"] == "full" else "RingCX gRPC, bare grpc.aio"
+                per_1000.append((name, result["dialogs"], result["cores_per_1000"]))
+    data["per_1000"] = per_1000
+    data["total_seconds"] = round(time.monotonic() - started, 1)
+    data["machine"] = describe_machine()
+    text = markdown(data)
+    print(text)
+    write_result("ringcx", data)
+    (RESULTS / "ringcx-latest.md").write_text(text + "\n")
+    return 0
+
+
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--dialogs", type=int, default=50, help="real-time dialogs at once")
-    parser.add_argument("--seconds", type=float, default=20.0, help="length of each dialog")
+    parser.add_argument("--steps", default=",".join(map(str, STEPS)),
+                        help="concurrent dialogs per step, comma-separated (steps mode)")
+    parser.add_argument("--step-seconds", type=float, default=STEP_SECONDS, help="audio per dialog in a step, s")
+    parser.add_argument("--budget", type=float, default=BUDGET, help="seconds of steps at most")
+    parser.add_argument("--dialogs", type=int, help="ratio mode: real-time dialogs at once")
+    parser.add_argument("--seconds", type=float, default=20.0, help="ratio mode: length of each dialog, s")
     parser.add_argument("--bare-server", action="store_true", help=argparse.SUPPRESS)
-    parser.add_argument("--json", type=Path, help="write the results here")
+    parser.add_argument("--generate", help=argparse.SUPPRESS)  # HOST:PORT: a generator process
+    parser.add_argument("--first", type=int, default=0, help=argparse.SUPPRESS)
+    parser.add_argument("--count", type=int, default=0, help=argparse.SUPPRESS)
+    parser.add_argument("--ramp", type=float, default=1.0, help=argparse.SUPPRESS)
+    parser.add_argument("--start", type=float, default=0.0, help=argparse.SUPPRESS)
+    parser.add_argument("--json", type=Path, help="ratio mode: write the results here")
     args = parser.parse_args()
     if args.bare_server:
         asyncio.run(_bare_main())
         return 0
+    if args.generate:
+        late = asyncio.run(_generate_at(args.generate, args.first, args.count, args.dialogs, args.seconds,
+                                        args.ramp, args.start))
+        usage = os.times()
+        print(json.dumps({"failed": sum(1 for x in late if x is None),
+                          "behind_max": max((x for x in late if x is not None), default=0.0),
+                          "cpu_s": usage.user + usage.system}))
+        return 0
+    if args.dialogs is None:
+        return steps_main([int(x) for x in args.steps.split(",")], args.step_seconds, args.budget)
     results = {variant: run_variant(variant, args.dialogs, args.seconds) for variant in ("bare", "full")}
     ratio = results["full"]["server_cpu_s"] / max(results["bare"]["server_cpu_s"], 1e-9)
     busy_ratio = results["full"]["busy_cpu_s"] / max(results["bare"]["busy_cpu_s"], 1e-9)
