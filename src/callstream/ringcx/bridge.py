@@ -5,7 +5,8 @@ holds ``capacity`` events it stops reading the RPC (so HTTP/2 flow control pushe
 platform) until the recorder has taken them. The recorder takes everything queued at once
 (`receive_batch`) every ``interval`` seconds, or as soon as half the capacity is queued or the
 stream has ended, so that a real-time dialog (20 events a second) costs two cross-thread
-wake-ups a second, not twenty. The reader is woken (``loop.call_soon_threadsafe``) only when it
+wake-ups a second, not twenty; those takes fall on a grid shared by every dialog, so that trio's
+thread wakes once per interval for all of them (see GRID_MIN_SHARE). The reader is woken (``loop.call_soon_threadsafe``) only when it
 waits for room, the recorder (``TrioToken.run_sync_soon``) only early. A lock guards the waiting
 flags against the race between "found nothing" and "asleep".
 
@@ -19,6 +20,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import math
 import threading
 import time
 from collections import deque
@@ -28,6 +30,11 @@ import trio
 
 DEFAULT_CAPACITY: Final = 64  # events (~3 s of a two-segment dialog at 100 ms chunks)
 DEFAULT_INTERVAL: Final = 0.5  # seconds between takes of a dialog that keeps up
+# A take by the clock comes on a grid of ``interval`` shared by every dialog (trio's clock), at
+# least this share of an interval after the last take: all dialogs' takes fall due in one tick of
+# trio's loop, which wakes once per interval for all of them instead of once per dialog (the
+# wake-ups, each a handover of the GIL from the gRPC thread, cost more than the takes).
+GRID_MIN_SHARE: Final = 0.7
 
 
 class DialogEnded(Exception):
@@ -138,15 +145,20 @@ class DialogChannel:
                 if self._ended is not None:
                     raise DialogEnded(self._ended)
                 self._trio_wait = event = trio.Event()
-            with trio.move_on_at(max(self._next_take, now + (0 if queued else self._interval))):
+            with trio.move_on_at(self._next_take if queued else max(self._next_take, self._grid(now))):
                 await event.wait()
             with self._lock:
                 self._trio_wait = None
-        self._next_take = trio.current_time() + self._interval
+        self._next_take = self._grid(trio.current_time())
         if room is not None:
             with contextlib.suppress(RuntimeError):  # a closed gRPC loop: the reader is gone
                 self._loop.call_soon_threadsafe(room.set)
         return items
+
+    def _grid(self, now: float) -> float:
+        """The first point of the shared grid at least GRID_MIN_SHARE of an interval after ``now``."""
+        interval = self._interval
+        return math.ceil((now + interval * GRID_MIN_SHARE) / interval) * interval
 
 
 def _resolve(future: asyncio.Future[Any], value: Any) -> None:
