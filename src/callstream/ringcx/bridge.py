@@ -6,8 +6,9 @@ platform) until the recorder has taken them. The recorder takes everything queue
 (`receive_batch`) every ``interval`` seconds, or as soon as half the capacity is queued or the
 stream has ended, so that a real-time dialog (20 events a second) costs two cross-thread
 wake-ups a second, not twenty; those takes fall on a grid shared by every dialog, so that trio's
-thread wakes once per interval for all of them (see GRID_MIN_SHARE). The reader is woken (``loop.call_soon_threadsafe``) only when it
-waits for room, the recorder (``TrioToken.run_sync_soon``) only early. A lock guards the waiting
+thread wakes once per interval for all of them (see GRID_MIN_SHARE). The reader is woken
+(``loop.call_soon_threadsafe``) only when it waits for room, the recorder
+(``TrioToken.run_sync_soon``) only early. A lock guards the waiting
 flags against the race between "found nothing" and "asleep".
 
 The dialog's clock (`clock`): ``time.monotonic()`` less the time the reader spent waiting for
