@@ -20,6 +20,7 @@ from callstream.engagevoice.query import build_query
 from callstream.events import Perspective
 from callstream.server.server import Server, serve
 from callstream.settings import DEFAULT_TRANSPORT, Settings
+from services import ACCESS_KEY, SECRET_KEY, NatsServer, S3Server
 from wsclient import Rejected, connect
 
 # No per-example deadline: these machines are shared and noisy, and speed is measured in the
@@ -135,3 +136,27 @@ def read_audio(path: Path) -> np.ndarray:
 def random_frames(rng: np.random.Generator, count: int, frame: int = 160) -> list[bytes]:
     return [rng.integers(0, 256, frame, dtype=np.uint8).tobytes() for _ in range(count)]
 
+
+
+@pytest.fixture
+def s3_server(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterable[S3Server]:
+    """A real S3-compatible store (`rclone serve s3`); its keys in the AWS_* variables, where the
+    recorder's credential chain (and a recorder process started by the test) finds them."""
+    monkeypatch.setenv("AWS_ACCESS_KEY_ID", ACCESS_KEY)
+    monkeypatch.setenv("AWS_SECRET_ACCESS_KEY", SECRET_KEY)
+    monkeypatch.setenv("AWS_CONFIG_FILE", str(tmp_path / "no-aws-config"))
+    monkeypatch.setenv("AWS_SHARED_CREDENTIALS_FILE", str(tmp_path / "no-aws-credentials"))
+    monkeypatch.setenv("AWS_EC2_METADATA_DISABLED", "true")
+    server = S3Server(tmp_path / "s3")
+    server.start()
+    yield server
+    server.stop()
+
+
+@pytest.fixture
+def nats_server(tmp_path: Path) -> Iterable[NatsServer]:
+    """A real NATS server with JetStream, its store under tmp_path."""
+    server = NatsServer(tmp_path / "nats")
+    server.start()
+    yield server
+    server.stop()

@@ -20,7 +20,10 @@ import re
 from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass, field, fields
 from pathlib import Path
-from typing import Any, Final
+from typing import TYPE_CHECKING, Any, Final
+
+if TYPE_CHECKING:
+    from callstream.shipping_settings import ShippingSettings
 
 DEFAULT_HOST: Final = "0.0.0.0"
 DEFAULT_PORT: Final = 3333  # the port of the platform's own guide
@@ -279,6 +282,7 @@ class Settings:
                                      "from the start (a WAV channel costs 16 KB/s even when silent); segments "
                                      "past the last are mixed into it, logged and marked in the sidecar")
     block_ms: float = field(default=DEFAULT_BLOCK_MS)  # not an option: the decoder's block, in ms
+    shipping: ShippingSettings | None = None  # not an option here: object storage and events
     # limits
     max_calls: int = _opt(DEFAULT_MAX_CALLS, group="limits", parse=parse_int, unit="CALLS", low=1,
                           help="live calls accepted at once (across all workers); beyond, upgrades get HTTP "

@@ -41,7 +41,9 @@ from callstream.server.metrics import Metrics
 from callstream.server.recorder import CallRecorder, CallResult
 from callstream.settings import READ_INTERVAL_SHARE, Settings
 from callstream.storage.diskwriter import DiskWriter
+from callstream.storage.naming import SIDECAR
 from callstream.storage.recovery import Recovered, recover_directory
+from callstream.storage.shipping.shipper import Shipper
 
 LOGGER = logging.getLogger("callstream.server")
 
@@ -91,6 +93,9 @@ class Server:
         self._disk_stalled = False  # as last logged (see _watch_disk)
         self._disk_flag = disk_flag
         self._scanner = MediaScanner(max_bytes=settings.max_message_bytes)  # shared by the calls
+        self.shipper: Shipper | None = None  # uploads and announces finished recordings
+        if settings.shipping is not None:
+            self.shipper = Shipper(settings.shipping, settings.output_dir, registry=self.metrics.registry)
 
     @asynccontextmanager
     async def running(self) -> AsyncIterator[None]:
@@ -107,6 +112,8 @@ class Server:
         )
         async with disk.running(), trio.open_nursery() as nursery:
             nursery.start_soon(self._clock)
+            if self.shipper is not None:
+                await nursery.start(self.shipper.run)
             self._disk = disk
             try:
                 yield
@@ -287,7 +294,7 @@ class Server:
             return refusal[2]
         if self._admission.live >= self._admission.limit:
             return f"{self._admission.live} live calls (--max-calls)"
-        return None
+        return None if self.shipper is None else self.shipper.readiness()
 
     async def _record(
         self, stream: MessageStream, query: QueryMetadata, upgrade: Upgrade, require: str | None
@@ -316,6 +323,8 @@ class Server:
             self.metrics.call_finished("failed" if result is None else result.status)
         if result.path is not None:
             self.metrics.recording_written()
+            if self.shipper is not None:
+                await self.shipper.enqueue(result.path, result.path.with_suffix(SIDECAR))
         if result.close_code == CLOSE_POLICY_VIOLATION:
             self._rejected += 1
             self.metrics.call_rejected("unauthorized")
@@ -375,6 +384,9 @@ class Server:
         """Recover what an interrupted run left in the output directory (before serving)."""
         recovered = await trio.to_thread.run_sync(recover_directory, self.settings.output_dir)
         self.metrics.recordings_recovered(len(recovered))
+        if self.shipper is not None:
+            for item in recovered:
+                await self.shipper.enqueue(item.path, item.sidecar)
         return recovered
 
     async def serve_metrics(

@@ -30,7 +30,7 @@ from callstream.engagevoice.listeners import bound_socket
 from callstream.server.auth import read_secret_file
 from callstream.server.logs import reopen_log_files
 from callstream.settings import Settings
-from callstream.storage.recovery import recover_directory
+from callstream.storage.recovery import Recovered, recover_directory
 
 LOGGER = logging.getLogger("callstream.workers")
 
@@ -134,7 +134,7 @@ class Supervisor:
     async def _recover_orphans(self) -> None:
         """Finish the recordings a dead worker left: its partial files are no longer locked,
         the live workers' still are (see recovery.py), so this runs beside them."""
-        recovered = await trio.to_thread.run_sync(recover_directory, self.settings.output_dir)
+        recovered = await trio.to_thread.run_sync(_recover, self.settings)
         if recovered:
             LOGGER.warning("recovered %d recordings left by the dead worker", len(recovered))
 
@@ -234,11 +234,25 @@ async def _forward_while_stopping(signals: AsyncIterator[int], supervisor: Super
             supervisor.signal_workers(signal.SIGTERM)
 
 
+def _recover(settings: Settings) -> list[Recovered]:
+    """`recover_directory`; with shipping, the recovered recordings are journalled for the
+    workers to ship (they list the spool every few seconds)."""
+    recovered = recover_directory(settings.output_dir)
+    if settings.shipping is not None and recovered:
+        from callstream.storage.shipping.spool import Spool
+
+        spool = Spool(settings.output_dir)
+        spool.open()
+        for item in recovered:
+            spool.enqueue(item.path, item.sidecar)
+    return recovered
+
+
 def run_workers(settings: Settings, count: int) -> int:
     """Supervise ``count`` workers until SIGTERM/SIGINT; returns the exit status."""
     signal.signal(signal.SIGHUP, signal.SIG_IGN)  # until `_run` takes it: never fatal
     settings.output_dir.mkdir(parents=True, exist_ok=True)
-    recovered = recover_directory(settings.output_dir)
+    recovered = _recover(settings)
     if recovered:
         LOGGER.warning("recovered %d recordings left by an interrupted run", len(recovered))
     # Hold the port from here on: with port 0 this picks it, and the workers bind beside it.

@@ -1,0 +1,203 @@
+"""Shipping against real servers: `rclone serve s3`, `nats-server -js` and an HTTP receiver.
+
+Recordings are read back from the store and compared sample by sample with what the call sent."""
+
+from __future__ import annotations
+
+import hashlib
+import io
+import json
+import logging
+import signal
+from collections.abc import Callable
+from datetime import UTC, datetime
+from pathlib import Path
+
+import numpy as np
+import pytest
+import soundfile
+import trio
+
+from callstream.engagevoice.encoding import encode_connected, encode_media, encode_start
+from callstream.engagevoice.query import build_query
+from callstream.events import Perspective
+from callstream.settings import Settings
+from callstream.shipping_settings import ShippingSettings, StoreLocation
+from conftest import (
+    call_messages,
+    expected_stereo,
+    metadata,
+    random_frames,
+    recordings,
+    send_all,
+    start_server,
+    wait_for_calls,
+)
+from serverprocess import ServerProcess
+from services import BUCKET, NatsServer, S3Server, WebhookReceiver
+from wsclient import connect
+
+SECRET = b"webhook-test-secret"
+FRAMES = 50  # 20 ms each: one-second calls
+STREAM = "RECORDINGS"
+SUBJECT = "callstream.recordings"
+
+
+def ship_settings(tmp_path: Path, **shipping: object) -> Settings:
+    options: dict[str, object] = {"retry_min": 0.05, "retry_max": 0.3, **shipping}
+    return Settings(host="127.0.0.1", port=0, output_dir=tmp_path / "recordings", flush_interval=0.2,
+                    shipping=ShippingSettings(**options))  # type: ignore[arg-type]
+
+
+def store_options(s3: S3Server) -> dict[str, object]:
+    return {"store": StoreLocation.parse(f"s3://{BUCKET}/calls"), "store_endpoint": s3.endpoint}
+
+
+def a_call(call_id: str, seed: int) -> tuple[list[str], np.ndarray]:
+    """The messages of a one-second call and the stereo audio a correct recording holds."""
+    rng = np.random.default_rng(seed)
+    agent, caller = random_frames(rng, FRAMES), random_frames(rng, FRAMES)
+    media = [(p, seq, frames[seq - 1]) for seq in range(1, FRAMES + 1)
+             for p, frames in ((Perspective.PARTICIPANT, agent), (Perspective.CONFERENCE, caller))]
+    return call_messages(metadata(call_id), media), expected_stereo(agent, caller)
+
+
+def key_of(call_id: str, suffix: str) -> str:
+    return f"calls/{datetime.now(UTC).date().isoformat()}/{call_id}-1{suffix}"
+
+
+def decode(data: bytes) -> np.ndarray:
+    audio, rate = soundfile.read(io.BytesIO(data), dtype="int16", always_2d=True)
+    assert rate == 8000
+    return audio
+
+
+async def until(predicate: Callable[[], object]) -> None:
+    while not predicate():
+        await trio.sleep(0.02)
+
+
+@pytest.mark.parametrize("keep_local", [True, False], ids=["keep-local", "remove-local"])
+async def test_call_is_uploaded_verified_and_announced(
+    tmp_path: Path, nursery: trio.Nursery, s3_server: S3Server, nats_server: NatsServer, keep_local: bool
+) -> None:
+    receiver = WebhookReceiver(SECRET, fail_first=1)  # the first POST gets a 500: retried
+    receiver.start()
+    await trio.to_thread.run_sync(nats_server.add_stream, STREAM, SUBJECT)
+    settings = ship_settings(tmp_path, **store_options(s3_server), keep_local=keep_local,
+                             webhook_url=receiver.url, webhook_secret=SECRET, nats_url=nats_server.url)
+    running = await start_server(nursery, settings)
+    shipper = running.server.shipper
+    assert shipper is not None
+    messages, expected = a_call("ship", 1)
+    with trio.fail_after(30):
+        await send_all(running.url, messages)
+        await wait_for_calls(running, 1)
+        await until(lambda: shipper.statistics().pending_jobs == 0 and shipper.statistics().delivered == 2)
+    receiver.stop()
+
+    assert [d.status for d in receiver.deliveries] == [500, 204]
+    assert all(d.signature_ok for d in receiver.deliveries)
+    assert len({d.event_id for d in receiver.deliveries}) == 1  # the same event, retried
+    [event] = receiver.accepted()
+    assert event["event_id"] == receiver.deliveries[0].event_id
+    assert (event["callId"], event["sessionId"], event["status"], event["format"]) == ("ship", "1", "complete", "wav")
+    assert event["duration_seconds"] == 1.0
+    assert event["object"]["key"] == key_of("ship", ".wav")
+    assert event["sidecar_object"]["key"] == key_of("ship", ".json")
+
+    audio = await trio.to_thread.run_sync(s3_server.read, key_of("ship", ".wav"))
+    np.testing.assert_array_equal(decode(audio), expected)
+    assert hashlib.sha256(audio).hexdigest() == event["sha256"] == event["sidecar"]["sha256"]
+    stored_sidecar = json.loads(await trio.to_thread.run_sync(s3_server.read, key_of("ship", ".json")))
+    assert stored_sidecar["store"]["key"] == key_of("ship", ".wav")
+    assert stored_sidecar["store"]["bucket"] == BUCKET
+    assert event["sidecar"] == stored_sidecar
+
+    local = recordings(settings.output_dir)
+    if keep_local:
+        [(path, sidecar)] = local
+        assert path.read_bytes() == audio
+        assert sidecar == stored_sidecar
+        assert event["path"] == path.relative_to(settings.output_dir).as_posix()
+    else:
+        assert local == []
+        assert event["path"] is None
+
+    stream = await trio.to_thread.run_sync(nats_server.messages, STREAM, SUBJECT)
+    [(headers, payload)] = stream
+    assert headers["Nats-Msg-Id"] == event["event_id"]
+    assert json.loads(payload) == event
+
+
+async def test_store_outage_keeps_recording_then_uploads(
+    tmp_path: Path, nursery: trio.Nursery, s3_server: S3Server, caplog: pytest.LogCaptureFixture
+) -> None:
+    caplog.set_level(logging.INFO, logger="callstream.storage.shipping")
+    await trio.to_thread.run_sync(s3_server.stop)
+    settings = ship_settings(tmp_path, **store_options(s3_server), store_max_local_bytes=1000)
+    running = await start_server(nursery, settings)
+    shipper = running.server.shipper
+    assert shipper is not None
+    assert running.server.readiness() is None
+    messages, expected = a_call("outage", 2)
+    with trio.fail_after(30):
+        await send_all(running.url, messages)
+        await wait_for_calls(running, 1)
+        await until(lambda: shipper.statistics().failures >= 3)  # tried, and retried
+    [(path, sidecar)] = recordings(settings.output_dir)
+    assert sidecar["status"] == "complete"  # recording went on; the disk holds it
+    assert shipper.statistics().pending_jobs == 1
+    assert shipper.statistics().pending_bytes > 1000
+    assert "waiting for the store" in (running.server.readiness() or "")
+    rendered = running.server.metrics.render().decode()
+    assert "callstream_store_pending_bytes " in rendered and "callstream_store_pending_bytes 0.0" not in rendered
+    assert 'callstream_ship_failures_total{destination="store"}' in rendered
+
+    await trio.to_thread.run_sync(s3_server.start)  # the store is back, on the same port
+    with trio.fail_after(30):
+        await until(lambda: shipper.statistics().pending_jobs == 0)
+    assert running.server.readiness() is None
+    audio = await trio.to_thread.run_sync(s3_server.read, key_of("outage", ".wav"))
+    np.testing.assert_array_equal(decode(audio), expected)
+    assert not path.exists()
+    logged = [r.getMessage() for r in caplog.records if r.name == "callstream.storage.shipping"]
+    assert sum("the store unavailable" in line for line in logged) == 1  # once per outage, not per retry
+    assert sum("the store available again" in line for line in logged) == 1
+
+
+async def test_sigkill_with_pending_uploads_then_restart_ships_them(tmp_path: Path, s3_server: S3Server) -> None:
+    """A finished call waiting for the store and a live call (recovered at restart) both reach
+    the store after the recorder is killed and started again."""
+    await trio.to_thread.run_sync(s3_server.stop)
+    output = tmp_path / "recordings"
+    args = ("--flush-interval", "0.2", "--store", f"s3://{BUCKET}/calls", "--store-endpoint", s3_server.endpoint,
+            "--ship-retry-max", "0.3")
+    first = await trio.to_thread.run_sync(lambda: ServerProcess(output, *args))
+    messages, expected = a_call("done", 3)
+    with trio.fail_after(60):
+        await send_all(first.url, messages)
+        await trio.to_thread.run_sync(first.wait_for, "the store unavailable")
+        live = await connect(first.url, "/" + build_query(metadata("live")))
+        await live.send(encode_connected())
+        await live.send(encode_start(metadata("live")))
+        for seq in range(1, FRAMES + 1):
+            for perspective in Perspective:
+                await live.send(encode_media(perspective, seq, b"\x55" * 160))
+        await until(lambda: any(p.stat().st_size > 44 for p in output.rglob("live-1.partial.wav")))
+        first.stop(signal.SIGKILL)
+        await live.drop()
+
+        await trio.to_thread.run_sync(s3_server.start)
+        second = await trio.to_thread.run_sync(lambda: ServerProcess(output, *args))
+        try:
+            wanted = {key_of(name, suffix) for name in ("done", "live") for suffix in (".wav", ".json")}
+            while not wanted <= set(await trio.to_thread.run_sync(s3_server.keys)):
+                await trio.sleep(0.1)
+        finally:
+            second.stop()
+    np.testing.assert_array_equal(decode(s3_server.read(key_of("done", ".wav"))), expected)
+    recovered = json.loads(s3_server.read(key_of("live", ".json")))
+    assert recovered["status"] == "recovered"
+    assert recovered["store"]["key"] == key_of("live", ".wav")
+    assert recordings(output) == []
