@@ -146,7 +146,9 @@ class ObjectStore:
         digests = file_digests(path, self.settings.store_part_bytes)
         existing = self._head(key)
         if existing is not None:
-            if (existing.get("Metadata", {}).get(SHA256_METADATA) == digests.sha256
+            # metadata names are HTTP headers: some stores change their case (rclone: "Sha256")
+            metadata = {name.lower(): value for name, value in existing.get("Metadata", {}).items()}
+            if (metadata.get(SHA256_METADATA) == digests.sha256
                     and existing["ContentLength"] == digests.size):
                 return self._verified(key, existing, digests)
             if not replace:
