@@ -62,8 +62,10 @@ def a_call(call_id: str, seed: int) -> tuple[list[str], np.ndarray]:
     return call_messages(metadata(call_id), media), expected_stereo(agent, caller)
 
 
-def key_of(call_id: str, suffix: str) -> str:
-    return f"calls/{datetime.now(UTC).date().isoformat()}/{call_id}-1{suffix}"
+def key_of(call_id: str, suffix: str, number: int = 1) -> str:
+    """The key of session 1 of ``call_id`` under the default template; NAME-number after the first."""
+    name = f"{call_id}-1" if number == 1 else f"{call_id}-1-{number}"
+    return f"calls/{datetime.now(UTC).date().isoformat()}/{name}{suffix}"
 
 
 def decode(data: bytes) -> np.ndarray:
@@ -201,3 +203,60 @@ async def test_sigkill_with_pending_uploads_then_restart_ships_them(tmp_path: Pa
     assert recovered["status"] == "recovered"
     assert recovered["store"]["key"] == key_of("live", ".wav")
     assert recordings(output) == []
+
+
+async def test_without_a_store_the_event_names_the_local_file(tmp_path: Path, nursery: trio.Nursery) -> None:
+    receiver = WebhookReceiver(SECRET)
+    receiver.start()
+    settings = ship_settings(tmp_path, webhook_url=receiver.url, webhook_secret=SECRET)
+    running = await start_server(nursery, settings)
+    messages, _ = a_call("local", 4)
+    with trio.fail_after(30):
+        await send_all(running.url, messages)
+        await until(receiver.accepted)
+    receiver.stop()
+    [event] = receiver.accepted()
+    [(path, sidecar)] = recordings(settings.output_dir)
+    assert event["object"] is None and event["sidecar_object"] is None
+    assert event["path"] == path.relative_to(settings.output_dir).as_posix()
+    assert event["sidecar"] == sidecar and "store" not in sidecar
+    assert event["sha256"] == hashlib.sha256(path.read_bytes()).hexdigest()
+
+
+async def test_a_key_holding_another_object_is_never_overwritten(
+    tmp_path: Path, nursery: trio.Nursery, s3_server: S3Server
+) -> None:
+    """A recording whose local copy was removed after its upload no longer holds its name, so a
+    later stream of the same call and session may be given the same name: it goes to NAME-2."""
+    client = s3_server.client()
+    await trio.to_thread.run_sync(lambda: client.put_object(Bucket=BUCKET, Key=key_of("again", ".wav"), Body=b"old"))
+    settings = ship_settings(tmp_path, **store_options(s3_server))
+    running = await start_server(nursery, settings)
+    shipper = running.server.shipper
+    assert shipper is not None
+    messages, expected = a_call("again", 5)
+    with trio.fail_after(30):
+        await send_all(running.url, messages)
+        await wait_for_calls(running, 1)
+        await until(lambda: shipper.statistics().uploaded == 1)
+    assert s3_server.read(key_of("again", ".wav")) == b"old"
+    np.testing.assert_array_equal(decode(s3_server.read(key_of("again", ".wav", 2))), expected)
+    stored_sidecar = json.loads(s3_server.read(key_of("again", ".json", 2)))
+    assert stored_sidecar["store"]["key"] == key_of("again", ".wav", 2)
+
+
+async def test_drain_ships_the_last_recordings_within_its_timeout(tmp_path: Path, nursery: trio.Nursery) -> None:
+    receiver = WebhookReceiver(SECRET, fail_first=2)
+    receiver.start()
+    settings = ship_settings(tmp_path, webhook_url=receiver.url, webhook_secret=SECRET)
+    running = await start_server(nursery, settings)
+    shipper = running.server.shipper
+    assert shipper is not None
+    messages, _ = a_call("last", 6)
+    with trio.fail_after(30):
+        await send_all(running.url, messages)
+        await wait_for_calls(running, 1)
+        await running.server.drain(20)
+    receiver.stop()
+    assert shipper.statistics().pending_jobs == 0
+    assert [d.status for d in receiver.deliveries] == [500, 500, 204]

@@ -80,6 +80,7 @@ class Server:
         self._secret = settings.secret  # replaced by `reload` (SIGHUP)
         self._refusal_log = Throttle(refusal_log_interval)
         self._grace = trio.CancelScope()  # the drain's wait for live calls (see `hurry`)
+        self._ship_grace = trio.CancelScope()  # the drain's wait for the last recordings to ship
         self.metrics = Metrics() if metrics is None else metrics
         self._live: set[CallRecorder] = set()
         self._started = 0
@@ -425,6 +426,7 @@ class Server:
         """End the drain's grace period now (a second SIGTERM/SIGINT): live calls are closed
         (1001) and finalised at once. Before the drain starts: it will have none."""
         self._grace.cancel()
+        self._ship_grace.cancel()
 
     def live_calls(self) -> dict[str, Any]:
         """The live calls for /calls.json and the page at / (see `callstream.server.livecalls`)."""
@@ -437,9 +439,11 @@ class Server:
 
     async def drain(self, timeout: float) -> None:
         """Refuse new calls, give live ones ``timeout`` seconds (or until `hurry`), then stop
-        them (1001) and wait until each is finalised. Once per server."""
+        them (1001) and wait until each is finalised; with shipping, what is left of ``timeout``
+        (unless hurried) goes to shipping the recordings still queued. Once per server."""
         self._draining = True
         self.metrics.set_draining(True)
+        deadline = trio.current_time() + timeout
         LOGGER.info("draining: %d live calls, %g s to finish", len(self._live), timeout)
         with self._grace, trio.move_on_after(timeout):
             await self._idle.wait()
@@ -448,6 +452,13 @@ class Server:
                 recorder.stop("server shutting down")
             with trio.move_on_after(1.0):  # a call still in its handshake becomes live meanwhile
                 await self._idle.wait()
+        if self.shipper is not None:  # what is left of the time ships the last calls' recordings
+            with self._ship_grace, trio.move_on_at(deadline):
+                await self.shipper.wait_idle()
+            pending = self.shipper.statistics().pending_jobs
+            if pending:
+                LOGGER.warning("%d recordings not yet shipped: they stay queued in %s for the next start",
+                               pending, self.shipper.spool.directory)
 
 
 class _FirstMessageRead:

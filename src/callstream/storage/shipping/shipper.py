@@ -104,6 +104,8 @@ class Shipper:
         self._attempts: dict[str, int] = {}
         self._heap: list[tuple[float, str]] = []
         self._wake = trio.Event()
+        self._idle = trio.Event()  # set whenever this process holds no job
+        self._idle.set()
         self._running = False
         self._health = {name: _Health(name) for name in ("the store", "the webhook", "NATS")}
         self._uploaded = self._delivered = self._failures = 0
@@ -148,8 +150,7 @@ class Shipper:
                 claim.release()
             self._claims.clear()
             self._waiting_bytes.clear()
-            self._m_jobs.set(0)
-            self._m_bytes.set(0)
+            self._publish_gauges()
             with trio.CancelScope(shield=True):
                 if self._nats is not None:
                     await trio.to_thread.run_sync(self._nats.close)
@@ -168,6 +169,11 @@ class Shipper:
                 return
             if self._running:
                 await self._take(job.id)
+
+    async def wait_idle(self) -> None:
+        """Return once this process holds no job (all shipped, or none claimed)."""
+        while not self._idle.is_set():
+            await self._idle.wait()
 
     def readiness(self) -> str | None:
         """None, or why new calls should go elsewhere (for /readyz)."""
@@ -258,6 +264,10 @@ class Shipper:
                 self._publish_gauges()
 
     def _publish_gauges(self) -> None:
+        if self._claims and self._idle.is_set():
+            self._idle = trio.Event()
+        elif not self._claims:
+            self._idle.set()
         self._m_jobs.set(len(self._claims))
         self._m_bytes.set(sum(self._waiting_bytes.values()))
 
