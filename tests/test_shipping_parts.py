@@ -154,3 +154,23 @@ def test_verification_accepts_each_form_a_store_reports_and_nothing_else(tmp_pat
                  {"ETag": '"kms"', "ChecksumSHA256": composite.decode() + "-2", "ContentLength": size}):
         with pytest.raises(StoreError):
             store._verified("k", head, digests)
+
+
+def test_the_supervisor_is_not_ready_past_the_workers_store_backlog(tmp_path: Path) -> None:
+    from callstream.server.workers import Supervisor
+    from callstream.settings import Settings
+
+    audio, sidecar = tmp_path / "a.wav", tmp_path / "a.json"
+    audio.write_bytes(b"x" * 5000)
+    sidecar.write_text("{}")
+    shipping = ShippingSettings(store=StoreLocation("b", ""), store_max_local_bytes=4000)
+    supervisor = Supervisor(Settings(output_dir=tmp_path, shipping=shipping), 1, tmp_path / "metrics")
+    spool = Spool(tmp_path)
+    spool.open()
+    assert supervisor.readiness() is None
+    job = spool.enqueue(audio, sidecar)  # a worker's job, waiting for the store
+    supervisor._backlog_read = -1e9  # as if the last read were old
+    assert "5002 bytes waiting for the store" in (supervisor.readiness() or "")
+    spool.save_event(job, {})  # uploaded: only its event is left to send
+    supervisor._backlog_read = -1e9
+    assert supervisor.readiness() is None

@@ -37,6 +37,7 @@ LOGGER = logging.getLogger("callstream.workers")
 MULTIPROC_ENV = "PROMETHEUS_MULTIPROC_DIR"  # read by prometheus_client when a worker imports it
 SUPERVISE_INTERVAL = 0.5  # seconds between checks that every worker is alive
 RESTART_PAUSE = 1.0  # seconds before restarting a worker that died
+BACKLOG_INTERVAL = 2.0  # seconds between reads of the shipping spool for /readyz
 STOP_MARGIN = 30.0  # seconds beyond --drain-timeout a worker gets to finalise before it is killed
 
 
@@ -87,6 +88,8 @@ class Supervisor:
         self._metrics_dir = metrics_dir
         self._workers: list[Any] = []
         self._stopping = False
+        self._backlog = 0  # bytes waiting for the store, as last read (see _store_backlog)
+        self._backlog_read = -BACKLOG_INTERVAL
 
     def readiness(self) -> str | None:
         if self._stopping:
@@ -95,6 +98,23 @@ class Supervisor:
             return f"{self.shared_calls.value} live calls (--max-calls)"
         if any(flag.value for flag in self.disk_flags):
             return "the disk has stopped writing"
+        return self._store_backlog()
+
+    def _store_backlog(self) -> str | None:
+        """The workers' shipping backlog against --store-max-local-bytes, read from the spool
+        they share (at most every BACKLOG_INTERVAL seconds: it reads the journals)."""
+        shipping = self.settings.shipping
+        if shipping is None or shipping.store is None:
+            return None
+        now = time.monotonic()
+        if now - self._backlog_read >= BACKLOG_INTERVAL:
+            from callstream.storage.shipping.spool import Spool
+
+            self._backlog_read = now
+            with contextlib.suppress(OSError):
+                self._backlog = Spool(self.settings.output_dir).waiting_bytes()
+        if self._backlog > shipping.store_max_local_bytes:
+            return f"{self._backlog} bytes waiting for the store (--store-max-local-bytes)"
         return None
 
     def live_calls(self) -> dict[str, Any]:

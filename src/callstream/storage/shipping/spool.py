@@ -114,6 +114,17 @@ class Spool:
         """Every job on disk, oldest first (claimed by anyone or not)."""
         return sorted(path.stem for path in self.directory.glob("*" + JOB))
 
+    def waiting_bytes(self) -> int:
+        """Bytes of every job (anyone's) whose upload is not done yet: it has no event."""
+        names = set(os.listdir(self.directory))
+        total = 0
+        for name in names:
+            if name.endswith(JOB) and name.removesuffix(JOB) + EVENT not in names:
+                with (contextlib.suppress(OSError, ValueError, KeyError, TypeError),
+                      open(self.directory / name, encoding="utf-8") as file):
+                    total += int(json.load(file)["bytes"])
+        return total
+
     def claim(self, job_id: str) -> Claim | None:
         """Take the job if no other process has it and it is not done; else None."""
         path = self.directory / (job_id + JOB)
