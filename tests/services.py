@@ -159,6 +159,7 @@ class Delivery:
     body: bytes
     signature_ok: bool
     status: int
+    received: float  # Unix time
 
 
 @dataclass
@@ -185,7 +186,7 @@ class WebhookReceiver:
                 fresh = timestamp.isdigit() and abs(time.time() - int(timestamp)) < 300
                 status = 500 if len(receiver.deliveries) < receiver.fail_first else 204
                 receiver.deliveries.append(Delivery(self.headers.get("Callstream-Event-Id", ""), timestamp, body,
-                                                    signed and fresh, status))
+                                                    signed and fresh, status, time.time()))
                 self.send_response(status)
                 self.send_header("Content-Length", "0")
                 self.end_headers()
