@@ -260,3 +260,25 @@ async def test_drain_ships_the_last_recordings_within_its_timeout(tmp_path: Path
     receiver.stop()
     assert shipper.statistics().pending_jobs == 0
     assert [d.status for d in receiver.deliveries] == [500, 500, 204]
+
+
+async def test_a_recording_removed_by_hand_is_dropped_from_the_queue(
+    tmp_path: Path, nursery: trio.Nursery, s3_server: S3Server, caplog: pytest.LogCaptureFixture
+) -> None:
+    await trio.to_thread.run_sync(s3_server.stop)
+    settings = ship_settings(tmp_path, **store_options(s3_server))
+    running = await start_server(nursery, settings)
+    shipper = running.server.shipper
+    assert shipper is not None
+    messages, _ = a_call("removed", 7)
+    with trio.fail_after(30):
+        await send_all(running.url, messages)
+        await wait_for_calls(running, 1)
+        await until(lambda: shipper.statistics().failures >= 1)
+        [(path, _)] = recordings(settings.output_dir)
+        path.unlink()
+        await trio.to_thread.run_sync(s3_server.start)
+        await until(lambda: shipper.statistics().pending_jobs == 0)
+    assert shipper.statistics().uploaded == 0
+    assert await trio.to_thread.run_sync(s3_server.keys) == []
+    assert any("removed-1.wav is gone" in r.getMessage() for r in caplog.records)

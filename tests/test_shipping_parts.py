@@ -65,8 +65,9 @@ def test_spool_journal_claims_and_completion(tmp_path: Path) -> None:
     audio.write_bytes(b"x" * 100)
     sidecar.write_text("{}")
     spool = Spool(tmp_path)
+    job = spool.enqueue(audio, sidecar)  # before `open`, as the recovery at start does
     spool.open()
-    job = spool.enqueue(audio, sidecar)
+    assert spool.job_ids() == [job.id]
     assert (job.audio, job.sidecar, job.bytes) == ("d/a.wav", "d/a.json", 102)
     other = Spool(tmp_path)  # as another process would: its own open file descriptions
     claim = spool.claim(job.id)

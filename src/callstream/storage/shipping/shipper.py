@@ -49,6 +49,7 @@ RESCAN_INTERVAL: Final = 10.0  # seconds between listings of the spool for uncla
 MAX_KEY_NUMBER: Final = 20  # NAME, NAME-2 ... NAME-20: keys tried when another object holds the name
 SHIP_BUCKETS: Final = (0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0, 300.0, 1800.0)  # seconds
 STORE_FIELD: Final = "store"  # the sidecar's record of where the objects are
+LOCAL_ERROR_LOG_EVERY: Final = 20  # a job failing on this node (not a destination) is logged every Nth attempt
 
 
 @dataclass(frozen=True, slots=True)
@@ -248,12 +249,17 @@ class Shipper:
                     continue
                 try:
                     done = await self._ship(claim.job)
-                except (StoreError, DeliveryError, RecordingError, OSError, _PublishFailed) as error:
+                except Exception as error:  # whatever it is, the job stays queued and the server serves on
                     self._failures += 1
                     attempts = self._attempts[job_id] = self._attempts.get(job_id, 0) + 1
                     wait = min(self.settings.retry_max, self.settings.retry_min * 2 ** (attempts - 1))
                     wait *= random.uniform(0.5, 1.0)
-                    LOGGER.debug("shipping %s: %s; retry in %.1f s", claim.job.sidecar, error, wait)
+                    if isinstance(error, (StoreError, DeliveryError, _PublishFailed)):
+                        # a destination's outage: logged once by _Health, not per retry
+                        LOGGER.debug("shipping %s: %s; retry in %.1f s", claim.job.sidecar, error, wait)
+                    elif attempts == 1 or attempts % LOCAL_ERROR_LOG_EVERY == 0:
+                        LOGGER.error("shipping %s failed (attempt %d, retried): %s", claim.job.sidecar, attempts,
+                                     error, exc_info=not isinstance(error, (OSError, RecordingError)))
                     self._due(job_id, time.monotonic() + wait)
                     continue
                 if done:
@@ -278,8 +284,10 @@ class Shipper:
         Raises what a failed step raised (the job is retried)."""
         event = await self._thread(self.spool.event, job)
         if event is None:
-            if not await self._thread(self._has_sidecar, job):
-                LOGGER.error("cannot ship %s: the sidecar is gone; dropped from the queue", job.sidecar)
+            missing = await self._thread(self._missing, job)
+            if missing is not None:
+                LOGGER.error("cannot ship %s: %s is gone (removed by hand?); dropped from the queue", job.sidecar,
+                             missing)
                 await self._thread(self.spool.complete, self._claims[job.id], self.sinks, cancellable=False)
                 return False
             if self._store is not None:
@@ -333,8 +341,13 @@ class Shipper:
             raise _PublishFailed(str(error)) from error
         self._health["NATS"].ok()
 
-    def _has_sidecar(self, job: Job) -> bool:
-        return (self._output_dir / job.sidecar).exists()
+    def _missing(self, job: Job) -> str | None:
+        """Which local file of a job not yet shipped is gone, if any (the event is saved before
+        local copies are removed, so only someone else can have removed them)."""
+        for relative in (job.sidecar, *(() if self._store is None or job.audio is None else (job.audio,))):
+            if not (self._output_dir / relative).exists():
+                return relative
+        return None
 
     def _local_event(self, job: Job) -> dict[str, Any]:
         sidecar = read_sidecar(self._output_dir / job.sidecar)
@@ -347,26 +360,28 @@ class Shipper:
         assert self._store is not None
         store = self._store
         sidecar_path = self._output_dir / job.sidecar
-        audio_object = None
+        base = store.location.key(job.sidecar.removesuffix(".json"))
+        audio_object = sidecar_object = None
+        # The first free name (or the one we took before a crash): the audio's decides, or, for a
+        # recording without audio, the sidecar's. The sidecar follows the audio's name and may
+        # replace an older copy of itself (it changes when siblings are added).
         for number in range(1, MAX_KEY_NUMBER + 1):
-            audio_key, sidecar_key = _keys(store.location.key(job.sidecar.removesuffix(".json")), job.audio, number)
-            if job.audio is None:
-                break
+            audio_key, sidecar_key = _keys(base, job.audio, number)
             try:
-                audio_object = store.upload(self._output_dir / job.audio, audio_key)
+                if job.audio is not None:
+                    audio_object = store.upload(self._output_dir / job.audio, audio_key)
+                sidecar = _record_location(sidecar_path, {
+                    "bucket": store.location.bucket,
+                    "key": None if audio_object is None else audio_object.key,
+                    "url": None if audio_object is None else f"s3://{store.location.bucket}/{audio_object.key}",
+                    "sidecar_key": sidecar_key,
+                })
+                sidecar_object = store.upload(sidecar_path, sidecar_key, replace=audio_object is not None)
                 break
             except KeyTaken:
                 continue
         else:
-            raise StoreError(f"{MAX_KEY_NUMBER} keys like {audio_key} hold other objects")
-        where = {
-            "bucket": store.location.bucket,
-            "key": None if audio_object is None else audio_object.key,
-            "url": None if audio_object is None else f"s3://{store.location.bucket}/{audio_object.key}",
-            "sidecar_key": sidecar_key,
-        }
-        sidecar = _record_location(sidecar_path, where)
-        sidecar_object = store.upload(sidecar_path, sidecar_key, replace=True)
+            raise StoreError(f"{MAX_KEY_NUMBER} keys like {base} hold other objects")
         if audio_object is not None and audio_object.sha256 != sidecar.get("sha256"):
             LOGGER.warning("%s: the audio's SHA-256 is not the one its sidecar recorded (changed on disk?)",
                            job.audio)
@@ -375,7 +390,7 @@ class Shipper:
             event_id=job.event_id, sidecar=sidecar,
             audio_path=job.audio if kept else None, sidecar_path=job.sidecar if kept else None,
             audio_object=None if audio_object is None else audio_object.as_dict(),
-            sidecar_object=sidecar_object.as_dict(),
+            sidecar_object=None if sidecar_object is None else sidecar_object.as_dict(),
             sha256=None if audio_object is None else audio_object.sha256,
         )
 

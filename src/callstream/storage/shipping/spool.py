@@ -107,6 +107,7 @@ class Spool:
             enqueued=now,
         )
         record = {"version": JOURNAL_VERSION, **{name: getattr(job, name) for name in Job.__slots__}}
+        self.directory.mkdir(parents=True, exist_ok=True)  # recovery journals before `open`
         self._write(self.directory / (job.id + JOB), record)
         return job
 
