@@ -170,8 +170,10 @@ class WebhookReceiver:
 
     secret: bytes
     fail_first: int = 0
+    hold_first: threading.Event | None = None  # the first request waits for it (a receiver that hangs)
     deliveries: list[Delivery] = field(default_factory=list)
     _server: ThreadingHTTPServer | None = None
+    _held: bool = False
 
     def start(self) -> None:
         receiver = self
@@ -179,6 +181,9 @@ class WebhookReceiver:
         class Handler(BaseHTTPRequestHandler):
             def do_POST(self) -> None:
                 body = self.rfile.read(int(self.headers["Content-Length"]))
+                if receiver.hold_first is not None and not receiver._held:
+                    receiver._held = True
+                    receiver.hold_first.wait(30)
                 timestamp = self.headers.get("Callstream-Timestamp", "")
                 expected = "v1=" + hmac.new(receiver.secret, f"{timestamp}.".encode() + body,
                                             hashlib.sha256).hexdigest()

@@ -9,6 +9,7 @@ import io
 import json
 import logging
 import signal
+import threading
 from collections.abc import Callable
 from datetime import UTC, datetime
 from pathlib import Path
@@ -282,3 +283,25 @@ async def test_a_recording_removed_by_hand_is_dropped_from_the_queue(
     assert shipper.statistics().uploaded == 0
     assert await trio.to_thread.run_sync(s3_server.keys) == []
     assert any("removed-1.wav is gone" in r.getMessage() for r in caplog.records)
+
+
+async def test_a_hung_delivery_does_not_hold_up_the_next_calls_journal(tmp_path: Path, nursery: trio.Nursery) -> None:
+    release = threading.Event()
+    receiver = WebhookReceiver(SECRET, hold_first=release)
+    receiver.start()
+    settings = ship_settings(tmp_path, webhook_url=receiver.url, webhook_secret=SECRET, threads=1)
+    running = await start_server(nursery, settings)
+    shipper = running.server.shipper
+    assert shipper is not None
+    try:
+        with trio.fail_after(30):
+            await send_all(running.url, a_call("first", 8)[0])
+            await until(lambda: receiver._held)  # its delivery hangs in the only network thread
+            await send_all(running.url, a_call("second", 9)[0])
+            await until(lambda: shipper.statistics().pending_jobs == 2)  # journalled and queued all the same
+    finally:
+        release.set()
+    with trio.fail_after(30):
+        await until(lambda: shipper.statistics().pending_jobs == 0)
+    receiver.stop()
+    assert sorted(event["callId"] for event in receiver.accepted()) == ["first", "second"]

@@ -10,9 +10,10 @@ coming back from an outage does not retry in step); the steps done stay done. Ev
 spool is listed again for jobs no process holds (another worker's, the supervisor's recoveries,
 a dead process's).
 
-All blocking work (file hashing, boto3, urllib3, journal fsyncs) runs in threads under the
-shipper's own CapacityLimiter, never trio's default one the rest of the server shares, so a slow
-store cannot hold back the disk writer or other calls. NATS publishes run on the publisher's own
+All blocking work runs in threads under the shipper's own CapacityLimiters, never trio's default
+one the rest of the server shares, so a slow store cannot hold back the disk writer or other
+calls: ``threads`` for the network (hashing, boto3, urllib3) and two for the spool's journal
+files, so that a finished call's journal never waits behind a slow upload. NATS publishes run on the publisher's own
 loop and are awaited without a thread.
 
 A store, webhook or NATS outage is logged once when it starts and once when it ends (not per
@@ -45,6 +46,7 @@ from callstream.storage.shipping.webhook import DeliveryError, WebhookSender
 
 LOGGER = logging.getLogger("callstream.storage.shipping")
 
+JOURNAL_THREADS: Final = 2  # threads for the spool's files (fsyncs), beside the ``threads`` for the network
 RESCAN_INTERVAL: Final = 10.0  # seconds between listings of the spool for unclaimed jobs
 MAX_KEY_NUMBER: Final = 20  # NAME, NAME-2 ... NAME-20: keys tried when another object holds the name
 SHIP_BUCKETS: Final = (0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0, 300.0, 1800.0)  # seconds
@@ -100,6 +102,7 @@ class Shipper:
             name for name, sink in (("webhook", self._webhook), ("nats", self._nats)) if sink is not None
         )
         self._limiter = trio.CapacityLimiter(settings.threads)
+        self._journal_limiter = trio.CapacityLimiter(JOURNAL_THREADS)
         self._claims: dict[str, Claim] = {}
         self._waiting_bytes: dict[str, int] = {}  # job id -> local bytes not yet in the store
         self._attempts: dict[str, int] = {}
@@ -132,7 +135,7 @@ class Shipper:
         """Ship until cancelled (what is pending stays in the spool for the next run)."""
         await self._thread(self.spool.open)
         if self._store is not None:
-            await self._thread(self._store.connect)
+            await self._thread(self._store.connect, network=True)
         if self._nats is not None:
             self._nats.start()
         try:
@@ -320,7 +323,7 @@ class Shipper:
 
     async def _step(self, destination: str, function: Any, *args: Any) -> Any:
         try:
-            result = await self._thread(function, *args)
+            result = await self._thread(function, *args, network=True)
         except (StoreError, DeliveryError) as error:
             self._health[destination].failed(error)
             self._m_failures.labels(destination.removeprefix("the ")).inc()
@@ -400,11 +403,13 @@ class Shipper:
                 with contextlib.suppress(FileNotFoundError):
                     (self._output_dir / relative).unlink()
 
-    async def _thread(self, function: Any, *args: Any, cancellable: bool = True) -> Any:
-        """``function(*args)`` in a shipping thread. Cancellable calls are abandoned on
-        cancellation (their effects are journalled only once they return)."""
-        return await trio.to_thread.run_sync(function, *args, limiter=self._limiter,
-                                             abandon_on_cancel=cancellable)
+    async def _thread(self, function: Any, *args: Any, cancellable: bool = True, network: bool = False) -> Any:
+        """``function(*args)`` in a thread: a network one (uploads, deliveries: ``threads`` of
+        them) or a journal one (spool files: quick, so a finished call's journal never waits
+        behind a slow upload). Cancellable calls are abandoned on cancellation (their effects
+        are journalled only once they return)."""
+        limiter = self._limiter if network else self._journal_limiter
+        return await trio.to_thread.run_sync(function, *args, limiter=limiter, abandon_on_cancel=cancellable)
 
 
 class _PublishFailed(Exception):
