@@ -175,3 +175,15 @@ def test_the_supervisor_is_not_ready_past_the_workers_store_backlog(tmp_path: Pa
     spool.save_event(job, {})  # uploaded: only its event is left to send
     supervisor._backlog_read = -1e9
     assert supervisor.readiness() is None
+
+
+def test_nats_without_a_stream_on_the_subject_says_so(nats_server: object) -> None:
+    from callstream.storage.shipping.natsbus import NatsPublisher, PublishError
+
+    publisher = NatsPublisher(nats_server.url, "nobody.listens")  # type: ignore[attr-defined]
+    publisher.start()
+    try:
+        with pytest.raises(PublishError, match=r"no JetStream stream takes the subject 'nobody\.listens'"):
+            publisher.publish("e", b"{}").result(15)
+    finally:
+        publisher.close()

@@ -49,6 +49,8 @@ class NatsPublisher:
     async def _publish(self, event_id: str, body: bytes) -> Any:
         import nats
         from nats.errors import Error as NatsError
+        from nats.errors import NoRespondersError
+        from nats.js.errors import NoStreamResponseError
 
         try:
             if self._client is None or self._client.is_closed:
@@ -61,6 +63,9 @@ class NatsPublisher:
             return await self._jetstream.publish(
                 self.subject, body, timeout=PUBLISH_TIMEOUT, headers={"Nats-Msg-Id": event_id}
             )
+        except (NoRespondersError, NoStreamResponseError) as error:
+            raise PublishError(f"no JetStream stream takes the subject {self.subject!r} at {self.url} "
+                               "(create one: see the README)") from error
         except (NatsError, OSError, TimeoutError) as error:
             if self._client is not None and not self._client.is_connected and not self._client.is_reconnecting:
                 self._client = None  # the first connect never succeeded: try anew next time
