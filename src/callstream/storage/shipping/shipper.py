@@ -319,6 +319,9 @@ class Shipper:
             self._m_delivered.labels(sink).inc()
         if self.sinks:
             self._m_delay.labels("event").observe(max(0.0, time.time() - job.enqueued))
+        where = (event.get("object") or event.get("sidecar_object") or {}).get("url") or event.get("path")
+        LOGGER.info("recording %s shipped: %s%s", job.sidecar.removesuffix(".json"), where,
+                    "; event " + event["event_id"] + " to " + ", ".join(self.sinks) if self.sinks else "")
         return True
 
     async def _step(self, destination: str, function: Any, *args: Any) -> Any:
