@@ -24,6 +24,7 @@ from callstream.engagevoice.query import build_query
 from callstream.events import Perspective
 from callstream.settings import Settings
 from callstream.shipping_settings import ShippingSettings, StoreLocation
+from callstream.storage.shipping.shipper import Shipper
 from conftest import (
     call_messages,
     expected_stereo,
@@ -305,3 +306,32 @@ async def test_a_hung_delivery_does_not_hold_up_the_next_calls_journal(tmp_path:
         await until(lambda: shipper.statistics().pending_jobs == 0)
     receiver.stop()
     assert sorted(event["callId"] for event in receiver.accepted()) == ["first", "second"]
+
+
+async def test_a_backlog_waits_on_disk_beyond_the_jobs_held(tmp_path: Path, nursery: trio.Nursery) -> None:
+    """A process holds at most max_claims jobs (an open descriptor each); the rest of a backlog
+    waits in the spool, is counted, and is shipped as slots come free."""
+    release = threading.Event()
+    receiver = WebhookReceiver(SECRET, hold_first=release)
+    receiver.start()
+    output = tmp_path / "recordings"
+    output.mkdir()
+    shipping = ShippingSettings(webhook_url=receiver.url, webhook_secret=SECRET, retry_min=0.05, retry_max=0.3,
+                                threads=1)
+    shipper = Shipper(shipping, output, max_claims=2)
+    await nursery.start(shipper.run)
+    for index in range(5):
+        (output / f"c{index}.wav").write_bytes(b"RIFF")
+        (output / f"c{index}.json").write_text(json.dumps({"callId": f"c{index}", "status": "complete"}))
+        await shipper.enqueue(output / f"c{index}.wav", output / f"c{index}.json")
+    try:
+        with trio.fail_after(30):
+            await until(lambda: receiver._held)
+        statistics = shipper.statistics()
+        assert (statistics.pending_jobs, statistics.held) == (5, 2)
+    finally:
+        release.set()
+    with trio.fail_after(30):
+        await until(lambda: shipper.statistics().pending_jobs == 0)
+    receiver.stop()
+    assert sorted(event["callId"] for event in receiver.accepted()) == [f"c{index}" for index in range(5)]

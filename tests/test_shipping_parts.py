@@ -67,7 +67,7 @@ def test_spool_journal_claims_and_completion(tmp_path: Path) -> None:
     spool = Spool(tmp_path)
     job = spool.enqueue(audio, sidecar)  # before `open`, as the recovery at start does
     spool.open()
-    assert spool.job_ids() == [job.id]
+    assert [item.id for item in spool.listing()] == [job.id]
     assert (job.audio, job.sidecar, job.bytes) == ("d/a.wav", "d/a.json", 102)
     other = Spool(tmp_path)  # as another process would: its own open file descriptions
     claim = spool.claim(job.id)
@@ -81,7 +81,7 @@ def test_spool_journal_claims_and_completion(tmp_path: Path) -> None:
     assert other.event(job) == {"event_id": job.event_id}
     assert other.delivered(job, "webhook") and not other.delivered(job, "nats")
     other.complete(again, ("webhook", "nats"))
-    assert spool.job_ids() == [] and list(spool.directory.iterdir()) == []
+    assert spool.listing() == [] and list(spool.directory.iterdir()) == []
 
 
 def test_spool_open_sweeps_leftovers_but_not_live_temporaries(tmp_path: Path) -> None:

@@ -8,7 +8,9 @@ the sidecar (which first records where the audio went) and verify both, remove t
 the heap, due after a wait doubling from ``retry_min`` to ``retry_max`` with jitter (so a fleet
 coming back from an outage does not retry in step); the steps done stay done. Every 10 s the
 spool is listed again for jobs no process holds (another worker's, the supervisor's recoveries,
-a dead process's).
+a dead process's). A process holds at most MAX_CLAIMS jobs (each claim is an open descriptor,
+and a long outage can queue thousands): the rest wait on disk, oldest first, and are listed
+again, at most once a second, whenever a job finishes.
 
 All blocking work runs in threads under the shipper's own CapacityLimiters, never trio's default
 one the rest of the server shares, so a slow store cannot hold back the disk writer or other
@@ -40,7 +42,7 @@ from callstream.errors import RecordingError
 from callstream.shipping_settings import ShippingSettings
 from callstream.storage.recording import read_sidecar, write_sidecar
 from callstream.storage.shipping.event import build_event, encode_event
-from callstream.storage.shipping.spool import Claim, Job, Spool
+from callstream.storage.shipping.spool import Claim, Job, Listed, Spool
 from callstream.storage.shipping.store import KeyTaken, ObjectStore, StoreError
 from callstream.storage.shipping.webhook import DeliveryError, WebhookSender
 
@@ -48,6 +50,8 @@ LOGGER = logging.getLogger("callstream.storage.shipping")
 
 JOURNAL_THREADS: Final = 2  # threads for the spool's files (fsyncs), beside the ``threads`` for the network
 RESCAN_INTERVAL: Final = 10.0  # seconds between listings of the spool for unclaimed jobs
+RESCAN_MIN_GAP: Final = 1.0  # seconds: listings for jobs beyond MAX_CLAIMS come no more often
+MAX_CLAIMS: Final = 128  # jobs one process holds at once (an open descriptor each); the rest wait on disk
 MAX_KEY_NUMBER: Final = 20  # NAME, NAME-2 ... NAME-20: keys tried when another object holds the name
 SHIP_BUCKETS: Final = (0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0, 300.0, 1800.0)  # seconds
 STORE_FIELD: Final = "store"  # the sidecar's record of where the objects are
@@ -56,8 +60,9 @@ LOCAL_ERROR_LOG_EVERY: Final = 20  # a job failing on this node (not a destinati
 
 @dataclass(frozen=True, slots=True)
 class ShipperStatistics:
-    pending_jobs: int  # claimed by this process, not done
+    pending_jobs: int  # in the spool, not done (this process's and others')
     pending_bytes: int  # of those, local bytes not yet in the store
+    held: int  # jobs this process holds (at most max_claims)
     uploaded: int
     delivered: int
     failures: int  # failed attempts (each retried)
@@ -85,7 +90,7 @@ class Shipper:
     """Ships the recordings of one output directory. `run` it in a nursery (`nursery.start`)."""
 
     def __init__(self, settings: ShippingSettings, output_dir: Path, *,
-                 registry: CollectorRegistry | None = None) -> None:
+                 registry: CollectorRegistry | None = None, max_claims: int = MAX_CLAIMS) -> None:
         self.settings = settings
         self.spool = Spool(output_dir)
         self._output_dir = Path(output_dir)
@@ -103,8 +108,14 @@ class Shipper:
         )
         self._limiter = trio.CapacityLimiter(settings.threads)
         self._journal_limiter = trio.CapacityLimiter(JOURNAL_THREADS)
-        self._claims: dict[str, Claim] = {}
-        self._waiting_bytes: dict[str, int] = {}  # job id -> local bytes not yet in the store
+        self._max_claims = max_claims
+        self._claims: dict[str, Claim] = {}  # at most max_claims: each holds a descriptor
+        self._waiting_bytes: dict[str, int] = {}  # claimed job id -> local bytes not yet in the store
+        # the jobs on disk this process does not hold (others', or beyond MAX_CLAIMS), as the
+        # last listing saw them: jobs and bytes not yet in the store
+        self._unclaimed_jobs = self._unclaimed_bytes = 0
+        self._finished_ids: set[str] = set()  # finished since the last listing began
+        self._rescan_soon = trio.Event()
         self._attempts: dict[str, int] = {}
         self._heap: list[tuple[float, str]] = []
         self._wake = trio.Event()
@@ -116,10 +127,11 @@ class Shipper:
         self._metrics(CollectorRegistry() if registry is None else registry)
 
     def _metrics(self, r: CollectorRegistry) -> None:
+        # every worker sees the whole spool they share: the largest of their values is the total
         self._m_jobs = Gauge("callstream_ship_pending_recordings", "Recordings not yet uploaded and announced.",
-                             registry=r, multiprocess_mode="livesum")
+                             registry=r, multiprocess_mode="livemax")
         self._m_bytes = Gauge("callstream_store_pending_bytes", "Local bytes of recordings waiting for the store.",
-                              registry=r, multiprocess_mode="livesum")
+                              registry=r, multiprocess_mode="livemax")
         self._m_uploads = Counter("callstream_store_uploads", "Objects uploaded and verified.", registry=r)
         self._m_failures = Counter("callstream_ship_failures", "Failed attempts (each retried), by destination.",
                                    ("destination",), registry=r)
@@ -154,7 +166,7 @@ class Shipper:
                 claim.release()
             self._claims.clear()
             self._waiting_bytes.clear()
-            self._publish_gauges()
+            self._count_unclaimed([])
             with trio.CancelScope(shield=True):
                 if self._nats is not None:
                     await trio.to_thread.run_sync(self._nats.close)
@@ -181,39 +193,67 @@ class Shipper:
 
     def readiness(self) -> str | None:
         """None, or why new calls should go elsewhere (for /readyz)."""
-        waiting = sum(self._waiting_bytes.values())
+        waiting = self._pending_bytes()
         if self._store is not None and waiting > self.settings.store_max_local_bytes:
             return f"{waiting} bytes waiting for the store (--store-max-local-bytes)"
         return None
 
     def statistics(self) -> ShipperStatistics:
+        """``pending_*``: the whole spool's (this process's jobs exactly, the others' as last listed)."""
         return ShipperStatistics(
-            pending_jobs=len(self._claims), pending_bytes=sum(self._waiting_bytes.values()),
+            pending_jobs=len(self._claims) + self._unclaimed_jobs, pending_bytes=self._pending_bytes(),
+            held=len(self._claims),
             uploaded=self._uploaded, delivered=self._delivered, failures=self._failures,
         )
+
+    def _pending_bytes(self) -> int:
+        return sum(self._waiting_bytes.values()) + self._unclaimed_bytes
 
     # -- the queue ----------------------------------------------------------------------------
 
     async def _rescan_forever(self) -> None:
         while True:
-            await trio.sleep(RESCAN_INTERVAL)
+            with trio.move_on_after(RESCAN_INTERVAL):
+                await self._rescan_soon.wait()
+            self._rescan_soon = trio.Event()
             await self._rescan()
+            await trio.sleep(RESCAN_MIN_GAP)  # a backlog of thousands is listed at most this often
 
     async def _rescan(self) -> None:
-        ids = await self._thread(self.spool.job_ids)
-        for job_id in ids:
-            if job_id not in self._claims:
-                await self._take(job_id)
+        """List the spool: count what others hold, take the oldest free jobs up to MAX_CLAIMS."""
+        self._finished_ids.clear()
+        listed = await self._thread(self.spool.listing)
+        others = [item for item in listed if item.id not in self._claims and item.id not in self._finished_ids]
+        self._count_unclaimed(others)
+        for item in others:
+            if len(self._claims) >= self._max_claims:
+                break
+            await self._take(item.id)
+
+    def _count_unclaimed(self, items: list[Listed]) -> None:
+        self._unclaimed_jobs = len(items)
+        self._unclaimed_bytes = 0 if self._store is None else sum(i.bytes for i in items if not i.uploaded)
+        self._publish_gauges()
 
     async def _take(self, job_id: str) -> None:
+        if len(self._claims) >= self._max_claims:  # a new job: it waits on disk for a free slot
+            self._unclaimed_jobs += 1
+            if self._store is not None:
+                self._unclaimed_bytes += Spool.size_of(job_id)
+            self._publish_gauges()
+            return
         claimed = await self._thread(self._claim, job_id, cancellable=False)
         if claimed is None:
             return
         claim, has_event = claimed
-        if not self._running:
+        if not self._running or job_id in self._claims:
             claim.release()
             return
         self._claims[job_id] = claim
+        if self._unclaimed_jobs:  # it was counted there if the last listing saw it free
+            self._unclaimed_jobs -= 1
+            if self._store is not None and not has_event:
+                self._unclaimed_bytes = max(0, self._unclaimed_bytes - claim.job.bytes)
         if self._store is not None and not has_event:
             self._waiting_bytes[job_id] = claim.job.bytes
         self._publish_gauges()
@@ -270,6 +310,9 @@ class Shipper:
                 self._claims.pop(job_id, None)
                 self._waiting_bytes.pop(job_id, None)
                 self._attempts.pop(job_id, None)
+                self._finished_ids.add(job_id)
+                if self._unclaimed_jobs:
+                    self._rescan_soon.set()  # a free slot for a job waiting on disk
                 self._publish_gauges()
 
     def _publish_gauges(self) -> None:
@@ -277,8 +320,8 @@ class Shipper:
             self._idle = trio.Event()
         elif not self._claims:
             self._idle.set()
-        self._m_jobs.set(len(self._claims))
-        self._m_bytes.set(sum(self._waiting_bytes.values()))
+        self._m_jobs.set(len(self._claims) + self._unclaimed_jobs)
+        self._m_bytes.set(self._pending_bytes())
 
     # -- one job's steps ------------------------------------------------------------------------
 

@@ -1,7 +1,8 @@
 """The durable shipping queue: one journal per finished recording in ``OUTPUT_DIR/.spool``.
 
 Theory of operation. A recording enters the queue as ``ID.job`` (its audio and sidecar paths,
-relative to the output directory, its size and its event id), written to a temporary name,
+relative to the output directory, its size and its event id; ``ID`` is the time in nanoseconds,
+the size and a random part, so a listing alone orders the jobs and sums their bytes), written to a temporary name,
 fsynced and renamed into place, the directory fsynced: once `enqueue` returns, a crash of any
 kind (SIGKILL, power loss) leaves the job on disk. Each step the job takes afterwards leaves a
 marker beside it, written the same way and never changed again:
@@ -32,7 +33,7 @@ import time
 import uuid
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Final
+from typing import Any, Final, NamedTuple
 
 LOGGER = logging.getLogger("callstream.storage.shipping.spool")
 
@@ -56,6 +57,14 @@ class Job:
     sidecar: str
     bytes: int  # audio and sidecar, as enqueued: what waits on local disk for the store
     enqueued: float  # Unix time, seconds
+
+
+class Listed(NamedTuple):
+    """A job as a directory listing shows it (see `Spool.listing`)."""
+
+    id: str
+    bytes: int
+    uploaded: bool  # its event is saved: nothing of it waits for the store
 
 
 class Claim:
@@ -99,7 +108,7 @@ class Spool:
         now = time.time()
         # the name sorts by time: jobs are shipped oldest first
         job = Job(
-            id=f"{time.time_ns():020d}-{uuid.uuid4().hex[:12]}",
+            id=f"{time.time_ns():020d}-{size}-{uuid.uuid4().hex[:12]}",  # see `listing`
             event_id=str(uuid.uuid4()),
             audio=None if audio is None else self._relative(audio),
             sidecar=self._relative(sidecar),
@@ -111,20 +120,29 @@ class Spool:
         self._write(self.directory / (job.id + JOB), record)
         return job
 
-    def job_ids(self) -> list[str]:
-        """Every job on disk, oldest first (claimed by anyone or not)."""
-        return sorted(path.stem for path in self.directory.glob("*" + JOB))
+    def listing(self) -> list[Listed]:
+        """Every job on disk (anyone's), oldest first, from one directory listing: a job's id
+        carries its size, so nothing is opened (a long outage can leave many thousands)."""
+        names = set(os.listdir(self.directory))
+        listed = []
+        for name in names:
+            if name.endswith(JOB):
+                job_id = name.removesuffix(JOB)
+                listed.append(Listed(job_id, self.size_of(job_id), job_id + EVENT in names))
+        listed.sort()
+        return listed
+
+    @staticmethod
+    def size_of(job_id: str) -> int:
+        """The bytes a job's id says it has (``NANOSECONDS-BYTES-RANDOM``; 0 if it says none)."""
+        try:
+            return int(job_id.split("-")[1])
+        except (IndexError, ValueError):
+            return 0
 
     def waiting_bytes(self) -> int:
         """Bytes of every job (anyone's) whose upload is not done yet: it has no event."""
-        names = set(os.listdir(self.directory))
-        total = 0
-        for name in names:
-            if name.endswith(JOB) and name.removesuffix(JOB) + EVENT not in names:
-                with (contextlib.suppress(OSError, ValueError, KeyError, TypeError),
-                      open(self.directory / name, encoding="utf-8") as file):
-                    total += int(json.load(file)["bytes"])
-        return total
+        return sum(item.bytes for item in self.listing() if not item.uploaded)
 
     def claim(self, job_id: str) -> Claim | None:
         """Take the job if no other process has it and it is not done; else None."""
