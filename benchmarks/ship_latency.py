@@ -14,10 +14,12 @@ from __future__ import annotations
 import asyncio
 import json
 import os
+import re
 import sys
 import tempfile
 import threading
 import time
+import urllib.request
 from pathlib import Path
 
 import numpy as np
@@ -99,13 +101,16 @@ def main() -> None:
     ready.wait(10)
     server = ServerProcess(root / "recordings", "--store", f"s3://{BUCKET}/calls", "--store-endpoint", s3.endpoint,
                            "--webhook-url", receiver.url, "--webhook-secret-file", str(secret),
-                           "--nats-url", natsd.url)
+                           "--nats-url", natsd.url, "--metrics-port", "0")
+    metrics_url = server.wait_for(r"metrics on (http://\S+/metrics)").group(1)
     ended: dict[str, float] = {}
     try:
         trio.run(play, server.url, calls, concurrency, ended)
         deadline = time.monotonic() + 120
         while (len(receiver.accepted()) < calls or len(arrivals) < calls) and time.monotonic() < deadline:
             time.sleep(0.1)
+        with urllib.request.urlopen(metrics_url) as response:
+            exposition = response.read().decode()
     finally:
         server.stop()
         receiver.stop()
@@ -127,6 +132,12 @@ def main() -> None:
     for name, values in rows.items():
         print(f"  {name:24s} n={len(values):4d}  p50 {percentile(values, 50):.3f}  p99 {percentile(values, 99):.3f}"
               f"  max {max(values):.3f}")
+    # the shipper's own view: from the recording's journal entry (after the finish) on
+    found = re.findall(r'callstream_ship_delay_seconds_(sum|count)\{stage="(\w+)"\} (\S+)', exposition)
+    values = {(kind, stage): float(value) for kind, stage, value in found}
+    for stage in ("store", "event"):
+        if values.get(("count", stage)):
+            print(f"  mean from the journal entry to {stage}: {values[('sum', stage)] / values[('count', stage)]:.3f}")
 
 
 if __name__ == "__main__":

@@ -476,7 +476,8 @@ def _record_location(path: Path, where: dict[str, Any]) -> dict[str, Any]:
     data = read_sidecar(path)
     if data.get(STORE_FIELD) != where:
         data[STORE_FIELD] = where
-        write_sidecar(path, data)
+        # not fsynced: the uploaded copy is the one that counts, and a retry writes this again
+        write_sidecar(path, data, durable=False)
     return data
 
 

@@ -8,7 +8,8 @@ kind (SIGKILL, power loss) leaves the job on disk. Each step the job takes after
 marker beside it, written the same way and never changed again:
 
 - ``ID.event``: the upload is verified (when a store is configured) and this is the event to send;
-- ``ID.<sink>`` (``ID.webhook``, ``ID.nats``): that sink acknowledged the event.
+- ``ID.<sink>`` (``ID.webhook``, ``ID.nats``): that sink acknowledged the event (not fsynced:
+  losing one to a power cut only sends the event to that sink again).
 
 A job is done when every sink has its marker; then ``ID.job`` is removed first (it is what makes a
 job exist) and the markers after it (a marker without its job is a leftover, swept at start).
@@ -184,7 +185,9 @@ class Spool:
         return (self.directory / f"{job.id}.{sink}").exists()
 
     def mark_delivered(self, job: Job, sink: str) -> None:
-        self._write(self.directory / f"{job.id}.{sink}", {"delivered": time.time()})
+        """Not fsynced: a marker lost in a power cut only sends the event to that sink again
+        (at least once), and two fsyncs per sink were most of a job's journal time."""
+        self._write(self.directory / f"{job.id}.{sink}", {"delivered": time.time()}, durable=False)
 
     def complete(self, claim: Claim, sinks: tuple[str, ...]) -> None:
         """The job is done: remove its journal, then its markers; release the claim."""
@@ -201,20 +204,22 @@ class Spool:
     def _relative(self, path: Path) -> str:
         return Path(path).relative_to(self.output_dir).as_posix()
 
-    def _write(self, path: Path, data: dict[str, Any]) -> None:
+    def _write(self, path: Path, data: dict[str, Any], *, durable: bool = True) -> None:
         temporary = path.with_name(path.name + ".tmp")
         fd = os.open(temporary, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_CLOEXEC, FILE_MODE)
         try:
             with open(fd, "w", encoding="utf-8") as file:
                 json.dump(data, file)
                 file.flush()
-                os.fsync(file.fileno())
+                if durable:
+                    os.fsync(file.fileno())
             os.replace(temporary, path)
         except BaseException:
             with contextlib.suppress(OSError):
                 temporary.unlink()
             raise
-        _fsync_directory(path.parent)
+        if durable:
+            _fsync_directory(path.parent)
 
 
 def _fsync_directory(directory: Path) -> None:

@@ -144,7 +144,7 @@ class ObjectStore:
         (or is replaced, with ``replace``). Raises StoreError when the upload fails or cannot be
         verified, OSError when the local file cannot be read."""
         digests = file_digests(path, self.settings.store_part_bytes)
-        existing = self._head(key)
+        existing = None if replace else self._head(key)  # replacing: no need to look first
         if existing is not None:
             # metadata names are HTTP headers: some stores change their case (rclone: "Sha256")
             metadata = {name.lower(): value for name, value in existing.get("Metadata", {}).items()}
