@@ -1,8 +1,9 @@
 """Settings of shipping (`--store`, `--webhook-url`, `--nats-url` ...) and their flags.
 
 A frozen object that validates itself; `callstream.settings.Settings` holds one (or None when
-nothing is shipped). The flags are added to `serve` by `add_arguments` and read back by
-`from_args`, so cli.py names none of them.
+nothing is shipped), and `callstream.storage.shipping` acts on it. The flags are added to
+`serve` by `add_arguments` and read back by `from_args`, so cli.py names none of them. Shared
+(top level) like settings.py, which imports it: it imports no layer.
 """
 
 from __future__ import annotations
