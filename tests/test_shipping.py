@@ -335,3 +335,23 @@ async def test_a_backlog_waits_on_disk_beyond_the_jobs_held(tmp_path: Path, nurs
         await until(lambda: shipper.statistics().pending_jobs == 0)
     receiver.stop()
     assert sorted(event["callId"] for event in receiver.accepted()) == [f"c{index}" for index in range(5)]
+
+
+async def test_sighup_reload_signs_later_events_with_the_new_key(tmp_path: Path, nursery: trio.Nursery) -> None:
+    key = tmp_path / "webhook.key"
+    key.write_bytes(SECRET + b"\n")
+    receiver = WebhookReceiver(SECRET)
+    receiver.start()
+    settings = ship_settings(tmp_path, webhook_url=receiver.url, webhook_secret=SECRET, webhook_secret_file=key)
+    running = await start_server(nursery, settings)
+    with trio.fail_after(30):
+        await send_all(running.url, a_call("before", 10)[0])
+        await until(lambda: len(receiver.deliveries) == 1)
+        key.write_bytes(b"rotated-key")
+        receiver.secret = b"rotated-key"
+        await running.server.reload()
+        await send_all(running.url, a_call("after", 11)[0])
+        await until(lambda: len(receiver.deliveries) == 2)
+    receiver.stop()
+    assert [json.loads(d.body)["callId"] for d in receiver.deliveries] == ["before", "after"]
+    assert all(d.signature_ok for d in receiver.deliveries)

@@ -60,6 +60,7 @@ class ShippingSettings:
     keep_local: bool = False
     webhook_url: str | None = None
     webhook_secret: bytes | None = field(default=None, repr=False)
+    webhook_secret_file: Path | None = None  # where the secret was read from; SIGHUP reads it again
     nats_url: str | None = None
     nats_subject: str = DEFAULT_NATS_SUBJECT
     threads: int = DEFAULT_SHIP_THREADS
@@ -110,7 +111,8 @@ def add_arguments(add: Any) -> None:
         help="POST one signed JSON event per finished recording to this URL (after its upload when --store is "
         "given); retried until a 2xx answer")
     add("--webhook-secret-file", type=Path, metavar="FILE",
-        help="file holding the key of the events' HMAC-SHA256 signature (surrounding whitespace ignored)")
+        help="file holding the key of the events' HMAC-SHA256 signature (surrounding whitespace ignored); "
+        "read again on SIGHUP")
     add("--nats-url", metavar="URL",
         help="publish the same event to NATS JetStream at this server (nats://host:4222); a stream must take "
         "--nats-subject")
@@ -148,6 +150,7 @@ def from_args(args: argparse.Namespace) -> ShippingSettings | None:
             keep_local=args.keep_local,
             webhook_url=args.webhook_url,
             webhook_secret=secret,
+            webhook_secret_file=args.webhook_secret_file,
             nats_url=args.nats_url,
             nats_subject=args.nats_subject,
             threads=args.ship_threads,

@@ -403,10 +403,12 @@ class Server:
         )
 
     async def reload(self) -> None:
-        """SIGHUP: read --secret-file again (a new secret applies to the next upgrades; calls
-        already admitted are not touched) and reopen --log-file. A file that cannot be read or
+        """SIGHUP: read --secret-file (and --webhook-secret-file) again (a new secret applies to
+        the next upgrades; calls already admitted are not touched) and reopen --log-file. A file that cannot be read or
         holds no secret leaves the secret in force (logged). Never ends a call."""
         reopen_log_files()
+        if self.shipper is not None:
+            await self.shipper.reload()
         path = self.settings.secret_file
         if path is None:
             LOGGER.info("reopened the log; no --secret-file to read again")

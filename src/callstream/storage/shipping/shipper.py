@@ -191,6 +191,24 @@ class Shipper:
         while not self._idle.is_set():
             await self._idle.wait()
 
+    async def reload(self) -> None:
+        """SIGHUP: read --webhook-secret-file again; later attempts sign with the new key. A file
+        that cannot be read or holds no key leaves the key in force (logged)."""
+        path = self.settings.webhook_secret_file
+        if self._webhook is None or path is None:
+            return
+        try:
+            secret = await trio.to_thread.run_sync(path.read_bytes)
+        except OSError as error:
+            LOGGER.error("--webhook-secret-file: %s: keeping the key in force", error)
+            return
+        secret = secret.strip()
+        if not secret:
+            LOGGER.error("--webhook-secret-file: %s is empty: keeping the key in force", path)
+        elif secret != self._webhook.secret:
+            self._webhook.secret = secret
+            LOGGER.warning("new webhook key read from %s: events are signed with it from now on", path)
+
     def readiness(self) -> str | None:
         """None, or why new calls should go elsewhere (for /readyz)."""
         waiting = self._pending_bytes()

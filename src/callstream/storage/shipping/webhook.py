@@ -54,7 +54,7 @@ class WebhookSender:
 
     def __init__(self, url: str, secret: bytes) -> None:
         self.url = url
-        self._secret = secret
+        self.secret = secret  # may be replaced (a reload): each attempt signs with the current one
         self._pool = urllib3.PoolManager(
             timeout=urllib3.Timeout(connect=CONNECT_TIMEOUT, read=READ_TIMEOUT),
             retries=False,  # ours, with backoff, across restarts
@@ -68,7 +68,7 @@ class WebhookSender:
             "User-Agent": "callstream",
             EVENT_ID_HEADER: event_id,
             TIMESTAMP_HEADER: timestamp,
-            SIGNATURE_HEADER: sign(self._secret, timestamp, body),
+            SIGNATURE_HEADER: sign(self.secret, timestamp, body),
         }
         try:
             response = self._pool.request("POST", self.url, body=body, headers=headers, preload_content=True)
