@@ -119,8 +119,14 @@ class NatsServer(_Process):
     """`nats-server -js` with its store under ``root``; `add_stream` makes a stream."""
 
     def __init__(self, root: Path) -> None:
-        super().__init__([binary("nats-server"), "-js", "-a", "127.0.0.1", "-p", "-1", "-sd", str(root)],
-                         r"Listening for client connections on 127\.0\.0\.1:(\d+)")
+        self.root = root
+        super().__init__([], r"Listening for client connections on 127\.0\.0\.1:(\d+)")
+
+    def start(self) -> None:
+        """Start, on a free port the first time and on the same port (and store) after a `stop`."""
+        self.args = [binary("nats-server"), "-js", "-a", "127.0.0.1", "-p", str(self.port or -1),
+                     "-sd", str(self.root)]
+        super().start()
 
     @property
     def url(self) -> str:

@@ -355,3 +355,27 @@ async def test_sighup_reload_signs_later_events_with_the_new_key(tmp_path: Path,
     receiver.stop()
     assert [json.loads(d.body)["callId"] for d in receiver.deliveries] == ["before", "after"]
     assert all(d.signature_ok for d in receiver.deliveries)
+
+
+async def test_nats_outage_then_the_event_is_acknowledged(
+    tmp_path: Path, nursery: trio.Nursery, nats_server: NatsServer, caplog: pytest.LogCaptureFixture
+) -> None:
+    await trio.to_thread.run_sync(nats_server.add_stream, STREAM, SUBJECT)
+    settings = ship_settings(tmp_path, nats_url=nats_server.url)
+    running = await start_server(nursery, settings)
+    shipper = running.server.shipper
+    assert shipper is not None
+    with trio.fail_after(60):
+        await send_all(running.url, a_call("first", 12)[0])
+        await until(lambda: shipper.statistics().delivered == 1)  # connected once
+        await trio.to_thread.run_sync(nats_server.stop)
+        await send_all(running.url, a_call("second", 13)[0])
+        await until(lambda: shipper.statistics().failures >= 1)
+        assert shipper.statistics().pending_jobs == 1
+        await trio.to_thread.run_sync(nats_server.start)  # same port, same stream
+        await until(lambda: shipper.statistics().pending_jobs == 0)
+    stream = await trio.to_thread.run_sync(nats_server.messages, STREAM, SUBJECT)
+    assert sorted(json.loads(payload)["callId"] for _, payload in stream) == ["first", "second"]
+    logged = [r.getMessage() for r in caplog.records if r.name == "callstream.storage.shipping"]
+    assert sum("NATS unavailable" in line for line in logged) == 1
+    assert sum("NATS available again" in line for line in logged) == 1

@@ -60,6 +60,8 @@ class NatsPublisher:
                     error_cb=self._quiet, disconnected_cb=self._nothing, reconnected_cb=self._nothing,
                 )
                 self._jetstream = self._client.jetstream()
+            if not self._client.is_connected:  # reconnecting: fail now rather than wait for the timeout
+                raise PublishError(f"not connected to {self.url} (reconnecting)")
             return await self._jetstream.publish(
                 self.subject, body, timeout=PUBLISH_TIMEOUT, headers={"Nats-Msg-Id": event_id}
             )
