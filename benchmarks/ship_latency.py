@@ -1,9 +1,10 @@
 """Time from a call's end to its recording in the store and its events delivered (by hand:
-`.venv/bin/python benchmarks/ship_latency.py [CALLS] [CONCURRENCY]`; not part of `make bench`).
+`.venv/bin/python benchmarks/ship_latency.py [CALLS] [CONCURRENCY] [paced]`; not part of `make bench`).
 
 Everything real, on loopback: `callstream serve` as its own process with --store (rclone serve s3
 over a local directory), --webhook-url (an http.server receiver) and --nats-url (nats-server -js);
-CALLS one-second calls sent as fast as the socket takes them, CONCURRENCY at a time. A call's end
+CALLS one-second calls, CONCURRENCY at a time, sent as fast as the socket takes them (a burst of
+call ends far above a contact centre's) or, with ``paced``, at the platform's pace. A call's end
 is when its client has closed the WebSocket (both Stops sent); in the store is the object file's
 mtime in rclone's directory (written once, on the upload's completion); delivered is when the
 receiver got the POST and when a NATS subscriber got the message.
@@ -24,10 +25,12 @@ from pathlib import Path
 
 import numpy as np
 import trio
+from trio_websocket import open_websocket_url
 
 HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE.parent / "tests"))
 
+from callstream.engagevoice.query import build_query  # noqa: E402
 from callstream.events import Perspective  # noqa: E402
 from conftest import call_messages, metadata, random_frames, send_all  # noqa: E402
 from serverprocess import ServerProcess  # noqa: E402
@@ -64,7 +67,9 @@ def percentile(values: list[float], q: float) -> float:
     return float(np.percentile(np.array(values), q))
 
 
-async def play(url: str, calls: int, concurrency: int, ended: dict[str, float]) -> None:
+async def play(url: str, calls: int, concurrency: int, ended: dict[str, float], paced: bool) -> None:
+    """``paced``: each call's frames at the platform's pace (a pair every 20 ms), so the calls
+    end at about CONCURRENCY per second; else as fast as the socket takes them (a burst)."""
     rng = np.random.default_rng(1)
     frames = random_frames(rng, FRAMES)
     media = [(p, seq, frames[seq - 1]) for seq in range(1, FRAMES + 1) for p in Perspective]
@@ -72,7 +77,16 @@ async def play(url: str, calls: int, concurrency: int, ended: dict[str, float]) 
 
     async def one(call_id: str) -> None:
         async with limit:
-            await send_all(url, call_messages(metadata(call_id), media))
+            messages = call_messages(metadata(call_id), media)
+            if not paced:
+                await send_all(url, messages)
+            else:
+                async with open_websocket_url(url + "/" + build_query(metadata(call_id))) as ws:
+                    start = trio.current_time()
+                    for index, message in enumerate(messages):
+                        # Connected and Start first, then a pair of Media per 20 ms, then the Stops
+                        await trio.sleep_until(start + max(0, index - 2) // 2 * 0.02)
+                        await ws.send_message(message)
             ended[call_id] = time.time()
 
     async with trio.open_nursery() as nursery:
@@ -83,6 +97,7 @@ async def play(url: str, calls: int, concurrency: int, ended: dict[str, float]) 
 def main() -> None:
     calls = int(sys.argv[1]) if len(sys.argv) > 1 else 200
     concurrency = int(sys.argv[2]) if len(sys.argv) > 2 else 10
+    paced = len(sys.argv) > 3 and sys.argv[3] == "paced"
     root = Path(tempfile.mkdtemp(prefix="ship-latency-"))
     os.environ.update(AWS_ACCESS_KEY_ID=ACCESS_KEY, AWS_SECRET_ACCESS_KEY=SECRET_KEY,
                       AWS_CONFIG_FILE=str(root / "none"), AWS_SHARED_CREDENTIALS_FILE=str(root / "none"),
@@ -105,7 +120,9 @@ def main() -> None:
     metrics_url = server.wait_for(r"metrics on (http://\S+/metrics)").group(1)
     ended: dict[str, float] = {}
     try:
-        trio.run(play, server.url, calls, concurrency, ended)
+        started = time.time()
+        trio.run(play, server.url, calls, concurrency, ended, paced)
+        played = time.time() - started
         deadline = time.monotonic() + 120
         while (len(receiver.accepted()) < calls or len(arrivals) < calls) and time.monotonic() < deadline:
             time.sleep(0.1)
@@ -127,7 +144,9 @@ def main() -> None:
         "both events delivered": [max(hooked[c], arrivals[c]) - ended[c] for c in ended
                                   if c in hooked and c in arrivals],
     }
-    print(f"{calls} one-second calls, {concurrency} at a time, loopback, {os.cpu_count()} CPUs "
+    print(f"{calls} one-second calls{' at the platform pace' if paced else ''}, {concurrency} at a time "
+          f"({calls / played:.1f} calls/s), loopback, "
+          f"{os.cpu_count()} CPUs, --ship-threads {os.environ.get('CALLSTREAM_SHIP_THREADS', 'default')} "
           f"(seconds from the call's end)")
     for name, values in rows.items():
         print(f"  {name:24s} n={len(values):4d}  p50 {percentile(values, 50):.3f}  p99 {percentile(values, 99):.3f}"
