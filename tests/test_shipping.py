@@ -23,7 +23,7 @@ from callstream.engagevoice.encoding import encode_connected, encode_media, enco
 from callstream.engagevoice.query import build_query
 from callstream.events import Perspective
 from callstream.settings import Settings
-from callstream.shipping_settings import ShippingSettings, StoreLocation
+from callstream.shipping_settings import ShippingSettings
 from callstream.storage.shipping.shipper import Shipper
 from conftest import (
     call_messages,
@@ -46,13 +46,14 @@ SUBJECT = "callstream.recordings"
 
 
 def ship_settings(tmp_path: Path, **shipping: object) -> Settings:
-    options: dict[str, object] = {"retry_min": 0.05, "retry_max": 0.3, **shipping}
+    """A server's settings with the given shipping options; retries from 0.075 s to 0.3 s."""
+    options: dict[str, object] = {"ship_retry_max": 0.3, **shipping}
     return Settings(host="127.0.0.1", port=0, output_dir=tmp_path / "recordings", flush_interval=0.2,
-                    shipping=ShippingSettings(**options))  # type: ignore[arg-type]
+                    **options)  # type: ignore[arg-type]
 
 
 def store_options(s3: S3Server) -> dict[str, object]:
-    return {"store": StoreLocation.parse(f"s3://{BUCKET}/calls"), "store_endpoint": s3.endpoint}
+    return {"store": f"s3://{BUCKET}/calls", "store_endpoint": s3.endpoint}
 
 
 def a_call(call_id: str, seed: int) -> tuple[list[str], np.ndarray]:
@@ -290,7 +291,7 @@ async def test_a_hung_delivery_does_not_hold_up_the_next_calls_journal(tmp_path:
     release = threading.Event()
     receiver = WebhookReceiver(SECRET, hold_first=release)
     receiver.start()
-    settings = ship_settings(tmp_path, webhook_url=receiver.url, webhook_secret=SECRET, threads=1)
+    settings = ship_settings(tmp_path, webhook_url=receiver.url, webhook_secret=SECRET, ship_threads=1)
     running = await start_server(nursery, settings)
     shipper = running.server.shipper
     assert shipper is not None

@@ -193,6 +193,14 @@ def settings_from(args: argparse.Namespace, environ: Mapping[str, str] | None = 
                                     f"{error.strerror or error}") from None
             except (ValueError, UnicodeDecodeError) as error:
                 raise SettingsError("secret_file", str(error)) from None
+        if settings.webhook_secret_file is not None:  # kept too: SIGHUP reads it again
+            try:
+                settings = replace(settings, webhook_secret=read_secret_file(settings.webhook_secret_file).encode())
+            except OSError as error:
+                raise SettingsError("webhook_secret_file", f"cannot read {settings.webhook_secret_file}: "
+                                    f"{error.strerror or error}") from None
+            except (ValueError, UnicodeDecodeError) as error:
+                raise SettingsError("webhook_secret_file", str(error)) from None
     except SettingsError as error:
         _fail(f"callstream serve: {describe(error, given, environ)}")
     return settings

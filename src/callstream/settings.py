@@ -20,10 +20,19 @@ import re
 from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass, field, fields
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Final
+from typing import Any, Final
 
-if TYPE_CHECKING:
-    from callstream.shipping_settings import ShippingSettings
+from callstream import shipping_settings
+from callstream.shipping_settings import (
+    DEFAULT_NATS_SUBJECT,
+    DEFAULT_PART_BYTES,
+    DEFAULT_RETRY_MAX,
+    DEFAULT_SHIP_THREADS,
+    DEFAULT_STORE_MAX_LOCAL_BYTES,
+    MIN_PART_BYTES,
+    ShippingSettings,
+    parse_sse,
+)
 
 DEFAULT_HOST: Final = "0.0.0.0"
 DEFAULT_PORT: Final = 3333  # the port of the platform's own guide
@@ -65,7 +74,7 @@ DEFAULT_PARTICIPANT_CHANNELS: Final = 4
 MAX_PARTICIPANT_CHANNELS: Final = 8  # FLAC's limit
 
 ENV_PREFIX: Final = "CALLSTREAM_"
-GROUPS: Final = ("network", "security", "recording", "limits", "performance", "observability")
+GROUPS: Final = ("network", "security", "recording", "shipping", "limits", "performance", "observability")
 FORMATS: Final = ("wav", "flac", "mulaw-wav")
 TRANSPORTS: Final = ("websockets", "trio-websocket")
 SEQUENCE_MODES: Final = ("auto", "perspective", "connection")
@@ -282,7 +291,48 @@ class Settings:
                                      "from the start (a WAV channel costs 16 KB/s even when silent); segments "
                                      "past the last are mixed into it, logged and marked in the sidecar")
     block_ms: float = field(default=DEFAULT_BLOCK_MS)  # not an option: the decoder's block, in ms
-    shipping: ShippingSettings | None = None  # not an option here: object storage and events
+    # shipping: object storage and completion events (see shipping_settings.py and the README)
+    store: str | None = _opt(None, group="shipping", unit="s3://BUCKET/PREFIX",
+                             help="upload every finished recording (audio and sidecar) to this bucket and key "
+                             "prefix, under the --path-template layout; credentials from the standard AWS chain "
+                             "(AWS_* variables, shared config and credentials files, instance or pod roles)")
+    store_endpoint: str | None = _opt(None, group="shipping", unit="URL",
+                                      help="endpoint of an S3-compatible store (MinIO, Ceph, rclone, R2 ...); "
+                                      "unset: AWS S3")
+    store_sse: str | None = _opt(None, group="shipping", parse=parse_sse, unit="AES256|aws:kms",
+                                 help="ask the store to encrypt the objects at rest")
+    store_kms_key_id: str | None = _opt(None, group="shipping", unit="KEY",
+                                        help="the KMS key for --store-sse aws:kms (unset: the bucket's)")
+    store_max_local_bytes: int = _opt(DEFAULT_STORE_MAX_LOCAL_BYTES, group="shipping", parse=parse_size,
+                                      unit="BYTES", low=0,
+                                      help="/readyz answers 503 while more than this many bytes of recordings "
+                                      "wait on local disk for the store (10GiB style accepted)")
+    store_part_bytes: int = _opt(DEFAULT_PART_BYTES, group="shipping", flag="--store-part-size",
+                                 parse=parse_size, unit="BYTES", low=MIN_PART_BYTES,
+                                 help="files from this many bytes on are uploaded in parts of this size "
+                                 "(S3's smallest part is 5MiB)")
+    keep_local: bool = _opt(False, group="shipping", parse=parse_bool, switch=True,
+                            help="keep the local audio and sidecar after they are verified in the store "
+                            "(default: removed)")
+    webhook_url: str | None = _opt(None, group="shipping", unit="URL",
+                                   help="POST one signed JSON event per finished recording to this URL (after "
+                                   "its upload when --store is given); retried until a 2xx answer")
+    webhook_secret_file: Path | None = _opt(None, group="shipping", parse=Path, unit="FILE",
+                                            help="file holding the key of the events' HMAC-SHA256 signature "
+                                            "(surrounding whitespace ignored); read again on SIGHUP")
+    nats_url: str | None = _opt(None, group="shipping", unit="URL",
+                                help="publish the same event to NATS JetStream at this server "
+                                "(nats://host:4222); a stream must take --nats-subject")
+    nats_subject: str = _opt(DEFAULT_NATS_SUBJECT, group="shipping", unit="SUBJECT",
+                             help="the subject of the NATS events")
+    ship_threads: int = _opt(DEFAULT_SHIP_THREADS, group="shipping", parse=parse_int, unit="THREADS", low=1,
+                             high=64, help="recordings uploaded or announced at once, each in a thread of "
+                             "shipping's own")
+    ship_retry_max: float = _opt(DEFAULT_RETRY_MAX, group="shipping", parse=parse_duration, unit="SECONDS",
+                                 low=0, low_open=True,
+                                 help="the longest wait between two attempts to upload or announce a recording, "
+                                 "in seconds (waits double from 0.5 s, with jitter)")
+    webhook_secret: bytes | None = field(default=None, repr=False)  # not an option: read from the file
     # limits
     max_calls: int = _opt(DEFAULT_MAX_CALLS, group="limits", parse=parse_int, unit="CALLS", low=1,
                           help="live calls accepted at once (across all workers); beyond, upgrades get HTTP "
@@ -386,12 +436,21 @@ class Settings:
                                 "--ringcx-plaintext behind a TLS-terminating proxy")
         if self.channel_layout != "participants" and self.participant_channels != DEFAULT_PARTICIPANT_CHANNELS:
             raise SettingsError("participant_channels", "only applies with --channel-layout participants")
+        try:
+            shipping_settings.from_settings(self)
+        except ValueError as error:
+            raise SettingsError(None, str(error)) from None
         if self.discontinuity_ms <= self.reorder_window_ms:
             raise SettingsError("discontinuity_ms", "must be longer than --reorder-window")
         if (self.metrics_port is not None and self.metrics_port == self.port and self.port != 0
                 and (self.metrics_host == self.host or "0.0.0.0" in (self.host, self.metrics_host))):
             raise SettingsError("metrics_port", f"{self.port} is also --port: give the metrics endpoint a "
                                 "port of its own")
+
+    @property
+    def shipping(self) -> ShippingSettings | None:
+        """What the shipping options ask for (None: nothing is shipped); see shipping_settings.py."""
+        return shipping_settings.from_settings(self)
 
     @classmethod
     def from_strings(cls, given: Mapping[str, str], environ: Mapping[str, str] | None = None) -> Settings:

@@ -96,8 +96,13 @@ class Shipper:
         self._output_dir = Path(output_dir)
         self._store = None if settings.store is None else ObjectStore(settings)
         self._webhook = None
-        if settings.webhook_url is not None and settings.webhook_secret is not None:
-            self._webhook = WebhookSender(settings.webhook_url, settings.webhook_secret)
+        if settings.webhook_url is not None:
+            secret = settings.webhook_secret
+            if secret is None and settings.webhook_secret_file is not None:  # not read by the caller
+                secret = settings.webhook_secret_file.read_bytes().strip()
+            if not secret:
+                raise ValueError("--webhook-url needs a key in --webhook-secret-file")
+            self._webhook = WebhookSender(settings.webhook_url, secret)
         self._nats: Any = None
         if settings.nats_url is not None:
             from callstream.storage.shipping.natsbus import NatsPublisher
