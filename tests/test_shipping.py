@@ -11,6 +11,7 @@ import logging
 import signal
 import threading
 from collections.abc import Callable
+from dataclasses import replace
 from datetime import UTC, datetime
 from pathlib import Path
 
@@ -380,3 +381,27 @@ async def test_nats_outage_then_the_event_is_acknowledged(
     logged = [r.getMessage() for r in caplog.records if r.name == "callstream.storage.shipping"]
     assert sum("NATS unavailable" in line for line in logged) == 1
     assert sum("NATS available again" in line for line in logged) == 1
+
+
+async def test_a_ringcx_dialog_is_announced_too(tmp_path: Path) -> None:
+    """The RingCX front end's recordings finish through another path of the server: shipped alike."""
+    from callstream.sim import ringcx_client
+    from test_ringcx_server import play as play_dialog
+    from test_ringcx_server import ringcx_server
+
+    receiver = WebhookReceiver(SECRET)
+    receiver.start()
+    settings = replace(ship_settings(tmp_path, webhook_url=receiver.url, webhook_secret=SECRET),
+                       ringcx_port=0, ringcx_plaintext=True)
+    script = ringcx_client.platform_dialog("dialog-7", seconds=1.0, agent_join=0.2, hold=None, transfer=None)
+    with trio.fail_after(40):
+        async with ringcx_server(settings) as running:
+            await play_dialog(running.target, script.steps, realtime=False)
+            await until(receiver.accepted)
+            assert running.server.shipper is not None
+    receiver.stop()
+    [event] = receiver.accepted()
+    [(path, sidecar)] = recordings(settings.output_dir)
+    assert event["sidecar"] == sidecar and event["status"] == sidecar["status"]
+    assert event["path"] == path.relative_to(settings.output_dir).as_posix()
+    assert event["sha256"] == hashlib.sha256(path.read_bytes()).hexdigest()

@@ -322,10 +322,7 @@ class Server:
             self._finished += 1
             self.metrics.publish()  # the call's last media progress, with its end
             self.metrics.call_finished("failed" if result is None else result.status)
-        if result.path is not None:
-            self.metrics.recording_written()
-            if self.shipper is not None:
-                await self.shipper.enqueue(result.path, result.path.with_suffix(SIDECAR))
+        await self._written(result)
         if result.close_code == CLOSE_POLICY_VIOLATION:
             self._rejected += 1
             self.metrics.call_rejected("unauthorized")
@@ -377,9 +374,15 @@ class Server:
             self.metrics.publish()
             self.metrics.call_finished("failed" if result is None else result.status, front_end="ringcx")
             self._leave()
+        await self._written(result)
+        _log_result(result)
+
+    async def _written(self, result: CallResult) -> None:
+        """A call's recording is finished: count it and queue it for shipping."""
         if result.path is not None:
             self.metrics.recording_written()
-        _log_result(result)
+            if self.shipper is not None:
+                await self.shipper.enqueue(result.path, result.path.with_suffix(SIDECAR))
 
     async def recover(self) -> list[Recovered]:
         """Recover what an interrupted run left in the output directory (before serving)."""
