@@ -1,22 +1,30 @@
 """The live calls as the operator's views show them: `/calls.json` on the metrics endpoint (and
 the page at `/` that reads it), and `callstream status`.
 
-Read-only and computed on request: nothing here runs per Media message or per block. A call's
-levels come from the last block it sent to the disk (about the last second of audio), decoded
-when asked.
+Read-only: nothing here runs per Media message or per block. A single process computes the view
+on request; each worker of ``serve --workers N`` writes its own once per flush interval
+(`write_snapshot`, at most `MAX_ROWS` calls) and the supervisor merges them when asked
+(`merge_snapshots`). A call's levels come from the last block it sent to the disk (about the
+last second of audio), decoded when the view is made.
 """
 
 from __future__ import annotations
 
+import json
 import math
+import os
 import time
 from collections.abc import Iterable
+from dataclasses import dataclass
+from datetime import datetime
+from pathlib import Path
 from typing import Any, Protocol
 
 import numpy as np
 
 from callstream.codec import decode_ulaw
 
+MAX_ROWS = 500  # calls listed by /calls.json at most (the longest); the counts count them all
 SILENCE_DBFS = -96.0  # the floor reported for digital silence (16-bit)
 FULL_SCALE = 32768.0
 
@@ -24,6 +32,7 @@ FULL_SCALE = 32768.0
 class LiveCall(Protocol):
     """What a live call shows (`CallRecorder` and `DialogRecorder` have it)."""
 
+    front_end: str  # one of metrics.FRONT_ENDS
     started_monotonic: float
     last_block: Any  # StereoBlock | None
 
@@ -66,6 +75,7 @@ def call_view(recorder: Any, now: float, block_seconds: float) -> dict[str, Any]
     block = recorder.last_block
     levels = None if block is None else _levels(block)
     return {
+        "front_end": recorder.front_end,
         "call_id": recorder.call_id,
         "session_id": recorder.session_id,
         "started": recorder.started.isoformat(timespec="seconds"),
@@ -76,12 +86,90 @@ def call_view(recorder: Any, now: float, block_seconds: float) -> dict[str, Any]
     }
 
 
+@dataclass(frozen=True, slots=True)
+class FrozenCall:
+    """A live call's facts as of one moment (`freeze`), for a view made in another thread."""
+
+    front_end: str
+    call_id: str
+    session_id: str
+    started: datetime
+    started_monotonic: float
+    last_block: Any
+    blocks_waiting: int
+
+
+def freeze(recorder: Any) -> FrozenCall:
+    """The facts `call_view` reads, taken now (in trio: a few attribute reads, no decoding)."""
+    return FrozenCall(recorder.front_end, recorder.call_id, recorder.session_id, recorder.started,
+                      recorder.started_monotonic, recorder.last_block, recorder.blocks_waiting)
+
+
+def front_ends(calls: list[dict[str, Any]]) -> dict[str, Any]:
+    """Per front end (every one of `metrics.FRONT_ENDS`): ``{"live": n, "oldest": call or None}``,
+    from ``calls`` (longest first)."""
+    from callstream.server.metrics import FRONT_ENDS
+
+    result: dict[str, Any] = {name: {"live": 0, "oldest": None} for name in FRONT_ENDS}
+    for call in calls:
+        entry = result.setdefault(call["front_end"], {"live": 0, "oldest": None})
+        entry["live"] += 1
+        if entry["oldest"] is None:
+            entry["oldest"] = call
+    return result
+
+
 def snapshot(recorders: Iterable[Any] | None, *, live: int, draining: bool, disk_stalled: bool,
-             block_seconds: float) -> dict[str, Any]:
-    """What `/calls.json` returns. ``recorders``: the live calls of this process, longest first,
-    or None where they live in other processes (``serve --workers N``: counts only)."""
+             block_seconds: float, max_rows: int | None = None) -> dict[str, Any]:
+    """What `/calls.json` returns. ``recorders``: the live calls of this process, or None where
+    they are not known (counts only). ``calls`` is longest first, at most ``max_rows`` of them
+    (None: all); ``front_ends`` counts every call all the same (see `front_ends`)."""
     now = time.monotonic()
     calls = None
+    per_front_end = None
     if recorders is not None:
         calls = sorted((call_view(r, now, block_seconds) for r in recorders), key=lambda c: -c["seconds"])
-    return {"live_calls": live, "draining": draining, "disk_stalled": disk_stalled, "calls": calls}
+        per_front_end = front_ends(calls)
+        calls = calls[:max_rows]
+    return {"live_calls": live, "draining": draining, "disk_stalled": disk_stalled, "calls": calls,
+            "front_ends": per_front_end}
+
+
+def write_snapshot(path: Path, view: dict[str, Any]) -> None:
+    """Replace ``path`` with ``view`` (a `snapshot`) and the wall-clock time it was taken, at
+    once (a reader sees the old file or the new one, whole). Raises OSError."""
+    temporary = path.with_name(path.name + ".tmp")
+    temporary.write_text(json.dumps({"written": time.time(), **view}))
+    os.replace(temporary, path)
+
+
+def merge_snapshots(paths: Iterable[Path], *, live: int, draining: bool, disk_stalled: bool,
+                    max_rows: int) -> dict[str, Any]:
+    """`/calls.json` across processes (``serve --workers N``): the calls of every snapshot file
+    in ``paths`` (see `write_snapshot`; a missing or unreadable one is skipped), their ages
+    moved on by the time since each was written, longest first, at most ``max_rows``.
+    ``live``, ``draining``, ``disk_stalled``: the totals (the snapshots may be a tick old)."""
+    calls: list[dict[str, Any]] = []
+    per_front_end = front_ends([])
+    now = time.time()
+    for path in paths:
+        try:
+            view = json.loads(path.read_bytes())
+        except (OSError, ValueError):
+            continue  # not written yet (a worker starting), or gone with its worker
+        age = max(0.0, now - float(view.get("written", now)))
+
+        def aged(call: dict[str, Any]) -> dict[str, Any]:
+            return {**call, "seconds": round(call["seconds"] + age, 1)}  # noqa: B023 (used at once)
+
+        calls.extend(aged(call) for call in view.get("calls") or ())
+        for name, entry in (view.get("front_ends") or {}).items():
+            merged = per_front_end.setdefault(name, {"live": 0, "oldest": None})
+            merged["live"] += int(entry["live"])
+            oldest = entry.get("oldest")
+            if oldest is not None and (merged["oldest"] is None or
+                                       oldest["seconds"] + age > merged["oldest"]["seconds"]):
+                merged["oldest"] = aged(oldest)
+    calls.sort(key=lambda c: -c["seconds"])
+    return {"live_calls": live, "draining": draining, "disk_stalled": disk_stalled, "calls": calls[:max_rows],
+            "front_ends": per_front_end}

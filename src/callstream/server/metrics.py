@@ -77,6 +77,24 @@ def process_collectors(registry: CollectorRegistry) -> None:
     ProcessCollector(registry=registry)
 
 
+class LabelledProcesses:
+    """prometheus_client's process metrics of several processes, one series each, labelled
+    ``process`` (e.g. ``process_resident_memory_bytes{process="worker-0"}``); sum them for the
+    whole server. Reads /proc of each pid when collected; a process gone meanwhile is left out."""
+
+    def __init__(self, processes: list[tuple[str, int]]) -> None:
+        self._processes = processes
+
+    def collect(self) -> Iterator[Metric]:
+        families: dict[str, Metric] = {}
+        for name, pid in self._processes:
+            for family in ProcessCollector(pid=lambda pid=pid: pid, registry=None).collect():
+                merged = families.setdefault(family.name, Metric(family.name, family.documentation, family.type))
+                for sample in family.samples:
+                    merged.add_sample(sample.name, {**sample.labels, "process": name}, sample.value)
+        yield from families.values()
+
+
 class Metrics:
     """The counters of one server. Thread safe (the writer threads observe write lag)."""
 
@@ -170,13 +188,15 @@ class Metrics:
         self._pending_gap_seconds = 0.0
 
     @staticmethod
-    def aggregate(directory: Path) -> CollectorRegistry:
+    def aggregate(directory: Path, processes: list[tuple[str, int]]) -> CollectorRegistry:
         """For a parent of multiprocess workers: a registry summing what they wrote to
-        ``directory`` (their PROMETHEUS_MULTIPROC_DIR)."""
+        ``directory`` (their PROMETHEUS_MULTIPROC_DIR), with the process metrics of each of
+        ``processes`` ((name, pid): the parent's own and its workers') labelled ``process``."""
         disable_created_metrics()
         registry = CollectorRegistry()
         MultiProcessCollector(registry, path=str(directory))
-        process_collectors(registry)  # the supervisor's own process
+        registry.register(BuildInfo())
+        registry.register(LabelledProcesses(processes))
         return registry
 
     def render(self) -> bytes:

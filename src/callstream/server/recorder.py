@@ -70,6 +70,8 @@ class CallResult:
 class CallRecorder:
     """One call, from the accepted stream to the finished recording. Use once: `await run()`."""
 
+    front_end = "websocket"  # the live view's and the metrics' name of the front end (metrics.FRONT_ENDS)
+
     def __init__(
         self,
         stream: MessageStream,

@@ -53,6 +53,8 @@ GRPC_STATUS: Final = {
 class DialogRecorder:
     """One dialog, from its admitted RPC to the finished recording. Use once: `await run()`."""
 
+    front_end = "ringcx"  # the live view's and the metrics' name of the front end (metrics.FRONT_ENDS)
+
     def __init__(self, channel: DialogChannel, settings: Settings, disk: DiskWriter, *, remote: str,
                  metrics: Metrics | None = None) -> None:
         """``metrics``: where the dialog's media counters go (at each tick and at the end)."""

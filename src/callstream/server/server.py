@@ -12,6 +12,7 @@ from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from dataclasses import dataclass
 from functools import partial
+from pathlib import Path
 from typing import Any
 
 import trio
@@ -68,11 +69,14 @@ class Server:
     def __init__(
         self, settings: Settings, *, metrics: Metrics | None = None, shared_calls: Any = None,
         disk_flag: Any = None, refusal_log_interval: float = REFUSAL_LOG_INTERVAL,
+        calls_file: Path | None = None,
     ) -> None:
         """``shared_calls``: the workers' shared live-call count (see `Admission`), if any;
         ``disk_flag``: a ``multiprocessing.Value`` this worker sets to 1 while its disk hangs
         and back to 0 after (the supervisor's /readyz reads it), if any; ``refusal_log_interval``:
-        seconds between two log lines about refusals of one kind (see `_refuse`)."""
+        seconds between two log lines about refusals of one kind (see `_refuse`); ``calls_file``:
+        where a worker leaves its live calls once per flush interval for the supervisor's
+        /calls.json (see `livecalls.write_snapshot`), if anywhere."""
         self.settings = settings
         self._admission = Admission(settings.max_calls, shared_calls)
         # connections yet to present the secret in their first message: never call slots
@@ -93,6 +97,9 @@ class Server:
         self._disk: DiskWriter | None = None  # while `running()`
         self._disk_stalled = False  # as last logged (see _watch_disk)
         self._disk_flag = disk_flag
+        self._calls_file = calls_file
+        self._writing_calls = False  # a write of `calls_file` is under way (at most one at a time)
+        self._services: trio.Nursery | None = None  # while `running()`
         self._scanner = MediaScanner(max_bytes=settings.max_message_bytes)  # shared by the calls
         self.shipper: Shipper | None = None  # uploads and announces finished recordings
         if settings.shipping is not None:
@@ -116,10 +123,12 @@ class Server:
             if self.shipper is not None:
                 await nursery.start(self.shipper.run)
             self._disk = disk
+            self._services = nursery
             try:
                 yield
             finally:
                 self._disk = None
+                self._services = None
                 nursery.cancel_scope.cancel()
 
     async def _clock(self) -> None:
@@ -132,6 +141,31 @@ class Server:
             self.metrics.publish()  # what the ticks reported, summed over the calls
             self._watch_disk()
             self._report_held_refusals()
+            if self._calls_file is not None and not self._writing_calls and self._services is not None:
+                self._writing_calls = True
+                self._services.start_soon(self._write_calls, self._calls_file)
+
+    async def _write_calls(self, path: Path) -> None:
+        """Leave the live calls in ``path`` for the supervisor. The facts are taken here; the
+        levels (decoding ~1 s of audio per call: ~50 us each), the JSON and the write happen in
+        a thread, so the event loop is not held for them."""
+        from callstream.server.livecalls import MAX_ROWS, freeze, snapshot, write_snapshot
+
+        frozen = [freeze(recorder) for recorder in self._live]
+        live, draining, stalled = len(self._live), self._draining, self._disk_stalled
+        block_seconds = self.settings.block_ms / 1000
+
+        def write() -> None:
+            view = snapshot(frozen, live=live, draining=draining, disk_stalled=stalled,
+                            block_seconds=block_seconds, max_rows=MAX_ROWS)
+            write_snapshot(path, view)
+
+        try:
+            await trio.to_thread.run_sync(write)
+        except OSError as error:
+            LOGGER.debug("cannot leave the live calls in %s: %s", path, error)
+        finally:
+            self._writing_calls = False
 
     def _watch_disk(self) -> None:
         """Say once when the disk hangs and once when it is back (see `_refusal`)."""
@@ -435,11 +469,11 @@ class Server:
 
     def live_calls(self) -> dict[str, Any]:
         """The live calls for /calls.json and the page at / (see `callstream.server.livecalls`)."""
-        from callstream.server.livecalls import snapshot
+        from callstream.server.livecalls import MAX_ROWS, snapshot
 
         return snapshot(
             self._live, live=len(self._live), draining=self._draining, disk_stalled=self._disk_stalled,
-            block_seconds=self.settings.block_ms / 1000,
+            block_seconds=self.settings.block_ms / 1000, max_rows=MAX_ROWS,
         )
 
     async def drain(self, timeout: float) -> None:
@@ -579,6 +613,7 @@ async def serve(
 async def run_until_signalled(
     settings: Settings, *, shared_calls: Any = None, disk_flag: Any = None, recover: bool = True,
     reuse_port: bool = False, stop_signals: tuple[signal.Signals, ...] = (signal.SIGTERM, signal.SIGINT),
+    calls_file: Path | None = None,
 ) -> None:
     """The process's main: serve; on a stop signal (SIGTERM, SIGINT) drain and return.
 
@@ -588,7 +623,7 @@ async def run_until_signalled(
     recovered before starting it), ``reuse_port=True`` and only SIGTERM as a stop signal (the
     supervisor forwards SIGINT as SIGTERM; see workers.py)."""
     signal.signal(signal.SIGHUP, signal.SIG_IGN)  # until the receiver below takes it: never fatal
-    server = Server(settings, shared_calls=shared_calls, disk_flag=disk_flag)
+    server = Server(settings, shared_calls=shared_calls, disk_flag=disk_flag, calls_file=calls_file)
     settings.output_dir.mkdir(parents=True, exist_ok=True)
     if recover:
         recovered = await server.recover()

@@ -1,7 +1,7 @@
 """`callstream status`: a running recorder at a glance, from its metrics endpoint.
 
 Reads ``/calls.json`` and ``/metrics`` (twice, ``--interval`` seconds apart, for the rates) and
-prints live calls (count, the oldest), calls and frames per second, the write lag, the disk and
+prints live calls (count, the oldest; and by front end), calls and frames per second, the write lag, the disk and
 whether the server drains. Read-only; exits 1 when the endpoint cannot be read.
 """
 
@@ -33,7 +33,8 @@ def add_arguments(sub: argparse._SubParsersAction, env_defaults: type, environ: 
     parser = sub.add_parser(
         "status",
         help="show a running recorder at a glance (from its --metrics-port endpoint)",
-        description="Print a running recorder's live calls (count, the oldest), calls and frames per second, "
+        description="Print a running recorder's live calls (count, the oldest; and by front end: websocket for "
+        "Engage Voice, ringcx for RingCX gRPC), calls and frames per second, "
         "write lag, disk stalls and draining, read from the endpoint serve --metrics-port opens. The same "
         "endpoint serves a page listing the live calls at /.",
     )
@@ -84,8 +85,9 @@ def _samples(text: str) -> dict[tuple[str, tuple[tuple[str, str], ...]], float]:
 @dataclass(frozen=True, slots=True)
 class Status:
     live: int
-    oldest: dict[str, Any] | None  # the longest live call (None: none, or not known with workers)
+    oldest: dict[str, Any] | None  # the longest live call (None: none, or not known)
     per_call: bool
+    front_ends: dict[str, dict[str, Any]]  # by front end: {"live": n, "oldest": call or None}
     calls_per_second: float | None
     frames_per_second: float | None
     lag_p99: float | None  # upper bound of the bucket holding the 99th percentile, seconds
@@ -123,10 +125,15 @@ def collect(base: str, interval: float) -> Status:
     if interval <= 0 or not recent or recent[-1][1] <= 0:
         recent, window = buckets, "since start"
     listed = calls.get("calls")
+    front_ends = calls.get("front_ends") or {
+        dict(labels)["front_end"]: {"live": int(count), "oldest": None}
+        for (name, labels), count in second.items() if name == "callstream_front_end_live_calls"
+    }
     return Status(
         live=int(calls.get("live_calls", value(second, "callstream_live_calls"))),
         oldest=listed[0] if listed else None,
         per_call=listed is not None,
+        front_ends=front_ends,
         calls_per_second=rate("callstream_calls_started_total"),
         frames_per_second=rate("callstream_media_messages_total"),
         lag_p99=_quantile(recent, 0.99),
@@ -151,14 +158,15 @@ def _clock(seconds: float) -> str:
     return f"{hours}:{minutes:02d}:{whole % 60:02d}" if hours else f"{minutes}:{whole % 60:02d}"
 
 
+def _oldest(call: dict[str, Any] | None) -> str:
+    return "" if call is None else f" (oldest {_clock(call['seconds'])}: {call['call_id']}/{call['session_id']})"
+
+
 def render(status: Status) -> str:
-    """The lines `callstream status` prints."""
-    oldest = ""
-    if status.oldest is not None:
-        oldest = f" (oldest {_clock(status.oldest['seconds'])}: {status.oldest['call_id']}/" \
-                 f"{status.oldest['session_id']})"
-    elif status.live and not status.per_call:
-        oldest = " (per-call details are in each worker: see the page at / of a single process)"
+    """The lines `callstream status` prints: live calls, then one line per front end."""
+    oldest = _oldest(status.oldest)
+    if status.oldest is None and status.live and not status.per_call:
+        oldest = " (per-call details not known: an older callstream)"
 
     def per_second(value: float | None, what: str) -> str:
         return "not measured (--interval 0)" if value is None else f"{value:,.1f} {what}/s"
@@ -175,6 +183,8 @@ def render(status: Status) -> str:
         disk += f"; {status.disk_errors:.0f} recording errors since start"
     lines = [
         ("live calls", f"{status.live}{oldest}"),
+        *((f"  {name}", f"{entry['live']}{_oldest(entry.get('oldest'))}")
+          for name, entry in sorted(status.front_ends.items())),
         ("calls", per_second(status.calls_per_second, "started")),
         ("frames", per_second(status.frames_per_second, "Media messages")),
         ("write lag", lag),

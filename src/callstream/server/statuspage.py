@@ -37,7 +37,7 @@ PAGE: Final = b"""<!doctype html>
 <h1>callstream: live calls</h1>
 <div id="summary">loading&hellip;</div>
 <table>
-  <thead><tr><th>call</th><th>session</th><th>duration</th><th>agent (dBFS)</th>
+  <thead><tr><th>front end</th><th>call</th><th>session</th><th>duration</th><th>agent (dBFS)</th>
   <th>caller (dBFS)</th><th>write lag (s)</th></tr></thead>
   <tbody id="calls"></tbody>
 </table>
@@ -81,6 +81,10 @@ function level(row, dbfs) {
 function draw(data) {
   const summary = document.getElementById("summary");
   summary.textContent = data.live_calls + " live call" + (data.live_calls === 1 ? "" : "s");
+  if (data.front_ends) {
+    const parts = Object.keys(data.front_ends).sort().map((name) => name + " " + data.front_ends[name].live);
+    summary.textContent += " (" + parts.join(", ") + ")";
+  }
   for (const [flag, text] of [["draining", "draining"], ["disk_stalled", "disk stalled"]]) {
     if (data[flag]) {
       const mark = document.createElement("span");
@@ -92,11 +96,12 @@ function draw(data) {
   const body = document.getElementById("calls");
   body.replaceChildren();
   if (data.calls === null) {
-    cell(body.insertRow(), "per-call rows are kept by each worker (serve --workers): counts only", false);
+    cell(body.insertRow(), "per-call rows not known: counts only", false);
     return;
   }
   for (const call of data.calls) {
     const row = body.insertRow();
+    cell(row, call.front_end, false);
     cell(row, call.call_id, false);
     cell(row, call.session_id, false);
     cell(row, clock(call.seconds), true);

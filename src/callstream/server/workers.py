@@ -4,7 +4,9 @@ The supervisor (this process) recovers what an interrupted run left behind, then
 workers, each with its own trio loop and its own listening socket on the same port; the kernel
 spreads connections across them. --max-calls is counted in shared memory across all workers.
 Metrics use prometheus_client's multiprocess mode: workers write to a directory the supervisor
-made, and only the supervisor serves /metrics (totals over all workers), /healthz and /readyz. A
+made, and only the supervisor serves /metrics (totals over all workers; the process metrics of
+each process, labelled ``process``), /healthz, /readyz and the live calls (/calls.json, /), which
+each worker leaves in that directory once per flush interval. A
 worker that dies is restarted. SIGTERM or SIGINT is forwarded to every worker (as SIGTERM), which
 drains as a single process would, and so is a second one (the workers end their drains now); the
 supervisor exits 0 when they all have. SIGHUP is forwarded too (see `Supervisor.reload`).
@@ -19,7 +21,7 @@ import os
 import signal
 import tempfile
 import time
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 from dataclasses import replace
 from pathlib import Path
 from typing import Any
@@ -41,7 +43,12 @@ BACKLOG_INTERVAL = 2.0  # seconds between reads of the shipping spool for /ready
 STOP_MARGIN = 30.0  # seconds beyond --drain-timeout a worker gets to finalise before it is killed
 
 
-def _worker_main(settings: Settings, index: int, shared_calls: Any, disk_flag: Any) -> None:
+def calls_file(metrics_dir: Path, index: int) -> Path:
+    """Where worker ``index`` leaves its live calls (see `livecalls.write_snapshot`)."""
+    return metrics_dir / f"calls-{index}.json"
+
+
+def _worker_main(settings: Settings, index: int, shared_calls: Any, disk_flag: Any, metrics_dir: Path) -> None:
     from callstream.server.gcpolicy import tune_garbage_collector
     from callstream.server.logs import configure_logging
     from callstream.server.server import run_until_signalled
@@ -57,22 +64,24 @@ def _worker_main(settings: Settings, index: int, shared_calls: Any, disk_flag: A
     worker_settings = replace(settings, metrics_port=None)  # the supervisor serves the totals
     trio.run(lambda: run_until_signalled(
         worker_settings, shared_calls=shared_calls, disk_flag=disk_flag, recover=False, reuse_port=True,
-        stop_signals=(signal.SIGTERM,),
+        stop_signals=(signal.SIGTERM,), calls_file=calls_file(metrics_dir, index),
     ))
 
 
 class _AggregateMetrics:
-    """What the supervisor's /metrics renders: the sum of every worker's metrics."""
+    """What the supervisor's /metrics renders: the sum of every worker's metrics, and the
+    process metrics of each process (see `Metrics.aggregate`)."""
 
-    def __init__(self, directory: Path) -> None:
+    def __init__(self, directory: Path, processes: Callable[[], list[tuple[str, int]]]) -> None:
         self._directory = directory
+        self._processes = processes
 
     def render(self) -> bytes:
         from prometheus_client import generate_latest
 
         from callstream.server.metrics import Metrics
 
-        return generate_latest(Metrics.aggregate(self._directory))
+        return generate_latest(Metrics.aggregate(self._directory, self._processes()))
 
 
 class Supervisor:
@@ -118,17 +127,29 @@ class Supervisor:
         return None
 
     def live_calls(self) -> dict[str, Any]:
-        """/calls.json across the workers: counts only (each worker holds its own calls)."""
-        from callstream.server.livecalls import snapshot
+        """/calls.json across the workers: the calls each live worker left at its last tick
+        (at most one flush interval old, their ages brought up to now), the shared count."""
+        from callstream.server.livecalls import MAX_ROWS, merge_snapshots
 
-        return snapshot(None, live=self.shared_calls.value, draining=self._stopping,
-                        disk_stalled=any(flag.value for flag in self.disk_flags),
-                        block_seconds=self.settings.block_ms / 1000)
+        files = [calls_file(self._metrics_dir, index) for index, process in enumerate(self._workers)
+                 if process.is_alive()]
+        return merge_snapshots(files, live=self.shared_calls.value, draining=self._stopping,
+                               disk_stalled=any(flag.value for flag in self.disk_flags), max_rows=MAX_ROWS)
+
+    def processes(self) -> list[tuple[str, int]]:
+        """(name, pid) of the supervisor and of every running worker, for the process metrics."""
+        found = [("supervisor", os.getpid())]
+        found += [(f"worker-{index}", process.pid) for index, process in enumerate(self._workers)
+                  if process.pid is not None and process.exitcode is None]
+        return found
 
     def _start(self, index: int) -> Any:
         self.disk_flags[index].value = 0
+        with contextlib.suppress(FileNotFoundError):  # the calls of the worker it replaces
+            calls_file(self._metrics_dir, index).unlink()
         process = self._context.Process(
-            target=_worker_main, args=(self.settings, index, self.shared_calls, self.disk_flags[index]),
+            target=_worker_main,
+            args=(self.settings, index, self.shared_calls, self.disk_flags[index], self._metrics_dir),
             name=f"callstream-worker-{index}",
         )
         process.start()
@@ -217,7 +238,7 @@ async def _run(settings: Settings, count: int, metrics_dir: Path) -> int:
             if settings.metrics_port is not None:
                 endpoint = await nursery.start(
                     lambda task_status: serve_metrics(
-                        _AggregateMetrics(metrics_dir),
+                        _AggregateMetrics(metrics_dir, supervisor.processes),
                         supervisor.readiness,  # type: ignore[arg-type]
                         host=settings.metrics_host,
                         port=settings.metrics_port,
