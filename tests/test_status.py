@@ -27,6 +27,7 @@ from callstream.server.status import LABEL_WIDTH
 from callstream.sim import ringcx_client
 from conftest import metadata
 from serverprocess import ServerProcess
+from services import BUCKET, S3Server
 from test_workers import Supervisor, scrape
 from wsclient import connect
 
@@ -240,3 +241,45 @@ async def test_workers_list_every_workers_calls_and_each_process(tmp_path: Path)
             for client in held:
                 await client.close()
         assert supervisor.stop() == 0
+
+
+def test_recordings_waiting_for_upload(tmp_path: Path, s3_server: S3Server) -> None:
+    """With the store down a finished call's recording waits: /calls.json, `status` and the page
+    show it (count, bytes, the oldest); once the store is back, none waits."""
+    s3_server.stop()
+    server = ServerProcess(tmp_path / "rec", "--metrics-port", "0", "--store", f"s3://{BUCKET}/calls",
+                           "--store-endpoint", s3_server.endpoint, "--ship-retry-max", "0.3")
+    port = int(server.wait_for(r"metrics on http://[\d.]+:(\d+)/metrics").group(1))
+    base = f"http://127.0.0.1:{port}"
+    try:
+        done = subprocess.run(command("simulate", "--url", server.url, "--seconds", "1", "--fast", "--quiet",
+                                      "--call-id", "up-1"), capture_output=True, text=True, timeout=TIMEOUT,
+                              env=clean_environ() | {k: v for k, v in os.environ.items() if k.startswith("AWS_")})
+        assert done.returncode == 0, done.stderr
+        server.wait_for("the store unavailable", timeout=TIMEOUT)
+        shipping = get_json(base + "/calls.json")["shipping"]
+        assert shipping["pending"] == 1 and shipping["bytes"] > 1000 and shipping["oldest_seconds"] >= 0
+
+        def status_line() -> str:
+            result = subprocess.run(command("status", "--metrics-url", base, "--interval", "0"),
+                                    capture_output=True, text=True, timeout=TIMEOUT, env=clean_environ())
+            assert result.returncode == 0, result.stderr
+            lines = {line[:LABEL_WIDTH].strip(): line[LABEL_WIDTH:] for line in result.stdout.splitlines()}
+            return lines["uploads"]
+
+        assert re.fullmatch(r"1 recording waiting \(0\.\d MB for the store, oldest queued 0:\d\d ago\)",
+                            status_line()), status_line()
+        browser = chromium()
+        dom = subprocess.run([browser, *CHROMIUM_FLAGS, f"--user-data-dir={tmp_path / 'profile'}",
+                              "--virtual-time-budget=5000", "--dump-dom", base + "/"],
+                             capture_output=True, text=True, timeout=TIMEOUT)
+        assert re.search(r"1 recording waiting for upload \(0\.\d MB, oldest 0:\d\d\)", dom.stdout), dom.stdout
+
+        s3_server.start()  # the store is back, on the same port
+        deadline = time.monotonic() + TIMEOUT
+        while get_json(base + "/calls.json")["shipping"]["pending"]:
+            assert time.monotonic() < deadline, "the recording was never shipped"
+            time.sleep(0.1)
+        assert status_line() == "none waiting"
+    finally:
+        server.stop()

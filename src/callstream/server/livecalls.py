@@ -119,11 +119,20 @@ def front_ends(calls: list[dict[str, Any]]) -> dict[str, Any]:
     return result
 
 
+def shipping_view(pending: int, pending_bytes: int, oldest_enqueued: float | None) -> dict[str, Any]:
+    """Recordings waiting to be shipped (uploaded and announced): how many, the local bytes of
+    those waiting for the store, and the seconds since the oldest was queued (None: none)."""
+    oldest = None if oldest_enqueued is None else round(max(0.0, time.time() - oldest_enqueued), 1)
+    return {"pending": pending, "bytes": pending_bytes, "oldest_seconds": oldest}
+
+
 def snapshot(recorders: Iterable[Any] | None, *, live: int, draining: bool, disk_stalled: bool,
-             block_seconds: float, max_rows: int | None = None) -> dict[str, Any]:
+             block_seconds: float, max_rows: int | None = None,
+             shipping: dict[str, Any] | None = None) -> dict[str, Any]:
     """What `/calls.json` returns. ``recorders``: the live calls of this process, or None where
     they are not known (counts only). ``calls`` is longest first, at most ``max_rows`` of them
-    (None: all); ``front_ends`` counts every call all the same (see `front_ends`)."""
+    (None: all); ``front_ends`` counts every call all the same (see `front_ends`); ``shipping``:
+    a `shipping_view`, or None without shipping."""
     now = time.monotonic()
     calls = None
     per_front_end = None
@@ -132,7 +141,7 @@ def snapshot(recorders: Iterable[Any] | None, *, live: int, draining: bool, disk
         per_front_end = front_ends(calls)
         calls = calls[:max_rows]
     return {"live_calls": live, "draining": draining, "disk_stalled": disk_stalled, "calls": calls,
-            "front_ends": per_front_end}
+            "front_ends": per_front_end, "shipping": shipping}
 
 
 def write_snapshot(path: Path, view: dict[str, Any]) -> None:
@@ -151,6 +160,7 @@ def merge_snapshots(paths: Iterable[Path], *, live: int, draining: bool, disk_st
     ``live``, ``draining``, ``disk_stalled``: the totals (the snapshots may be a tick old)."""
     calls: list[dict[str, Any]] = []
     per_front_end = front_ends([])
+    shipping: dict[str, Any] | None = None
     now = time.time()
     for path in paths:
         try:
@@ -170,6 +180,16 @@ def merge_snapshots(paths: Iterable[Path], *, live: int, draining: bool, disk_st
             if oldest is not None and (merged["oldest"] is None or
                                        oldest["seconds"] + age > merged["oldest"]["seconds"]):
                 merged["oldest"] = aged(oldest)
+        ships = view.get("shipping")
+        if ships is not None:  # every worker sees the whole spool they share: the largest, the oldest
+            oldest = ships["oldest_seconds"]
+            shipping = shipping or {"pending": 0, "bytes": 0, "oldest_seconds": None}
+            shipping["pending"] = max(shipping["pending"], ships["pending"])
+            shipping["bytes"] = max(shipping["bytes"], ships["bytes"])
+            if oldest is not None:
+                aged_oldest = round(oldest + age, 1)
+                if shipping["oldest_seconds"] is None or aged_oldest > shipping["oldest_seconds"]:
+                    shipping["oldest_seconds"] = aged_oldest
     calls.sort(key=lambda c: -c["seconds"])
     return {"live_calls": live, "draining": draining, "disk_stalled": disk_stalled, "calls": calls[:max_rows],
-            "front_ends": per_front_end}
+            "front_ends": per_front_end, "shipping": shipping}

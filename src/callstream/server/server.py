@@ -154,10 +154,11 @@ class Server:
         frozen = [freeze(recorder) for recorder in self._live]
         live, draining, stalled = len(self._live), self._draining, self._disk_stalled
         block_seconds = self.settings.block_ms / 1000
+        shipping = self._shipping_view()
 
         def write() -> None:
             view = snapshot(frozen, live=live, draining=draining, disk_stalled=stalled,
-                            block_seconds=block_seconds, max_rows=MAX_ROWS)
+                            block_seconds=block_seconds, max_rows=MAX_ROWS, shipping=shipping)
             write_snapshot(path, view)
 
         try:
@@ -473,8 +474,16 @@ class Server:
 
         return snapshot(
             self._live, live=len(self._live), draining=self._draining, disk_stalled=self._disk_stalled,
-            block_seconds=self.settings.block_ms / 1000, max_rows=MAX_ROWS,
+            block_seconds=self.settings.block_ms / 1000, max_rows=MAX_ROWS, shipping=self._shipping_view(),
         )
+
+    def _shipping_view(self) -> dict[str, Any] | None:
+        from callstream.server.livecalls import shipping_view
+
+        if self.shipper is None:
+            return None
+        statistics = self.shipper.statistics()
+        return shipping_view(statistics.pending_jobs, statistics.pending_bytes, self.shipper.oldest_pending())
 
     async def drain(self, timeout: float) -> None:
         """Refuse new calls, give live ones ``timeout`` seconds (or until `hurry`), then stop

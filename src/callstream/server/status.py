@@ -2,7 +2,8 @@
 
 Reads ``/calls.json`` and ``/metrics`` (twice, ``--interval`` seconds apart, for the rates) and
 prints live calls (count, the oldest; and by front end), calls and frames per second, the write lag, the disk and
-whether the server drains. Read-only; exits 1 when the endpoint cannot be read.
+whether the server drains, and with shipping the recordings waiting for upload (count,
+bytes, the oldest). Read-only; exits 1 when the endpoint cannot be read.
 """
 
 from __future__ import annotations
@@ -35,7 +36,8 @@ def add_arguments(sub: argparse._SubParsersAction, env_defaults: type, environ: 
         help="show a running recorder at a glance (from its --metrics-port endpoint)",
         description="Print a running recorder's live calls (count, the oldest; and by front end: websocket for "
         "Engage Voice, ringcx for RingCX gRPC), calls and frames per second, "
-        "write lag, disk stalls and draining, read from the endpoint serve --metrics-port opens. The same "
+        "write lag, disk stalls, draining and, with shipping, the recordings waiting for upload, "
+        "read from the endpoint serve --metrics-port opens. The same "
         "endpoint serves a page listing the live calls at /.",
     )
     add = env_defaults(parser, environ).add
@@ -95,6 +97,7 @@ class Status:
     disk_stalled: bool
     disk_errors: float
     draining: bool
+    shipping: dict[str, Any] | None = None  # {"pending", "bytes", "oldest_seconds"}; None: no shipping
 
 
 def collect(base: str, interval: float) -> Status:
@@ -125,6 +128,10 @@ def collect(base: str, interval: float) -> Status:
     if interval <= 0 or not recent or recent[-1][1] <= 0:
         recent, window = buckets, "since start"
     listed = calls.get("calls")
+    shipping = calls.get("shipping")
+    if shipping is None and ("callstream_ship_pending_recordings", ()) in second:
+        shipping = {"pending": int(value(second, "callstream_ship_pending_recordings")),
+                    "bytes": int(value(second, "callstream_store_pending_bytes")), "oldest_seconds": None}
     front_ends = calls.get("front_ends") or {
         dict(labels)["front_end"]: {"live": int(count), "oldest": None}
         for (name, labels), count in second.items() if name == "callstream_front_end_live_calls"
@@ -141,6 +148,7 @@ def collect(base: str, interval: float) -> Status:
         disk_stalled=bool(calls.get("disk_stalled")) or value(second, "callstream_disk_stalled") > 0,
         disk_errors=value(second, "callstream_disk_errors_total"),
         draining=bool(calls.get("draining")) or value(second, "callstream_draining") > 0,
+        shipping=shipping,
     )
 
 
@@ -160,6 +168,16 @@ def _clock(seconds: float) -> str:
 
 def _oldest(call: dict[str, Any] | None) -> str:
     return "" if call is None else f" (oldest {_clock(call['seconds'])}: {call['call_id']}/{call['session_id']})"
+
+
+def _uploads(shipping: dict[str, Any]) -> str:
+    pending = shipping["pending"]
+    if not pending:
+        return "none waiting"
+    text = f"{pending} recording{'' if pending == 1 else 's'} waiting ({shipping['bytes'] / 1e6:,.1f} MB for the store"
+    if shipping.get("oldest_seconds") is not None:
+        text += f", oldest queued {_clock(shipping['oldest_seconds'])} ago"
+    return text + ")"
 
 
 def render(status: Status) -> str:
@@ -191,4 +209,6 @@ def render(status: Status) -> str:
         ("disk", disk),
         ("draining", "yes: new calls are refused, live ones finishing" if status.draining else "no"),
     ]
+    if status.shipping is not None:
+        lines.append(("uploads", _uploads(status.shipping)))
     return "\n".join(f"{name:<{LABEL_WIDTH}}{text}" for name, text in lines)

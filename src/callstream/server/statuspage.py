@@ -93,6 +93,15 @@ function draw(data) {
       summary.appendChild(mark);
     }
   }
+  if (data.shipping) {
+    const ship = data.shipping, waiting = document.createElement("span");
+    waiting.textContent = " \\u00b7 " + (ship.pending === 0 ? "no recordings waiting for upload" :
+      ship.pending + " recording" + (ship.pending === 1 ? "" : "s") + " waiting for upload (" +
+      (ship.bytes / 1e6).toFixed(1) + " MB" +
+      (ship.oldest_seconds === null ? "" : ", oldest " + clock(ship.oldest_seconds)) + ")");
+    if (ship.pending > 0) waiting.className = "bad";
+    summary.appendChild(waiting);
+  }
   const body = document.getElementById("calls");
   body.replaceChildren();
   if (data.calls === null) {

@@ -119,6 +119,7 @@ class Shipper:
         # the jobs on disk this process does not hold (others', or beyond MAX_CLAIMS), as the
         # last listing saw them: jobs and bytes not yet in the store
         self._unclaimed_jobs = self._unclaimed_bytes = 0
+        self._unclaimed_oldest: str | None = None  # the oldest job the last listing saw free
         self._finished_ids: set[str] = set()  # finished since the last listing began
         self._rescan_soon = trio.Event()
         self._attempts: dict[str, int] = {}
@@ -229,6 +230,14 @@ class Shipper:
             uploaded=self._uploaded, delivered=self._delivered, failures=self._failures,
         )
 
+    def oldest_pending(self) -> float | None:
+        """When the oldest recording not yet shipped was queued (seconds since the epoch, from
+        its job id), this process's jobs exactly and the others' as last listed; None: none."""
+        ids = list(self._claims)
+        if self._unclaimed_jobs and self._unclaimed_oldest is not None:
+            ids.append(self._unclaimed_oldest)
+        return min(int(job_id.split("-", 1)[0]) for job_id in ids) / 1e9 if ids else None
+
     def _pending_bytes(self) -> int:
         return sum(self._waiting_bytes.values()) + self._unclaimed_bytes
 
@@ -255,6 +264,7 @@ class Shipper:
 
     def _count_unclaimed(self, items: list[Listed]) -> None:
         self._unclaimed_jobs = len(items)
+        self._unclaimed_oldest = items[0].id if items else None  # listed oldest first
         self._unclaimed_bytes = 0 if self._store is None else sum(i.bytes for i in items if not i.uploaded)
         self._publish_gauges()
 
