@@ -6,6 +6,8 @@ WebSocket client and every recording is read back and compared sample by sample.
 from __future__ import annotations
 
 import signal
+import subprocess
+import sys
 import urllib.error
 import urllib.request
 from collections.abc import Iterator
@@ -16,10 +18,12 @@ import numpy as np
 import pytest
 import trio
 
+from callstream.codec import decode_ulaw_stereo
 from callstream.engagevoice.encoding import encode_connected, encode_media, encode_start, encode_stop
 from callstream.engagevoice.query import build_query
 from callstream.events import Perspective
 from callstream.fleet.processes import Balancer, Node, start_nodes
+from callstream.sim.simulate import noisy_tone_audio
 from callstream.storage.recording import read_sidecar
 from conftest import expected_stereo, metadata, random_frames, read_audio
 from wsclient import Closed, Rejected, WsClient, connect
@@ -216,3 +220,21 @@ async def test_a_killed_node_is_routed_around_and_recovers_on_restart(fleet: Fle
     # everything sent a flush interval, the reorder window and the read interval before the kill
     assert held >= sent_before_kill - (FLUSH_INTERVAL + 0.2 + FLUSH_INTERVAL / 2 + 0.5) / FRAME, held
     np.testing.assert_array_equal(audio, expected_stereo(calls["a"].frames, calls["a"].frames)[: len(audio)])
+
+
+def test_fleet_demo_plays_calls_through_the_balancer_and_says_where_they_went(tmp_path: Path) -> None:
+    result = subprocess.run([sys.executable, "-m", "callstream.fleet", "--calls", "3", "--seconds", "1",
+                             "--dir", str(tmp_path)], capture_output=True, text=True, timeout=120)
+    assert result.returncode == 0, result.stdout + result.stderr
+    lines = result.stdout.splitlines()
+    assert any(line.startswith("balancer  caddy on ws://127.0.0.1:") for line in lines), result.stdout
+    assert sum(line.startswith("node-") for line in lines) == 3
+    played = [line.split() for line in lines if line.startswith("fleet-demo-")]
+    assert len(played) == 3, result.stdout
+    for index, (call_id, node, status, duration, _unit, audio, *_rest) in enumerate(played):
+        assert (call_id, status, duration) == (f"fleet-demo-{index + 1}", "complete", "1.00")
+        assert audio.startswith(f"{node}/")
+        plan = noisy_tone_audio(1.0, seed=index)
+        np.testing.assert_array_equal(read_audio(tmp_path / audio), decode_ulaw_stereo(plan.agent, plan.caller))
+    assert "calls per node: node-0 1, node-1 1, node-2 1" in lines  # least connections, calls overlapping
+    assert lines[-1] == "stopped: caddy exit 0, node-0 exit 0, node-1 exit 0, node-2 exit 0"
