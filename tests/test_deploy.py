@@ -229,3 +229,42 @@ def test_balancer_config_refuses_what_caddy_could_not_use() -> None:
         BalancerConfig(listen=":80", upstreams=["10.0.0.1:3333"], health_port=0)
     assert "bind fd/3" in render(BalancerConfig(listen="fd/3", upstreams=["a:1"], health_port=2))
     assert "http://:80 {" in render(BalancerConfig(listen=":80", upstreams=["a:1"], health_port=2))
+
+
+def docs_block(language: str) -> str:
+    """The ``language`` code block of docs/fleet.md."""
+    return re.search(rf"```{language}\n(.*?)```", (ROOT / "docs" / "fleet.md").read_text(), re.S).group(1)
+
+
+@pytest.fixture
+def certificate(tmp_path: Path) -> tuple[Path, Path]:
+    """A certificate and its key for recorder.example.com (the configurations' TLS)."""
+    import trustme
+
+    cert = trustme.CA().issue_cert("recorder.example.com")
+    chain, key = tmp_path / "chain.pem", tmp_path / "key.pem"
+    cert.private_key_and_cert_chain_pem.write_to_path(str(chain))
+    cert.private_key_pem.write_to_path(str(key))
+    return chain, key
+
+
+@pytest.mark.skipif(shutil.which("haproxy") is None, reason="no haproxy on this machine")
+def test_docs_haproxy_configuration_is_valid(tmp_path: Path, certificate: tuple[Path, Path]) -> None:
+    config = tmp_path / "haproxy.cfg"
+    config.write_text(docs_block("haproxy").replace("/etc/haproxy/recorder.example.com.pem", str(certificate[0])))
+    result = subprocess.run(["haproxy", "-c", "-f", str(config)], capture_output=True, text=True, timeout=60)
+    assert result.returncode == 0, result.stdout + result.stderr
+    assert "WARNING" not in result.stdout + result.stderr
+
+
+@pytest.mark.skipif(shutil.which("nginx") is None, reason="no nginx on this machine")
+def test_docs_nginx_configuration_is_valid(tmp_path: Path, certificate: tuple[Path, Path]) -> None:
+    server = (docs_block("nginx")
+              .replace("/etc/letsencrypt/live/recorder.example.com/fullchain.pem", str(certificate[0]))
+              .replace("/etc/letsencrypt/live/recorder.example.com/privkey.pem", str(certificate[1])))
+    config = tmp_path / "nginx.conf"
+    config.write_text(f"pid {tmp_path}/nginx.pid;\nerror_log {tmp_path}/error.log;\nevents {{}}\n"
+                      f"http {{\n{server}\n}}\n")
+    result = subprocess.run(["nginx", "-t", "-c", str(config)], capture_output=True, text=True, timeout=60)
+    assert result.returncode == 0, result.stderr
+    assert "[warn]" not in result.stderr
