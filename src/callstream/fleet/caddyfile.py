@@ -6,9 +6,10 @@ Contract of the topology (deploy/Caddyfile is the documented production example 
 - Active health checks on each node's ``/readyz`` on its metrics port (``health_port``; one port
   for every node, so every node serves /readyz on the same port number, on its own address): a
   draining, disk-hung or full node answers 503 and leaves rotation within one interval.
-- Passive health: a node that refused a connection (killed, restarting) is skipped for
-  ``fail_duration``, and ``lb_try_duration`` lets the balancer dial another node within the same
-  upgrade, before any active check has noticed.
+- Passive health: a node that refused a connection (killed, restarting) or answered an upgrade
+  with 503 (draining, full, disk hung) is skipped for ``fail_duration``, and ``lb_try_duration``
+  lets the balancer dial another node within the same upgrade, before any active check has
+  noticed. (Caddy does not retry a 503 itself: the platform retries a failed upgrade.)
 - A live call is never cut by the balancer: ``stream_timeout`` is longer than the longest call,
   and a configuration reload keeps running tunnels open for as long (``stream_close_delay``).
 """
@@ -24,7 +25,7 @@ from callstream.settings import DEFAULT_MAX_CALL_SECONDS
 STREAM_TIMEOUT: Final = DEFAULT_MAX_CALL_SECONDS + 3600.0  # seconds: a tunnel outlives the longest call
 HEALTH_INTERVAL: Final = 2.0  # seconds between active checks of each node's /readyz
 HEALTH_TIMEOUT: Final = 1.0  # seconds an answer to /readyz may take before the node counts as down
-FAIL_DURATION: Final = 10.0  # seconds a node that refused a connection is kept out of rotation
+FAIL_DURATION: Final = 10.0  # seconds a node that refused a connection or answered 503 is kept out
 TRY_DURATION: Final = 5.0  # seconds the balancer keeps trying other nodes for one upgrade
 TRY_INTERVAL: Final = 0.25  # seconds between those tries
 DIAL_TIMEOUT: Final = 2.0  # seconds to open a TCP connection to a node
@@ -95,6 +96,7 @@ def render(config: BalancerConfig) -> str:
 
 \t\tfail_duration {_duration(config.fail_duration)}
 \t\tmax_fails 1
+\t\tunhealthy_status 503
 
 \t\tstream_timeout {_duration(config.stream_timeout)}
 \t\tstream_close_delay {_duration(config.stream_timeout)}
