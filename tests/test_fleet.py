@@ -22,7 +22,7 @@ from callstream.codec import decode_ulaw_stereo
 from callstream.engagevoice.encoding import encode_connected, encode_media, encode_start, encode_stop
 from callstream.engagevoice.query import build_query
 from callstream.events import Perspective
-from callstream.fleet.processes import Balancer, Node, start_nodes
+from callstream.fleet.processes import Balancer, FleetError, Node, start_nodes
 from callstream.sim.simulate import noisy_tone_audio
 from callstream.storage.recording import read_sidecar
 from conftest import expected_stereo, metadata, random_frames, read_audio
@@ -241,3 +241,8 @@ def test_fleet_demo_plays_calls_through_the_balancer_and_says_where_they_went(tm
         np.testing.assert_array_equal(read_audio(tmp_path / audio), decode_ulaw_stereo(plan.agent, plan.caller))
     assert "calls per node: node-0 1, node-1 1, node-2 1" in lines  # least connections, calls overlapping
     assert lines[-1] == "stopped: caddy exit 0, node-0 exit 0, node-1 exit 0, node-2 exit 0"
+
+
+def test_a_node_that_cannot_start_says_why(tmp_path: Path) -> None:
+    with pytest.raises(FleetError, match=r"(?s)^node-0: .*\(it exited\).*--format: 'ogg'"):
+        start_nodes(1, tmp_path, ("--format", "ogg"))

@@ -120,8 +120,12 @@ class Node(LoggedProcess):
             "--metrics-host", host, "--metrics-port", str(metrics_port), "--output-dir", str(output_dir),
             *self.args,
         ])
-        self.port = int(self.wait_for(LISTENING).group(2))
-        self.metrics_port = int(self.wait_for(METRICS).group(1))
+        try:
+            self.port = int(self.wait_for(LISTENING).group(2))
+            self.metrics_port = int(self.wait_for(METRICS).group(1))
+        except BaseException:
+            self.stop(signal.SIGKILL)
+            raise
 
     @property
     def address(self) -> str:
@@ -188,7 +192,11 @@ class Balancer(LoggedProcess):
                                        "--adapter", "caddyfile"], env=env, pass_fds=(listener.fileno(),))
         finally:
             listener.close()
-        self.wait_for(CADDY_READY)
+        try:
+            self.wait_for(CADDY_READY)
+        except BaseException:
+            self.stop(signal.SIGKILL)
+            raise
 
     @property
     def url(self) -> str:
