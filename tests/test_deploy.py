@@ -12,6 +12,7 @@ import shlex
 import shutil
 import subprocess
 import sys
+import textwrap
 from pathlib import Path
 
 import pytest
@@ -233,7 +234,7 @@ def test_balancer_config_refuses_what_caddy_could_not_use() -> None:
 
 def docs_block(language: str) -> str:
     """The ``language`` code block of docs/fleet.md."""
-    return re.search(rf"```{language}\n(.*?)```", (ROOT / "docs" / "fleet.md").read_text(), re.S).group(1)
+    return re.search(rf"```{language}\n(.*?)^\s*```", (ROOT / "docs" / "fleet.md").read_text(), re.S | re.M).group(1)
 
 
 @pytest.fixture
@@ -249,9 +250,11 @@ def certificate(tmp_path: Path) -> tuple[Path, Path]:
 
 
 @pytest.mark.skipif(shutil.which("haproxy") is None, reason="no haproxy on this machine")
-def test_docs_haproxy_configuration_is_valid(tmp_path: Path, certificate: tuple[Path, Path]) -> None:
+@pytest.mark.parametrize("block", ["haproxy", "haproxy-grpc"])
+def test_docs_haproxy_configuration_is_valid(tmp_path: Path, certificate: tuple[Path, Path], block: str) -> None:
+    text = textwrap.dedent(docs_block(block))  # the gRPC one sits in a list item
     config = tmp_path / "haproxy.cfg"
-    config.write_text(docs_block("haproxy").replace("/etc/haproxy/recorder.example.com.pem", str(certificate[0])))
+    config.write_text(text.replace("/etc/haproxy/recorder.example.com.pem", str(certificate[0])))
     result = subprocess.run(["haproxy", "-c", "-f", str(config)], capture_output=True, text=True, timeout=60)
     assert result.returncode == 0, result.stdout + result.stderr
     assert "WARNING" not in result.stdout + result.stderr
