@@ -31,7 +31,7 @@ run: install
 test: install
 	$(BIN)/python -m pytest
 
-# Three nodes behind Caddy on loopback, a few calls through them, where each recording went; then stops.
+# The fleet on loopback (Caddy, three nodes, S3 store, NATS, webhook), a few calls, where each went; then stops.
 fleet: install
 	$(BIN)/python -m callstream.fleet
 

