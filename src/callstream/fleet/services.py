@@ -174,7 +174,7 @@ class Shipping:
                 while True:
                     try:
                         batch = await subscription.fetch(50, timeout=0.5)
-                    except NatsTimeout:
+                    except (NatsTimeout, TimeoutError):  # nats-py raises either when none is left
                         return found
                     for message in batch:
                         found.setdefault(json.loads(message.data).get("callId", ""), message.metadata.sequence.stream)
