@@ -5,7 +5,7 @@ BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed
 SOURCES := pyproject.toml setup.py $(wildcard csrc/*.c csrc/*.h csrc/*.py)
 
-.PHONY: run test bench lint clean install installed
+.PHONY: run test bench lint clean install installed fleet
 
 # The set-up runs under a lock (.venv.lock, beside the venv), and inside the lock a second make decides
 # again whether anything is out of date: `make run` and `make test` started at once on a fresh clone
@@ -30,6 +30,10 @@ run: install
 
 test: install
 	$(BIN)/python -m pytest
+
+# The fleet on loopback (Caddy, three nodes, S3 store, NATS, webhook), a few calls, where each went; then stops.
+fleet: install
+	$(BIN)/python -m callstream.fleet
 
 bench: install
 	$(BIN)/python -m pip install --quiet -e '.[test,dev,bench]'

@@ -1,9 +1,10 @@
 """The package's layers, read from the source: every module's imports (ast) point one way.
 
 Front ends (``engagevoice/``, ``ringcx/``) -> call core (``call/``) <- storage (``storage/``); the server
-(``server/``) wires them; ``sim/`` talks to a server the way the platform does. Shared top-level
-modules (errors, events, audio, codec, native, settings) import no layer. The call core is
-sans-IO: no trio, sockets, threads or file formats. docs/architecture.md draws the same picture.
+(``server/``) wires them; ``sim/`` talks to a server the way the platform does; ``fleet/`` runs
+servers as processes behind a balancer. Shared top-level modules (errors, events, audio, codec,
+native, settings) import no layer. The call core is sans-IO: no trio, sockets, threads or file
+formats. docs/architecture.md draws the same picture.
 """
 
 from __future__ import annotations
@@ -26,6 +27,7 @@ ALLOWED: dict[str, set[str]] = {
     "storage": {"call"},
     "server": {"call", "engagevoice", "ringcx", "storage"},
     "sim": {"engagevoice", "ringcx"},
+    "fleet": {"sim", "storage"},  # starts nodes as processes, plays calls, reads their sidecars
 }
 # third-party and standard modules a layer must not import
 FORBIDDEN: dict[str, set[str]] = {
