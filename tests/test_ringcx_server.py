@@ -252,8 +252,11 @@ async def test_max_calls_counts_dialogs_and_drain_ends_them_finalised(rsettings:
                 future = streaming_pb2_grpc.StreamingStub(channel).Stream.future(held())
                 await _wait_live(running, 1)
                 assert running.server.readiness() == "1 live calls (--max-calls)"  # /readyz: not ready
-                await trio.sleep(0.5)  # a tick: the dialog's first (partial) block goes to the disk
-                [view] = running.server.live_calls()["calls"]  # /calls.json and the page at /
+                while True:  # a tick hands the dialog's first (partial) block to the disk: levels known
+                    [view] = running.server.live_calls()["calls"]  # /calls.json and the page at /
+                    if view["caller_dbfs"] is not None:
+                        break
+                    await trio.sleep(0.05)
                 assert (view["call_id"], view["session_id"]) == ("drained", "s")
                 assert view["caller_dbfs"] > -96 and view["agent_dbfs"] == -96
                 second = client.platform_dialog("second", seconds=0.3, hold=None, transfer=None, agent_join=0.1)
