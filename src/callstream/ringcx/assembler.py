@@ -12,10 +12,13 @@ clocks:
   ones before it; a repeated ``seq`` is dropped; a ``seq`` that never came becomes silence of
   the segment's last chunk length (its own duration is lost with it).
 - A pause (hold): when the next chunk in ``seq`` order arrives more than ``window_ms`` later
-  than its place by ``seq`` (``pos(at) - n - cursor``), the segment's media stopped meanwhile
-  although ``seq`` went on: the chunk is placed by its arrival, the time between is silence.
-  Sequence gaps are filled first, so a platform that numbers through the hold is not counted
-  twice.
+  than its place by ``seq`` (``pos(at) - n - cursor``) beyond the dialog's backlog, the
+  segment's media stopped meanwhile although ``seq`` went on: the chunk is placed by its
+  arrival less the backlog, the time between is silence. The backlog is how late the dialog's
+  other segments arrived about then (see `_backlog`): a reader that falls behind (an
+  overloaded server) makes every segment late alike, and that is lag, not a pause; with no
+  other segment arriving, the segment's own previous lateness. Sequence gaps are filled first,
+  so a platform that numbers through the hold is not counted twice.
 Channels (``layout="stereo"``): AGENT segments on the left (0); CONTACT, BOT and unspecified
 participants on the right (1). Segments on one channel at the same time are mixed with a
 saturating 16-bit add (summed in 32 bits, clipped to 16, chunk by chunk).
@@ -43,6 +46,7 @@ and counted), at most MAX_SEGMENTS segments and MAX_INFOS SegmentInfo events kep
 from __future__ import annotations
 
 import logging
+from collections import deque
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any, Final
@@ -77,6 +81,7 @@ MAX_CHANNELS: Final = 8  # participants layout: FLAC's limit, and past any real 
 MAX_LEAD: Final = 2 * SAMPLE_RATE  # samples: the most the dialog's first event may have come late
 CLOCK_SLACK: Final = SAMPLE_RATE  # samples: how far the clock may run ahead of all audio (a stall)
 BYTE_ORDERS: Final = ("big", "little")
+HISTORY: Final = 8  # arrivals per segment kept to judge a held chunk (a second of a reader's catch-up)
 
 
 @dataclass(frozen=True, slots=True)
@@ -94,8 +99,9 @@ class PcmBlock:
 
 class _Segment:
     __slots__ = (
-        "arrived", "bad_payloads", "channel", "chunks", "cursor", "decode", "duplicates", "format", "info",
-        "joined", "last_samples", "left", "lost_chunks", "lost_samples", "next_seq", "paused",
+        "arrived", "arrived_at", "backlog", "bad_payloads", "channel", "chunks", "cursor", "decode", "duplicates",
+        "format", "history", "info", "joined", "last_samples", "late", "left", "lost_chunks", "lost_samples",
+        "next_seq", "paused",
         "pauses", "pending", "pending_samples", "reordered", "restarts", "samples", "shared", "shifted",
         "stalls", "start", "stopped", "suspect", "unrecorded", "why_not",
     )
@@ -110,9 +116,17 @@ class _Segment:
         self.why_not = why_not  # None: recorded; else why this segment is not
         self.next_seq: int | None = None
         self.arrived = 0  # where (by the clock, in samples) its last chunk placed on arrival started
+        self.arrived_at = float("-inf")  # the clock (s) at its latest chunk's arrival
+        # samples by which its latest chunk arrived after its place by seq (a held one's too), and
+        # after the place it was given (its backlog): what a pause is measured against
+        self.late = 0
+        self.backlog = 0
+        # (arrived_at, late) of its arrivals before the latest: to compare a held chunk with
+        # what the others showed when it came (a reader catching up changes it fast)
+        self.history: deque[tuple[float, int]] = deque(maxlen=HISTORY)
         # a chunk that came late by more than the window, held until the next one says whether
         # the media paused (the next comes a chunk later) or the stream stalled (it comes at once)
-        self.suspect: tuple[np.ndarray, float] | None = None
+        self.suspect: tuple[np.ndarray, float, float] | None = None  # (pcm, its arrival, the one before)
         self.stalls = 0
         self.cursor = 0  # where the chunk numbered next_seq starts
         self.joined: int | None = None  # first sample placed
@@ -285,7 +299,9 @@ class DialogAssembler:
         segment.chunks += 1
         if segment.suspect is not None:  # this chunk says whether the held one ended a pause
             held_at = segment.suspect[1]
-            self._resolve(segment, paused=media.at - held_at >= len(pcm) / SAMPLE_RATE / 2)
+            # a chunk's time later (3/4 of it: jitter), the media paused; sooner, the stream (or a
+            # reader catching up on its backlog) stalled
+            self._resolve(segment, paused=media.at - held_at >= 0.75 * len(pcm) / SAMPLE_RATE)
         if self._origin is None:  # the first audio starts the recording: sample 0 is its start
             self._origin = media.at - len(pcm) / SAMPLE_RATE
             self._now = round((self._clock - self._origin) * SAMPLE_RATE)
@@ -355,18 +371,18 @@ class DialogAssembler:
     def _resolve(self, segment: _Segment, *, paused: bool) -> None:
         """Place the held chunk: by its arrival after a pause, or at the cursor after a stall."""
         assert segment.suspect is not None
-        pcm, at = segment.suspect
+        pcm, at, since = segment.suspect
         segment.suspect = None
-        self._place(segment, pcm, at, paused=paused)
+        self._place(segment, pcm, at, paused=paused, since=since)
         if segment.pending:
             self._drain(segment)
 
     def _place(self, segment: _Segment, pcm: np.ndarray, at: float, *, on_arrival: bool = False,
-               paused: bool | None = None) -> None:
+               paused: bool | None = None, since: float | None = None) -> None:
         """The chunk numbered next_seq: at the segment's cursor, or at its arrival after a pause.
         ``on_arrival``: it is placed as it arrives (not after waiting for an earlier one): if it
         comes more than the window late it is held (see `_Segment.suspect`). ``paused``: the
-        decision for a held chunk."""
+        decision for a held chunk, ``since`` the arrival of the chunk before it."""
         n = len(pcm)
         raw = round((at - self._origin) * SAMPLE_RATE) - n  # type: ignore[operator]
         if on_arrival:
@@ -379,16 +395,30 @@ class DialogAssembler:
                     self._lead = min(lead, MAX_LEAD)
             segment.arrived = raw
         arrived = raw + self._lead
-        if arrived - segment.cursor > self._window:  # the media paused (hold), or the stream stalled
-            if on_arrival:
-                segment.suspect = (pcm, at)
-                return
-            if paused is False:
-                segment.stalls += 1
-            else:  # the media paused while seq went on: silence of the pause
-                segment.pauses += 1
-                segment.paused += arrived - segment.cursor
-                segment.cursor = arrived
+        if since is None:
+            since = segment.arrived_at
+        if on_arrival:
+            segment.history.append((segment.arrived_at, segment.late))
+            segment.arrived_at = at
+        # how much later than the dialog's backlog explains: a pause of that length, or a stall
+        backlog, others = self._backlog(segment, since, at)
+        excess = arrived - segment.cursor - backlog
+        if others and paused is not None:  # the others kept arriving: they tell a pause from a stall
+            paused = excess > self._window
+        if excess > self._window and on_arrival:  # the media paused (hold), or the stream stalled
+            segment.late = arrived - segment.cursor
+            segment.suspect = (pcm, at, since)
+            return
+        if paused is False or (paused and excess <= self._window):
+            # held, then at once its successor, or by now the dialog's other segments came as
+            # late: the stream (or the reader) stalled
+            segment.stalls += 1
+        elif excess > self._window:  # the media paused while seq went on: silence of the pause
+            segment.pauses += 1
+            segment.paused += excess
+            segment.cursor += excess
+        if on_arrival or paused is not None:
+            segment.late = segment.backlog = arrived - segment.cursor
         if segment.cursor < self._emitted:
             segment.shifted += self._emitted - segment.cursor
             segment.cursor = self._emitted
@@ -415,6 +445,35 @@ class DialogAssembler:
             segment.last_samples = n
         if segment.cursor > self._newest:
             self._newest = segment.cursor
+
+    def _backlog(self, segment: _Segment, since: float, at: float) -> tuple[int, bool]:
+        """Samples by which the dialog's chunks arrive after their places now (never below 0): how
+        late the dialog's other live segments came that kept arriving between ``since`` (the
+        arrival of ``segment``'s previous chunk) and ``at`` (a quarter chunk clear of both), each at
+        its arrival nearest ``at`` (within a chunk and the window); without any, ``segment``'s own
+        backlog. Also whether the others
+        gave it. A reader that falls behind (an overloaded server) makes every segment late alike,
+        slowly or in a jump, and catches up while fewer messages come: that is lag, not a pause;
+        a hold is one segment's media stopping while the others go on, or every segment's at
+        once (the platform's hold: then the segment's own arrivals tell)."""
+        reach = (segment.last_samples + self._window) / SAMPLE_RATE
+        # clear of both ends: the platform holds every segment at once, their last chunks before
+        # and first after the hold coming together (a quarter chunk: a reader at real time reads
+        # two segments' chunks half a chunk apart)
+        clear = segment.last_samples / 4 / SAMPLE_RATE
+        others = []
+        for other in self._live:
+            if other is segment or other.arrived_at <= since + clear:
+                continue
+            near, distance, between = other.late, abs(other.arrived_at - at), other.arrived_at < at - clear
+            for when, late in other.history:
+                if when > since + clear:
+                    between = between or when < at - clear
+                    if abs(when - at) < distance:  # a held chunk, decided later: what came with it
+                        near, distance = late, abs(when - at)
+            if between and distance <= reach:  # it kept arriving while this segment did not
+                others.append(near)
+        return (max(0, *others), True) if others else (max(0, segment.backlog), False)
 
     def _grow(self, needed: int) -> None:
         size = len(self._mix)
@@ -505,7 +564,9 @@ class DialogAssembler:
         window = self._window / SAMPLE_RATE
         for segment in self._live:
             if segment.suspect is not None and now - segment.suspect[1] > window:
-                self._resolve(segment, paused=True)  # nothing followed at once: a pause
+                # nothing followed: the dialog's other segments tell (see _backlog); without
+                # them, a reader that fell behind (its next read is late), not a pause
+                self._resolve(segment, paused=False)
             while segment.pending and now - min(at for _, at in segment.pending.values()) > window:
                 self._skip_gap(segment)
         if self._orphans:
@@ -523,8 +584,13 @@ class DialogAssembler:
         """Where the emitted audio may end now (samples from the dialog's start)."""
         now = self._now + self._lead
         # a window behind the newest audio (a silent segment holds the others back no longer),
-        # and further behind the clock: all audio late together is a stall, not silence
-        floor = max(now - max(self._window, CLOCK_SLACK), self._newest - self._window)
+        # and further behind the clock, less the backlog of a reader that falls behind: all
+        # audio late together is a stall or lag, not silence
+        backlog = max([0, *(segment.backlog for segment in self._live)])
+        floor = max(now - backlog - max(self._window, CLOCK_SLACK), self._newest - self._window)
+        for segment in self._live:  # a held chunk is placed at its cursor, or after: wait for it
+            if segment.suspect is not None and segment.cursor < floor:
+                floor = segment.cursor
         for segment in self._live:  # a chunk still missing below the floor is as good as lost
             while segment.pending and segment.cursor < floor:
                 self._skip_gap(segment)
@@ -548,6 +614,9 @@ class DialogAssembler:
         """End of the stream: every segment closed, everything placed comes out (one block)."""
         if self._finished:
             return None
+        for segment in self._live:  # held chunks first, while every segment can still testify;
+            if segment.suspect is not None:  # without a witness, the stream's last chunk is late, not a pause
+                self._resolve(segment, paused=False)
         for segment in list(self._live):
             self._close(segment)
         self.counters["unknown_segment_media"] += len(self._orphans)

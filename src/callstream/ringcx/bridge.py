@@ -76,6 +76,16 @@ class DialogChannel:
         now = time.monotonic()
         return now - self._stalled - (0.0 if since is None else now - since)
 
+    def clock_taken(self) -> float:
+        """The dialog's clock as far as the recorder knows it (trio): the stamp (``at``) of the
+        oldest event still queued, else `clock`. A recorder that is behind must not take the
+        time its events wait in the queue for a pause of the media."""
+        now = self.clock()
+        try:
+            return min(now, getattr(self._items[0], "at", now))
+        except IndexError:  # nothing queued
+            return now
+
     def stamp(self) -> float:
         """The dialog's clock, for the reader (which is not waiting when it reads)."""
         return time.monotonic() - self._stalled

@@ -186,7 +186,7 @@ class DialogRecorder:
         if self._ended:
             return
         assembler, settings = self.assembler, self._settings
-        assembler.tick(self._channel.clock())
+        assembler.tick(self._channel.clock_taken())
         self._meter()
         count = assembler.chunks_received
         if count != self._idle_count:
