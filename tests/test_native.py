@@ -1,5 +1,6 @@
 """The native seam: CALLSTREAM_NATIVE=0 puts every kernel's pure-Python/numpy twin in its place,
-and a recorder that way still records a call sample for sample.
+a list such as ``-wsframe,-append`` drops only the kernels it names, and a recorder without native
+code still records a call sample for sample.
 
 The twins are tested against the C kernels where each lives (test_codec: every backend against
 G.711 and each other; test_mediascan: the scan against protocol.parse_message; test_timeline: the
@@ -61,10 +62,28 @@ def test_native_1_and_unset_use_the_extension() -> None:
                                          "True"]
 
 
-def test_a_bad_value_is_refused_in_one_line() -> None:
-    result = python("import callstream.codec", CALLSTREAM_NATIVE="yes")
+@needs_c
+def test_a_list_drops_only_the_kernels_it_names() -> None:
+    result = python(CHECK, CALLSTREAM_NATIVE="-wsframe, -inorder")
+    assert result.returncode == 0, result.stderr
+    # USERS order: codec, inorder, mediascan, wsframe, append
+    assert result.stdout.split() == ["True", "[False,", "True,", "False,", "True,", "False]", "c", "False",
+                                     "True"]
+
+
+def test_dropping_the_codec_kernel_selects_numpy_without_a_warning() -> None:
+    result = python(CHECK, CALLSTREAM_NATIVE="-mulaw")  # -W error: a warning would fail the child
+    assert result.returncode == 0, result.stderr
+    words = result.stdout.split()
+    assert words[1] == "[True," and words[6] == "numpy"
+
+
+@pytest.mark.parametrize("value", ["yes", "-wsframe,+append", "-nosuch", "wsframe"])
+def test_a_bad_value_is_refused_in_one_line(value: str) -> None:
+    result = python("import callstream.codec", CALLSTREAM_NATIVE=value)
     assert result.returncode == 1
-    assert "ValueError: CALLSTREAM_NATIVE is 'yes', expected '0', '1' or unset" in result.stderr
+    assert (f"ValueError: CALLSTREAM_NATIVE is {value!r}, expected '0', '1', unset or a list like "
+            "'-wsframe,-append' (kernels: mulaw, mediascan, wsframe, inorder, append)") in result.stderr
 
 
 def test_a_recorder_without_native_code_records_calls_sample_for_sample(tmp_path: Path) -> None:

@@ -22,12 +22,12 @@ from typing import Final, TypeAlias
 
 import numpy as np
 
-from callstream.native import DISABLED as _NATIVE_DISABLED
+from callstream.native import DROPPED as _NATIVE_DROPPED
 from callstream.native import IMPORT_ERROR as _IMPORT_ERROR
+from callstream.native import kernel as _kernel
 
-# the C kernel, or None (not built or CALLSTREAM_NATIVE=0: the numpy backend takes over); see native.py
-from callstream.native import ffi as _ffi
-from callstream.native import lib as _lib
+# the C kernel, or None (not built, or CALLSTREAM_NATIVE drops it: the numpy backend takes over); see native.py
+_ffi, _lib = _kernel("mulaw")
 
 __all__ = [
     "ALAW_SILENCE",
@@ -328,7 +328,7 @@ def _choose() -> _Codec:
     if wanted == "numpy":
         return NumpyBackend()
     if _lib is None and wanted == "":
-        if not _NATIVE_DISABLED:  # CALLSTREAM_NATIVE=0 asked for numpy: nothing to warn about
+        if "mulaw" not in _NATIVE_DROPPED:  # CALLSTREAM_NATIVE asked for numpy: nothing to warn about
             warnings.warn(
                 f"callstream._mulaw is not built ({_IMPORT_ERROR}); G.711 falls back to numpy, "
                 "about 10x slower",

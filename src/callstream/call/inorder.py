@@ -17,10 +17,11 @@ from __future__ import annotations
 from typing import TYPE_CHECKING, Any
 
 from callstream.call.batch import ScannedMedia
+from callstream.native import kernel as _kernel
 
-# the C kernel, or None (not built or CALLSTREAM_NATIVE=0: timelines place every frame in Python); see native.py
-from callstream.native import ffi as _ffi
-from callstream.native import lib as _lib
+# the C kernel, or None (not built, or CALLSTREAM_NATIVE drops it: timelines place every frame in
+# Python); see native.py
+_ffi, _lib = _kernel("inorder")
 
 if TYPE_CHECKING:
     from callstream.call.reorder import Side

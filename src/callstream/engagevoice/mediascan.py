@@ -16,10 +16,11 @@ from collections.abc import Sequence
 from callstream.call.batch import MediaFields, ScannedMedia
 from callstream.engagevoice.protocol import DEFAULT_MAX_BYTES, MAX_MEDIA_PAYLOAD
 from callstream.engagevoice.textbatch import TextBatch
+from callstream.native import kernel as _kernel
 
-# the C kernel, or None (not built or CALLSTREAM_NATIVE=0: every message takes the general parser); see native.py
-from callstream.native import ffi as _ffi
-from callstream.native import lib as _lib
+# the C kernel, or None (not built, or CALLSTREAM_NATIVE drops it: every message takes the general
+# parser); see native.py
+_ffi, _lib = _kernel("mediascan")
 
 _NOT_MEDIA = 2  # cs_media_scan's mark for a message it leaves to the general parser
 # Batches of fewer messages go to the general parser whole: the C call's set-up (~8.5 us here)

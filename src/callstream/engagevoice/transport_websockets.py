@@ -57,12 +57,13 @@ try:
 except ImportError:  # pragma: no cover - websockets built without its C extension
     from websockets.utils import apply_mask
 
-# the C kernel, or None (not built or CALLSTREAM_NATIVE=0); see native.py
 from callstream.engagevoice.listeners import open_listeners
 from callstream.engagevoice.textbatch import TextBatch
 from callstream.engagevoice.transport import Handler, ListenerInfo, MessageStream, StreamClosed
-from callstream.native import ffi as _ffi
-from callstream.native import lib as _lib
+from callstream.native import kernel as _kernel
+
+# the C kernel, or None (not built, or CALLSTREAM_NATIVE drops it); see native.py
+_ffi, _lib = _kernel("wsframe")
 
 LOGGER = logging.getLogger("callstream.transport_websockets")
 

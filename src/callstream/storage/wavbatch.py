@@ -23,12 +23,12 @@ from dataclasses import dataclass
 from typing import Any, Final
 
 from callstream.errors import RecordingError
-
-# the C kernel, or None (not built or CALLSTREAM_NATIVE=0); see native.py
-from callstream.native import ffi as _ffi
-from callstream.native import lib as _lib
+from callstream.native import kernel as _kernel
 from callstream.storage.wavfile import CHANNELS as STEREO
 from callstream.storage.wavfile import WavEncoding, WavWriter
+
+# the C kernel, or None (not built, or CALLSTREAM_NATIVE drops it); see native.py
+_ffi, _lib = _kernel("append")
 
 AVAILABLE: Final = _lib is not None  # False without the C extension: sinks write in Python
 
