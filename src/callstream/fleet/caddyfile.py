@@ -12,6 +12,17 @@ Contract of the topology (deploy/Caddyfile is the documented production example 
   noticed. (Caddy does not retry a 503 itself: the platform retries a failed upgrade.)
 - A live call is never cut by the balancer: ``stream_timeout`` is longer than the longest call,
   and a configuration reload keeps running tunnels open for as long (``stream_close_delay``).
+
+The gRPC (RingCX) site (``grpc=True``) proxies HTTP/2 in cleartext (h2c) to each node's
+``--ringcx-port --ringcx-plaintext``, per gRPC call (one dialog is one request for as long as it
+lasts, which ``least_conn`` counts). It has NO active health checks: Caddy sends them through the
+proxy's own transport, so with ``versions h2c`` they speak HTTP/2 to /readyz, which answers
+HTTP/1.1 only, and every node would be marked down (Caddy has no separate health-check
+transport). Passive health and ``lb_try_duration`` remain: a node that refuses connections
+(killed, exited after its drain) is skipped and the dialog redialled to another node within the
+same request. A draining node still accepts connections and answers a new dialog UNAVAILABLE
+(HTTP 200 with grpc-status 14, which passive checks cannot see): the platform retries it, and
+least_conn prefers the nodes with fewer live dialogs.
 """
 
 from __future__ import annotations
@@ -48,11 +59,12 @@ class BalancerConfig:
     try_interval: float = TRY_INTERVAL
     stream_timeout: float = STREAM_TIMEOUT
     admin_socket: str | None = None  # a Unix socket for Caddy's admin API (live calls per node); None: off
+    grpc: bool = False  # upstreams are RingCX gRPC ports (h2c), no active checks: health_port unused
 
     def __post_init__(self) -> None:
         if not self.upstreams:
             raise ValueError("a balancer needs at least one node")
-        if not 0 < self.health_port < 65536:
+        if not self.grpc and not 0 < self.health_port < 65536:
             raise ValueError(f"health_port {self.health_port} is not a TCP port")
 
 
@@ -64,6 +76,8 @@ def _duration(seconds: float) -> str:
 def render(config: BalancerConfig) -> str:
     """The Caddyfile text: plain HTTP on ``listen`` (put TLS in front, or add a site address with
     a certificate: see deploy/Caddyfile), no admin endpoint, no automatic HTTPS."""
+    if config.grpc:
+        return _render_grpc(config)
     upstreams = " ".join(config.upstreams)
     admin = "off" if config.admin_socket is None else f"unix/{config.admin_socket}"
     if config.listen.startswith("fd/"):
@@ -102,6 +116,47 @@ def render(config: BalancerConfig) -> str:
 \t\tstream_close_delay {_duration(config.stream_timeout)}
 
 \t\ttransport http {{
+\t\t\tdial_timeout {_duration(DIAL_TIMEOUT)}
+\t\t}}
+\t}}
+}}
+"""
+
+
+def _render_grpc(config: BalancerConfig) -> str:
+    """The gRPC site: h2c in from the client (or TLS with a certificate, see docs/fleet.md), h2c
+    out to the nodes, least_conn per gRPC call, passive health only (see the module docstring)."""
+    upstreams = " ".join(f"h2c://{upstream}" for upstream in config.upstreams)
+    admin = "off" if config.admin_socket is None else f"unix/{config.admin_socket}"
+    if config.listen.startswith("fd/"):
+        site, bind = "http://", f"\n\tbind {config.listen}"
+    else:
+        site, bind = f"http://{config.listen}", ""
+    return f"""{{
+\tadmin {admin}
+\tauto_https off
+\tpersist_config off
+\t# gRPC clients speak HTTP/2 with prior knowledge in cleartext (h2c) when TLS ends elsewhere
+\tservers {{
+\t\tprotocols h1 h2 h2c
+\t}}
+}}
+
+{site} {{{bind}
+\treverse_proxy {upstreams} {{
+\t\tlb_policy least_conn
+\t\tlb_try_duration {_duration(config.try_duration)}
+\t\tlb_try_interval {_duration(config.try_interval)}
+
+\t\tfail_duration {_duration(config.fail_duration)}
+\t\tmax_fails 1
+\t\tunhealthy_status 502 503
+
+\t\tstream_timeout {_duration(config.stream_timeout)}
+\t\tstream_close_delay {_duration(config.stream_timeout)}
+
+\t\ttransport http {{
+\t\t\tversions h2c
 \t\t\tdial_timeout {_duration(DIAL_TIMEOUT)}
 \t\t}}
 \t}}

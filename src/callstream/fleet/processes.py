@@ -173,11 +173,11 @@ def caddy_binary() -> str:
 
 
 class Balancer(LoggedProcess):
-    """Caddy balancing ``upstreams`` on a socket bound here on ``host`` (port 0: any free port).
-    ``state_dir`` takes the Caddyfile and Caddy's own data (no admin endpoint, no autosave)."""
+    """Caddy balancing ``upstreams`` on a socket bound here on ``host`` (port 0: any free port);
+    ``grpc``: the upstreams are RingCX gRPC ports (h2c; `caddyfile._render_grpc`). ``state_dir`` takes the Caddyfile and Caddy's own data (no admin endpoint, no autosave)."""
 
     def __init__(self, state_dir: Path, upstreams: Sequence[str], health_port: int, *,
-                 host: str = "127.0.0.1", port: int = 0, **timing: float) -> None:
+                 host: str = "127.0.0.1", port: int = 0, grpc: bool = False, **timing: float) -> None:
         state_dir.mkdir(parents=True, exist_ok=True)
         # a short path: a Unix socket's name has room for 107 bytes, a test's tmp_path may not
         self._admin_dir = tempfile.mkdtemp(prefix="callstream-caddy-")
@@ -186,7 +186,8 @@ class Balancer(LoggedProcess):
         try:  # Caddy takes the socket by its number, which the child keeps (pass_fds)
             self.host, self.port = listener.getsockname()[:2]
             self.config = BalancerConfig(listen=f"fd/{listener.fileno()}", upstreams=tuple(upstreams),
-                                         health_port=health_port, admin_socket=self.admin_socket, **timing)
+                                         health_port=health_port, admin_socket=self.admin_socket, grpc=grpc,
+                                         **timing)
             self.caddyfile = state_dir / "Caddyfile"
             self.caddyfile.write_text(render(self.config))
             env = dict(os.environ, HOME=str(state_dir), XDG_DATA_HOME=str(state_dir / "data"),
