@@ -141,3 +141,19 @@ async def test_dialogs_spread_and_a_drained_node_finishes_its_dialog(fleet: Grpc
         await assert_recorded(fleet.nodes[fleet.node_of(played.dialog_id)], played)
     assert [played.attempts for name, played in dialogs.items() if name in "abc"] == [1, 1, 1]
     assert not list(drained.output_dir.rglob("*.partial.*"))
+
+
+async def test_a_killed_node_is_redialled_within_the_same_dialog(fleet: GrpcFleet) -> None:
+    """least_conn picks the idle node, which was killed: Caddy's dial is refused, the node is
+    marked down (passive health) and the dialog is dialled to another node within the same
+    request (lb_try_duration), so the client's first attempt succeeds."""
+    dialogs = {name: dialog(name, seconds) for name, seconds in (("a", 3.0), ("b", 3.0), ("c", 1.0))}
+    with trio.fail_after(TIMEOUT):
+        async with trio.open_nursery() as nursery:
+            placed = {name: await start_one(nursery, fleet, dialogs[name]) for name in "ab"}
+            [idle] = set(range(3)) - set(placed.values())
+            fleet.nodes[idle].stop(signal.SIGKILL)
+            assert await start_one(nursery, fleet, dialogs["c"]) != idle
+    for played in dialogs.values():
+        assert played.attempts == 1, (played.dialog_id, played.attempts, played.code)
+        await assert_recorded(fleet.nodes[fleet.node_of(played.dialog_id)], played)
