@@ -271,3 +271,19 @@ def test_docs_nginx_configuration_is_valid(tmp_path: Path, certificate: tuple[Pa
     result = subprocess.run(["nginx", "-t", "-c", str(config)], capture_output=True, text=True, timeout=60)
     assert result.returncode == 0, result.stderr
     assert "[warn]" not in result.stderr
+
+
+def test_docs_caddy_grpc_site_is_valid_and_sets_what_the_tested_config_sets(tmp_path: Path) -> None:
+    documented_file = tmp_path / "Caddyfile.grpc"
+    documented_file.write_text(textwrap.dedent(docs_block("caddyfile-grpc")))  # it sits in a list item
+    documented = caddy_json(documented_file, tmp_path)
+    tested_file = tmp_path / "Caddyfile"
+    tested_file.write_text(render(BalancerConfig(listen="127.0.0.1:10443", upstreams=["127.0.0.2:50051"],
+                                                 health_port=0, grpc=True)))
+    tested = caddy_json(tested_file, tmp_path)
+    assert documented.keys() == tested.keys()
+    for key in documented.keys() - {"upstreams"}:
+        assert documented[key] == tested[key], key
+    assert "health_checks" not in tested or "active" not in tested["health_checks"]  # see caddyfile.py
+    assert "h2c" in documented["transport"]["versions"]
+    assert documented["load_balancing"]["selection_policy"] == {"policy": "least_conn"}
