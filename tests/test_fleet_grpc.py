@@ -122,8 +122,12 @@ async def assert_recorded(node: Node, played: Dialog) -> None:
 
 
 async def test_dialogs_spread_and_a_drained_node_finishes_its_dialog(fleet: GrpcFleet) -> None:
+    """Caddy cannot see a drain (no active checks for gRPC, see caddyfile.py): what keeps new
+    dialogs off the draining node is least_conn, while the node has more live dialogs than the
+    others (with a tie Caddy picks at random and the node answers UNAVAILABLE: the platform's
+    retry). Here the others' dialogs have ended, so no retry is needed."""
     dialogs = {name: dialog(name, seconds) for name, seconds in
-               (("a", 6.0), ("b", 4.0), ("c", 4.0), ("d", 1.0), ("e", 1.0))}
+               (("a", 6.0), ("b", 1.5), ("c", 1.5), ("d", 1.0), ("e", 1.0))}
     with trio.fail_after(TIMEOUT):
         async with trio.open_nursery() as nursery:
             placed = {name: await start_one(nursery, fleet, dialogs[name]) for name in "abc"}
@@ -131,15 +135,18 @@ async def test_dialogs_spread_and_a_drained_node_finishes_its_dialog(fleet: Grpc
             drained = fleet.nodes[placed["a"]]
             drained.send(signal.SIGTERM)
             await trio.to_thread.run_sync(drained.wait_for, r"drain")
-            for name in "de":  # the drained node refuses them (UNAVAILABLE): the retry lands elsewhere
-                assert await start_one(nursery, fleet, dialogs[name]) != placed["a"]
+            for name in "bc":
                 await dialogs[name].done.wait()
+            while sum((await trio.to_thread.run_sync(fleet.balancer.live_requests)).values()) > 1:
+                await trio.sleep(0.02)  # until the balancer has seen b's and c's streams end
+            for name in "de":  # overlapping: e goes to the node d did not take
+                assert await start_one(nursery, fleet, dialogs[name]) != placed["a"]
+            assert fleet.node_of("d") != fleet.node_of("e")
             assert not dialogs["a"].done.is_set(), "the drained node had a live dialog all along"
         assert await trio.to_thread.run_sync(drained.wait, 30) == 0  # once its dialog had ended
     for played in dialogs.values():
-        assert played.attempts <= RETRIES + 1
+        assert played.attempts == 1, (played.dialog_id, played.attempts, played.code)
         await assert_recorded(fleet.nodes[fleet.node_of(played.dialog_id)], played)
-    assert [played.attempts for name, played in dialogs.items() if name in "abc"] == [1, 1, 1]
     assert not list(drained.output_dir.rglob("*.partial.*"))
 
 

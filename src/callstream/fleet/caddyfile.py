@@ -21,8 +21,9 @@ HTTP/1.1 only, and every node would be marked down (Caddy has no separate health
 transport). Passive health and ``lb_try_duration`` remain: a node that refuses connections
 (killed, exited after its drain) is skipped and the dialog redialled to another node within the
 same request. A draining node still accepts connections and answers a new dialog UNAVAILABLE
-(HTTP 200 with grpc-status 14, which passive checks cannot see): the platform retries it, and
-least_conn prefers the nodes with fewer live dialogs.
+(HTTP 200 with grpc-status 14, which passive checks cannot see): least_conn keeps new dialogs
+off it only while it has more live dialogs than the others (a tie is broken at random), and the
+platform retries a refused dialog.
 """
 
 from __future__ import annotations
