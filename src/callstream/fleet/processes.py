@@ -174,7 +174,8 @@ def caddy_binary() -> str:
 
 class Balancer(LoggedProcess):
     """Caddy balancing ``upstreams`` on a socket bound here on ``host`` (port 0: any free port);
-    ``grpc``: the upstreams are RingCX gRPC ports (h2c; `caddyfile._render_grpc`). ``state_dir`` takes the Caddyfile and Caddy's own data (no admin endpoint, no autosave)."""
+    ``grpc``: the upstreams are RingCX gRPC ports (h2c; `caddyfile._render_grpc`).
+    ``state_dir`` takes the Caddyfile and Caddy's own data (no admin endpoint, no autosave)."""
 
     def __init__(self, state_dir: Path, upstreams: Sequence[str], health_port: int, *,
                  host: str = "127.0.0.1", port: int = 0, grpc: bool = False, **timing: float) -> None:
