@@ -104,11 +104,6 @@ class DialogRecorder:
         return (init.session_id if init is not None else "") or "unknown"
 
     @property
-    def call(self) -> DialogRecorder:
-        """What the live view reads ``call_id`` and ``session_id`` from (see server.livecalls)."""
-        return self
-
-    @property
     def started(self) -> datetime:
         """When the dialog was admitted (UTC)."""
         return self._started
