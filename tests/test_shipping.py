@@ -103,7 +103,7 @@ async def test_call_is_uploaded_verified_and_announced(
     receiver.stop()
 
     assert [d.status for d in receiver.deliveries] == [500, 204]
-    assert all(d.signature_ok for d in receiver.deliveries)
+    assert all(d.signed for d in receiver.deliveries)
     assert len({d.event_id for d in receiver.deliveries}) == 1  # the same event, retried
     [event] = receiver.accepted()
     assert event["event_id"] == receiver.deliveries[0].event_id
@@ -131,7 +131,7 @@ async def test_call_is_uploaded_verified_and_announced(
         assert event["path"] is None
 
     stream = await trio.to_thread.run_sync(nats_server.messages, STREAM, SUBJECT)
-    [(headers, payload)] = stream
+    [(headers, payload, _)] = stream
     assert headers["Nats-Msg-Id"] == event["event_id"]
     assert json.loads(payload) == event
 
@@ -356,7 +356,7 @@ async def test_sighup_reload_signs_later_events_with_the_new_key(tmp_path: Path,
         await until(lambda: len(receiver.deliveries) == 2)
     receiver.stop()
     assert [json.loads(d.body)["callId"] for d in receiver.deliveries] == ["before", "after"]
-    assert all(d.signature_ok for d in receiver.deliveries)
+    assert all(d.signed for d in receiver.deliveries)
 
 
 async def test_nats_outage_then_the_event_is_acknowledged(
@@ -377,7 +377,7 @@ async def test_nats_outage_then_the_event_is_acknowledged(
         await trio.to_thread.run_sync(nats_server.start)  # same port, same stream
         await until(lambda: shipper.statistics().pending_jobs == 0)
     stream = await trio.to_thread.run_sync(nats_server.messages, STREAM, SUBJECT)
-    assert sorted(json.loads(payload)["callId"] for _, payload in stream) == ["first", "second"]
+    assert sorted(json.loads(message.data)["callId"] for message in stream) == ["first", "second"]
     logged = [r.getMessage() for r in caplog.records if r.name == "callstream.storage.shipping"]
     assert sum("NATS unavailable" in line for line in logged) == 1
     assert sum("NATS available again" in line for line in logged) == 1
