@@ -17,8 +17,8 @@ from serverprocess import ServerProcess
 TIMEOUT = 60
 
 
-def run(*argv: str) -> subprocess.CompletedProcess[str]:
-    environ = {k: v for k, v in os.environ.items() if not k.startswith("CALLSTREAM_")}
+def run(*argv: str, env: dict[str, str] | None = None) -> subprocess.CompletedProcess[str]:
+    environ = {k: v for k, v in os.environ.items() if not k.startswith("CALLSTREAM_")} | (env or {})
     return subprocess.run([sys.executable, "-m", "callstream", *argv], capture_output=True, text=True,
                           env=environ, timeout=TIMEOUT)
 
@@ -34,6 +34,33 @@ def test_recover_reports_each_file_once(tmp_path: Path) -> None:
     for name in ("a", "b"):
         assert both.count(f"recovered {day / name}.wav") == 1, both
     assert result.stdout == "2 recordings recovered\n"
+
+
+def test_recover_without_shipping_flags_says_a_shipped_directory_was_not_queued(tmp_path: Path) -> None:
+    (tmp_path / ".spool").mkdir()  # some serve ships from this directory
+    soundfile.write(str(tmp_path / "a.partial.wav"), np.zeros((800, 2), np.int16), 8000, subtype="PCM_16")
+    result = run("recover", str(tmp_path), env={"CALLSTREAM_PORT": "not a port"})  # serve's: not read
+    assert result.returncode == 0, result.stderr
+    assert result.stdout == "1 recordings recovered\n"
+    [line] = [line for line in result.stderr.splitlines() if "not queued" in line]
+    assert "give recover the serve's shipping flags" in line
+    assert list((tmp_path / ".spool").iterdir()) == []
+
+
+def test_recover_checks_the_shipping_options_as_serve_does(tmp_path: Path) -> None:
+    partial = tmp_path / "a.partial.wav"
+    soundfile.write(str(partial), np.zeros((800, 2), np.int16), 8000, subtype="PCM_16")
+    for argv, env, wanted in (
+        (("--webhook-url", "http://127.0.0.1:9/hook"), {}, "--webhook-url needs --webhook-secret-file"),
+        ((), {"CALLSTREAM_SHIP_THREADS": "0"}, "CALLSTREAM_SHIP_THREADS (for --ship-threads)"),
+        (("--webhook-url", "http://127.0.0.1:9/hook", "--webhook-secret-file", str(tmp_path / "missing")), {},
+         f"--webhook-secret-file: cannot read {tmp_path / 'missing'}"),
+    ):
+        result = run("recover", str(tmp_path), *argv, env=env)
+        assert result.returncode == 2, result
+        [line] = result.stderr.splitlines()
+        assert line.startswith("callstream recover: ") and wanted in line, line
+    assert partial.exists()  # nothing recovered on a mistake
 
 
 def play(server: ServerProcess, call_id: str) -> None:

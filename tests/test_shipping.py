@@ -9,6 +9,8 @@ import io
 import json
 import logging
 import signal
+import subprocess
+import sys
 import threading
 from collections.abc import Callable
 from dataclasses import replace
@@ -207,6 +209,49 @@ async def test_sigkill_with_pending_uploads_then_restart_ships_them(tmp_path: Pa
     assert recovered["status"] == "recovered"
     assert recovered["store"]["key"] == key_of("live", ".wav")
     assert recordings(output) == []
+
+
+async def test_recover_by_hand_queues_for_the_next_serve(tmp_path: Path, s3_server: S3Server) -> None:
+    """A recorder killed mid-call; `callstream recover DIR` with the serve's shipping flags finishes
+    the partial recording and journals it, so the next `serve` (which has nothing left to recover)
+    ships it: the object is the recovered file byte for byte."""
+    output = tmp_path / "recordings"
+    store = ("--store", f"s3://{BUCKET}/calls", "--store-endpoint", s3_server.endpoint, "--keep-local")
+    first = await trio.to_thread.run_sync(lambda: ServerProcess(output, "--flush-interval", "0.2"))
+    with trio.fail_after(60):
+        live = await connect(first.url, "/" + build_query(metadata("killed")))
+        await live.send(encode_connected())
+        await live.send(encode_start(metadata("killed")))
+        rng = np.random.default_rng(14)
+        agent, caller = random_frames(rng, FRAMES), random_frames(rng, FRAMES)
+        for seq in range(1, FRAMES + 1):
+            await live.send(encode_media(Perspective.PARTICIPANT, seq, agent[seq - 1]))
+            await live.send(encode_media(Perspective.CONFERENCE, seq, caller[seq - 1]))
+        await until(lambda: any(p.stat().st_size > 44 for p in output.rglob("killed-1.partial.wav")))
+        first.stop(signal.SIGKILL)
+        await live.drop()
+
+        done = await trio.to_thread.run_sync(lambda: subprocess.run(
+            [sys.executable, "-m", "callstream", "recover", str(output), *store], capture_output=True, text=True,
+            timeout=60))
+        assert done.returncode == 0, done.stderr
+        assert done.stdout == "1 recordings recovered, 1 queued for shipping\n"
+        [(path, sidecar)] = recordings(output)
+        assert sidecar["status"] == "recovered"
+        recovered = path.read_bytes()
+        frames = decode(recovered)
+        assert len(frames) > 0
+        np.testing.assert_array_equal(frames, expected_stereo(agent, caller)[: len(frames)])
+
+        second = await trio.to_thread.run_sync(lambda: ServerProcess(output, *store, "--ship-retry-max", "0.3"))
+        try:
+            while key_of("killed", ".json") not in await trio.to_thread.run_sync(s3_server.keys):
+                await trio.sleep(0.1)
+        finally:
+            second.stop()
+    assert "left by an interrupted run" not in "".join(second.log)  # nothing left for its own recovery
+    assert s3_server.read(key_of("killed", ".wav")) == recovered
+    assert json.loads(s3_server.read(key_of("killed", ".json")))["status"] == "recovered"
 
 
 async def test_without_a_store_the_event_names_the_local_file(tmp_path: Path, nursery: trio.Nursery) -> None:

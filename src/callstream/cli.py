@@ -101,19 +101,26 @@ def _add_serve(sub: argparse._SubParsersAction, environ: Mapping[str, str]) -> N
         "(left = agent, right = caller). Every flag can also be set by the variable named beside it; a "
         "flag beats its variable. Durations are in seconds (200ms, 2m, 1h are accepted too).",
     )
-    groups = {name: parser.add_argument_group(name) for name in GROUPS}
+    _add_settings(parser, GROUPS)
+    parser.set_defaults(command=_run_serve)
+
+
+def _add_settings(parser: argparse.ArgumentParser, groups: Sequence[str]) -> None:
+    """The flags of the `Settings` options in ``groups``, each taken as a string (see `settings_from`)."""
+    added = {name: parser.add_argument_group(name) for name in groups}
     shown = Settings()
     for name, option in options():
+        if option.group not in added:
+            continue
         help_text = option.help
         metavar = "{" + ",".join(option.choices) + "}" if option.choices else option.unit  # argparse's style
         help_text = f"{help_text} [default: {shown.default_text(name)}; env {env_name(name)}]".replace("%", "%%")
         if option.switch:
-            groups[option.group].add_argument(flag_name(name), dest=name, action="store_const", const="true",
-                                              default=None, help=help_text)
+            added[option.group].add_argument(flag_name(name), dest=name, action="store_const", const="true",
+                                             default=None, help=help_text)
         else:
-            groups[option.group].add_argument(flag_name(name), dest=name, metavar=metavar, default=None,
-                                              help=help_text)
-    parser.set_defaults(command=_run_serve)
+            added[option.group].add_argument(flag_name(name), dest=name, metavar=metavar, default=None,
+                                             help=help_text)
 
 
 def _add_simulate(sub: argparse._SubParsersAction, environ: Mapping[str, str]) -> None:
@@ -129,9 +136,12 @@ def _add_recover(sub: argparse._SubParsersAction, environ: Mapping[str, str]) ->
         description="Repair every NAME.partial.EXT below DIR that no live recorder is writing (a recorder "
         "killed mid-call, or a call failed on a hung disk, leaves them), rename it to NAME.EXT and mark its "
         "sidecar 'recovered'. Safe beside a live recorder: a recording still being written is locked by it "
-        "and skipped. `serve` does this itself at start.",
+        "and skipped. `serve` does this itself at start. Given the serve's shipping flags (or its CALLSTREAM_* "
+        "variables), each recording recovered is also queued in DIR/.spool, as `serve` queues what it recovers: "
+        "the next `serve` there (or one running there now) ships it.",
     )
     parser.add_argument("directory", type=Path, metavar="DIR", help="the recorder's --output-dir")
+    _add_settings(parser, ("shipping",))
     add = _EnvDefaults(parser, environ).add
     add("--log-level", default="info", choices=LOG_LEVELS, help="logging verbosity")
     add("--log-format", default="text", choices=LOG_FORMATS, help="text lines or one JSON object per line")
@@ -146,13 +156,38 @@ def _add_status(sub: argparse._SubParsersAction, environ: Mapping[str, str]) -> 
 
 def _run_recover(args: argparse.Namespace) -> int:
     from callstream.storage.recovery import recover_directory
+    from callstream.storage.shipping.spool import SPOOL_DIR, journal_recovered
 
     configure_logging(args.log_level, log_format=args.log_format)
+    shipping = _recover_settings(args).shipping
     if not args.directory.is_dir():
         _fail(f"callstream recover: {args.directory} is not a directory")
     recovered = recover_directory(args.directory)  # logs each file once, with its duration
-    print(f"{len(recovered)} recordings recovered")
-    return 0
+    if shipping is None:
+        print(f"{len(recovered)} recordings recovered")
+        if recovered and (args.directory / SPOOL_DIR).is_dir():  # a directory some serve ships from
+            print(f"callstream recover: the {len(recovered)} recordings recovered were not queued for shipping (no "
+                  "--store, --webhook-url or --nats-url given): they stay on local disk only; give recover the "
+                  "serve's shipping flags or CALLSTREAM_* variables to queue what it recovers", file=sys.stderr)
+        return 0
+    queued = journal_recovered(args.directory, ((item.path, item.sidecar) for item in recovered))
+    print(f"{len(recovered)} recordings recovered, {queued} queued for shipping")
+    return 0 if queued == len(recovered) else 1
+
+
+def _recover_settings(args: argparse.Namespace) -> Settings:
+    """`recover`'s Settings: DIR as the output directory and the shipping options, from its flags
+    and their variables (the serve's, checked the same way; other CALLSTREAM_* variables, meant
+    for serve, are not read). Exits with one line naming a bad one."""
+    environ = args._environ
+    names = [name for name, option in options() if option.group == "shipping"]
+    given = {name: getattr(args, name) for name in names if getattr(args, name) is not None}
+    read = {env_name(name): environ[env_name(name)] for name in names if env_name(name) in environ}
+    try:
+        settings = Settings.from_strings({**given, "output_dir": str(args.directory)}, read)
+        return _with_webhook_secret(settings)
+    except SettingsError as error:
+        _fail(f"callstream recover: {describe(error, given, read)}")
 
 
 def build_parser(environ: Mapping[str, str] | None = None) -> argparse.ArgumentParser:
@@ -193,17 +228,25 @@ def settings_from(args: argparse.Namespace, environ: Mapping[str, str] | None = 
                                     f"{error.strerror or error}") from None
             except (ValueError, UnicodeDecodeError) as error:
                 raise SettingsError("secret_file", str(error)) from None
-        if settings.webhook_secret_file is not None:  # kept too: SIGHUP reads it again
-            try:
-                settings = replace(settings, webhook_secret=read_secret_file(settings.webhook_secret_file).encode())
-            except OSError as error:
-                raise SettingsError("webhook_secret_file", f"cannot read {settings.webhook_secret_file}: "
-                                    f"{error.strerror or error}") from None
-            except (ValueError, UnicodeDecodeError) as error:
-                raise SettingsError("webhook_secret_file", str(error)) from None
+        settings = _with_webhook_secret(settings)  # kept too: SIGHUP reads it again
     except SettingsError as error:
         _fail(f"callstream serve: {describe(error, given, environ)}")
     return settings
+
+
+def _with_webhook_secret(settings: Settings) -> Settings:
+    """``settings`` with the key of its --webhook-secret-file read; SettingsError naming the file."""
+    from callstream.server.auth import read_secret_file
+
+    if settings.webhook_secret_file is None:
+        return settings
+    try:
+        return replace(settings, webhook_secret=read_secret_file(settings.webhook_secret_file).encode())
+    except OSError as error:
+        raise SettingsError("webhook_secret_file", f"cannot read {settings.webhook_secret_file}: "
+                            f"{error.strerror or error}") from None
+    except (ValueError, UnicodeDecodeError) as error:
+        raise SettingsError("webhook_secret_file", str(error)) from None
 
 
 def _run_serve(args: argparse.Namespace) -> int:

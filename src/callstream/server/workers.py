@@ -280,12 +280,9 @@ def _recover(settings: Settings) -> list[Recovered]:
     workers to ship (they list the spool every few seconds)."""
     recovered = recover_directory(settings.output_dir)
     if settings.shipping is not None and recovered:
-        from callstream.storage.shipping.spool import Spool
+        from callstream.storage.shipping.spool import journal_recovered
 
-        spool = Spool(settings.output_dir)
-        spool.open()
-        for item in recovered:
-            spool.enqueue(item.path, item.sidecar)
+        journal_recovered(settings.output_dir, ((item.path, item.sidecar) for item in recovered))
     return recovered
 
 

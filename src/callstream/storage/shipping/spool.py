@@ -32,6 +32,7 @@ import logging
 import os
 import time
 import uuid
+from collections.abc import Iterable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Final, NamedTuple
@@ -228,3 +229,22 @@ def _fsync_directory(directory: Path) -> None:
         os.fsync(fd)
     finally:
         os.close(fd)
+
+
+def journal_recovered(output_dir: Path, recordings: Iterable[tuple[Path | None, Path]]) -> int:
+    """Journal recordings a recovery finished, each (audio or None, sidecar) under ``output_dir``,
+    in its spool: whichever `serve` ships from that directory next (or one running there now,
+    which lists its spool every few seconds) ships them. What `serve --workers N` and `callstream
+    recover` do; a single `serve` journals through its `Shipper`. Returns how many were journalled:
+    one that cannot be is logged once and stays on local disk, not shipped (as `Shipper.enqueue`)."""
+    spool = Spool(output_dir)
+    spool.open()
+    journalled = 0
+    for audio, sidecar in recordings:
+        try:
+            spool.enqueue(audio, sidecar)
+        except OSError as error:
+            LOGGER.error("cannot journal %s for shipping: %s", sidecar, error)
+        else:
+            journalled += 1
+    return journalled
