@@ -8,7 +8,10 @@ round, so a shared machine's drift falls on all of them alike. Per run:
 
 - ``window_share``: server CPU (cores) over the window in which at least 95 % of the calls are live;
 - ``cpu_per_1000_calls``: the server's whole CPU of the run (connects, every frame, finalising)
-  divided by calls x seconds, x 1,000: the cores 1,000 real-time calls cost, start to end.
+  divided by calls x seconds, x 1,000: the cores 1,000 real-time calls cost, start to end;
+- ``lag_p50_s`` / ``lag_p99_s``: the server's write lag (``callstream_write_lag_seconds``, a
+  block's seconds from leaving the timeline to flushed; the histogram's bucket bounds) over the
+  whole run, when the server has --metrics-port.
 
     .venv/bin/python benchmarks/bench_kernels.py [--rounds 2] [--calls 1000] [--seconds 20]
 
@@ -39,16 +42,24 @@ def run(work: Path, name: str, config: str, calls: int, seconds: float, metrics:
     finally:
         os.environ.pop("CALLSTREAM_NATIVE", None)  # the generator stays all-native
     samples: list[tuple[float, float, int | None]] = []
+    lag: dict[float, float] = {}  # the write-lag histogram at the last scrape
     try:
         cpu0 = server.cpu()
 
         def sample() -> None:
-            samples.append((time.monotonic(), server.cpu(), server.live_calls(server.scrape())))
+            text = server.scrape()
+            samples.append((time.monotonic(), server.cpu(), server.live_calls(text)))
+            histogram = server.lag_histogram(text) if metrics else None
+            if histogram:
+                lag.clear()
+                lag.update(histogram)
 
         report, wall = b.simulate(server, calls, seconds, fast=False, ramp=b.ramp_of(calls), tag=name,
                                   processes=1, work=work, sample=sample)
         sidecars = b.recordings_of(server.output, name)
         cpu1 = server.cpu()
+        if metrics:
+            lag.update(server.lag_histogram() or {})  # the blocks written since the last sample
     finally:
         server.stop()
     live = [s for s in samples if s[2] is not None and s[2] >= LIVE_FRACTION * calls]
@@ -61,6 +72,8 @@ def run(work: Path, name: str, config: str, calls: int, seconds: float, metrics:
         "cpu_per_1000_calls": round((cpu1 - cpu0) / calls * 1000 / seconds, 3),
         "window_share": None if share is None else round(share, 3),
         "window_seconds": round(live[-1][0] - live[0][0], 1) if len(live) >= 2 else None,
+        "lag_p50_s": b.histogram_quantile({}, lag, 0.5) if lag else None,
+        "lag_p99_s": b.histogram_quantile({}, lag, 0.99) if lag else None,
         "recordings": len(sidecars),
         "failed_calls": report["summary"]["failed"],
         "frames_lost": b.frames_lost(sidecars, round(seconds * 50)),
@@ -85,7 +98,7 @@ def main() -> int:
                 result = {"round": r, **run(Path(tmp), f"r{r}k{i}", config, args.calls, args.seconds, metrics)}
                 runs.append(result)
                 print(json.dumps(result), flush=True)
-    for key in ("window_share", "cpu_per_1000_calls"):
+    for key in ("window_share", "cpu_per_1000_calls", "lag_p99_s"):
         base = statistics.median(x[key] for x in runs if x["config"] == configs[0] and x[key] is not None)
         print(f"\n{key} (vs {configs[0]!r} median {base}):")
         for config in configs:

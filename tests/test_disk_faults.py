@@ -15,7 +15,6 @@ from callstream.engagevoice.query import build_query
 from callstream.errors import RecordingError
 from callstream.events import Perspective
 from callstream.storage.recording import Recording
-from callstream.storage.wavbatch import AppendBatch
 from conftest import (
     RunningServer,
     call_messages,
@@ -39,9 +38,8 @@ def failing_disk(request: pytest.FixtureRequest, monkeypatch: pytest.MonkeyPatch
     """Writes of recordings whose name starts with 'doomed' fail as a full disk would.
 
     "kernel": once created, the audio file's descriptor is /dev/full's, so every write and
-    pwrite gets ENOSPC from the kernel, on the batched C path and the Python one alike.
-    "python": `Recording.write` raises and batched appends are off (the path a build without
-    the C extension, or FLAC, takes)."""
+    pwrite gets ENOSPC from the kernel (a block's write or, from the buffer, its flush).
+    "python": `Recording.write` raises."""
     if request.param == "kernel":
         create = Recording.create.__func__  # type: ignore[attr-defined]
 
@@ -63,7 +61,6 @@ def failing_disk(request: pytest.FixtureRequest, monkeypatch: pytest.MonkeyPatch
         write(self, left, right)
 
     monkeypatch.setattr(Recording, "write", faulty)
-    monkeypatch.setattr(Recording, "plan", lambda self, left, right: None)
 
 
 async def test_disk_error_closes_only_that_call_with_1011(server: RunningServer, failing_disk: None) -> None:
@@ -134,13 +131,13 @@ async def test_a_hung_disk_fails_the_waiting_call_refuses_new_ones_and_recovers(
     import threading
 
     disk = threading.Event()
-    run = AppendBatch.run
+    write = Recording.write
 
-    def hung(self: AppendBatch) -> None:
+    def hung(self: Recording, left: bytes, right: bytes) -> None:
         assert disk.wait(TIMEOUT)
-        run(self)
+        write(self, left, right)
 
-    monkeypatch.setattr(AppendBatch, "run", hung)
+    monkeypatch.setattr(Recording, "write", hung)
     running = await start_server(nursery, replace(settings, disk_stall_timeout=1.0, write_queue_blocks=1))
     flag = running.server._disk_flag = multiprocessing.Value("b", 0)  # what a worker tells its supervisor
     frames = random_frames(np.random.default_rng(15), 500)

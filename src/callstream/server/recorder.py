@@ -44,7 +44,6 @@ from callstream.server.metrics import NO_MEDIA, Metrics
 from callstream.settings import Settings
 from callstream.storage.diskwriter import DiskWriter
 from callstream.storage.recording import Recording
-from callstream.storage.wavbatch import PlannedAppend
 
 LOGGER = logging.getLogger("callstream.recorder")
 
@@ -111,7 +110,7 @@ class CallRecorder:
         )
         self._recording: Recording | None = None
         self._ended_at: datetime | None = None  # when the finish began: the sidecar's end
-        self.last_block: StereoBlock | None = None  # the latest block sent to the disk (levels)
+        self.last_block: StereoBlock | None = None  # the latest block written (levels; see write_block)
         self._started = datetime.now(UTC)
         self.started_monotonic = now
         self._receive_scope = trio.CancelScope()
@@ -308,16 +307,11 @@ class CallRecorder:
         if self._recording is None:
             self._create_recording(self.core.fields)
 
-    def plan_block(self, block: StereoBlock) -> PlannedAppend | None:
-        """In the event loop: the block as a batched append, or None (then `write_block`)."""
-        assert self._recording is not None, "open_target() first"
-        self.last_block = block  # one reference per block: the live view's levels (see livecalls)
-        return self._recording.plan(block.left, block.right)
-
     def write_block(self, block: StereoBlock) -> None:
-        """In a disk thread: append the block (formats without batched appends)."""
+        """In a disk thread: append the block."""
         assert self._recording is not None, "open_target() first"
         self._recording.write(block.left, block.right)
+        self.last_block = block  # one reference per block: the live view's levels (see livecalls)
 
     def flush_blocks(self) -> None:
         """After a batch of this call's blocks: about once per flush interval, so flushing costs

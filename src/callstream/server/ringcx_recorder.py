@@ -34,7 +34,6 @@ from callstream.server.recorder import FINALISE_TIMEOUT, CallResult
 from callstream.settings import Settings
 from callstream.storage.diskwriter import DiskWriter
 from callstream.storage.recording import Recording
-from callstream.storage.wavbatch import PlannedAppend
 
 LOGGER = logging.getLogger("callstream.server.ringcx_recorder")
 
@@ -217,9 +216,6 @@ class DialogRecorder:
     def open_target(self) -> None:
         if self._recording is None:
             self._create_recording()
-
-    def plan_block(self, block: PcmBlock) -> PlannedAppend | None:
-        return None  # PCM blocks are written by write_block (the batched appends take mu-law)
 
     def write_block(self, block: PcmBlock) -> None:
         assert self._recording is not None, "open_target() first"
