@@ -35,7 +35,7 @@ FORBIDDEN: dict[str, set[str]] = {
     "call": {
         "trio", "trio_websocket", "websockets", "wsproto", "h11", "socket", "ssl", "selectors",
         "threading", "concurrent", "multiprocessing", "subprocess", "soundfile", "fcntl", "os",
-        "msgspec", "prometheus_client",
+        "msgspec", "prometheus_client", "grpc", "google",
     },
     "storage": {"trio_websocket", "websockets", "wsproto", "h11", "socket", "ssl"},
     "engagevoice": {"soundfile", "fcntl", "prometheus_client"},
@@ -120,8 +120,9 @@ def test_imports_point_one_way(path: Path) -> None:
 
 # The call core is protocol-neutral: it takes `callstream.call.events`, never a front end's message
 # types (the shared `callstream.events` are the Engage Voice messages, which its front end
-# translates; a RingCX front end has its own).
-WIRE_MESSAGES = {"callstream.events"}
+# translates; the RingCX front end's are its generated protobuf classes, which it translates).
+WIRE_MESSAGES = {"callstream.events", "callstream.ringcx"}
+FRONT_ENDS = ("engagevoice", "ringcx")
 
 
 def wire_imports(source: str, module: str) -> list[str]:
@@ -144,10 +145,24 @@ def test_the_call_core_takes_no_wire_messages() -> None:
         ("callstream.call.core", "from callstream.events import Start\n"),
         ("callstream.call.core", "from callstream import events\n"),
         ("callstream.call.events", "import callstream.events\n"),
+        ("callstream.call.segments", "from callstream.ringcx import streaming_pb2 as pb\n"),
+        ("callstream.call.core", "from callstream.ringcx.convert import convert\n"),
     ],
 )
 def test_a_wire_message_in_the_core_is_caught(module: str, source: str) -> None:
     assert wire_imports(source, module)
+
+
+def test_the_call_core_imports_no_front_end() -> None:
+    """Both front ends feed one core: none of it may know either (segments included)."""
+    core = [path for path in MODULES if layer_of(module_name(path)) == "call"]
+    assert {"callstream.call.core", "callstream.call.segments", "callstream.call.timeline"} <= {
+        module_name(path) for path in core}
+    found = [f"{module_name(path)} imports {name}" for path in core
+             for _, name in imports_of(path.read_text(), module_name(path))
+             if name.split(".")[:2] in (["callstream", front] for front in FRONT_ENDS)
+             or name.split(".")[0] in ("grpc", "google", "trio")]
+    assert found == []
 
 
 def test_only_the_native_seam_imports_the_extension() -> None:
@@ -169,6 +184,9 @@ def test_only_the_native_seam_imports_the_extension() -> None:
         ("callstream.call.core", "from callstream.storage import wavfile\n"),
         ("callstream.call.core", "import trio\n"),
         ("callstream.call.core", "from callstream.server.recorder import CallRecorder\n"),
+        ("callstream.call.segments", "from callstream.ringcx.session import DialogSession\n"),
+        ("callstream.call.segments", "import grpc\n"),
+        ("callstream.call.events", "from google.protobuf import empty_pb2\n"),
         ("callstream.call.events", "import time, os\n"),
         ("callstream.call.inorder", "from ..storage.wavfile import SAMPLE_RATE\n"),
         ("callstream.storage.sinks", "from callstream.engagevoice.protocol import parse_message\n"),

@@ -7,18 +7,17 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from callstream import codec
-from callstream.ringcx.assembler import DialogAssembler, PcmBlock
-from callstream.ringcx.events import (
+from callstream.call.events import (
     AGENT,
     BOT,
     CONTACT,
     AudioFormat,
-    DialogInit,
     SegmentInfo,
     SegmentMedia,
-    SegmentStart,
-    SegmentStop,
+    SegmentStarted,
+    SegmentStopped,
 )
+from callstream.call.segments import PcmBlock, SegmentMixer
 
 RATE = 8000
 N = 800  # samples of a 100 ms chunk
@@ -34,7 +33,7 @@ def pcm(payload: bytes) -> np.ndarray:
     return codec.decode_ulaw(payload)
 
 
-def collect(assembler: DialogAssembler) -> np.ndarray:
+def collect(assembler: SegmentMixer) -> np.ndarray:
     """Pop every block, then finish; the whole recording, blocks checked to be contiguous."""
     blocks: list[PcmBlock] = []
     while (block := assembler.pop_block()) is not None:
@@ -51,13 +50,13 @@ def collect(assembler: DialogAssembler) -> np.ndarray:
     return np.concatenate([block.frames for block in blocks])
 
 
-def start(segment: str, kind: str, at: float, fmt: AudioFormat | None = None) -> SegmentStart:
-    return SegmentStart(segment, f"p-{segment}", kind, name=segment, audio_format=fmt, at=at)
+def start(segment: str, kind: str, at: float, fmt: AudioFormat | None = None) -> SegmentStarted:
+    return SegmentStarted(segment, f"p-{segment}", kind, name=segment, audio_format=fmt, at=at)
 
 
-def run(events: list, *, window_ms: float = 200.0, tick: bool = True) -> tuple[np.ndarray, DialogAssembler]:
+def run(events: list, *, window_ms: float = 200.0, tick: bool = True) -> tuple[np.ndarray, SegmentMixer]:
     """Feed ``events`` (sorted by arrival), popping blocks as the recorder does."""
-    assembler = DialogAssembler(window_ms=window_ms)
+    assembler = SegmentMixer(window_ms=window_ms)
     blocks: list[PcmBlock] = []
     for event in events:
         if tick:
@@ -76,12 +75,8 @@ def run(events: list, *, window_ms: float = 200.0, tick: bool = True) -> tuple[n
     return audio, assembler
 
 
-def init(at: float = 0.0) -> DialogInit:
-    return DialogInit("sess", {"id": "acc"}, {"id": "dlg-1", "type": "INBOUND"}, at=at)
-
-
 def test_two_participants_agent_joining_later_starts_where_it_joined() -> None:
-    events: list = [init(0.0), start("c", CONTACT, 0.0, AudioFormat("PCMU", 8000, 100))]
+    events: list = [start("c", CONTACT, 0.0, AudioFormat("PCMU", 8000, 100))]
     for k in range(30):  # the caller, 3 s
         events.append(SegmentMedia("c", tone_chunk(1, k), k, 100, (k + 1) * 0.1))
     events.append(start("a", AGENT, 1.0))
@@ -99,11 +94,11 @@ def test_two_participants_agent_joining_later_starts_where_it_joined() -> None:
     assert not audio[joined + 15 * N :, 0].any()
     segments = {s["segment_id"]: s for s in assembler.segments()}
     assert segments["a"]["joined_seconds"] == 1.0
-    assert segments["a"]["codec"] == "PCMU"  # inherited from the first SegmentStart
+    assert segments["a"]["codec"] == "PCMU"  # inherited from the first SegmentStarted
 
 
 def test_hold_with_seq_continuing_becomes_silence_of_the_pause() -> None:
-    events: list = [init(), start("c", CONTACT, 0.0), start("a", AGENT, 0.0)]
+    events: list = [start("c", CONTACT, 0.0), start("a", AGENT, 0.0)]
     for k in range(40):  # the agent talks throughout
         events.append(SegmentMedia("a", tone_chunk(2, k), k, 100, (k + 1) * 0.1))
     for k in range(10):  # the caller: 1 s, a 2 s hold, 1 s more, seq continuing
@@ -126,7 +121,7 @@ def test_hold_with_seq_continuing_becomes_silence_of_the_pause() -> None:
 
 def test_reordering_duplicates_and_a_lost_chunk() -> None:
     order = [0, 1, 3, 2, 2, 4, 1, 6, 7, 8, 9]  # 3 before 2, 2 and 1 repeated, 5 lost
-    events: list = [init(), start("c", CONTACT, 0.0)]
+    events: list = [start("c", CONTACT, 0.0)]
     for i, k in enumerate(order):
         events.append(SegmentMedia("c", tone_chunk(1, k), 100 + k, 100, (i + 1) * 0.1))
     audio, assembler = run(events, tick=False)
@@ -138,11 +133,11 @@ def test_reordering_duplicates_and_a_lost_chunk() -> None:
 
 def test_transfer_overlap_mixes_with_saturation_on_one_side() -> None:
     loud = np.full(N, 30000, np.int16)
-    events: list = [init(), start("a1", AGENT, 0.0, AudioFormat("L16", 8000, 100)), start("a2", AGENT, 0.0)]
+    events: list = [start("a1", AGENT, 0.0, AudioFormat("L16", 8000, 100)), start("a2", AGENT, 0.0)]
     for k in range(3):
         events.append(SegmentMedia("a1", loud.astype(">i2").tobytes(), k, 100, (k + 1) * 0.1))
         events.append(SegmentMedia("a2", (loud // 3).astype(">i2").tobytes(), k, 100, (k + 1) * 0.1))
-    events.append(SegmentStop("a1", at=0.31))
+    events.append(SegmentStopped("a1", at=0.31))
     events.sort(key=lambda e: e.at)
     audio, _ = run(events)
     assert (audio[:, 0] == 32767).all()  # 30000 + 10000 clipped, not wrapped
@@ -152,7 +147,7 @@ def test_transfer_overlap_mixes_with_saturation_on_one_side() -> None:
 def test_pcma_and_bot_on_the_right_unsupported_codec_not_recorded() -> None:
     alaw = bytes(range(0x10, 0x10 + 160)) * 5
     events: list = [
-        init(), start("b", BOT, 0.0, AudioFormat("PCMA", 8000, 100)),
+        start("b", BOT, 0.0, AudioFormat("PCMA", 8000, 100)),
         start("o", AGENT, 0.0, AudioFormat("OPUS", 48000, 20)),
     ]
     for k in range(5):
@@ -167,7 +162,7 @@ def test_pcma_and_bot_on_the_right_unsupported_codec_not_recorded() -> None:
 
 
 def test_media_before_its_segment_start_is_placed_and_unknown_segments_are_counted() -> None:
-    events: list = [init(), SegmentMedia("c", tone_chunk(1, 0), 0, 100, 0.1),
+    events: list = [SegmentMedia("c", tone_chunk(1, 0), 0, 100, 0.1),
                     start("c", CONTACT, 0.12), SegmentMedia("c", tone_chunk(1, 1), 1, 100, 0.2),
                     SegmentMedia("ghost", tone_chunk(3, 0), 0, 100, 0.2),
                     SegmentMedia("c", tone_chunk(1, 2), 2, 100, 0.6)]
@@ -177,8 +172,7 @@ def test_media_before_its_segment_start_is_placed_and_unknown_segments_are_count
 
 
 def test_memory_stays_bounded_when_one_segment_runs_far_ahead() -> None:
-    assembler = DialogAssembler()
-    assembler.handle(init())
+    assembler = SegmentMixer()
     assembler.handle(start("c", CONTACT, 0.0))
     assembler.handle(start("a", AGENT, 0.0))
     assembler.handle(SegmentMedia("a", tone_chunk(2, 0), 0, 100, 0.1))
@@ -214,7 +208,7 @@ def jittered_dialog(draw: st.DrawFn) -> Plan:
 @given(jittered_dialog())
 def test_property_every_chunk_lands_at_its_place(plan: Plan) -> None:
     kinds = [CONTACT, AGENT, BOT]
-    events: list = [init()]
+    events: list = []
     for index, (name, join, _, seq0, sent) in enumerate(plan):
         events.append(start(name, kinds[index], join * 0.1))
         for k, delay, repeated in sent:
@@ -240,7 +234,7 @@ def test_a_late_start_does_not_move_later_joins_and_pauses_early() -> None:
     platform spoke); then everything arrives on time. The agent joining at 1.0 s and the
     caller's pause from 1.5 s to 2.5 s are still placed where they happened."""
     late = 0.25
-    events: list = [init(late), start("c", CONTACT, late), start("a", AGENT, 1.0)]
+    events: list = [start("c", CONTACT, late), start("a", AGENT, 1.0)]
     for k in range(15):  # the caller, talking 0-1.5 s
         events.append(SegmentMedia("c", tone_chunk(1, k), k, 100, max(late, (k + 1) * 0.1)))
     for k in range(15, 25):  # and 2.5-3.5 s, seq going on
@@ -261,7 +255,7 @@ def test_a_late_start_does_not_move_later_joins_and_pauses_early() -> None:
 def test_a_stall_of_the_whole_stream_is_not_a_pause() -> None:
     """From 1.0 s every chunk of both segments comes 0.5 s late, in a burst, then on time again
     (the network or the server stalled; the clock ticks meanwhile): nothing moves."""
-    events: list = [init(), start("c", CONTACT, 0.0), start("a", AGENT, 0.0)]
+    events: list = [start("c", CONTACT, 0.0), start("a", AGENT, 0.0)]
     for k in range(30):
         at = (k + 1) * 0.1
         if 1.0 < at <= 1.5:
@@ -269,7 +263,7 @@ def test_a_stall_of_the_whole_stream_is_not_a_pause() -> None:
         events.append(SegmentMedia("c", tone_chunk(1, k), k, 100, at))
         events.append(SegmentMedia("a", tone_chunk(2, k), k, 100, at))
     events.sort(key=lambda e: e.at)
-    assembler = DialogAssembler()
+    assembler = SegmentMixer()
     blocks: list[PcmBlock] = []
     clock = 0.0
     for event in events:

@@ -1,4 +1,4 @@
-"""Wire messages to neutral events: every field carried over; any bytes either fail to parse
+"""Wire messages to the call core's events: every field carried over; any bytes either fail to parse
 (grpc then fails the RPC) or convert without raising."""
 
 from __future__ import annotations
@@ -7,9 +7,9 @@ from google.protobuf.message import DecodeError
 from hypothesis import given
 from hypothesis import strategies as st
 
+from callstream.call.events import CallStarted, InputIgnored, SegmentInfo, SegmentMedia, SegmentStarted, SegmentStopped
 from callstream.ringcx import streaming_pb2 as pb
 from callstream.ringcx.convert import convert
-from callstream.ringcx.events import DialogInit, SegmentInfo, SegmentMedia, SegmentStart, SegmentStop, Unknown
 
 text = st.text(max_size=20)
 u32 = st.integers(0, 2**32 - 1)
@@ -36,9 +36,9 @@ def test_segment_start(segment: str, participant: str, kind: int, name: str | No
         start.product.CopyFrom(pb.Product(id=product, type=pb.QUEUE))
     wire = pb.StreamEvent.FromString(pb.StreamEvent(segment_start=start).SerializeToString())
     event = convert(wire, 1.5)
-    assert isinstance(event, SegmentStart)
+    assert isinstance(event, SegmentStarted)
     assert (event.segment_id, event.participant_id, event.name, event.at) == (segment, participant, name, 1.5)
-    assert event.participant_type == {0: "PARTICIPANT_TYPE_UNSPECIFIED", 1: "CONTACT", 2: "AGENT", 5: "BOT"}.get(
+    assert event.role == {0: "PARTICIPANT_TYPE_UNSPECIFIED", 1: "CONTACT", 2: "AGENT", 5: "BOT"}.get(
         kind, str(kind))
     if codec is None:
         assert event.audio_format is None
@@ -56,17 +56,20 @@ def test_dialog_init(dialog: str, session: str, ani: str | None, attributes: dic
         message.ani = ani
     event = convert(pb.StreamEvent(session_id=session, dialog_init=pb.DialogInitEvent(
         account=pb.Account(id="a", sub_account_id="s", rc_account_id="r"), dialog=message)), 0.0)
-    assert isinstance(event, DialogInit) and event.session_id == session
-    assert event.dialog == {"id": dialog, "type": "OUTBOUND", "ani": ani, "dnis": None, "language": None,
-                            "attributes": attributes}
-    assert event.account == {"id": "a", "sub_account_id": "s", "rc_account_id": "r"}
+    assert isinstance(event, CallStarted) and event.raw["session_id"] == session
+    assert event.raw["dialog"] == {"id": dialog, "type": "OUTBOUND", "ani": ani, "dnis": None, "language": None,
+                                   "attributes": attributes}
+    assert event.raw["account"] == {"id": "a", "sub_account_id": "s", "rc_account_id": "r"}
+    named = {"dialogId": dialog, "callId": dialog, "sessionId": session, "accountId": "a", "subaccountId": "s",
+             "rcAccountId": "r", "ani": ani or ""}
+    assert event.fields == {key: value for key, value in named.items() if value}  # names the file
 
 
 def test_info_stop_and_no_event() -> None:
     info = convert(pb.StreamEvent(segment_info=pb.SegmentInfoEvent(segment_id="c", event="HOLD")), 2.0)
     assert info == SegmentInfo("c", "HOLD", None, at=2.0)
-    assert convert(pb.StreamEvent(segment_stop=pb.SegmentStopEvent(segment_id="c")), 3.0) == SegmentStop("c", at=3.0)
-    assert isinstance(convert(pb.StreamEvent(session_id="x"), 4.0), Unknown)
+    assert convert(pb.StreamEvent(segment_stop=pb.SegmentStopEvent(segment_id="c")), 3.0) == SegmentStopped("c", at=3.0)
+    assert isinstance(convert(pb.StreamEvent(session_id="x"), 4.0), InputIgnored)
 
 
 @given(st.binary(max_size=300))

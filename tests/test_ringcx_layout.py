@@ -10,12 +10,12 @@ import numpy as np
 import pytest
 import trio
 
-from callstream.ringcx.assembler import DialogAssembler, PcmBlock
-from callstream.ringcx.events import AGENT, BOT, CONTACT, AudioFormat, SegmentMedia, SegmentStart, SegmentStop
+from callstream.call.events import AGENT, BOT, CONTACT, AudioFormat, SegmentMedia, SegmentStarted, SegmentStopped
+from callstream.call.segments import PcmBlock, SegmentMixer
 from callstream.settings import Settings
 from callstream.sim import ringcx_client as client
 from callstream.sim.ringcx_simulate import verify_recording
-from test_ringcx_assembler import init, pcm, tone_chunk
+from test_ringcx_assembler import pcm, tone_chunk
 from test_ringcx_server import TIMEOUT, finished, play, read, ringcx_server, rsettings  # noqa: F401
 
 N = 800
@@ -28,8 +28,8 @@ def participants(script: client.Script) -> list[client.Run]:
     return [client.Run(index, run.start, run.pcm) for index, run in enumerate(script.runs)]
 
 
-def _assemble(events: list, **options: object) -> tuple[np.ndarray, DialogAssembler]:
-    assembler = DialogAssembler(layout="participants", **options)  # type: ignore[arg-type]
+def _assemble(events: list, **options: object) -> tuple[np.ndarray, SegmentMixer]:
+    assembler = SegmentMixer(layout="participants", **options)  # type: ignore[arg-type]
     blocks: list[PcmBlock] = []
     for event in events:
         assembler.tick(event.at)
@@ -45,15 +45,15 @@ def test_a_segment_past_the_cap_is_mixed_into_the_last_channel() -> None:
     """Three recorded segments on two channels: the first two get a channel each in order of
     joining (not by type), the third is mixed into the last with a saturating add and is
     marked; a segment whose codec is not recorded takes no channel."""
-    events: list = [init(), SegmentStart("bot", "p-bot", BOT, name="Bot", at=0.0),
-                    SegmentStart("opus", "p-x", CONTACT, audio_format=AudioFormat("OPUS", 48000, 20), at=0.0),
-                    SegmentStart("caller", "p-c", CONTACT, name="Caller", audio_format=PCMU, at=0.0),
-                    SegmentStart("agent", "p-a", AGENT, name="Agent", at=0.0)]
+    events: list = [SegmentStarted("bot", "p-bot", BOT, name="Bot", at=0.0),
+                    SegmentStarted("opus", "p-x", CONTACT, audio_format=AudioFormat("OPUS", 48000, 20), at=0.0),
+                    SegmentStarted("caller", "p-c", CONTACT, name="Caller", audio_format=PCMU, at=0.0),
+                    SegmentStarted("agent", "p-a", AGENT, name="Agent", at=0.0)]
     for k in range(10):
         at = (k + 1) * 0.1
         for seed, segment in enumerate(("bot", "caller", "agent")):
             events.append(SegmentMedia(segment, tone_chunk(seed, k), k, 100, at=at))
-    events += [SegmentStop(segment, at=1.0) for segment in ("bot", "caller", "agent")]
+    events += [SegmentStopped(segment, at=1.0) for segment in ("bot", "caller", "agent")]
     audio, assembler = _assemble(events, max_channels=2)
     assert audio.shape == (10 * N, 2)
     expected = [np.concatenate([pcm(tone_chunk(seed, k)) for k in range(10)]) for seed in range(3)]
@@ -70,7 +70,7 @@ def test_a_segment_past_the_cap_is_mixed_into_the_last_channel() -> None:
 
 
 def test_reserved_channels_stay_silent_and_bad_options_are_refused() -> None:
-    events = [init(), SegmentStart("caller", "p-c", CONTACT, at=0.0),
+    events = [SegmentStarted("caller", "p-c", CONTACT, at=0.0),
               SegmentMedia("caller", tone_chunk(1, 0), 1, 100, at=0.1)]
     audio, assembler = _assemble(events, max_channels=5)
     assert audio.shape == (N, 5) and not audio[:, 1:].any()
@@ -78,9 +78,9 @@ def test_reserved_channels_stay_silent_and_bad_options_are_refused() -> None:
     assert assembler.channel_map() == {"0": [{"segment_id": "caller", "participant_id": "p-c", "type": CONTACT,
                                               "name": None}], "1": [], "2": [], "3": [], "4": []}
     with pytest.raises(ValueError, match="max_channels"):
-        DialogAssembler(layout="participants", max_channels=9)
+        SegmentMixer(layout="participants", max_channels=9)
     with pytest.raises(ValueError, match="layout"):
-        DialogAssembler(layout="mono")
+        SegmentMixer(layout="mono")
 
 
 @pytest.mark.parametrize("fmt", ["wav", "flac", "mulaw-wav"])

@@ -7,8 +7,8 @@ import numpy as np
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from callstream.ringcx.assembler import DialogAssembler, PcmBlock
-from callstream.ringcx.events import AGENT, CONTACT, DialogInit, SegmentMedia, SegmentStart
+from callstream.call.events import AGENT, CONTACT, SegmentMedia, SegmentStarted
+from callstream.call.segments import PcmBlock, SegmentMixer
 from test_ringcx_assembler import N, pcm, tone_chunk
 
 CHUNK = 0.1  # seconds of a chunk
@@ -41,13 +41,12 @@ def read_late(sent: list[tuple[float, str, int]], service: float,
     return reads
 
 
-def record(sent: list[tuple[float, str, int]], reads: list[float]) -> tuple[np.ndarray, DialogAssembler]:
+def record(sent: list[tuple[float, str, int]], reads: list[float]) -> tuple[np.ndarray, SegmentMixer]:
     """The recorder: every TAKE seconds it handles what the reader has read (bunched), then
     ticks with the clock as the bridge gives it, popping blocks as the server does."""
-    assembler = DialogAssembler()
-    assembler.handle(DialogInit("sess", {"id": "acc"}, {"id": "dlg"}, at=0.0))
-    assembler.handle(SegmentStart("c", "p-c", CONTACT, at=0.0))
-    assembler.handle(SegmentStart("a", "p-a", AGENT, at=0.0))
+    assembler = SegmentMixer()
+    assembler.handle(SegmentStarted("c", "p-c", CONTACT, at=0.0))
+    assembler.handle(SegmentStarted("a", "p-a", AGENT, at=0.0))
     blocks: list[PcmBlock] = []
     seeds = {"c": 1, "a": 2}
     i, take = 0, 0.0

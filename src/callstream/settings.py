@@ -65,7 +65,7 @@ DEFAULT_RINGCX_PATH_TEMPLATE: Final = "{date}/{dialogId}"  # RingCX (gRPC): one 
 DEFAULT_RINGCX_L16_BYTE_ORDER: Final = "big"  # undocumented; network order, as in RTP
 DEFAULT_RINGCX_QUEUE_EVENTS: Final = 64  # events queued per dialog before its stream is not read
 BYTE_ORDERS: Final = ("big", "little")
-CHANNEL_LAYOUTS: Final = ("stereo", "participants")  # RingCX dialogs (ringcx.assembler.LAYOUTS)
+CHANNEL_LAYOUTS: Final = ("stereo", "participants")  # RingCX dialogs (call.segments.LAYOUTS)
 DEFAULT_CHANNEL_LAYOUT: Final = "stereo"
 # participants layout: channels reserved in every file (a transfer joins after the header is
 # written). 4: caller, agent, a transfer's second agent and one more (a supervisor, a bot); a

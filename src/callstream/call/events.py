@@ -8,6 +8,13 @@ frame is what the hot path cannot afford. `MediaReceived` is the one-frame form 
 that is not the hot path (a test, a slow front end): `CallCore.receive` takes it.
 
 Sides: 0 is the agent (left channel), 1 the caller and every other leg (right channel).
+
+Segments: a front end whose calls are made of participants joining and leaving (RingCX: one
+segment per participant, each with its own codec, sequence numbers and chunk durations, and no
+timestamps) describes them with `SegmentStarted`, `SegmentMedia`, `SegmentInfo` and
+`SegmentStopped`, each stamped ``at``: the call's own clock in seconds when it arrived (the
+segments are placed in time by it, see `callstream.call.segments`). A `CallCore` created with a
+`SegmentMixer` takes these; one created with a `Timeline` takes the two-side media above.
 """
 
 from __future__ import annotations
@@ -18,7 +25,12 @@ from typing import Any, ClassVar, NamedTuple
 from callstream.audio import SAMPLE_RATE
 
 __all__ = [
+    "AGENT",
+    "BOT",
+    "CONTACT",
     "MULAW",
+    "UNSPECIFIED",
+    "AudioFormat",
     "CallComplete",
     "CallEnded",
     "CallFailed",
@@ -27,11 +39,21 @@ __all__ = [
     "InputIgnored",
     "InputRejected",
     "MediaReceived",
+    "SegmentInfo",
+    "SegmentMedia",
+    "SegmentStarted",
+    "SegmentStopped",
     "SideStopped",
     "StreamEnded",
 ]
 
 MULAW = "audio/x-mulaw"  # the one encoding the core records: G.711 mu-law, one byte per sample
+
+# a segment's participant role (`SegmentStarted.role`): AGENT on the left, every other on the right
+AGENT = "AGENT"
+CONTACT = "CONTACT"
+BOT = "BOT"
+UNSPECIFIED = "PARTICIPANT_TYPE_UNSPECIFIED"
 
 
 # --------------------------------------------------------------------------------- input events
@@ -88,9 +110,72 @@ class InputIgnored:
 @dataclass(frozen=True, slots=True)
 class StreamEnded:
     """The peer's stream is over, in band (like h11's ``receive_data(b"")``): nothing more will
-    come. ``reason``: how it ended, for the log and the result."""
+    come. ``reason``: how it ended, for the log and the result. ``complete``: the peer ended it
+    the way its protocol ends a whole call (RingCX: the platform closed the stream; a stream
+    of segments has no per-side stop): the call is complete, answered as a normal close."""
 
     reason: str = "closed by peer"
+    complete: bool = False
+
+
+# ------------------------------------------------------------------------------- segment events
+
+
+@dataclass(frozen=True, slots=True)
+class AudioFormat:
+    """A segment's audio: ``codec`` by name (PCMU, PCMA, L16; any other name is not recorded,
+    e.g. OPUS, FLAC, CODEC_UNSPECIFIED); ``rate`` in Hz; ``ptime`` in ms per chunk (0: not given)."""
+
+    codec: str = "PCMU"
+    rate: int = 8000
+    ptime: int = 100
+
+
+@dataclass(frozen=True, slots=True)
+class SegmentStarted:
+    """A participant joins: its segment's audio follows as `SegmentMedia` of ``segment_id``.
+    ``role``: AGENT, CONTACT, BOT or UNSPECIFIED (or a newer name: recorded on the right).
+    ``audio_format`` is None when the front end was given none (later segments inherit the
+    last one given). ``product``: JSON-ready, for the sidecar."""
+
+    segment_id: str
+    participant_id: str
+    role: str
+    name: str | None = None
+    audio_format: AudioFormat | None = None
+    product: dict[str, Any] | None = None
+    at: float = 0.0
+
+
+class SegmentMedia(NamedTuple):
+    """One chunk of a segment's audio: ``payload`` in the segment's codec, ``seq`` its number,
+    ``duration`` its length in ms as the peer states it, ``at`` its arrival (the call's clock,
+    seconds). A NamedTuple: it is built ten times per segment per second."""
+
+    segment_id: str
+    payload: bytes
+    seq: int
+    duration: int
+    at: float
+
+
+@dataclass(frozen=True, slots=True)
+class SegmentInfo:
+    """Segment metadata such as hold and unhold (``event``; ``data`` optional), kept with its
+    offset in the recording for the sidecar."""
+
+    segment_id: str
+    event: str
+    data: str | None = None
+    at: float = 0.0
+
+
+@dataclass(frozen=True, slots=True)
+class SegmentStopped:
+    """A participant has left: its segment takes no more media."""
+
+    segment_id: str
+    at: float = 0.0
 
 
 # -------------------------------------------------------------------------------- output events

@@ -104,6 +104,7 @@ from itertools import pairwise
 from typing import Any, Final
 
 from callstream.call.batch import ScannedMedia
+from callstream.call.blocks import StereoBlock
 from callstream.call.inorder import AVAILABLE as STEADY_IN_C
 from callstream.call.inorder import SteadyLanes
 from callstream.call.reorder import RING_WINDOWS, SILENCE, PerspectiveStatistics, Side
@@ -126,25 +127,6 @@ STEADY_FRAMES: Final = 100
 
 class TimelineFinishedError(CallstreamError, RuntimeError):
     """``push`` was called after ``finish``."""
-
-
-@dataclass(frozen=True, slots=True)
-class StereoBlock:
-    """Aligned stereo audio: ``left`` and ``right`` are mu-law bytes of equal length; ``start``
-    is the sample index (at the sample rate) of their first sample on the call's timeline."""
-
-    left: bytes
-    right: bytes
-    start: int
-
-    @property
-    def samples(self) -> int:
-        return len(self.left)
-
-    @property
-    def end(self) -> int:
-        """Sample index just past the block."""
-        return self.start + len(self.left)
 
 
 @dataclass(frozen=True, slots=True)

@@ -1,23 +1,30 @@
-"""The RingCX wire messages (generated protobuf classes) turned into the neutral dialog events.
+"""The RingCX wire messages (generated protobuf classes) turned into the call core's events.
 
-Runs in the gRPC thread for every message; nothing here blocks or keeps state.
+Runs in the gRPC thread for every message; nothing here blocks or keeps state. Every event of a
+segment is stamped ``at``: the dialog's clock when it arrived (see `callstream.ringcx.bridge`).
+A DialogInit becomes the call's `CallStarted`: its ids as the canonical fields (``callId`` is the
+dialog id: it names the file and the log lines), the account and dialog as the raw metadata of
+the sidecar. A StreamEvent with no event set (a newer platform's kind) is `InputIgnored`.
 """
 
 from __future__ import annotations
 
 from typing import Any
 
-from callstream.ringcx import streaming_pb2 as pb
-from callstream.ringcx.events import (
+from callstream.call.events import (
     AudioFormat,
-    DialogEvent,
-    DialogInit,
+    CallStarted,
+    InputIgnored,
     SegmentInfo,
     SegmentMedia,
-    SegmentStart,
-    SegmentStop,
-    Unknown,
+    SegmentStarted,
+    SegmentStopped,
 )
+from callstream.ringcx import streaming_pb2 as pb
+
+__all__ = ["DialogEvent", "convert", "started"]
+
+DialogEvent = CallStarted | SegmentStarted | SegmentMedia | SegmentInfo | SegmentStopped | InputIgnored
 
 _CODECS = {value.number: value.name for value in pb.Codec.DESCRIPTOR.values}
 _PARTICIPANTS = {value.number: value.name for value in pb.ParticipantType.DESCRIPTOR.values}
@@ -34,7 +41,7 @@ def _optional(message: Any, name: str) -> str | None:
 
 
 def convert(event: pb.StreamEvent, at: float) -> DialogEvent:
-    """One StreamEvent as a neutral event arrived at ``at`` (the dialog's clock, seconds)."""
+    """One StreamEvent as a call event arrived at ``at`` (the dialog's clock, seconds)."""
     kind = event.WhichOneof("event")
     if kind == "segment_media":
         media = event.segment_media
@@ -50,7 +57,7 @@ def convert(event: pb.StreamEvent, at: float) -> DialogEvent:
         product = None
         if start.HasField("product"):
             product = {"id": start.product.id, "type": _name(_PRODUCTS, start.product.type)}
-        return SegmentStart(
+        return SegmentStarted(
             start.segment_id, participant.id, _name(_PARTICIPANTS, participant.type),
             name=_optional(participant, "name"), audio_format=fmt, product=product, at=at,
         )
@@ -58,11 +65,11 @@ def convert(event: pb.StreamEvent, at: float) -> DialogEvent:
         info = event.segment_info
         return SegmentInfo(info.segment_id, info.event, _optional(info, "data"), at=at)
     if kind == "segment_stop":
-        return SegmentStop(event.segment_stop.segment_id, at=at)
+        return SegmentStopped(event.segment_stop.segment_id, at=at)
     if kind == "dialog_init":
         init = event.dialog_init
         account, dialog = init.account, init.dialog
-        return DialogInit(
+        return started(
             event.session_id,
             {"id": account.id, "sub_account_id": account.sub_account_id, "rc_account_id": account.rc_account_id},
             {
@@ -70,6 +77,21 @@ def convert(event: pb.StreamEvent, at: float) -> DialogEvent:
                 "dnis": _optional(dialog, "dnis"), "language": _optional(dialog, "language"),
                 "attributes": dict(dialog.attributes),
             },
-            at=at,
         )
-    return Unknown(kind or "", at=at)
+    return InputIgnored(kind or "")
+
+
+def started(session_id: str, account: dict[str, Any], dialog: dict[str, Any]) -> CallStarted:
+    """A DialogInit's content as the call's start. ``fields``: the path template's and the
+    sidecar's identity (``callId`` = ``dialogId``), empty values left out; ``raw``: the
+    sidecar's ``session_id``, ``account`` and ``dialog`` (JSON-ready dicts, as given)."""
+    fields = {
+        "dialogId": dialog.get("id") or "", "callId": dialog.get("id") or "", "sessionId": session_id,
+        "accountId": account.get("id") or "", "subaccountId": account.get("sub_account_id") or "",
+        "rcAccountId": account.get("rc_account_id") or "", "ani": dialog.get("ani") or "",
+        "dnis": dialog.get("dnis") or "",
+    }
+    return CallStarted(
+        fields={key: value for key, value in fields.items() if value},
+        raw={"session_id": session_id, "account": account, "dialog": dialog},
+    )

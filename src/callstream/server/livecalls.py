@@ -30,7 +30,7 @@ FULL_SCALE = 32768.0
 
 
 class LiveCall(Protocol):
-    """What a live call shows (`CallRecorder` and `DialogRecorder` have it)."""
+    """What a live call shows (`CallRecorder` has it, for either front end)."""
 
     front_end: str  # one of metrics.FRONT_ENDS
     started_monotonic: float

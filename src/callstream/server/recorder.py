@@ -1,12 +1,22 @@
-"""Records one accepted stream: the trio shell around the front end and the sans-IO call core.
+"""Records one accepted call of any front end: the trio shell around the front end's session
+and the sans-IO call core.
+
+One shell for both front ends; they differ only in where the call's events come from and how
+its ending is answered (`CallRecorder.websocket`, `CallRecorder.dialog`):
+- Engage Voice: a `MessageStream` (reads, `TextBatch`es) and an `EngageVoiceSession`; a
+  `CallCore` on a `Timeline`; the ending is answered with its WebSocket close code.
+- RingCX: a `DialogChannel` (batches of call events from the gRPC thread) and a
+  `DialogSession`; a `CallCore` on a `SegmentMixer`; the ending is answered with the gRPC status
+  of its close code (`ringcx.session.answer`), always (the RPC waits for it).
 
 Theory of operation: one task per call, in the call's own nursery, plus two shared services.
-- The receive loop reads messages, has the front end (`EngageVoiceSession`) turn them into call
-  events, feeds them to the `CallCore` and hands each full block (about one second of stereo
-  audio) to the call's `Lane` of the process's `DiskWriter`, which writes it to the call's
-  `Recording` in a worker thread, batched with every other call's blocks. A lane holds a bounded
-  number of blocks: when the disk is slow the loop waits, stops reading, and TCP pushes back on
-  the platform: memory stays bounded and nothing is dropped.
+- The receive loop reads, has the front end's session turn each read into call events, feeds
+  them to the `CallCore` and hands each full block (about one second of audio) to the call's
+  `Lane` of the process's `DiskWriter`, which writes it to the call's `Recording` in a worker
+  thread, batched with every other call's blocks. A lane holds a bounded number of blocks: when
+  the disk is slow the loop waits, stops reading, and the transport pushes back on the platform
+  (TCP, or HTTP/2 flow control through the bounded channel): memory stays bounded and nothing is
+  dropped.
 - The server's clock calls `tick()` once per flush interval: the core hands over whatever is
   aligned but not yet a full block (so audio reaches disk within about a second even when media
   stalls) and decides the idle timeout and the maximum call duration; the media counters are
@@ -31,14 +41,18 @@ from typing import Any
 
 import trio
 
+from callstream.call.blocks import Block, PcmBlock
 from callstream.call.core import CallCore
-from callstream.call.timeline import StereoBlock
+from callstream.call.events import CallEnded
+from callstream.call.segments import SegmentMixer
 from callstream.engagevoice.mediascan import MediaScanner
 from callstream.engagevoice.query import QueryMetadata
 from callstream.engagevoice.session import EngageVoiceSession
 from callstream.engagevoice.textbatch import TextBatch
 from callstream.engagevoice.transport import MessageStream, StreamClosed
 from callstream.errors import CLOSE_GOING_AWAY, DiskStalledError, ProtocolError, RecordingError
+from callstream.ringcx import session as ringcx_session
+from callstream.ringcx.bridge import DialogChannel, DialogEnded
 from callstream.server.auth import secret_matches
 from callstream.server.metrics import NO_MEDIA, Metrics
 from callstream.settings import Settings
@@ -49,7 +63,9 @@ LOGGER = logging.getLogger("callstream.recorder")
 
 FINALISE_TIMEOUT = 30.0  # seconds allowed to write the tail and close files after the call ends
 
-Receive = Callable[[], Awaitable["str | bytes | TextBatch"]]
+Receive = Callable[[], Awaitable[Any]]
+Answer = Callable[[CallEnded | None], Awaitable[None]]
+ENDS_OF_STREAM = (StreamClosed, DialogEnded)  # what a front end's receive raises once its peer is done
 
 
 @dataclass(frozen=True, slots=True)
@@ -67,12 +83,69 @@ class CallResult:
 
 
 class CallRecorder:
-    """One call, from the accepted stream to the finished recording. Use once: `await run()`."""
-
-    front_end = "websocket"  # the live view's and the metrics' name of the front end (metrics.FRONT_ENDS)
+    """One call, from the accepted stream to the finished recording. Use once: `await run()`.
+    Made by `websocket` or `dialog` (the front end's parts); the constructor takes them ready."""
 
     def __init__(
         self,
+        stream: Any,
+        session: Any,
+        core: CallCore,
+        settings: Settings,
+        disk: DiskWriter,
+        *,
+        front_end: str,
+        path_template: str,
+        answer: Answer,
+        started_monotonic: float,
+        clock: Callable[[], float] | None = None,
+        metrics: Metrics | None = None,
+    ) -> None:
+        """``stream``: where reads come from (``receive_batch`` or ``receive``; optionally
+        ``receive_batch_nowait`` and ``receive_buffered``), raising one of ENDS_OF_STREAM once
+        the peer is done; ``session``: the front end's translation of a read into call events
+        (``items``, ``event``, ``ended``, ``first`` and ``needs_first_message``, see
+        `EngageVoiceSession`); ``core``: the call's, fresh; ``disk``: the process's writer
+        (running); ``front_end``: the live view's and the metrics' name (metrics.FRONT_ENDS);
+        ``path_template``: the recording's; ``answer``: tells the peer how the call ended, once
+        the recording is finished (awaited once, shielded, bounded); ``started_monotonic``: the
+        ``now`` the core was made with. ``clock``: the time on the clock of the events' ``at``
+        when it is not time.monotonic() (see `CallCore.tick`). ``metrics``: where the call's media counters go (at
+        each tick and at the end)."""
+        self._stream = stream
+        self.session = session
+        self.core = core
+        self.front_end = front_end
+        self._path_template = path_template
+        self._answer = answer
+        self._clock = clock
+        self._lane = disk.lane(self)
+        self._metrics = metrics
+        self._metered = NO_MEDIA
+        self._settings = settings
+        self._recording: Recording | None = None
+        self._ended_at: datetime | None = None  # when the finish began: the sidecar's end
+        self.last_block: Block | None = None  # the latest block written (levels; see write_block)
+        # (fields, sidecar metadata, channel map) as of the first block, taken in trio: the file
+        # is created in a disk thread, which must not read the core while the receive loop
+        # changes it
+        self._snapshot: tuple[dict[str, str], dict[str, Any], dict[str, Any] | None] | None = None
+        # a layout whose channels fill as the call goes on (participants): the live recording's
+        # sidecar is rewritten in a disk thread, at its next flush, with the channel map of
+        # `_map_update` (taken in trio at a tick), so that a recovered file says who is on
+        # each channel
+        self._map_version = core.channel_map_version  # trio's
+        self._map_written = self._map_version  # ... and the disk thread's
+        self._map_update: tuple[int, dict[str, Any], dict[str, Any] | None] | None = None
+        self._started = datetime.now(UTC)
+        self.started_monotonic = started_monotonic
+        self._receive_scope = trio.CancelScope()
+        self._mode_logged = settings.sequence_mode != "auto"
+        self._ended = False  # the receive loop is over (see run)
+
+    @classmethod
+    def websocket(
+        cls,
         stream: MessageStream,
         query: QueryMetadata,
         settings: Settings,
@@ -81,24 +154,18 @@ class CallRecorder:
         require_secret: str | None = None,
         metrics: Metrics | None = None,
         scanner: MediaScanner,
-    ) -> None:
-        """``disk``: the process's writer (running). ``require_secret``: when set, the first
-        message must carry this secret (else close 1008). ``metrics``: where the call's media
-        counters go (at each tick and at the end). ``scanner``: the process's, with
+    ) -> CallRecorder:
+        """An Engage Voice call on an accepted WebSocket. ``require_secret``: when set, the first
+        message must carry this secret (else close 1008). ``scanner``: the process's, with
         ``max_bytes`` = settings.max_message_bytes (it keeps scratch space: one per process)."""
-        self._stream = stream
-        self._lane = disk.lane(self)
-        self._metrics = metrics
-        self._metered = NO_MEDIA
-        self._settings = settings
-        self.session = EngageVoiceSession(
+        session = EngageVoiceSession(
             query, scanner=scanner, max_bytes=settings.max_message_bytes,
             authenticate=None if require_secret is None else partial(secret_matches, require_secret),
         )
         now = time.monotonic()
-        self.core = CallCore(
-            fields=self.session.fields(),
-            connection=self.session.connection(),
+        core = CallCore(
+            fields=session.fields(),
+            connection=session.connection(),
             now=now,  # the call's start: its audio stays within its time since (Timeline.set_time)
             max_bad_messages=settings.max_bad_messages,
             idle_timeout=settings.idle_timeout,
@@ -108,14 +175,29 @@ class CallRecorder:
             block_ms=settings.block_ms,
             sequence_mode=settings.sequence_mode,
         )
-        self._recording: Recording | None = None
-        self._ended_at: datetime | None = None  # when the finish began: the sidecar's end
-        self.last_block: StereoBlock | None = None  # the latest block written (levels; see write_block)
-        self._started = datetime.now(UTC)
-        self.started_monotonic = now
-        self._receive_scope = trio.CancelScope()
-        self._mode_logged = settings.sequence_mode != "auto"
-        self._ended = False  # the receive loop is over (see run)
+        return cls(stream, session, core, settings, disk, front_end="websocket",
+                   path_template=settings.path_template, answer=partial(_close_websocket, stream, core),
+                   started_monotonic=now, metrics=metrics)
+
+    @classmethod
+    def dialog(cls, channel: DialogChannel, settings: Settings, disk: DiskWriter, *, remote: str,
+               metrics: Metrics | None = None) -> CallRecorder:
+        """A RingCX dialog admitted on the gRPC listener, its events arriving on ``channel``."""
+        session = ringcx_session.DialogSession(remote)
+        now = time.monotonic()
+        mixer = SegmentMixer(
+            window_ms=settings.reorder_window_ms, block_ms=settings.block_ms,
+            discontinuity_ms=settings.discontinuity_ms, l16_byte_order=settings.ringcx_l16_byte_order,
+            layout=settings.channel_layout, max_channels=settings.participant_channels,
+        )
+        core = CallCore(
+            fields=session.fields(), connection=session.connection(), now=now,
+            max_bad_messages=settings.max_bad_messages, idle_timeout=settings.idle_timeout,
+            max_call_seconds=settings.max_call_seconds, segments=mixer,
+        )
+        return cls(channel, session, core, settings, disk, front_end="ringcx",
+                   path_template=settings.ringcx_path_template, answer=partial(_answer_rpc, channel),
+                   started_monotonic=now, clock=channel.clock_taken, metrics=metrics)
 
     @property
     def call_id(self) -> str:
@@ -153,6 +235,7 @@ class CallRecorder:
                     await self._receive_buffered()  # stopped by us: what reached us counts
                 tail = self.core.finish()
                 if tail is not None:
+                    self._first_block()
                     try:
                         await self._lane.send(tail, time.monotonic())
                     except DiskStalledError as error:
@@ -166,15 +249,16 @@ class CallRecorder:
                 with trio.move_on_after(FINALISE_TIMEOUT):  # the lane's wait has its own bound
                     result = await self._finalise()
                 with trio.move_on_after(FINALISE_TIMEOUT):
-                    await self._close_stream()
+                    await self._answer(self.core.ending)
         return result
 
     async def _receive_until_end(self) -> None:
         with self._receive_scope:
             async with trio.open_nursery():  # the call's own nursery: its tasks end with it
                 stream = self._stream
+                receive = getattr(stream, "receive_batch", None) or stream.receive
                 await self._receive(
-                    getattr(stream, "receive_batch", stream.receive),
+                    receive,
                     getattr(stream, "receive_batch_nowait", _nothing),
                     first=self.session.needs_first_message,
                 )
@@ -202,7 +286,7 @@ class CallRecorder:
             if first:
                 try:
                     event = session.first(await self._stream.receive())
-                except StreamClosed as closed:
+                except ENDS_OF_STREAM as closed:
                     core.receive(session.ended(closed))
                     return
                 if type(event) is tuple:  # Media (it carries no secret: only when none is asked)
@@ -231,7 +315,7 @@ class CallRecorder:
             items = data = None
             try:
                 data = await receive()
-            except StreamClosed as closed:
+            except ENDS_OF_STREAM as closed:
                 handle(session.ended(closed))
                 return
             set_time(time.monotonic())  # once per read: what the frames may span
@@ -242,6 +326,8 @@ class CallRecorder:
                 while i < end:
                     i = receive_media(items, i)  # Media tuples, until a block is ready or another item
                     block = next_block()
+                    if block is not None and self._snapshot is None:
+                        self._first_block()
                     while block is not None:
                         if lane.has_room():
                             lane.send_nowait(block, time.monotonic())
@@ -253,7 +339,8 @@ class CallRecorder:
                                 return
                             waited = True
                         block = next_block()
-                    if i < end and type(items[i]) is not tuple:  # not recognised by the scanner
+                    if i < end and type(items[i]) is not tuple:  # not recognised by the scanner,
+                        # or an event (of segments: their media too, after a block was ready)
                         event = event_of(items[i])
                         if type(event) is tuple:  # Media: receive_media takes it next
                             items[i] = event  # type: ignore[index]
@@ -276,11 +363,23 @@ class CallRecorder:
         self._meter()
         self._log_sequence_mode()
         core = self.core
-        block = core.tick(now, room=not core.failed and self._lane.has_room())
+        clock = self._clock
+        block = core.tick(now, room=not core.failed and self._lane.has_room(),
+                          clock=None if clock is None else clock())
         if core.ending is not None:
             self._receive_scope.cancel()
+        if self._snapshot is not None and core.channel_map_version != self._map_version:
+            self._map_version = version = core.channel_map_version
+            self._map_update = (version, core.sidecar_metadata(), core.channel_map())
         if block is not None:
+            if self._snapshot is None:
+                self._first_block()
             self._lane.send_nowait(block, now)
+
+    def _first_block(self) -> None:
+        """In trio, as the first block leaves for the disk: what its file is created with."""
+        core = self.core
+        self._snapshot = (dict(core.fields), core.sidecar_metadata(), core.channel_map())
 
     def _log_sequence_mode(self) -> None:
         """docs/protocol.md: when auto-detection falls back to connection-wide ordering, say so once."""
@@ -305,36 +404,52 @@ class CallRecorder:
     def open_target(self) -> None:
         """In a disk thread, before the first block: create the recording."""
         if self._recording is None:
-            self._create_recording(self.core.fields)
+            self._create_recording()
 
-    def write_block(self, block: StereoBlock) -> None:
-        """In a disk thread: append the block."""
+    def write_block(self, block: Block) -> None:
+        """In a disk thread: append the block (either engine's)."""
         assert self._recording is not None, "open_target() first"
-        self._recording.write(block.left, block.right)
+        if type(block) is PcmBlock:
+            self._recording.write_pcm(block.frames)
+        else:
+            self._recording.write(block.left, block.right)  # type: ignore[union-attr]
         self.last_block = block  # one reference per block: the live view's levels (see livecalls)
 
     def flush_blocks(self) -> None:
         """After a batch of this call's blocks: about once per flush interval, so flushing costs
         two system calls a second and bounds what a crash can lose to one flush interval plus
-        the reorder window (and the writer's batch interval)."""
-        if self._recording is not None:
-            self._recording.flush(fsync=self._settings.fsync)
+        the reorder window (and the writer's batch interval). Rewrites the live sidecar when the
+        channel map changed (see `tick`)."""
+        recording = self._recording
+        if recording is not None:
+            recording.flush(fsync=self._settings.fsync)
+            update = self._map_update  # replaced whole by trio, never changed here
+            if update is not None and update[0] != self._map_written and not recording.finished:
+                self._map_written = update[0]
+                channel_map = update[2]
+                if channel_map is not None:
+                    recording.update(metadata=update[1], channel_map=channel_map, durable=self._settings.fsync)
 
     def write_failed(self, error: RecordingError) -> None:
         self._fail(error)
 
-    def _create_recording(self, fields: dict[str, str]) -> Recording:
-        settings = self._settings
+    def _create_recording(self) -> Recording:
+        """In a disk thread: with the first block's snapshot, or (no block: the finish, the core
+        is done) the core as it is."""
+        settings, core = self._settings, self.core
+        fields, metadata, channel_map = self._snapshot or (core.fields, core.sidecar_metadata(), core.channel_map())
         self._recording = Recording.create(
             settings.output_dir,
-            settings.path_template,
+            self._path_template,
             settings.format,
             fields=fields,
             started=self._started,
-            metadata=self.core.sidecar_metadata(),
+            metadata=metadata,
             durable=settings.fsync,
+            channel_map=channel_map,
+            channels=core.channels,
         )
-        LOGGER.debug("call %s: recording to %s", self.core.call_id, self._recording.partial_path)
+        LOGGER.debug("call %s: recording to %s", core.call_id, self._recording.partial_path)
         return self._recording
 
     def _fail(self, error: RecordingError) -> None:
@@ -344,14 +459,6 @@ class CallRecorder:
         if self._metrics is not None:
             self._metrics.disk_error()
         self._receive_scope.cancel()
-
-    async def _close_stream(self) -> None:
-        ending = self.core.ending
-        if ending is not None and ending.close_code is not None:
-            try:
-                await self._stream.close(ending.close_code, ending.reason[:120])
-            except Exception:  # the peer may already be gone; closing is best effort
-                LOGGER.debug("call %s: close failed", self.core.call_id, exc_info=True)
 
     async def _finalise(self) -> CallResult:
         core = self.core
@@ -397,7 +504,7 @@ class CallRecorder:
         if recording is None:
             if not self.core.started:
                 return None
-            recording = self._create_recording(self.core.fields)
+            recording = self._create_recording()
         if self.core.failed:  # a write failed after the status was decided
             status = "failed"
         self._ended_at = datetime.now(UTC)
@@ -426,7 +533,22 @@ class CallRecorder:
             ended=self._ended_at or datetime.now(UTC),
             metadata=self.core.sidecar_metadata(),
             statistics=statistics,
+            channel_map=self.core.channel_map(),
         )
+
+
+async def _close_websocket(stream: MessageStream, core: CallCore, ending: CallEnded | None) -> None:
+    """Engage Voice's answer: the ending's close code, when it has one (else the peer is gone)."""
+    if ending is not None and ending.close_code is not None:
+        try:
+            await stream.close(ending.close_code, ending.reason[:120])
+        except Exception:  # the peer may already be gone; closing is best effort
+            LOGGER.debug("call %s: close failed", core.call_id, exc_info=True)
+
+
+async def _answer_rpc(channel: DialogChannel, ending: CallEnded | None) -> None:
+    """RingCX's answer: the RPC's status for the ending (always: the RPC waits for it)."""
+    channel.answer(*ringcx_session.answer(ending))
 
 
 def _nothing() -> None:

@@ -7,11 +7,12 @@ RPC is one dialog:
    (``TrioToken.run_sync_soon``: never blocks the loop); the trio side checks the secret
    (constant time), draining, the disk and ``--max-calls`` exactly as for a WebSocket upgrade,
    and answers with a `DialogChannel` or a refusal, before anything is stored;
-2. the servicer reads the stream, turns each message into a neutral event stamped with the
+2. the servicer reads the stream, turns each message into a call event stamped with the
    dialog's clock and puts it on the channel, which is bounded: a recorder that cannot keep up
    stops the reading of its own RPC only;
-3. a `DialogRecorder` in trio records it; when it has finished the recording it answers the RPC
-   (OK, or the status of why it ended it: UNAVAILABLE for drain and timeouts). A cancelled RPC
+3. a `CallRecorder` (`CallRecorder.dialog`: the shell of the WebSocket calls too) in trio records
+   it; when it has finished the recording it answers the RPC (OK, or the status of why it ended
+   it: UNAVAILABLE for drain and timeouts; `ringcx.session.answer`). A cancelled RPC
    ends the dialog as ``incomplete``.
 """
 
@@ -33,7 +34,7 @@ from callstream.ringcx import streaming_pb2_grpc
 from callstream.ringcx.bridge import DialogChannel
 from callstream.ringcx.convert import convert
 from callstream.server.auth import secret_matches, upgrade_credential
-from callstream.server.ringcx_recorder import DialogRecorder
+from callstream.server.recorder import CallRecorder
 from callstream.settings import READ_INTERVAL_SHARE, Settings
 
 LOGGER = logging.getLogger("callstream.server.ringcx_service")
@@ -157,7 +158,7 @@ async def serve_ringcx(
                 answer = ("RESOURCE_EXHAUSTED" if refusal == "capacity" else "UNAVAILABLE", refusal)
             else:
                 channel = DialogChannel(loop, capacity=settings.ringcx_queue_events, interval=interval)
-                recorder = DialogRecorder(channel, settings, server.disk, remote=remote, metrics=server.metrics)
+                recorder = CallRecorder.dialog(channel, settings, server.disk, remote=remote, metrics=server.metrics)
                 dialogs.start_soon(server.record_other, recorder, remote)
                 answer = channel
         loop.call_soon_threadsafe(_answer, future, answer)

@@ -338,7 +338,7 @@ class Server:
         it is the recorder's own contract), or None when the upgrade presented it."""
         if self._disk is None:
             raise RuntimeError("Server.handle() outside Server.running()")
-        recorder = CallRecorder(
+        recorder = CallRecorder.websocket(
             stream, query, self.settings, self._disk, require_secret=require, metrics=self.metrics,
             scanner=self._scanner,
         )

@@ -59,7 +59,7 @@ from typing import Any, Final, Protocol, TypeVar
 import outcome
 import trio
 
-from callstream.call.timeline import StereoBlock
+from callstream.call.blocks import Block
 from callstream.errors import DiskStalledError, RecordingError
 
 T = TypeVar("T")
@@ -85,7 +85,7 @@ class BlockTarget(Protocol):
     def open_target(self) -> None:
         """Before the lane's first block: create the file. Raises RecordingError."""
 
-    def write_block(self, block: StereoBlock) -> None:
+    def write_block(self, block: Block) -> None:
         """Append one block. Raises RecordingError when the disk fails (or a file at its size
         limit)."""
 
@@ -101,7 +101,7 @@ class BlockTarget(Protocol):
 class _Block:
     __slots__ = ("block", "lane", "ready")
 
-    def __init__(self, lane: Lane, block: StereoBlock, ready: float) -> None:
+    def __init__(self, lane: Lane, block: Block, ready: float) -> None:
         self.lane = lane
         self.block = block
         self.ready = ready  # time.monotonic() when the block left the timeline
@@ -140,7 +140,7 @@ class Lane:
         block was popped earlier and must go first)."""
         return self.queued < self._limit and not self._waiting and not self.finished
 
-    def send_nowait(self, block: StereoBlock, ready: float) -> None:
+    def send_nowait(self, block: Block, ready: float) -> None:
         """Queue ``block`` (popped from the timeline at ``ready``, time.monotonic()); only
         when `has_room` (else ValueError: the lane's bound would be broken)."""
         if self.finished:
@@ -149,7 +149,7 @@ class Lane:
             raise ValueError("the lane is full: wait in send()")
         self._put(block, ready)
 
-    async def send(self, block: StereoBlock, ready: float) -> None:
+    async def send(self, block: Block, ready: float) -> None:
         """Queue ``block``, first waiting for room; one sender at a time. Once a block is popped
         from the timeline it exists nowhere else, so this wait is shielded from cancellation (a
         stop, a drain): bounded by the disk taking the lane's earlier blocks, and by the
@@ -176,7 +176,7 @@ class Lane:
         self.failed = self.stalled = True
         return DiskStalledError(f"the disk {what} of this call for {self._writer.stall_timeout:g} s")
 
-    def _put(self, block: StereoBlock, ready: float) -> None:
+    def _put(self, block: Block, ready: float) -> None:
         if self.finished:
             raise RuntimeError("the lane is finished")
         self.queued += 1

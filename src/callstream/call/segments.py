@@ -1,8 +1,10 @@
-"""One RingCX dialog's segments placed in time and mixed into channel blocks (sans-IO: no grpc,
-no trio, no files; time comes in as data, in every event's ``at`` and in `tick`).
+"""`SegmentMixer`: a call's segments placed in time and mixed into channel blocks, the call
+core's placement engine for calls made of participants' segments (a RingCX dialog). Sans-IO: no
+grpc, no trio, no files; time comes in as data, in every event's ``at`` and in `tick`. Its input
+is `callstream.call.events`' segment events; `CallCore` feeds it, or a test directly.
 
 Theory of operation. The recording's timeline counts samples at 8 kHz from the start of the
-dialog's first chunk of audio (sample 0: its arrival less its length). The platform's events
+call's first chunk of audio (sample 0: its arrival less its length). The segment events
 carry no timestamp, only ``seq`` and ``duration`` per segment, so a segment is placed by two
 clocks:
 - Where it joins: its first chunk (``n`` samples, arrived at ``at``) starts at ``pos(at) - n``:
@@ -12,9 +14,9 @@ clocks:
   ones before it; a repeated ``seq`` is dropped; a ``seq`` that never came becomes silence of
   the segment's last chunk length (its own duration is lost with it).
 - A pause (hold): when the next chunk in ``seq`` order arrives more than ``window_ms`` later
-  than its place by ``seq`` (``pos(at) - n - cursor``) beyond the dialog's backlog, the
+  than its place by ``seq`` (``pos(at) - n - cursor``) beyond the call's backlog, the
   segment's media stopped meanwhile although ``seq`` went on: the chunk is placed by its
-  arrival less the backlog, the time between is silence. The backlog is how late the dialog's
+  arrival less the backlog, the time between is silence. The backlog is how late the call's
   other segments arrived about then (see `_backlog`): a reader that falls behind (an
   overloaded server) makes every segment late alike, and that is lag, not a pause; with no
   other segment arriving, the segment's own previous lateness. Sequence gaps are filled first,
@@ -25,7 +27,7 @@ saturating 16-bit add (summed in 32 bits, clipped to 16, chunk by chunk).
 ``layout="participants"``: ``max_channels`` channels, all of them from the first block (a file's
 channel count is fixed in its header, written before anyone can know whether a transfer will
 come; a reserved channel nobody joined stays silent). Each recorded segment gets the next free
-channel in the order of its SegmentStart; a segment beyond the last channel is mixed into the
+channel in the order of its SegmentStarted; a segment beyond the last channel is mixed into the
 last one (no audio lost), logged and counted (``segments_sharing_last_channel``), and its
 sidecar entry says ``"channel_shared": true``. Segments not recorded (codec, rate) take none.
 
@@ -36,7 +38,7 @@ newest audio placed or of the clock: a live segment that falls silent (hold, los
 others back by at most the window. A chunk that would land before W (a segment late past
 the window) is moved to W and the move counted (``shifted_seconds``), never dropped.
 
-Memory: per dialog, the unemitted mix (one block + the window + one chunk per channel, int16:
+Memory: per call, the unemitted mix (one block + the window + one chunk per channel, int16:
 42 KB at the defaults in stereo, 21 KB more per participants channel; a longer chunk grows
 it), per segment at most ``window_ms`` of waiting chunks (and MAX_PENDING of them), at most
 MAX_ORPHANS chunks of media for segments not started yet (held for ``window_ms``, then dropped
@@ -47,54 +49,44 @@ from __future__ import annotations
 
 import logging
 from collections import deque
-from collections.abc import Callable
-from dataclasses import dataclass
+from collections.abc import Callable, Sequence
 from typing import Any, Final
 
 import numpy as np
 
 from callstream import codec
-from callstream.errors import CLOSE_INVALID_PAYLOAD, ProtocolError
-from callstream.ringcx.events import (
+from callstream.call.blocks import PcmBlock
+from callstream.call.events import (
     AGENT,
     AudioFormat,
-    DialogEvent,
-    DialogInit,
+    CallStarted,
     SegmentInfo,
     SegmentMedia,
-    SegmentStart,
-    SegmentStop,
+    SegmentStarted,
+    SegmentStopped,
 )
+from callstream.errors import CLOSE_INVALID_PAYLOAD, ProtocolError
 
-LOGGER = logging.getLogger("callstream.ringcx.assembler")
+__all__ = ["LAYOUTS", "MAX_CHANNELS", "SAMPLE_RATE", "PcmBlock", "SegmentMixer"]
+
+LOGGER = logging.getLogger("callstream.call.segments")
+
+SegmentEvent = SegmentStarted | SegmentMedia | SegmentInfo | SegmentStopped | CallStarted
 
 SAMPLE_RATE: Final = 8000  # Hz: the only rate recorded
 DEFAULT_FORMAT: Final = AudioFormat("PCMU", SAMPLE_RATE, 100)  # RINGCX.md: the platform's today
-MAX_SEGMENTS: Final = 64  # segments per dialog; beyond, new ones are not recorded (and counted)
+MAX_SEGMENTS: Final = 64  # segments per call; beyond, new ones are not recorded (and counted)
 MAX_PENDING: Final = 64  # chunks waiting for a missing seq, per segment
-MAX_ORPHANS: Final = 64  # chunks of segments not started yet, per dialog
+MAX_ORPHANS: Final = 64  # chunks of segments not started yet, per call
 MAX_INFOS: Final = 1000  # SegmentInfo events kept for the sidecar
 MAX_GAP_CHUNKS: Final = 10_000  # a seq jump beyond this (or discontinuity_ms) is a restart, not silence
 STEREO: Final = 2
 LAYOUTS: Final = ("stereo", "participants")
 MAX_CHANNELS: Final = 8  # participants layout: FLAC's limit, and past any real transfer chain
-MAX_LEAD: Final = 2 * SAMPLE_RATE  # samples: the most the dialog's first event may have come late
+MAX_LEAD: Final = 2 * SAMPLE_RATE  # samples: the most the call's first event may have come late
 CLOCK_SLACK: Final = SAMPLE_RATE  # samples: how far the clock may run ahead of all audio (a stall)
 BYTE_ORDERS: Final = ("big", "little")
 HISTORY: Final = 8  # arrivals per segment kept to judge a held chunk (a second of a reader's catch-up)
-
-
-@dataclass(frozen=True, slots=True)
-class PcmBlock:
-    """Mixed audio: ``frames`` int16 of shape (n, channels), C-contiguous; ``start`` its first
-    sample on the dialog's timeline (8 kHz)."""
-
-    frames: np.ndarray
-    start: int
-
-    @property
-    def samples(self) -> int:
-        return int(self.frames.shape[0])
 
 
 class _Segment:
@@ -106,7 +98,7 @@ class _Segment:
         "stalls", "start", "stopped", "suspect", "unrecorded", "why_not",
     )
 
-    def __init__(self, start: SegmentStart, fmt: AudioFormat, channel: int | None,
+    def __init__(self, start: SegmentStarted, fmt: AudioFormat, channel: int | None,
                  decode: Callable[[bytes], np.ndarray] | None, why_not: str | None) -> None:
         self.start = start
         self.format = fmt
@@ -130,7 +122,7 @@ class _Segment:
         self.stalls = 0
         self.cursor = 0  # where the chunk numbered next_seq starts
         self.joined: int | None = None  # first sample placed
-        self.left: int | None = None  # SegmentStop: where its audio ended
+        self.left: int | None = None  # SegmentStopped: where its audio ended
         self.stopped = False
         self.pending: dict[int, tuple[np.ndarray, float]] = {}
         self.pending_samples = 0
@@ -148,7 +140,7 @@ class _Segment:
 
         return {
             "segment_id": start.segment_id,
-            "participant": {"id": start.participant_id, "type": start.participant_type, "name": start.name},
+            "participant": {"id": start.participant_id, "type": start.role, "name": start.name},
             "product": start.product,
             "codec": fmt.codec, "rate": fmt.rate, "ptime": fmt.ptime,
             "channel": self.channel,
@@ -187,17 +179,23 @@ def _decoder(fmt: AudioFormat, l16_byte_order: str) -> tuple[Callable[[bytes], n
     raise AssertionError(fmt.codec)
 
 
-class DialogAssembler:
-    """One dialog: events in (`handle`, `tick`), channel blocks out (`pop_block`, `finish`).
+class SegmentMixer:
+    """One call's segments: events in (`handle`, `receive_run`, `tick`), channel blocks out
+    (`pop_block`, `finish`).
 
-    Raises ProtocolError only for what ends the dialog (more than ``max_bad_events`` events it
-    cannot use); everything else is counted and reported in `sidecar`."""
+    Raises ProtocolError only for what ends the call (more than ``max_bad_events`` events it
+    cannot use, counted by ``reject`` when given: `CallCore` passes its own bad-message count);
+    everything else is counted and reported in `segments` and `statistics`."""
 
     def __init__(self, *, window_ms: float = 200.0, block_ms: float = 1000.0,
                  discontinuity_ms: float = 10_000.0, l16_byte_order: str = "big",
-                 max_bad_events: int = 1000, layout: str = "stereo", max_channels: int = 4) -> None:
+                 max_bad_events: int = 1000, layout: str = "stereo", max_channels: int = 4,
+                 reject: Callable[[str], None] | None = None) -> None:
         """``layout``: one of LAYOUTS (see the module's docstring); ``max_channels``: the
-        participants layout's channel count, 1 to MAX_CHANNELS. ValueError otherwise."""
+        participants layout's channel count, 1 to MAX_CHANNELS. ValueError otherwise.
+        ``reject``: called with a short reason for every event it cannot use (after its own
+        count); it may raise ProtocolError to end the call. Without it, the mixer applies
+        ``max_bad_events`` itself."""
         if l16_byte_order not in BYTE_ORDERS:
             raise ValueError(f"l16_byte_order must be one of {BYTE_ORDERS}")
         if layout not in LAYOUTS:
@@ -212,6 +210,8 @@ class DialogAssembler:
         self._discontinuity = int(discontinuity_ms * SAMPLE_RATE / 1000)
         self._l16 = l16_byte_order
         self._max_bad = max_bad_events
+        self.reject = reject  # who counts the unusable events (see __init__)
+        self.label = "unknown"  # the call's id for log lines (`CallCore` sets it)
         self._origin: float | None = None  # the events' clock at sample 0: set by the first audio
         self._clock = float("-inf")  # the newest reading of the events' clock
         self._now = 0  # newest clock reading, in samples
@@ -221,50 +221,66 @@ class DialogAssembler:
         # conversion; room for a block, the window and a chunk (see Memory above)
         self._mix = np.zeros((self._block + self._window + 800, self.channels), dtype=np.int16)
         self._newest = 0  # end of the newest audio placed
-        # samples by which the clock runs behind the audio: the dialog's first events came late
+        # samples by which the clock runs behind the audio: the call's first events came late
         # (its RPC was set up, or the network was slow, while the platform already spoke); see
         # _place. Every position taken from the clock adds it.
         self._lead = 0
         self._filled = [0] * self.channels  # per channel: the end of the audio placed on it
         self._segments: dict[str, _Segment] = {}
         self._live: list[_Segment] = []  # started, not stopped, recorded
-        self._format = DEFAULT_FORMAT  # the last one a SegmentStart gave
+        self._format = DEFAULT_FORMAT  # the last one a SegmentStarted gave
         self._orphans: list[SegmentMedia] = []
-        self.init: DialogInit | None = None
         self.infos: list[dict[str, Any]] = []
         self.counters = {"unknown_segment_media": 0, "media_after_stop": 0, "segments_over_cap": 0,
-                         "unknown_events": 0, "bad_events": 0, "infos_dropped": 0}
+                         "bad_events": 0, "infos_dropped": 0}
         if layout == "participants":
             self.counters["segments_sharing_last_channel"] = 0
         self._finished = False
 
     # -- input -----------------------------------------------------------------------------
 
-    def handle(self, event: DialogEvent) -> None:
-        """Take one event (in arrival order; ``event.at`` never earlier than the last)."""
+    def handle(self, event: SegmentEvent) -> None:
+        """Take one segment event (in arrival order; ``event.at`` never earlier than the last).
+        A `CallStarted` is the core's business: ignored here. ValueError for anything else."""
         if self._finished:
-            raise RuntimeError("the dialog is finished")
-        at = event.at
+            raise RuntimeError("the call is finished")
+        kind = type(event)
+        if kind is CallStarted:
+            return
+        at = event.at  # type: ignore[union-attr]
         if at > self._clock:
             self._clock = at
             if self._origin is not None:
                 self._now = round((at - self._origin) * SAMPLE_RATE)
-        kind = type(event)
         if kind is SegmentMedia:
             self._media(event)  # type: ignore[arg-type]
-        elif kind is SegmentStart:
+        elif kind is SegmentStarted:
             self._start(event)  # type: ignore[arg-type]
-        elif kind is SegmentStop:
+        elif kind is SegmentStopped:
             self._stop(event)  # type: ignore[arg-type]
         elif kind is SegmentInfo:
             self._info(event)  # type: ignore[arg-type]
-        elif kind is DialogInit:
-            if self.init is None:
-                self.init = event  # type: ignore[assignment]
-            else:
-                self._bad("a second DialogInit")
         else:
-            self.counters["unknown_events"] += 1
+            raise ValueError(f"not a segment event: {event!r}")
+
+    def receive_run(self, items: Sequence[Any], start: int = 0) -> int:
+        """Place the `SegmentMedia` of ``items`` from ``start`` on until a full block may be ready
+        (then `pop_block` until None) or an item of another kind; returns the index of the first
+        item not placed (the shell's receive loop, as `Timeline.push_run`). The same as
+        `handle` and `pop_block` after each item."""
+        i, end = start, len(items)
+        handle = self.handle
+        # Stop whenever a block may be ready (pop_block's own first test), also before the first
+        # item: the caller pops before this places anything more, as it would after each event
+        # (where a segment joins depends on what has left). Such an item, not placed here, the
+        # caller gives to `handle` (the shell's loop does: it takes it for an event).
+        while i < end and max(self._now + self._lead, self._newest) - self._emitted < self._block:
+            media = items[i]
+            if type(media) is not SegmentMedia:
+                break
+            handle(media)
+            i += 1
+        return i
 
     def tick(self, now: float) -> None:
         """Time has passed (``now`` on the events' clock): give up waiting for lost chunks and
@@ -388,7 +404,7 @@ class DialogAssembler:
         if on_arrival:
             # A chunk that arrives a real chunk's time after the previous one (not in a burst)
             # and starts, by seq, later than the clock says: the clock is behind by that much
-            # (the dialog's first events came late). Joins and pauses are measured with it.
+            # (the call's first events came late). Joins and pauses are measured with it.
             if segment.samples and raw - segment.arrived >= n // 2:
                 lead = segment.cursor - raw
                 if lead > self._lead:
@@ -400,7 +416,7 @@ class DialogAssembler:
         if on_arrival:
             segment.history.append((segment.arrived_at, segment.late))
             segment.arrived_at = at
-        # how much later than the dialog's backlog explains: a pause of that length, or a stall
+        # how much later than the call's backlog explains: a pause of that length, or a stall
         backlog, others = self._backlog(segment, since, at)
         excess = arrived - segment.cursor - backlog
         if others and paused is not None:  # the others kept arriving: they tell a pause from a stall
@@ -410,7 +426,7 @@ class DialogAssembler:
             segment.suspect = (pcm, at, since)
             return
         if paused is False or (paused and excess <= self._window):
-            # held, then at once its successor, or by now the dialog's other segments came as
+            # held, then at once its successor, or by now the call's other segments came as
             # late: the stream (or the reader) stalled
             segment.stalls += 1
         elif excess > self._window:  # the media paused while seq went on: silence of the pause
@@ -447,8 +463,8 @@ class DialogAssembler:
             self._newest = segment.cursor
 
     def _backlog(self, segment: _Segment, since: float, at: float) -> tuple[int, bool]:
-        """Samples by which the dialog's chunks arrive after their places now (never below 0): how
-        late the dialog's other live segments came that kept arriving between ``since`` (the
+        """Samples by which the call's chunks arrive after their places now (never below 0): how
+        late the call's other live segments came that kept arriving between ``since`` (the
         arrival of ``segment``'s previous chunk) and ``at`` (a quarter chunk clear of both), each at
         its arrival nearest ``at`` (within a chunk and the window); without any, ``segment``'s own
         backlog. Also whether the others
@@ -483,9 +499,9 @@ class DialogAssembler:
         mix[: len(self._mix)] = self._mix
         self._mix = mix
 
-    def _start(self, start: SegmentStart) -> None:
+    def _start(self, start: SegmentStarted) -> None:
         if start.segment_id in self._segments:
-            self._bad(f"a second SegmentStart of segment {start.segment_id!r}")
+            self._bad(f"a second SegmentStarted of segment {start.segment_id!r}")
             return
         if start.audio_format is not None:
             self._format = start.audio_format
@@ -496,7 +512,7 @@ class DialogAssembler:
         decode, why_not = _decoder(fmt, self._l16)
         shared = False
         if self.layout == "stereo":
-            channel: int | None = 0 if start.participant_type == AGENT else 1
+            channel: int | None = 0 if start.role == AGENT else 1
         elif why_not is not None:
             channel = None
         else:
@@ -506,13 +522,13 @@ class DialogAssembler:
             else:  # past the cap: mixed into the last channel rather than lost
                 channel, shared = self.channels - 1, True
                 self.counters["segments_sharing_last_channel"] += 1
-                LOGGER.warning("dialog %s: segment %s (%s %s) is mixed into the last channel (%d): "
-                               "all %d channels are taken", self.dialog_id, start.segment_id,
-                               start.participant_type, start.participant_id, channel, self.channels)
+                LOGGER.warning("call %s: segment %s (%s %s) is mixed into the last channel (%d): "
+                               "all %d channels are taken", self.label, start.segment_id,
+                               start.role, start.participant_id, channel, self.channels)
         segment = _Segment(start, fmt, channel, decode, why_not)
         segment.shared = shared
         if why_not is not None:
-            LOGGER.warning("segment %s (%s %s): %s", start.segment_id, start.participant_type,
+            LOGGER.warning("call %s: segment %s (%s %s): %s", self.label, start.segment_id, start.role,
                            start.participant_id, why_not)
         self._segments[start.segment_id] = segment
         if why_not is None:
@@ -523,10 +539,10 @@ class DialogAssembler:
             for media in orphans:
                 self._media(media)
 
-    def _stop(self, stop: SegmentStop) -> None:
+    def _stop(self, stop: SegmentStopped) -> None:
         segment = self._segments.get(stop.segment_id)
         if segment is None or segment.stopped:
-            self._bad(f"SegmentStop of {'an unknown' if segment is None else 'a stopped'} segment")
+            self._bad(f"SegmentStopped of {'an unknown' if segment is None else 'a stopped'} segment")
             return
         self._close(segment)
 
@@ -553,8 +569,11 @@ class DialogAssembler:
 
     def _bad(self, what: str) -> None:
         self.counters["bad_events"] += 1
+        if self.reject is not None:  # the core counts, logs and ends the call past its cap
+            self.reject(what)
+            return
         if self.counters["bad_events"] == 1:
-            LOGGER.warning("dialog %s: ignoring %s", self.dialog_id, what)
+            LOGGER.warning("call %s: ignoring %s", self.label, what)
         if self.counters["bad_events"] > self._max_bad:
             raise ProtocolError(f"more than {self._max_bad} unusable events", code=CLOSE_INVALID_PAYLOAD)
 
@@ -564,7 +583,7 @@ class DialogAssembler:
         window = self._window / SAMPLE_RATE
         for segment in self._live:
             if segment.suspect is not None and now - segment.suspect[1] > window:
-                # nothing followed: the dialog's other segments tell (see _backlog); without
+                # nothing followed: the call's other segments tell (see _backlog); without
                 # them, a reader that fell behind (its next read is late), not a pause
                 self._resolve(segment, paused=False)
             while segment.pending and now - min(at for _, at in segment.pending.values()) > window:
@@ -581,7 +600,7 @@ class DialogAssembler:
     # -- output ----------------------------------------------------------------------------
 
     def watermark(self) -> int:
-        """Where the emitted audio may end now (samples from the dialog's start)."""
+        """Where the emitted audio may end now (samples from the call's start)."""
         now = self._now + self._lead
         # a window behind the newest audio (a silent segment holds the others back no longer),
         # and further behind the clock, less the backlog of a reader that falls behind: all
@@ -643,10 +662,6 @@ class DialogAssembler:
     # -- reports ---------------------------------------------------------------------------
 
     @property
-    def dialog_id(self) -> str | None:
-        return None if self.init is None else self.init.dialog.get("id") or None
-
-    @property
     def emitted(self) -> int:
         """Samples per channel emitted so far."""
         return self._emitted
@@ -661,16 +676,15 @@ class DialogAssembler:
         """Media chunks taken so far (for the idle timeout)."""
         return sum(segment.chunks + segment.unrecorded for segment in self._segments.values()) + len(self._orphans)
 
-    def media_totals(self) -> tuple[int, int, int, int, int, int, int]:
-        """The server's media counters so far (server.metrics.MediaTotals): chunks received,
-        samples placed, lost chunks, their samples, repeats, chunks moved past the window (as
-        late), unusable events."""
+    def media_counters(self) -> tuple[int, int, int, int, int, int]:
+        """The media counters so far, as `Timeline.media_counters`: chunks received, samples
+        placed, lost chunks, their samples, repeats, segments with chunks moved past the window
+        (as late). Cheap enough for once per tick."""
         segments = self._segments.values()
         return (
             sum(s.chunks + s.unrecorded for s in segments), sum(s.samples for s in segments),
             sum(s.lost_chunks for s in segments), sum(s.lost_samples for s in segments),
             sum(s.duplicates for s in segments), sum(1 for s in segments if s.shifted),
-            self.counters["bad_events"],
         )
 
     def channel_map(self) -> dict[str, Any]:
@@ -685,13 +699,20 @@ class DialogAssembler:
                 start = segment.start
                 mapping[str(segment.channel)].append({
                     "segment_id": start.segment_id, "participant_id": start.participant_id,
-                    "type": start.participant_type, "name": start.name,
+                    "type": start.role, "name": start.name,
                 })
         return mapping
 
     def segments(self) -> list[dict[str, Any]]:
         """Every segment, in order of starting, as the sidecar shows it."""
         return [segment.sidecar() for segment in self._segments.values()]
+
+    def metadata(self) -> dict[str, Any]:
+        """The sidecar's report of the segments: the first product named, every segment (see
+        `segments`) and every SegmentInfo kept (``segment_info``)."""
+        segments = self.segments()
+        products = [segment["product"] for segment in segments if segment["product"]]
+        return {"product": products[0] if products else None, "segments": segments, "segment_info": self.infos}
 
     def statistics(self) -> dict[str, Any]:
         segments = self._segments.values()
