@@ -28,7 +28,7 @@ from callstream.call.events import (
 )
 from callstream.call.segments import SegmentMixer
 from callstream.errors import ProtocolError
-from test_ringcx_assembler import Plan, jittered_dialog, tone_chunk
+from test_segments import Plan, jittered_dialog, tone_chunk
 
 STARTED = CallStarted(
     fields={"callId": "dlg-1", "dialogId": "dlg-1", "sessionId": "sess"},

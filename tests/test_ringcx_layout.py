@@ -15,8 +15,8 @@ from callstream.call.segments import PcmBlock, SegmentMixer
 from callstream.settings import Settings
 from callstream.sim import ringcx_client as client
 from callstream.sim.ringcx_simulate import verify_recording
-from test_ringcx_assembler import pcm, tone_chunk
 from test_ringcx_server import TIMEOUT, finished, play, read, ringcx_server, rsettings  # noqa: F401
+from test_segments import pcm, tone_chunk
 
 N = 800
 PCMU = AudioFormat("PCMU", 8000, 100)

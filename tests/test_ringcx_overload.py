@@ -9,7 +9,7 @@ from hypothesis import strategies as st
 
 from callstream.call.events import AGENT, CONTACT, SegmentMedia, SegmentStarted
 from callstream.call.segments import PcmBlock, SegmentMixer
-from test_ringcx_assembler import N, pcm, tone_chunk
+from test_segments import N, pcm, tone_chunk
 
 CHUNK = 0.1  # seconds of a chunk
 TAKE = 0.5  # seconds between the recorder's takes

@@ -1,9 +1,9 @@
 """A batch of Media events as arrays: the call core's input from a front end's fast scan.
 
 `ScannedMedia` holds what a scan of many Media messages found (``engagevoice.mediascan`` fills it
-from `cs_media_scan`; a RingCX front end may fill it from its own frames) without a Python object
-per message: `Timeline.push_run` places its steady state from the arrays in C, and it reads as a
-sequence of ``(perspective, sequence, payload)`` tuples for everything else. Sans-IO.
+from `cs_media_scan`) without a Python object per message: `Timeline.push_run` places its steady
+state from the arrays in C, and it reads as a sequence of ``(perspective, sequence, payload)``
+tuples for everything else. Sans-IO.
 """
 
 from __future__ import annotations

@@ -342,12 +342,22 @@ class Server:
             stream, query, self.settings, self._disk, require_secret=require, metrics=self.metrics,
             scanner=self._scanner,
         )
-        self._live.add(recorder)
-        self._started += 1
-        self.metrics.call_started()
         LOGGER.info(
             "call %s session %s started from %s", recorder.core.call_id, recorder.core.session_id, upgrade.remote
         )
+        result = await self._run_live(recorder)
+        if result.close_code == CLOSE_POLICY_VIOLATION:
+            self._rejected += 1
+            self.metrics.call_rejected("unauthorized")
+        _log_result(result)
+
+    async def _run_live(self, recorder: CallRecorder) -> CallResult:
+        """Run one admitted call of either front end as a live call (the live view, the clock's
+        ticks, drain, the metrics by front end); then count its recording."""
+        front_end = recorder.front_end
+        self._live.add(recorder)
+        self._started += 1
+        self.metrics.call_started(front_end=front_end)
         result: CallResult | None = None
         try:
             result = await recorder.run()
@@ -355,12 +365,9 @@ class Server:
             self._live.discard(recorder)
             self._finished += 1
             self.metrics.publish()  # the call's last media progress, with its end
-            self.metrics.call_finished("failed" if result is None else result.status)
+            self.metrics.call_finished("failed" if result is None else result.status, front_end=front_end)
         await self._written(result)
-        if result.close_code == CLOSE_POLICY_VIOLATION:
-            self._rejected += 1
-            self.metrics.call_rejected("unauthorized")
-        _log_result(result)
+        return result
 
     # -- another front end (RingCX gRPC): the same admission, live calls, clock and drain -----
 
@@ -392,23 +399,14 @@ class Server:
         """Count and log (throttled, see `_refuse`) a refusal made by another front end."""
         self._refuse(reason, "refused a RingCX dialog from %s: %s", remote, why, front_end="ringcx")
 
-    async def record_other(self, recorder: Any, remote: str) -> None:
-        """Run an admitted call of another front end (a recorder with ``run``, ``tick``,
-        ``stop``, ``call_id``, ``session_id``) as a live call, then release its admission."""
-        self._live.add(recorder)
-        self._started += 1
-        self.metrics.call_started(front_end="ringcx")
+    async def record_other(self, recorder: CallRecorder, remote: str) -> None:
+        """Run an admitted call of another front end (`CallRecorder.dialog`) as a live call,
+        then release its admission."""
         LOGGER.info("dialog from %s started", remote)
-        result: CallResult | None = None
         try:
-            result = await recorder.run()
+            result = await self._run_live(recorder)
         finally:
-            self._live.discard(recorder)
-            self._finished += 1
-            self.metrics.publish()
-            self.metrics.call_finished("failed" if result is None else result.status, front_end="ringcx")
             self._leave()
-        await self._written(result)
         _log_result(result)
 
     async def _written(self, result: CallResult) -> None:

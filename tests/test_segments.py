@@ -1,4 +1,5 @@
-"""The sans-IO RingCX dialog assembler: placement in time, ordering, gaps, pauses, mixing."""
+"""The sans-IO segment mixer (RingCX dialogs' placement engine): placement in time, ordering,
+gaps, pauses, mixing."""
 
 from __future__ import annotations
 
