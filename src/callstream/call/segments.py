@@ -268,8 +268,10 @@ class SegmentMixer:
         (then `pop_block` until None) or an item of another kind; returns the index of the first
         item not placed (the shell's receive loop, as `Timeline.push_run`). The same as
         `handle` and `pop_block` after each item."""
+        if self._finished:
+            raise RuntimeError("the call is finished")
         i, end = start, len(items)
-        handle = self.handle
+        place = self._media
         # Stop whenever a block may be ready (pop_block's own first test), also before the first
         # item: the caller pops before this places anything more, as it would after each event
         # (where a segment joins depends on what has left). Such an item, not placed here, the
@@ -278,7 +280,12 @@ class SegmentMixer:
             media = items[i]
             if type(media) is not SegmentMedia:
                 break
-            handle(media)
+            at = media.at  # as `handle`, without its dispatch
+            if at > self._clock:
+                self._clock = at
+                if self._origin is not None:
+                    self._now = round((at - self._origin) * SAMPLE_RATE)
+            place(media)
             i += 1
         return i
 
