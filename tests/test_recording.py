@@ -15,6 +15,7 @@ import soundfile
 from hypothesis import example, given, settings
 from hypothesis import strategies as st
 
+from callstream.call.blocks import PcmBlock, StereoBlock
 from callstream.codec import decode_ulaw_stereo
 from callstream.errors import RecordingError
 from callstream.storage import recording as recording_module
@@ -392,3 +393,25 @@ def test_wav_recovery_of_a_header_cut_short(tmp_path: Path, fmt: str, cut: int) 
         assert (f.frames, f.channels) == (0, 2)
         assert f.subtype == ("ULAW" if fmt == "mulaw-wav" else "PCM_16")
     assert read_sidecar(recovered.sidecar)["status"] == "recovered"
+
+
+@pytest.mark.parametrize("fmt", ["wav", "flac", "mulaw-wav"])
+def test_append_takes_either_engines_block(tmp_path: Path, fmt: str) -> None:
+    """A StereoBlock (Engage Voice) and a PcmBlock (RingCX) reach the file by one call, each as
+    its own write would put it."""
+    left, right = audio(3, seconds=1)[0]
+    pcm = np.random.default_rng(4).integers(-3000, 3000, (800, 2), dtype=np.int16)
+    by_append = create(tmp_path / "append", fmt)
+    by_append.append(StereoBlock(left, right, 0))
+    by_append.append(PcmBlock(pcm, 8000))
+    by_writes = create(tmp_path / "writes", fmt)
+    by_writes.write(left, right)
+    by_writes.write_pcm(pcm)
+    paths = [rec.finish("complete", ended=ENDED, metadata={}, statistics={}) for rec in (by_append, by_writes)]
+    appended, written = (soundfile.read(str(path), dtype="int16")[0] for path in paths)
+    assert appended.shape == (8800, 2) and np.array_equal(appended, written)
+    four = Recording.create(tmp_path / "four", TEMPLATE, "wav", fields=FIELDS, started=STARTED, metadata={},
+                            channels=4)
+    with pytest.raises(ValueError):
+        four.append(StereoBlock(left, right, 0))  # a mu-law pair in a file of four channels
+    four.abandon()

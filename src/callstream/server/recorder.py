@@ -21,11 +21,11 @@ Theory of operation: one task per call, in the call's own nursery, plus two shar
   aligned but not yet a full block (so audio reaches disk within about a second even when media
   stalls) and decides the idle timeout and the maximum call duration; the media counters are
   reported. One clock for all calls: a timer task per call cost a wake-up per call-second.
-The call ends after both Stops, when the peer closes, on a fatal protocol error, when the
-server stops it (drain), or when the disk fails; every way out finalises the recording with what
-was received. When the server stops a call (drain, a limit), what the transport has already
-received but not handed out is read first (`receive_buffered`), so a drain loses no audio that
-reached us.
+The call ends after both Stops (a dialog: when the platform closes its stream), when the peer
+closes, on a fatal protocol error, when the server stops it (drain), or when the disk fails;
+every way out finalises the recording with what was received. When the server stops a call
+(drain, a limit), what the transport has already received but not handed out is read first
+(`receive_buffered`), so a drain loses no audio that reached us.
 """
 
 from __future__ import annotations
@@ -41,7 +41,7 @@ from typing import Any
 
 import trio
 
-from callstream.call.blocks import Block, PcmBlock
+from callstream.call.blocks import Block
 from callstream.call.core import CallCore
 from callstream.call.events import CallEnded
 from callstream.call.segments import SegmentMixer
@@ -407,12 +407,9 @@ class CallRecorder:
             self._create_recording()
 
     def write_block(self, block: Block) -> None:
-        """In a disk thread: append the block (either engine's)."""
+        """In a disk thread: append the block (either engine's: `Recording.append`)."""
         assert self._recording is not None, "open_target() first"
-        if type(block) is PcmBlock:
-            self._recording.write_pcm(block.frames)
-        else:
-            self._recording.write(block.left, block.right)  # type: ignore[union-attr]
+        self._recording.append(block)
         self.last_block = block  # one reference per block: the live view's levels (see livecalls)
 
     def flush_blocks(self) -> None:

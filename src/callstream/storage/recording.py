@@ -27,6 +27,7 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any, Final
 
+from callstream.call.blocks import Block, PcmBlock
 from callstream.errors import RecordingError
 from callstream.storage.naming import FILE_MODE, Reservation, render_path, reserve
 from callstream.storage.sinks import EXTENSIONS, AudioSink, open_sink
@@ -220,6 +221,16 @@ class Recording:
     def write_pcm(self, frames: Any) -> None:
         """Append 16-bit PCM frames, (n, channels) int16 (see `AudioSink.write_pcm`)."""
         self._sink.write_pcm(frames)
+
+    def append(self, block: Block) -> None:
+        """Append one block of the call core, whichever engine cut it: a `StereoBlock`'s mu-law
+        pair (`write`) or a `PcmBlock`'s frames (`write_pcm`). ValueError for a block the file
+        cannot hold (a mu-law pair in a file of other than 2 channels, frames of another
+        channel count)."""
+        if type(block) is PcmBlock:
+            self.write_pcm(block.frames)
+        else:
+            self.write(block.left, block.right)  # type: ignore[union-attr]
 
     def flush(self, fsync: bool = False) -> None:
         """Make everything written so far readable in the partial file (durable if fsync)."""
