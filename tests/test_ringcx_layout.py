@@ -29,16 +29,16 @@ def participants(script: client.Script) -> list[client.Run]:
 
 
 def _assemble(events: list, **options: object) -> tuple[np.ndarray, SegmentMixer]:
-    assembler = SegmentMixer(layout="participants", **options)  # type: ignore[arg-type]
+    mixer = SegmentMixer(layout="participants", **options)  # type: ignore[arg-type]
     blocks: list[PcmBlock] = []
     for event in events:
-        assembler.tick(event.at)
-        assembler.handle(event)
-        while (block := assembler.pop_block()) is not None:
+        mixer.tick(event.at)
+        mixer.handle(event)
+        while (block := mixer.pop_block()) is not None:
             blocks.append(block)
-    if (tail := assembler.finish()) is not None:
+    if (tail := mixer.finish()) is not None:
         blocks.append(tail)
-    return np.concatenate([block.frames for block in blocks]), assembler
+    return np.concatenate([block.frames for block in blocks]), mixer
 
 
 def test_a_segment_past_the_cap_is_mixed_into_the_last_channel() -> None:
@@ -54,17 +54,17 @@ def test_a_segment_past_the_cap_is_mixed_into_the_last_channel() -> None:
         for seed, segment in enumerate(("bot", "caller", "agent")):
             events.append(SegmentMedia(segment, tone_chunk(seed, k), k, 100, at=at))
     events += [SegmentStopped(segment, at=1.0) for segment in ("bot", "caller", "agent")]
-    audio, assembler = _assemble(events, max_channels=2)
+    audio, mixer = _assemble(events, max_channels=2)
     assert audio.shape == (10 * N, 2)
     expected = [np.concatenate([pcm(tone_chunk(seed, k)) for k in range(10)]) for seed in range(3)]
     assert np.array_equal(audio[:, 0], expected[0])
     mixed = np.clip(expected[1].astype(np.int32) + expected[2], -32768, 32767)
     assert np.array_equal(audio[:, 1], mixed)
-    segments = {s["segment_id"]: s for s in assembler.segments()}
+    segments = {s["segment_id"]: s for s in mixer.segments()}
     assert [segments[s]["channel"] for s in ("bot", "opus", "caller", "agent")] == [0, None, 1, 1]
     assert [segments[s]["channel_shared"] for s in ("bot", "caller", "agent")] == [False, False, True]
-    assert assembler.statistics()["segments_sharing_last_channel"] == 1
-    mapping = assembler.channel_map()
+    assert mixer.statistics()["segments_sharing_last_channel"] == 1
+    mapping = mixer.channel_map()
     assert [[p["segment_id"] for p in mapping[c]] for c in ("0", "1")] == [["bot"], ["caller", "agent"]]
     assert mapping["1"][1] == {"segment_id": "agent", "participant_id": "p-a", "type": AGENT, "name": "Agent"}
 
@@ -72,10 +72,10 @@ def test_a_segment_past_the_cap_is_mixed_into_the_last_channel() -> None:
 def test_reserved_channels_stay_silent_and_bad_options_are_refused() -> None:
     events = [SegmentStarted("caller", "p-c", CONTACT, at=0.0),
               SegmentMedia("caller", tone_chunk(1, 0), 1, 100, at=0.1)]
-    audio, assembler = _assemble(events, max_channels=5)
+    audio, mixer = _assemble(events, max_channels=5)
     assert audio.shape == (N, 5) and not audio[:, 1:].any()
     assert np.array_equal(audio[:, 0], pcm(tone_chunk(1, 0)))
-    assert assembler.channel_map() == {"0": [{"segment_id": "caller", "participant_id": "p-c", "type": CONTACT,
+    assert mixer.channel_map() == {"0": [{"segment_id": "caller", "participant_id": "p-c", "type": CONTACT,
                                               "name": None}], "1": [], "2": [], "3": [], "4": []}
     with pytest.raises(ValueError, match="max_channels"):
         SegmentMixer(layout="participants", max_channels=9)

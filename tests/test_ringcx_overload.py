@@ -1,4 +1,4 @@
-"""The RingCX assembler behind a reader that falls behind (an overloaded server): lag, never
+"""The RingCX mixer behind a reader that falls behind (an overloaded server): lag, never
 false silence; real holds still become silence of their length."""
 
 from __future__ import annotations
@@ -44,9 +44,9 @@ def read_late(sent: list[tuple[float, str, int]], service: float,
 def record(sent: list[tuple[float, str, int]], reads: list[float]) -> tuple[np.ndarray, SegmentMixer]:
     """The recorder: every TAKE seconds it handles what the reader has read (bunched), then
     ticks with the clock as the bridge gives it, popping blocks as the server does."""
-    assembler = SegmentMixer()
-    assembler.handle(SegmentStarted("c", "p-c", CONTACT, at=0.0))
-    assembler.handle(SegmentStarted("a", "p-a", AGENT, at=0.0))
+    mixer = SegmentMixer()
+    mixer.handle(SegmentStarted("c", "p-c", CONTACT, at=0.0))
+    mixer.handle(SegmentStarted("a", "p-a", AGENT, at=0.0))
     blocks: list[PcmBlock] = []
     seeds = {"c": 1, "a": 2}
     i, take = 0, 0.0
@@ -54,21 +54,21 @@ def record(sent: list[tuple[float, str, int]], reads: list[float]) -> tuple[np.n
         take += TAKE
         while i < len(sent) and reads[i] <= take:
             _, segment, k = sent[i]
-            assembler.handle(SegmentMedia(segment, tone_chunk(seeds[segment], k), k, 100, reads[i]))
-            while (block := assembler.pop_block()) is not None:
+            mixer.handle(SegmentMedia(segment, tone_chunk(seeds[segment], k), k, 100, reads[i]))
+            while (block := mixer.pop_block()) is not None:
                 blocks.append(block)
             i += 1
-        assembler.tick(take)
-        while (block := assembler.pop_block(partial=True)) is not None:
+        mixer.tick(take)
+        while (block := mixer.pop_block(partial=True)) is not None:
             blocks.append(block)
-    tail = assembler.finish()
+    tail = mixer.finish()
     if tail is not None:
         blocks.append(tail)
     position = 0
     for block in blocks:
         assert block.start == position
         position += block.samples
-    return np.concatenate([block.frames for block in blocks]), assembler
+    return np.concatenate([block.frames for block in blocks]), mixer
 
 
 def runs(channel: np.ndarray) -> list[tuple[int, np.ndarray]]:
@@ -86,13 +86,13 @@ def test_a_reader_late_and_bunched_records_late_not_silence() -> None:
     sent = sent_dialog(100, {})
     reads = read_late(sent, service=1 / 16, hiccups={60: 0.6})
     assert reads[-1] - sent[-1][0] > 2.0
-    audio, assembler = record(sent, reads)
+    audio, mixer = record(sent, reads)
     assert len(audio) <= 101 * N  # a join is placed by its arrival: within a chunk
     for channel, seed in ((1, 1), (0, 2)):
         [(first, sound)] = runs(audio[:, channel])  # one stretch: no silence inserted
         assert first <= N
         assert np.array_equal(sound, np.concatenate([pcm(tone_chunk(seed, k)) for k in range(100)]))
-    assert assembler.statistics()["pauses"] == 0
+    assert mixer.statistics()["pauses"] == 0
 
 
 @settings(max_examples=60, deadline=None)
@@ -117,7 +117,7 @@ def test_property_holds_survive_a_late_reader_and_lag_adds_no_silence(
     sent = sent_dialog(chunks, holds)
     if held is not None:  # see the docstring
         hiccups = {}
-    audio, assembler = record(sent, read_late(sent, service, hiccups))
+    audio, mixer = record(sent, read_late(sent, service, hiccups))
     for segment, channel, seed in (("c", 1, 1), ("a", 0, 2)):
         expected = [pcm(tone_chunk(seed, k)) for k in range(chunks + (0 if held in (None, segment) else paused))]
         found = runs(audio[:, channel])
@@ -131,5 +131,5 @@ def test_property_holds_survive_a_late_reader_and_lag_adds_no_silence(
             assert len(found) == 1
             assert np.array_equal(found[0][1], np.concatenate(expected))
         assert abs(found[0][0]) <= N
-    pauses = {s["segment_id"]: s["statistics"]["pauses"] for s in assembler.segments()}
+    pauses = {s["segment_id"]: s["statistics"]["pauses"] for s in mixer.segments()}
     assert pauses == {"c": int(held == "c"), "a": int(held == "a")}

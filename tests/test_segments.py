@@ -34,12 +34,12 @@ def pcm(payload: bytes) -> np.ndarray:
     return codec.decode_ulaw(payload)
 
 
-def collect(assembler: SegmentMixer) -> np.ndarray:
+def collect(mixer: SegmentMixer) -> np.ndarray:
     """Pop every block, then finish; the whole recording, blocks checked to be contiguous."""
     blocks: list[PcmBlock] = []
-    while (block := assembler.pop_block()) is not None:
+    while (block := mixer.pop_block()) is not None:
         blocks.append(block)
-    tail = assembler.finish()
+    tail = mixer.finish()
     if tail is not None:
         blocks.append(tail)
     position = 0
@@ -57,15 +57,15 @@ def start(segment: str, kind: str, at: float, fmt: AudioFormat | None = None) ->
 
 def run(events: list, *, window_ms: float = 200.0, tick: bool = True) -> tuple[np.ndarray, SegmentMixer]:
     """Feed ``events`` (sorted by arrival), popping blocks as the recorder does."""
-    assembler = SegmentMixer(window_ms=window_ms)
+    mixer = SegmentMixer(window_ms=window_ms)
     blocks: list[PcmBlock] = []
     for event in events:
         if tick:
-            assembler.tick(event.at)
-        assembler.handle(event)
-        while (block := assembler.pop_block()) is not None:
+            mixer.tick(event.at)
+        mixer.handle(event)
+        while (block := mixer.pop_block()) is not None:
             blocks.append(block)
-    tail = assembler.finish()
+    tail = mixer.finish()
     if tail is not None:
         blocks.append(tail)
     position = 0
@@ -73,7 +73,7 @@ def run(events: list, *, window_ms: float = 200.0, tick: bool = True) -> tuple[n
         assert block.start == position
         position += block.samples
     audio = np.concatenate([b.frames for b in blocks]) if blocks else np.zeros((0, 2), np.int16)
-    return audio, assembler
+    return audio, mixer
 
 
 def test_two_participants_agent_joining_later_starts_where_it_joined() -> None:
@@ -84,7 +84,7 @@ def test_two_participants_agent_joining_later_starts_where_it_joined() -> None:
     for k in range(15):  # the agent from 1.0 s, its seq starting at 7
         events.append(SegmentMedia("a", tone_chunk(2, k), 7 + k, 100, 1.0 + (k + 1) * 0.1))
     events.sort(key=lambda e: e.at)
-    audio, assembler = run(events)
+    audio, mixer = run(events)
     assert audio.shape == (30 * N, 2)
     caller = np.concatenate([pcm(tone_chunk(1, k)) for k in range(30)])
     agent = np.concatenate([pcm(tone_chunk(2, k)) for k in range(15)])
@@ -93,7 +93,7 @@ def test_two_participants_agent_joining_later_starts_where_it_joined() -> None:
     assert np.array_equal(audio[:joined, 0], np.zeros(joined, np.int16))
     assert np.array_equal(audio[joined : joined + 15 * N, 0], agent)
     assert not audio[joined + 15 * N :, 0].any()
-    segments = {s["segment_id"]: s for s in assembler.segments()}
+    segments = {s["segment_id"]: s for s in mixer.segments()}
     assert segments["a"]["joined_seconds"] == 1.0
     assert segments["a"]["codec"] == "PCMU"  # inherited from the first SegmentStarted
 
@@ -109,15 +109,15 @@ def test_hold_with_seq_continuing_becomes_silence_of_the_pause() -> None:
     events.append(SegmentInfo("c", "HOLD", None, at=1.05))
     events.append(SegmentInfo("c", "UNHOLD", None, at=3.0))
     events.sort(key=lambda e: e.at)
-    audio, assembler = run(events)
+    audio, mixer = run(events)
     caller = audio[:, 1]
     assert np.array_equal(caller[: 10 * N], np.concatenate([pcm(tone_chunk(1, k)) for k in range(10)]))
     assert not caller[10 * N : 30 * N].any()
     assert np.array_equal(caller[30 * N : 40 * N], np.concatenate([pcm(tone_chunk(1, k)) for k in range(10, 20)]))
     assert np.array_equal(audio[:, 0], np.concatenate([pcm(tone_chunk(2, k)) for k in range(40)]))
-    stats = {s["segment_id"]: s["statistics"] for s in assembler.segments()}
+    stats = {s["segment_id"]: s["statistics"] for s in mixer.segments()}
     assert stats["c"]["pauses"] == 1 and stats["c"]["paused_seconds"] == 2.0
-    assert [(i["event"], i["offset_seconds"]) for i in assembler.infos] == [("HOLD", 1.05), ("UNHOLD", 3.0)]
+    assert [(i["event"], i["offset_seconds"]) for i in mixer.infos] == [("HOLD", 1.05), ("UNHOLD", 3.0)]
 
 
 def test_reordering_duplicates_and_a_lost_chunk() -> None:
@@ -125,10 +125,10 @@ def test_reordering_duplicates_and_a_lost_chunk() -> None:
     events: list = [start("c", CONTACT, 0.0)]
     for i, k in enumerate(order):
         events.append(SegmentMedia("c", tone_chunk(1, k), 100 + k, 100, (i + 1) * 0.1))
-    audio, assembler = run(events, tick=False)
+    audio, mixer = run(events, tick=False)
     expected = [pcm(tone_chunk(1, k)) if k != 5 else np.zeros(N, np.int16) for k in range(10)]
     assert np.array_equal(audio[:, 1], np.concatenate(expected))
-    stats = assembler.segments()[0]["statistics"]
+    stats = mixer.segments()[0]["statistics"]
     assert stats["duplicates"] == 2 and stats["lost_chunks"] == 1 and stats["reordered"] >= 1
 
 
@@ -154,10 +154,10 @@ def test_pcma_and_bot_on_the_right_unsupported_codec_not_recorded() -> None:
     for k in range(5):
         events.append(SegmentMedia("b", alaw, k, 100, (k + 1) * 0.1))
         events.append(SegmentMedia("o", b"\x01\x02", k, 20, (k + 1) * 0.1))
-    audio, assembler = run(events)
+    audio, mixer = run(events)
     assert np.array_equal(audio[:, 1], np.tile(codec.decode_alaw(alaw), 5))
     assert not audio[:, 0].any()
-    opus = assembler.segments()[1]
+    opus = mixer.segments()[1]
     assert not opus["recorded"] and "OPUS" in opus["not_recorded_because"]
     assert opus["statistics"]["chunks_not_recorded"] == 5
 
@@ -167,23 +167,23 @@ def test_media_before_its_segment_start_is_placed_and_unknown_segments_are_count
                     start("c", CONTACT, 0.12), SegmentMedia("c", tone_chunk(1, 1), 1, 100, 0.2),
                     SegmentMedia("ghost", tone_chunk(3, 0), 0, 100, 0.2),
                     SegmentMedia("c", tone_chunk(1, 2), 2, 100, 0.6)]
-    audio, assembler = run(events)
+    audio, mixer = run(events)
     assert np.array_equal(audio[: 2 * N, 1], np.concatenate([pcm(tone_chunk(1, k)) for k in range(2)]))
-    assert assembler.statistics()["unknown_segment_media"] == 1
+    assert mixer.statistics()["unknown_segment_media"] == 1
 
 
 def test_memory_stays_bounded_when_one_segment_runs_far_ahead() -> None:
-    assembler = SegmentMixer()
-    assembler.handle(start("c", CONTACT, 0.0))
-    assembler.handle(start("a", AGENT, 0.0))
-    assembler.handle(SegmentMedia("a", tone_chunk(2, 0), 0, 100, 0.1))
-    size = assembler._mix.nbytes
+    mixer = SegmentMixer()
+    mixer.handle(start("c", CONTACT, 0.0))
+    mixer.handle(start("a", AGENT, 0.0))
+    mixer.handle(SegmentMedia("a", tone_chunk(2, 0), 0, 100, 0.1))
+    size = mixer._mix.nbytes
     for k in range(600):  # one minute of the caller at once; the agent silent
-        assembler.handle(SegmentMedia("c", tone_chunk(1, k), k, 100, 0.1))
-        while assembler.pop_block() is not None:
+        mixer.handle(SegmentMedia("c", tone_chunk(1, k), k, 100, 0.1))
+        while mixer.pop_block() is not None:
             pass
-    assert assembler._mix.nbytes == size
-    assert assembler.emitted >= 59 * RATE
+    assert mixer._mix.nbytes == size
+    assert mixer.emitted >= 59 * RATE
 
 
 Plan = list[tuple[str, int, int, int, list[tuple[int, int, bool]]]]
@@ -243,13 +243,13 @@ def test_a_late_start_does_not_move_later_joins_and_pauses_early() -> None:
     for k in range(20):  # the agent from 1.0 s
         events.append(SegmentMedia("a", tone_chunk(2, k), k, 100, 1.0 + (k + 1) * 0.1))
     events.sort(key=lambda e: e.at)
-    audio, assembler = run(events)
+    audio, mixer = run(events)
     caller = [pcm(tone_chunk(1, k)) for k in range(25)]
     assert np.array_equal(audio[: 15 * N, 1], np.concatenate(caller[:15]))
     assert not audio[15 * N : 25 * N, 1].any()
     assert np.array_equal(audio[25 * N : 35 * N, 1], np.concatenate(caller[15:]))
     assert np.array_equal(audio[10 * N : 30 * N, 0], np.concatenate([pcm(tone_chunk(2, k)) for k in range(20)]))
-    segments = {s["segment_id"]: s for s in assembler.segments()}
+    segments = {s["segment_id"]: s for s in mixer.segments()}
     assert segments["a"]["joined_seconds"] == 1.0 and segments["c"]["statistics"]["paused_seconds"] == 1.0
 
 
@@ -264,22 +264,22 @@ def test_a_stall_of_the_whole_stream_is_not_a_pause() -> None:
         events.append(SegmentMedia("c", tone_chunk(1, k), k, 100, at))
         events.append(SegmentMedia("a", tone_chunk(2, k), k, 100, at))
     events.sort(key=lambda e: e.at)
-    assembler = SegmentMixer()
+    mixer = SegmentMixer()
     blocks: list[PcmBlock] = []
     clock = 0.0
     for event in events:
         while clock + 0.05 < event.at:  # the server's clock ticks through the stall
             clock += 0.05
-            assembler.tick(clock)
-            while (block := assembler.pop_block(partial=True)) is not None:
+            mixer.tick(clock)
+            while (block := mixer.pop_block(partial=True)) is not None:
                 blocks.append(block)
-        assembler.tick(event.at)
-        assembler.handle(event)
-        while (block := assembler.pop_block()) is not None:
+        mixer.tick(event.at)
+        mixer.handle(event)
+        while (block := mixer.pop_block()) is not None:
             blocks.append(block)
-    blocks.append(assembler.finish())
+    blocks.append(mixer.finish())
     audio = np.concatenate([b.frames for b in blocks])
     assert np.array_equal(audio[:, 1], np.concatenate([pcm(tone_chunk(1, k)) for k in range(30)]))
     assert np.array_equal(audio[:, 0], np.concatenate([pcm(tone_chunk(2, k)) for k in range(30)]))
-    stats = {s["segment_id"]: s["statistics"] for s in assembler.segments()}
+    stats = {s["segment_id"]: s["statistics"] for s in mixer.segments()}
     assert stats["c"]["pauses"] == 0 and stats["c"]["stalls"] >= 1 and stats["c"]["shifted_seconds"] == 0

@@ -13,7 +13,7 @@ flags against the race between "found nothing" and "asleep".
 
 The dialog's clock (`clock`): ``time.monotonic()`` less the time the reader spent waiting for
 room. While the recorder cannot keep up (a slow disk) the platform's chunks queue up in the
-transport and then arrive in a burst; without this, the assembler would take the wait for a
+transport and then arrive in a burst; without this, the segment mixer would take the wait for a
 pause of the media (a hold) and insert silence.
 """
 
