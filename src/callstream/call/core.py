@@ -20,10 +20,11 @@ Data in: `receive_media` (the hot path: a batch of plain ``(side, sequence, payl
 frame costs the core nothing beyond the timeline's own work; with segments it is
 `SegmentMixer.receive_run`, over a batch of `SegmentMedia`), `receive` (one event of any kind,
 in band: `CallStarted`, `MediaReceived`, `SideStopped`, the segment events, `InputRejected`,
-`InputIgnored`, `StreamEnded`), `close` (the shell's own reasons: a drain, a protocol error the front end found)
-and `fail` (storage failed). Data out: `next_block` (a full block, or None), `tick` (a partial
-block at most one flush interval old), `finish` (the tail), `outcome` (a `CallEnded`) and `record`
-(the call's metadata and statistics for the sidecar).
+`InputIgnored`, `StreamEnded`), `close` (the shell's own reasons: a drain, a protocol error the
+front end found) and `fail` (storage failed). Data out: `next_block` (a full block, or None),
+`tick` (a partial block at most one flush interval old), `finish` (the tail), `outcome` (a
+`CallEnded`) and the record (`sidecar_metadata`, `statistics`, `channel_map`: the call's
+metadata, statistics and channels for the sidecar).
 
 States: open (no ending decided) -> ending (a `CallEnded` decided: stop reading; media already
 received may still be fed, e.g. what a drain finds buffered) -> finished (after `finish`, no more
