@@ -4,8 +4,10 @@ recording with the audio received up to about a flush interval before the kill."
 from __future__ import annotations
 
 import contextlib
+import re
 import signal
 import threading
+from collections import Counter
 from pathlib import Path
 
 import grpc
@@ -14,6 +16,7 @@ import pytest
 import soundfile
 import trio
 
+from callstream.cli import main as cli_main
 from callstream.sim import ringcx_client as client
 from callstream.storage.recording import read_sidecar
 from serverprocess import ServerProcess
@@ -90,6 +93,30 @@ async def test_workers_share_the_ringcx_port(tmp_path: Path) -> None:
     assert sidecar["status"] == "complete"
     audio, _ = soundfile.read(sidecar_path.with_name(sidecar["file"]), dtype="int16", always_2d=True)
     assert client.verify(np.asarray(audio), script.runs) == []
+
+
+async def test_one_generator_spreads_its_dialogs_over_both_workers(tmp_path: Path) -> None:
+    """`simulate --ringcx --connections K` against --workers 2: the kernel hands each HTTP/2
+    connection to one worker (SO_REUSEPORT), so dialogs spread only over several connections;
+    with 24 connections both workers record some (all on one: 2 x 2**-24), every one complete."""
+    output = tmp_path / "recordings"
+    server = ServerProcess(output, "--workers", "2", "--ringcx-port", "0", "--ringcx-plaintext",
+                           "--reorder-window", "1s", ready=RINGCX_READY)
+    server.wait_for(RINGCX_READY, count=2)
+    dialogs = 24
+    with trio.fail_after(60):
+        code = await trio.to_thread.run_sync(lambda: cli_main([
+            "simulate", "--ringcx", "--ringcx-target", f"127.0.0.1:{server.port}", "--calls", str(dialogs),
+            "--connections", str(dialogs), "--seconds", "4", "--fast", "--quiet", "--call-id", "spread"]))
+    assert code == 0
+    server.wait_for(r"worker-\d\[\d+\] .*dialog from .* started", count=dialogs)
+    assert server.stop(signal.SIGTERM) == 0
+    per_worker = Counter(match.group(1) for line in server.log
+                         if (match := re.search(r"worker-(\d)\[\d+\] .*dialog from .* started", line)))
+    assert sorted(per_worker) == ["0", "1"], f"dialogs per worker: {dict(per_worker)}"
+    assert sum(per_worker.values()) == dialogs
+    sidecars = [read_sidecar(path) for path in output.rglob("spread-*.json")]
+    assert len(sidecars) == dialogs and all(sidecar["status"] == "complete" for sidecar in sidecars)
 
 
 @pytest.mark.parametrize("fmt", ["wav", "flac"])

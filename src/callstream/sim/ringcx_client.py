@@ -16,6 +16,7 @@ import time
 from collections.abc import AsyncIterator, Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 import grpc
 import numpy as np
@@ -166,14 +167,35 @@ def stream(channel: grpc.Channel, events: Iterator[pb.StreamEvent], *, token: st
     streaming_pb2_grpc.StreamingStub(channel).Stream(events, metadata=metadata, timeout=timeout)
 
 
-def open_aio_channel(target: str, *, ca_file: Path | None = None, server_name: str | None = None
-                     ) -> grpc.aio.Channel:
-    """As `open_channel`, for grpc.aio (use ``async with``)."""
+def open_aio_channel(target: str, *, ca_file: Path | None = None, server_name: str | None = None,
+                     own_connection: bool = False) -> grpc.aio.Channel:
+    """As `open_channel`, for grpc.aio (use ``async with``). ``own_connection``: the channel
+    makes its own HTTP/2 connection; else grpcio lets channels of equal target and options share
+    one (its global subchannel pool), so N channels would still be one connection."""
+    options: list[tuple[str, Any]] = [("grpc.use_local_subchannel_pool", 1)] if own_connection else []
     if ca_file is None:
-        return grpc.aio.insecure_channel(target)
+        return grpc.aio.insecure_channel(target, options=options)
     credentials = grpc.ssl_channel_credentials(root_certificates=Path(ca_file).read_bytes())
-    options = [("grpc.ssl_target_name_override", server_name)] if server_name else []
+    if server_name:
+        options.append(("grpc.ssl_target_name_override", server_name))
     return grpc.aio.secure_channel(target, credentials, options=options)
+
+
+async def open_aio_channels(target: str, count: int, *, ca_file: Path | None = None,
+                            server_name: str | None = None, timeout: float | None = None
+                            ) -> list[grpc.aio.Channel]:
+    """``count`` grpc.aio channels to ``target``, each on an HTTP/2 connection of its own (so
+    that a server whose workers share the port with SO_REUSEPORT, where the kernel hands each
+    connection to one worker, gets them spread), all connected (within ``timeout`` seconds,
+    else TimeoutError; the caller closes them: ``await channel.close()``)."""
+    channels = [open_aio_channel(target, ca_file=ca_file, server_name=server_name, own_connection=True)
+                for _ in range(count)]
+    try:
+        await asyncio.wait_for(asyncio.gather(*(channel.channel_ready() for channel in channels)), timeout)
+    except BaseException:
+        await asyncio.gather(*(channel.close() for channel in channels))
+        raise
+    return channels
 
 
 async def stream_aio(channel: grpc.aio.Channel, steps: Sequence[Step], *, token: str | None = None,

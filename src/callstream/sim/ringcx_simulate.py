@@ -3,7 +3,9 @@
 Each dialog (`client.platform_dialog`): DialogInit, the caller, an agent joining later, a hold
 (both parties' media pause while seq goes on), a transfer to a second agent, 100 ms PCMU chunks;
 over TLS with a CA file (``--cafile``) or plaintext, with a token (``--token``). ``--calls N``
-plays N dialogs at once (grpc.aio: one loop, one connection, the starts spread over ``--ramp``);
+plays N dialogs at once (grpc.aio: one loop, the starts spread over ``--ramp``), on one HTTP/2
+connection or, with ``--connections K``, on K connections in turn (a recorder with ``--workers``
+gets a connection's dialogs on one worker: the kernel spreads connections, not streams);
 ``--verify DIR`` then checks every recording sample by sample. Exits 1 if any dialog or check
 fails.
 """
@@ -77,26 +79,30 @@ def verify_recording(directory: Path, script: client.Script, sidecars: dict[str,
 
 
 async def _play_all(args: argparse.Namespace, target: str, scripts: list[client.Script]) -> list[tuple[str, float]]:
-    """Every dialog on one grpc.aio channel (one HTTP/2 connection, as the platform may do), its
-    start spread over the ramp; (status, seconds) each."""
+    """Every dialog, its start spread over the ramp, on ``--connections`` HTTP/2 connections in
+    turn (one by default: the platform may put every dialog on one); (status, seconds) each."""
     loop = asyncio.get_running_loop()
     ramp = (DEFAULT_RAMP if len(scripts) > 1 else 0.0) if args.ramp is None else args.ramp
     rng = random.Random(args.seed)
     timeout = args.seconds * 3 + ramp + 60
-    async with client.open_aio_channel(target, ca_file=args.cafile, server_name=args.server_name) as channel:
-        await asyncio.wait_for(channel.channel_ready(), timeout)
+    count = max(1, min(args.connections or 1, len(scripts)))
+    channels = await client.open_aio_channels(target, count, ca_file=args.cafile, server_name=args.server_name,
+                                              timeout=timeout)
 
-        async def one(script: client.Script) -> tuple[str, float]:
-            await asyncio.sleep(rng.uniform(0, ramp) if ramp else 0)
-            started = loop.time()
-            try:
-                await client.stream_aio(channel, script.steps, token=args.token, realtime=not args.fast,
-                                        timeout=timeout)
-            except grpc.aio.AioRpcError as error:
-                return f"{error.code().name}: {error.details()}", loop.time() - started
-            return "OK", loop.time() - started
+    async def one(index: int, script: client.Script) -> tuple[str, float]:
+        await asyncio.sleep(rng.uniform(0, ramp) if ramp else 0)
+        started = loop.time()
+        try:
+            await client.stream_aio(channels[index % count], script.steps, token=args.token,
+                                    realtime=not args.fast, timeout=timeout)
+        except grpc.aio.AioRpcError as error:
+            return f"{error.code().name}: {error.details()}", loop.time() - started
+        return "OK", loop.time() - started
 
-        return await asyncio.gather(*(one(script) for script in scripts))
+    try:
+        return await asyncio.gather(*(one(index, script) for index, script in enumerate(scripts)))
+    finally:
+        await asyncio.gather(*(channel.close() for channel in channels))
 
 
 def run(args: argparse.Namespace) -> int:

@@ -277,6 +277,10 @@ def add_arguments(
         "a transfer to a second agent, 100 ms PCMU chunks (--seconds, --calls, --fast, --verify, --cafile, "
         "--call-id as the dialog id apply)")
     add("--ringcx-target", metavar="HOST:PORT", help="the recorder's gRPC address (default 127.0.0.1:10443)")
+    add("--connections", type=int, default=1, metavar="K",
+        help="RingCX: HTTP/2 connections (K of them, at most one per dialog) to spread the dialogs over in turn "
+        "(1: every dialog on one connection, as the platform may do). A recorder with --workers gets each "
+        "connection's dialogs on one worker, so K of at least a few per worker spreads them")
     add("--token", help="RingCX: the authorization metadata to send (for example 'Bearer SECRET')")
     add("--server-name", help="RingCX over TLS: the name to check the certificate against, if not the host's")
     parser.set_defaults(command=_run)
@@ -303,6 +307,9 @@ def _run(args: argparse.Namespace) -> int:
 
         if args.calls < 1 or args.seconds < 4:
             print("callstream simulate --ringcx: --calls must be positive, --seconds at least 4", file=sys.stderr)
+            return 2
+        if args.connections is not None and args.connections < 1:
+            print("callstream simulate --ringcx: --connections must be at least 1", file=sys.stderr)
             return 2
         return run_ringcx(args)
     from callstream.sim.loadgen import (
