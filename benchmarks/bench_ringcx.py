@@ -2,12 +2,16 @@
 receiver, both fed the same real-time dialogs in the same run.
 
 Each dialog: DialogInit, a caller and an agent segment, both sending a 100 ms PCMU chunk every
-100 ms (20 messages a second per dialog), then two SegmentStops. The generator (this process,
-grpc.aio client, one loop) starts the dialogs spread over one second. The server runs in a
-process of its own; its CPU (user + system, /proc) is read before and after the run.
+100 ms (20 messages a second per dialog), then two SegmentStops. The generator (grpc.aio client,
+one loop per process) starts the dialogs spread over a ramp and deals them over CONNECTIONS
+HTTP/2 connections in turn (``--connections``): with ``--workers N`` the kernel gives each
+connection, not each dialog, to a worker (SO_REUSEPORT), so one connection would load one
+worker. The server runs in processes of its own; their CPU (user + system, /proc) is read
+before and after.
 - ``bare``: a grpc.aio server whose servicer only collects each dialog's payloads (the price
-  of the transport, the floor);
-- ``full``: ``callstream serve --ringcx-port`` (plaintext on loopback), recording WAV files.
+  of the transport, the floor); with N workers, N such processes sharing the port;
+- ``full``: ``callstream serve --ringcx-port [--workers N]`` (plaintext on loopback), recording
+  WAV files; with N > 1 it logs each dialog's start, and the step counts the dialogs per worker.
 
 Two modes (nothing here asserts speed):
 - steps (the default; `make bench` runs it, ~3 minutes): concurrent real-time dialogs stepped up
@@ -18,12 +22,16 @@ Two modes (nothing here asserts speed):
   REALTIME_SLACK of their schedule: a server that reads too slowly holds the platform back
   through HTTP/2 flow control instead of losing audio). Stepping stops at the first step the
   full recorder fails. The server's CPU is read over the window in which every dialog is live;
-  the table "CPU per 1,000 calls/dialogs" sets it beside the WebSocket front end's from the
-  last bench_e2e run (results/e2e-latest.json; make bench runs bench_e2e first). The generator
-  runs in ceil(dialogs / GENERATOR_DIALOGS) processes.
+  the table "CPU per 1,000 calls/dialogs" sets it beside the WebSocket front end's: from this
+  run with ``--websocket`` (a WebSocket step of as many real-time calls on one worker after each
+  one-worker RingCX step, bench_e2e's step), else from the last bench_e2e run
+  (results/e2e-latest.json; make bench runs bench_e2e first). The generator runs in
+  ceil(dialogs / GENERATOR_DIALOGS) processes. ``--workers 1,2``: every step on one worker,
+  then on two (a worker count stops stepping at its first failed step).
 - ratio (``--dialogs N [--seconds S]``): one size, bare then full, whole-run CPU per message.
 
     .venv/bin/python benchmarks/bench_ringcx.py [--steps 100,300,600,900] [--step-seconds 10]
+        [--workers 1,2] [--connections 16] [--websocket]
     .venv/bin/python benchmarks/bench_ringcx.py --dialogs 100 --seconds 20
 """
 
@@ -48,10 +56,12 @@ import soundfile
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
+import bench_e2e
 from bench_e2e import REALTIME_SLACK, Server, free_port, histogram_quantile
 from callstream import codec
 from callstream.ringcx import streaming_pb2 as pb
 from callstream.ringcx import streaming_pb2_grpc
+from callstream.sim.ringcx_client import open_aio_channels
 from machine import RESULTS, describe_machine, write_result
 
 SETTLE = 1.0  # seconds after the listener is up before measuring
@@ -67,6 +77,9 @@ ARRIVALS_PER_SECOND = 200.0  # new dialogs per second in a step's ramp (at least
 MIN_RAMP = 1.0  # seconds
 GENERATOR_DIALOGS = 300  # real-time dialogs one generator process (one grpc.aio loop) is given
 MESSAGES_PER_SECOND = 20  # per dialog: two segments, a 100 ms chunk each every 100 ms
+CONNECTIONS = 16  # HTTP/2 connections a step's dialogs are dealt over (all generator processes together)
+WORKERS = (1, 2)  # worker counts each step runs with
+STARTED = re.compile(r"worker-(\d+)\[\d+\] .*dialog from .* started")  # a worker's log line per dialog
 
 
 def cpu_seconds(pid: int) -> float:
@@ -99,10 +112,11 @@ class _Bare(streaming_pb2_grpc.StreamingServicer):
         return empty_pb2.Empty()
 
 
-async def _bare_main() -> None:
-    server = grpc.aio.server(options=[("grpc.so_reuseport", 0)])
+async def _bare_main(port: int = 0) -> None:
+    """Port 0: one process on a port of its own; else this port, shared (SO_REUSEPORT)."""
+    server = grpc.aio.server(options=[("grpc.so_reuseport", 1 if port else 0)])
     streaming_pb2_grpc.add_StreamingServicer_to_server(_Bare(), server)
-    port = server.add_insecure_port("127.0.0.1:0")
+    port = server.add_insecure_port(f"127.0.0.1:{port}")
     await server.start()
     print(f"RingCX gRPC on 127.0.0.1:{port}", file=sys.stderr, flush=True)
     await server.wait_for_termination()
@@ -148,20 +162,26 @@ async def _dialog(stub: streaming_pb2_grpc.StreamingStub, index: int, seconds: f
 
 
 async def _generate_at(target: str, first: int, count: int, total: int, seconds: float, ramp: float,
-                       start: float) -> list[float | None]:
-    async with grpc.aio.insecure_channel(target) as channel:
-        stub = streaming_pb2_grpc.StreamingStub(channel)
+                       start: float, connections: int = 1) -> list[float | None]:
+    """Dialogs ``first`` .. ``first + count - 1`` of ``total``, dealt over ``connections``
+    HTTP/2 connections of their own in turn."""
+    channels = await open_aio_channels(target, max(1, min(connections, count)), timeout=30)
+    stubs = [streaming_pb2_grpc.StreamingStub(channel) for channel in channels]
+    try:
         return await asyncio.gather(*(
-            _dialog(stub, i, seconds, start + ramp * i / max(1, total)) for i in range(first, first + count)))
+            _dialog(stubs[i % len(stubs)], i, seconds, start + ramp * i / max(1, total))
+            for i in range(first, first + count)))
+    finally:
+        await asyncio.gather(*(channel.close() for channel in channels))
 
 
-async def _generate(target: str, dialogs: int, seconds: float) -> int:
+async def _generate(target: str, dialogs: int, seconds: float, connections: int = 1) -> int:
     """The ratio mode's generator, in this process: dialogs spread over one second."""
-    late = await _generate_at(target, 0, dialogs, dialogs, seconds, 1.0, time.time())
+    late = await _generate_at(target, 0, dialogs, dialogs, seconds, 1.0, time.time(), connections)
     return sum(1 for x in late if x is not None)
 
 
-def run_variant(variant: str, dialogs: int, seconds: float) -> dict[str, float]:
+def run_variant(variant: str, dialogs: int, seconds: float, connections: int = 1) -> dict[str, float]:
     with tempfile.TemporaryDirectory() as output:
         if variant == "bare":
             command = [sys.executable, str(HERE), "--bare-server"]
@@ -178,7 +198,7 @@ def run_variant(variant: str, dialogs: int, seconds: float) -> dict[str, float]:
             before = cpu_seconds(process.pid)
             idle_cores = (before - idle) / IDLE
             started = time.monotonic()
-            ok = asyncio.run(_generate(f"127.0.0.1:{port}", dialogs, seconds))
+            ok = asyncio.run(_generate(f"127.0.0.1:{port}", dialogs, seconds, connections))
             wall = time.monotonic() - started
             cpu = cpu_seconds(process.pid) - before
         finally:
@@ -208,18 +228,21 @@ def _listening(process: subprocess.Popen, variant: str) -> int:
 # -- steps ----------------------------------------------------------------------------------------
 
 
-def _generators(port: int, dialogs: int, seconds: float, ramp: float) -> tuple[list[subprocess.Popen], float]:
-    """Start the generator processes (their dialogs begin together, 1.5 s from now); returns
-    them and the dialogs' start (time.time())."""
+def _generators(port: int, dialogs: int, seconds: float, ramp: float, connections: int
+                ) -> tuple[list[subprocess.Popen], float]:
+    """Start the generator processes (their dialogs begin together, 1.5 s from now; the
+    ``connections`` shared out among them); returns them and the dialogs' start (time.time())."""
     start = time.time() + 1.5  # the processes import grpc meanwhile
     processes = []
-    per = -(-dialogs // max(1, -(-dialogs // GENERATOR_DIALOGS)))
-    for first in range(0, dialogs, per):
+    count_of = max(1, -(-dialogs // GENERATOR_DIALOGS))
+    per = -(-dialogs // count_of)
+    for index, first in enumerate(range(0, dialogs, per)):
         count = min(per, dialogs - first)
+        own = connections // count_of + (index < connections % count_of)
         processes.append(subprocess.Popen(
             [sys.executable, str(HERE), "--generate", f"127.0.0.1:{port}", "--first", str(first),
              "--count", str(count), "--dialogs", str(dialogs), "--seconds", str(seconds), "--ramp", str(ramp),
-             "--start", repr(start)], stdout=subprocess.PIPE, text=True))
+             "--start", repr(start), "--connections", str(max(1, own))], stdout=subprocess.PIPE, text=True))
     return processes, start
 
 
@@ -286,26 +309,34 @@ def verify(output: Path, dialogs: int, seconds: float, wait: float = 60.0) -> tu
     return finished, good, paused
 
 
-def step(variant: str, dialogs: int, seconds: float, work: Path) -> dict:
-    """One step: the bare receiver or the full recorder (one worker) under ``dialogs`` real-time
-    dialogs; CPU over the window in which all of them are live."""
+def step(variant: str, dialogs: int, seconds: float, work: Path, *, workers: int = 1,
+         connections: int = CONNECTIONS) -> dict:
+    """One step: the bare receiver or the full recorder (``workers`` processes) under
+    ``dialogs`` real-time dialogs; CPU over the window in which all of them are live."""
     ramp = max(MIN_RAMP, dialogs / ARRIVALS_PER_SECOND)
-    output = work / f"{variant}-{dialogs}"
+    output = work / f"{variant}-{dialogs}-{workers}"
     output.mkdir()
     server: Server | None = None
-    bare: subprocess.Popen | None = None
+    bare: list[subprocess.Popen] = []
+    load_start = os.getloadavg()[0]
     if variant == "bare":
-        bare = subprocess.Popen([sys.executable, str(HERE), "--bare-server"], stderr=subprocess.PIPE, text=True)
-        port, pid = _listening(bare, "bare"), bare.pid
-        cpu = lambda: cpu_seconds(pid)  # noqa: E731
+        port = 0 if workers == 1 else free_port()
+        for _ in range(workers):
+            bare.append(subprocess.Popen([sys.executable, str(HERE), "--bare-server", "--bare-port", str(port)],
+                                         stderr=subprocess.PIPE, text=True))
+            port = _listening(bare[-1], "bare")
+        pids = [process.pid for process in bare]
+        cpu = lambda: sum(cpu_seconds(pid) for pid in pids)  # noqa: E731
     else:
         port = free_port()
-        server = Server(output, ["--ringcx-port", str(port), "--ringcx-plaintext",
-                                 "--max-calls", str(dialogs + 10)], metrics=True)
+        extra = ["--ringcx-port", str(port), "--ringcx-plaintext", "--max-calls", str(dialogs + 10)]
+        if workers > 1:  # each worker logs its dialogs' starts: counted per worker below
+            extra += ["--workers", str(workers), "--log-level", "info"]
+        server = Server(output, extra, metrics=True)
         cpu = server.cpu
     try:
-        time.sleep(SETTLE)
-        processes, start = _generators(port, dialogs, seconds, ramp)
+        time.sleep(SETTLE + (2.0 if workers > 1 else 0.0))  # workers start after the supervisor listens
+        processes, start = _generators(port, dialogs, seconds, ramp, connections)
         window = (start + ramp + 1.0, start + ramp + seconds - 1.0)  # every dialog live
         samples: list[tuple[float, float, dict | None]] = []
         for at in window:
@@ -313,12 +344,14 @@ def step(variant: str, dialogs: int, seconds: float, work: Path) -> dict:
             samples.append((time.time(), cpu(), server.lag_histogram() if server else None))
         failed, behind, generator_cpu = _gather(processes)
     finally:
-        if bare is not None:
-            bare.terminate()
-            bare.wait(30)
+        for process in bare:
+            process.terminate()
+            process.wait(30)
     (t0, c0, h0), (t1, c1, h1) = samples
     share = (c1 - c0) / (t1 - t0)
-    result = {"variant": variant, "dialogs": dialogs, "seconds": seconds, "ramp_seconds": round(ramp, 2),
+    result = {"variant": variant, "dialogs": dialogs, "workers": workers, "connections": connections,
+              "load_start": round(load_start, 2), "load_end": round(os.getloadavg()[0], 2),
+              "seconds": seconds, "ramp_seconds": round(ramp, 2),
               "failed_dialogs": failed, "behind_seconds": round(behind, 2),
               "server_cpu_share": round(share, 3), "cores_per_1000": round(share / dialogs * 1000, 3),
               "cpu_us_per_message": round(share / (dialogs * MESSAGES_PER_SECOND) * 1e6, 1),
@@ -326,6 +359,12 @@ def step(variant: str, dialogs: int, seconds: float, work: Path) -> dict:
                   generator_cpu / (dialogs * (5 + 2 * round(seconds * 10))) * 1e6, 1)}
     if server is not None:
         server.stop()
+        if workers > 1:
+            log = Path(server.log.name).read_text(errors="replace")
+            per_worker = [0] * workers
+            for found in STARTED.finditer(log):
+                per_worker[int(found.group(1))] += 1
+            result["dialogs_per_worker"] = per_worker
         p50 = histogram_quantile(h0 or {}, h1 or {}, 0.5) if h1 else None
         p99 = histogram_quantile(h0 or {}, h1 or {}, 0.99) if h1 else None
         finished, good, paused = verify(output, dialogs, seconds)
@@ -349,68 +388,123 @@ def websocket_per_1000() -> list[tuple[str, int, float]]:
             continue
         for s in variant["steps"]:
             if s.get("ok") and s.get("server_cpu_share"):
-                rows.append((f"WebSocket ({data.get('utc', '?')[:16]})", s["calls"],
+                rows.append((f"WebSocket, 1 worker ({data.get('utc', '?')[:16]})", s["calls"],
                              round(s["server_cpu_share"] / s["calls"] * 1000, 3)))
     return rows
 
 
+def websocket_step(calls: int, seconds: float, work: Path) -> dict:
+    """bench_e2e's real-time WebSocket step on one worker, ``calls`` calls of ``seconds``."""
+    output = work / f"websocket-{calls}"
+    output.mkdir()
+    load_start = os.getloadavg()[0]
+    server = Server(output, [], metrics=True)
+    try:
+        time.sleep(SETTLE)
+        result = bench_e2e.step(work, server, calls, seconds, bench_e2e.ramp_of(calls, MIN_RAMP), 1,
+                                f"ws{calls}")
+    finally:
+        server.stop()
+    shutil.rmtree(output, ignore_errors=True)
+    share = result.get("server_cpu_share")
+    result.update(variant="websocket", load_start=round(load_start, 2), load_end=round(os.getloadavg()[0], 2),
+                  cores_per_1000=None if share is None else round(share / calls * 1000, 3))
+    return result
+
+
+def _load(result: dict) -> str:
+    return f"{result.get('load_start', '-')} -> {result.get('load_end', '-')}"
+
+
 def markdown(data: dict) -> str:
     lines = [f"Machine: {data['machine_line']}",
-             f"Real-time dialogs of two segments (100 ms PCMU chunks), {data['step_seconds']:g} s each, one worker; "
-             f"CPU over the window in which every dialog is live.", "",
-             "| receiver | dialogs | ok | server CPU | cores per 1,000 | CPU-us per message | full / bare | "
-             "lag p50 (s) | lag p99 (s) | behind (s) | exact recordings | with pauses | failed |",
-             "|---|---:|:---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|"]
+             f"Real-time dialogs of two segments (100 ms PCMU chunks), {data['step_seconds']:g} s each, dealt over "
+             f"{data.get('connections', 1)} HTTP/2 connections; CPU (all the server's processes) over the window "
+             "in which every dialog is live; load average (1 min) at the step's start and end.", "",
+             "| receiver | workers | dialogs | ok | server CPU | cores per 1,000 | CPU-us per message | full / bare | "
+             "lag p50 (s) | lag p99 (s) | behind (s) | exact recordings | with pauses | failed | dialogs per worker "
+             "| load average |",
+             "|---|---:|---:|:---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---|---|"]
     for pair in data["steps"]:
         bare, full = pair["bare"], pair.get("full")
         for result in (bare, full):
             if result is None:
                 continue
             ratio = "" if result is bare else f"{full['server_cpu_share'] / max(bare['server_cpu_share'], 1e-9):.2f}"
+            per_worker = result.get("dialogs_per_worker")
             lines.append(
-                f"| {result['variant']} | {result['dialogs']} | "
+                f"| {result['variant']} | {result.get('workers', 1)} | {result['dialogs']} | "
                 f"{'-' if result is bare else ('yes' if result['ok'] else 'NO')} | "
                 f"{result['server_cpu_share'] * 100:.0f} % | {result['cores_per_1000']} | "
                 f"{result['cpu_us_per_message']} | "
                 f"{ratio} | {result.get('lag_p50_s', '-')} | {result.get('lag_p99_s', '-')} | "
                 f"{result['behind_seconds']} | {result.get('exact', '-')} | {result.get('with_pauses', '-')} | "
-                f"{result['failed_dialogs']} |")
-    lines += ["", f"- capacity of 1 worker, RingCX gRPC: **{data['capacity_dialogs']} dialogs** "
+                f"{result['failed_dialogs']} | {'-' if per_worker is None else ' / '.join(map(str, per_worker))} | "
+                f"{_load(result)} |")
+    capacity = ", ".join(f"{workers} worker{'s' * (workers > 1)}: **{dialogs} dialogs**"
+                         for workers, dialogs in sorted(data["capacity"].items()))
+    lines += ["", f"- capacity, RingCX gRPC: {capacity} "
               f"(lag p99 < {LAG_LIMIT:g} s, every recording exact, generator within {REALTIME_SLACK:g} s); "
               "'with pauses': recordings whose chunks were read more than the reorder window late "
-              "(taken for a hold: the machine could not keep up)", "",
-              "CPU per 1,000 calls/dialogs (one worker, real-time, steps that passed):", "",
+              "(taken for a hold: the machine could not keep up)"]
+    if data.get("websocket"):
+        lines += ["", "WebSocket steps of this run (one worker, real-time calls, bench_e2e's step):", "",
+                  "| calls | ok | server CPU | cores per 1,000 | lag p50 (s) | lag p99 (s) | behind (s) | frames lost "
+                  "| load average |", "|---:|:---:|---:|---:|---:|---:|---:|---:|---|"]
+        for result in data["websocket"]:
+            share = result.get("server_cpu_share")
+            lines.append(f"| {result['calls']} | {'yes' if result['ok'] else 'NO'} | "
+                         f"{'-' if share is None else f'{share * 100:.0f} %'} | {result['cores_per_1000']} | "
+                         f"{result['lag_p50_s']} | {result['lag_p99_s']} | {result['behind_seconds']} | "
+                         f"{result['frames_lost']} | {_load(result)} |")
+    lines += ["", "CPU per 1,000 calls/dialogs (real-time, steps that passed):", "",
               "| front end | calls/dialogs | cores per 1,000 |", "|---|---:|---:|"]
     for name, count, cores in data["per_1000"]:
         lines.append(f"| {name} | {count} | {cores} |")
     return "\n".join(lines)
 
 
-def steps_main(steps: list[int], seconds: float, budget: float) -> int:
+def steps_main(steps: list[int], seconds: float, budget: float, workers: list[int], connections: int,
+               websocket: bool) -> int:
     started = time.monotonic()
     data: dict = {"benchmark": "ringcx", "machine_line": machine(), "step_seconds": seconds,
-                  "load_average_start": [round(x, 2) for x in os.getloadavg()], "steps": [],
-                  "capacity_dialogs": 0}
+                  "connections": connections, "load_average_start": [round(x, 2) for x in os.getloadavg()],
+                  "steps": [], "websocket": [], "capacity": {n: 0 for n in workers}}
+    failed: set[int] = set()
     with tempfile.TemporaryDirectory() as temp:
         work = Path(temp)
         for dialogs in steps:
             ramp = max(MIN_RAMP, dialogs / ARRIVALS_PER_SECOND)
-            if time.monotonic() - started + 2 * (ramp + seconds) + STEP_OVERHEAD > budget:
-                print(f"{dialogs} dialogs: beyond the {budget:g} s budget, not run", flush=True)
-                break
-            pair = {"bare": step("bare", dialogs, seconds, work)}
-            pair["full"] = full = step("full", dialogs, seconds, work)
-            data["steps"].append(pair)
-            print(json.dumps(pair), flush=True)
-            if not full["ok"]:
-                break
-            data["capacity_dialogs"] = dialogs
-    per_1000 = websocket_per_1000()
+            for count in workers:
+                if count in failed:
+                    continue
+                if time.monotonic() - started + 2 * (ramp + seconds) + STEP_OVERHEAD > budget:
+                    print(f"{dialogs} dialogs on {count} worker(s): beyond the {budget:g} s budget, not run",
+                          flush=True)
+                    failed.add(count)
+                    continue
+                pair = {"bare": step("bare", dialogs, seconds, work, workers=count, connections=connections)}
+                pair["full"] = full = step("full", dialogs, seconds, work, workers=count, connections=connections)
+                data["steps"].append(pair)
+                print(json.dumps(pair), flush=True)
+                if not full["ok"]:
+                    failed.add(count)
+                else:
+                    data["capacity"][count] = dialogs
+                if websocket and count == 1:
+                    data["websocket"].append(ws := websocket_step(dialogs, seconds, work))
+                    print(json.dumps(ws), flush=True)
+    per_1000 = [] if data["websocket"] else websocket_per_1000()
+    for result in data["websocket"]:
+        if result["ok"] and result["cores_per_1000"] is not None:
+            per_1000.append(("WebSocket, 1 worker (this run)", result["calls"], result["cores_per_1000"]))
     for pair in data["steps"]:
         for result in pair.values():
             if result["variant"] == "bare" or result["ok"]:
                 name = "RingCX gRPC, full recorder" if result["variant"] == "full" else "RingCX gRPC, bare grpc.aio"
-                per_1000.append((name, result["dialogs"], result["cores_per_1000"]))
+                count = result.get("workers", 1)
+                per_1000.append((f"{name}, {count} worker{'s' * (count > 1)}", result["dialogs"],
+                                 result["cores_per_1000"]))
     data["per_1000"] = per_1000
     data["total_seconds"] = round(time.monotonic() - started, 1)
     data["machine"] = describe_machine()
@@ -427,9 +521,18 @@ def main() -> int:
                         help="concurrent dialogs per step, comma-separated (steps mode)")
     parser.add_argument("--step-seconds", type=float, default=STEP_SECONDS, help="audio per dialog in a step, s")
     parser.add_argument("--budget", type=float, default=BUDGET, help="seconds of steps at most")
+    parser.add_argument("--workers", default=",".join(map(str, WORKERS)),
+                        help="worker processes each step runs with, comma-separated (steps mode)")
+    parser.add_argument("--connections", type=int, default=CONNECTIONS,
+                        help="HTTP/2 connections the dialogs are dealt over (a count; all generator processes "
+                        "together)")
+    parser.add_argument("--websocket", action="store_true",
+                        help="steps mode: after each one-worker step, as many real-time WebSocket calls "
+                        "(bench_e2e's step), for CPU per 1,000 of both front ends from one run")
     parser.add_argument("--dialogs", type=int, help="ratio mode: real-time dialogs at once")
     parser.add_argument("--seconds", type=float, default=20.0, help="ratio mode: length of each dialog, s")
     parser.add_argument("--bare-server", action="store_true", help=argparse.SUPPRESS)
+    parser.add_argument("--bare-port", type=int, default=0, help=argparse.SUPPRESS)
     parser.add_argument("--generate", help=argparse.SUPPRESS)  # HOST:PORT: a generator process
     parser.add_argument("--first", type=int, default=0, help=argparse.SUPPRESS)
     parser.add_argument("--count", type=int, default=0, help=argparse.SUPPRESS)
@@ -438,19 +541,21 @@ def main() -> int:
     parser.add_argument("--json", type=Path, help="ratio mode: write the results here")
     args = parser.parse_args()
     if args.bare_server:
-        asyncio.run(_bare_main())
+        asyncio.run(_bare_main(args.bare_port))
         return 0
     if args.generate:
         late = asyncio.run(_generate_at(args.generate, args.first, args.count, args.dialogs, args.seconds,
-                                        args.ramp, args.start))
+                                        args.ramp, args.start, args.connections))
         usage = os.times()
         print(json.dumps({"failed": sum(1 for x in late if x is None),
                           "behind_max": max((x for x in late if x is not None), default=0.0),
                           "cpu_s": usage.user + usage.system}))
         return 0
     if args.dialogs is None:
-        return steps_main([int(x) for x in args.steps.split(",")], args.step_seconds, args.budget)
-    results = {variant: run_variant(variant, args.dialogs, args.seconds) for variant in ("bare", "full")}
+        return steps_main([int(x) for x in args.steps.split(",")], args.step_seconds, args.budget,
+                          [int(x) for x in args.workers.split(",")], args.connections, args.websocket)
+    results = {variant: run_variant(variant, args.dialogs, args.seconds, args.connections)
+               for variant in ("bare", "full")}
     ratio = results["full"]["server_cpu_s"] / max(results["bare"]["server_cpu_s"], 1e-9)
     busy_ratio = results["full"]["busy_cpu_s"] / max(results["bare"]["busy_cpu_s"], 1e-9)
     print(f"Machine: {machine()}")
