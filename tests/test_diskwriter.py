@@ -262,3 +262,35 @@ async def test_a_retry_runs_until_it_succeeds_or_the_writer_stops() -> None:
             await trio.sleep(0.05)
     assert len(attempts) == 3
     assert gave_up == ["hopeless"]
+
+
+async def test_open_soon_creates_the_file_before_the_first_block_which_waits_for_it() -> None:
+    """`Lane.open_soon`: the file is created with no block queued; blocks sent while it is being
+    created are written after it, in order; the file is created once."""
+
+    class SlowToOpen(Target):
+        def __init__(self) -> None:
+            super().__init__()
+            self.opening = threading.Event()
+            self.release = threading.Event()
+
+        def open_target(self) -> None:
+            self.opening.set()
+            assert self.release.wait(10)
+            super().open_target()
+
+    target = SlowToOpen()
+    writer = DiskWriter(per_lane=8, max_lanes=1, shards=1, batch_interval=0.001)
+    with trio.fail_after(10):
+        async with writer.running():
+            lane = writer.lane(target)
+            lane.open_soon()
+            assert await trio.to_thread.run_sync(target.opening.wait, 5), "not created before a block"
+            lane.open_soon()  # once only
+            for start in range(3):
+                await lane.send(block(start), 0.0)
+            await trio.sleep(0.05)
+            assert target.blocks == []  # held until the file exists
+            target.release.set()
+            await lane.finish(lambda: None)
+    assert target.opened == 1 and target.blocks == [0, 1, 2] and target.errors == []

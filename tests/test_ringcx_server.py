@@ -229,6 +229,32 @@ async def test_cancelled_stream_is_incomplete_with_what_was_received(rsettings: 
     assert client.verify(read(path), [client.Run(1, 0, caller)], tolerance=800) == []
 
 
+async def test_the_file_is_created_at_the_dialog_init_before_any_audio(rsettings: Settings) -> None:
+    """The DialogInit names the file: it is created then, not when the first block is cut (whose
+    write would wait for the creation, slow while many dialogs start at once)."""
+    release = threading.Event()
+
+    def held() -> Iterator[pb.StreamEvent]:
+        yield from (_init("early"), _start("caller", pb.CONTACT))
+        release.wait(TIMEOUT)  # no audio until the test has seen the file
+
+    with trio.fail_after(TIMEOUT):
+        async with ringcx_server(rsettings) as running:
+            with client.open_channel(running.target) as channel:
+                future = streaming_pb2_grpc.StreamingStub(channel).Stream.future(held())
+                try:
+                    with trio.fail_after(10):
+                        while not list(rsettings.output_dir.rglob("early.json")):
+                            await trio.sleep(0.02)
+                finally:
+                    future.cancel()
+                    release.set()
+                while running.server.statistics().calls_finished < 1:
+                    await trio.sleep(0.02)
+    [(_, sidecar)] = finished(rsettings.output_dir)
+    assert sidecar["status"] == "incomplete" and sidecar["metadata"]["dialog"]["id"] == "early"
+
+
 async def _wait_live(running: Running, count: int) -> None:
     while sum(1 for r in running.server._live if r.front_end == "ringcx" and r.core.frames_received)\
             < count:

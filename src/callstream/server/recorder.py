@@ -100,6 +100,7 @@ class CallRecorder:
         started_monotonic: float,
         clock: Callable[[], float] | None = None,
         metrics: Metrics | None = None,
+        open_early: bool = False,
     ) -> None:
         """``stream``: where reads come from (``receive_batch`` or ``receive``; optionally
         ``receive_batch_nowait`` and ``receive_buffered``), raising one of ENDS_OF_STREAM once
@@ -111,7 +112,9 @@ class CallRecorder:
         the recording is finished (awaited once, shielded, bounded); ``started_monotonic``: the
         ``now`` the core was made with. ``clock``: the time on the clock of the events' ``at``
         when it is not time.monotonic() (see `CallCore.tick`). ``metrics``: where the call's media counters go (at
-        each tick and at the end)."""
+        each tick and at the end). ``open_early``: create the file once the core has the call's fields
+        (a RingCX dialog's DialogInit) rather than with the first block, whose write lag would include
+        the creation (slow while many calls start at once; see `Lane.open_soon`)."""
         self._stream = stream
         self.session = session
         self.core = core
@@ -120,6 +123,7 @@ class CallRecorder:
         self._answer = answer
         self._clock = clock
         self._lane = disk.lane(self)
+        self._open_early = open_early
         self._metrics = metrics
         self._metered = NO_MEDIA
         self._settings = settings
@@ -197,7 +201,7 @@ class CallRecorder:
         )
         return cls(channel, session, core, settings, disk, front_end="ringcx",
                    path_template=settings.ringcx_path_template, answer=partial(_answer_rpc, channel),
-                   started_monotonic=now, clock=channel.clock_taken, metrics=metrics)
+                   started_monotonic=now, clock=channel.clock_taken, metrics=metrics, open_early=True)
 
     @property
     def call_id(self) -> str:
@@ -348,6 +352,9 @@ class CallRecorder:
                         i += 1
                         if event is not None and handle(event):
                             return
+                if self._open_early and self._snapshot is None and core.fields:
+                    self._first_block()  # the file is named: created now, while the first block fills
+                    lane.open_soon()
                 if waited:
                     break
                 data = receive_nowait()
@@ -377,7 +384,8 @@ class CallRecorder:
             self._lane.send_nowait(block, now)
 
     def _first_block(self) -> None:
-        """In trio, as the first block leaves for the disk: what its file is created with."""
+        """In trio, as the first block leaves for the disk (or, ``open_early``, once the call's
+        fields are known): what its file is created with."""
         core = self.core
         self._snapshot = (dict(core.fields), core.sidecar_metadata(), core.channel_map())
 

@@ -172,6 +172,18 @@ class Lane:
                 raise self._stalled("took no audio")
         self._put(block, ready)
 
+    def open_soon(self) -> None:
+        """Have the target's file created now (`open_target` in an opening thread) rather than
+        when the lane's first block reaches the writer, where that block would wait for it: for a
+        recorder that knows the file's name before its first block is cut (a RingCX dialog once
+        its DialogInit is in). Blocks queued meanwhile are held and written, in order, once the
+        file exists. Once per lane; a call after that, after the first block or after `finish`
+        does nothing. Inside the writer's `running` only."""
+        if self.opened or self.held is not None or self.finished or self.queued:
+            return
+        self.held = []
+        self._writer._open_soon(self)
+
     def _stalled(self, what: str) -> DiskStalledError:
         self.failed = self.stalled = True
         return DiskStalledError(f"the disk {what} of this call for {self._writer.stall_timeout:g} s")
@@ -266,6 +278,10 @@ class DiskWriter:
         shard = self._next_shard
         self._next_shard = (shard + 1) % self._shards
         return Lane(self, target, shard, self._per_lane)
+
+    def _open_soon(self, lane: Lane) -> None:
+        assert self._nursery is not None, "inside running()"
+        self._nursery.start_soon(self._open, lane)
 
     def _put(self, item: _Block | _Call) -> None:
         # The channel holds per_lane blocks per expected lane plus slack; lanes keep to per_lane,
