@@ -54,6 +54,7 @@ from callstream.errors import CLOSE_GOING_AWAY, DiskStalledError, ProtocolError,
 from callstream.ringcx import session as ringcx_session
 from callstream.ringcx.bridge import DialogChannel, DialogEnded
 from callstream.server.auth import secret_matches
+from callstream.server.livecalls import level_sample
 from callstream.server.metrics import NO_MEDIA, Metrics
 from callstream.settings import Settings
 from callstream.storage.diskwriter import DiskWriter
@@ -129,7 +130,8 @@ class CallRecorder:
         self._settings = settings
         self._recording: Recording | None = None
         self._ended_at: datetime | None = None  # when the finish began: the sidecar's end
-        self.last_block: Block | None = None  # the latest block written (levels; see write_block)
+        # the live view's levels: the last 0.3 s of the latest block written (livecalls.level_sample)
+        self.level_sample: Any = None
         # (fields, sidecar metadata, channel map) as of the first block, taken in trio: the file
         # is created in a disk thread, which must not read the core while the receive loop
         # changes it
@@ -418,7 +420,7 @@ class CallRecorder:
         """In a disk thread: append the block (either engine's: `Recording.append`)."""
         assert self._recording is not None, "open_target() first"
         self._recording.append(block)
-        self.last_block = block  # one reference per block: the live view's levels (see livecalls)
+        self.level_sample = level_sample(block)  # not the block: it would live a second longer
 
     def flush_blocks(self) -> None:
         """After a batch of this call's blocks: about once per flush interval, so flushing costs
