@@ -1,19 +1,22 @@
 """The live view: what a live call keeps of its last block for its levels (`level_sample`: the
-last 0.3 s, a copy), and the levels read from it."""
+last 0.3 s, a copy), the levels read from it, and a view of some of the calls."""
 
 from __future__ import annotations
 
 import math
+import time
+from dataclasses import dataclass
+from datetime import UTC, datetime
 
 import numpy as np
 import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
+from callstream.call.blocks import PcmBlock
 from callstream.call.timeline import StereoBlock
 from callstream.codec import encode_ulaw
-from callstream.call.blocks import PcmBlock
-from callstream.server.livecalls import LEVEL_SAMPLES, _levels, level_dbfs, level_sample
+from callstream.server.livecalls import LEVEL_SAMPLES, _levels, level_dbfs, level_sample, snapshot
 
 RATE = 8000
 SECOND = RATE  # samples of a full block (block_ms 1000)
@@ -70,3 +73,35 @@ def test_a_ringcx_blocks_sample_is_a_copy_of_two_channels() -> None:
     agent, caller = _levels(sample)
     whole = 20 * math.log10(math.sqrt(float(np.mean(frames[:, 0].astype(np.float64) ** 2))) / 32768)
     assert agent == pytest.approx(whole, abs=0.1) and caller == -96.0
+
+
+@dataclass
+class Live:
+    """A live call as the view reads it (what `freeze` takes of a recorder)."""
+
+    front_end: str
+    call_id: str
+    started_monotonic: float
+    level_sample: object = None
+    session_id: str = "s"
+    blocks_waiting: int = 0
+    started: datetime = datetime(2026, 1, 1, tzinfo=UTC)
+
+
+def test_a_view_of_some_rows_still_counts_every_call_and_each_front_ends_oldest() -> None:
+    now = time.monotonic()
+    loud = level_sample(block_of(tone(440, 9000), tone(440, 900)))
+    calls = [Live("websocket", "ws-new", now - 5), Live("ringcx", "rc-old", now - 50, loud),
+             Live("websocket", "ws-old", now - 100), Live("ringcx", "rc-new", now - 1)]
+    view = snapshot(calls, live=4, draining=False, disk_stalled=False, block_seconds=1.0, max_rows=1)
+    assert [call["call_id"] for call in view["calls"]] == ["ws-old"]  # the longest only
+    ends = view["front_ends"]
+    assert (ends["websocket"]["live"], ends["ringcx"]["live"]) == (2, 2)
+    assert ends["websocket"]["oldest"]["call_id"] == "ws-old"
+    oldest = ends["ringcx"]["oldest"]  # not listed, but the front end's oldest: with its levels
+    assert oldest["call_id"] == "rc-old" and oldest["seconds"] >= 50
+    assert oldest["agent_dbfs"] > oldest["caller_dbfs"] + 19 > -96
+    everything = snapshot(calls, live=4, draining=False, disk_stalled=False, block_seconds=1.0)
+    assert [call["call_id"] for call in everything["calls"]] == ["ws-old", "rc-old", "ws-new", "rc-new"]
+    assert {name: (entry["live"], entry["oldest"]["call_id"]) for name, entry in everything["front_ends"].items()
+            if entry["live"]} == {"websocket": (2, "ws-old"), "ringcx": (2, "rc-old")}

@@ -146,8 +146,8 @@ class Server:
 
     async def _write_calls(self, path: Path) -> None:
         """Leave the live calls in ``path`` for the supervisor. The facts are taken here; the
-        levels (decoding ~1 s of audio per call: ~50 us each), the JSON and the write happen in
-        a thread, so the event loop is not held for them."""
+        levels (of the calls listed only: ~10 us each), the JSON and the
+        write happen in a thread, so the event loop is not held for them."""
         from callstream.server.livecalls import MAX_ROWS, freeze, snapshot, write_snapshot
 
         frozen = [freeze(recorder) for recorder in self._live]
