@@ -15,6 +15,7 @@ from callstream.engagevoice.query import build_query
 from callstream.errors import RecordingError
 from callstream.events import Perspective
 from callstream.storage.recording import Recording
+from callstream.storage.wavbatch import AppendBatch
 from conftest import (
     RunningServer,
     call_messages,
@@ -38,8 +39,9 @@ def failing_disk(request: pytest.FixtureRequest, monkeypatch: pytest.MonkeyPatch
     """Writes of recordings whose name starts with 'doomed' fail as a full disk would.
 
     "kernel": once created, the audio file's descriptor is /dev/full's, so every write and
-    pwrite gets ENOSPC from the kernel (a block's write or, from the buffer, its flush).
-    "python": `Recording.write` raises."""
+    pwrite gets ENOSPC from the kernel, on the batched C path and the Python one alike.
+    "python": `Recording.write` raises and batched appends are off (the path a build without
+    the C extension, or FLAC, takes)."""
     if request.param == "kernel":
         create = Recording.create.__func__  # type: ignore[attr-defined]
 
@@ -61,6 +63,7 @@ def failing_disk(request: pytest.FixtureRequest, monkeypatch: pytest.MonkeyPatch
         write(self, left, right)
 
     monkeypatch.setattr(Recording, "write", faulty)
+    monkeypatch.setattr(Recording, "plan", lambda self, left, right: None)
 
 
 async def test_disk_error_closes_only_that_call_with_1011(server: RunningServer, failing_disk: None) -> None:
@@ -131,13 +134,13 @@ async def test_a_hung_disk_fails_the_waiting_call_refuses_new_ones_and_recovers(
     import threading
 
     disk = threading.Event()
-    write = Recording.write
+    run = AppendBatch.run
 
-    def hung(self: Recording, left: bytes, right: bytes) -> None:
+    def hung(self: AppendBatch) -> None:
         assert disk.wait(TIMEOUT)
-        write(self, left, right)
+        run(self)
 
-    monkeypatch.setattr(Recording, "write", hung)
+    monkeypatch.setattr(AppendBatch, "run", hung)
     running = await start_server(nursery, replace(settings, disk_stall_timeout=1.0, write_queue_blocks=1))
     flag = running.server._disk_flag = multiprocessing.Value("b", 0)  # what a worker tells its supervisor
     frames = random_frames(np.random.default_rng(15), 500)

@@ -29,8 +29,11 @@ class Target:
     def open_target(self) -> None:
         self.opened += 1
 
-    def write_block(self, block: StereoBlock) -> None:
+    def plan_block(self, block: StereoBlock) -> None:
         assert self.opened == 1
+        return None  # the Python path: write_block + flush_blocks
+
+    def write_block(self, block: StereoBlock) -> None:
         if self.gate is not None:
             assert self.gate.wait(10)
         if block.start == self.fail_at:

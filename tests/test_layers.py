@@ -191,7 +191,7 @@ def test_only_the_native_seam_imports_the_extension() -> None:
         ("callstream.call.inorder", "from ..storage.wavfile import SAMPLE_RATE\n"),
         ("callstream.storage.sinks", "from callstream.engagevoice.protocol import parse_message\n"),
         ("callstream.storage.sinks", "from callstream.server.metrics import Metrics\n"),
-        ("callstream.engagevoice.mediascan", "from callstream.storage.sinks import WavPcmSink\n"),
+        ("callstream.engagevoice.mediascan", "from callstream.storage.wavbatch import AppendBatch\n"),
         ("callstream.errors", "from callstream.call.timeline import Timeline\n"),
         ("callstream.sim.loadgen", "from callstream.server.server import Server\n"),
     ],

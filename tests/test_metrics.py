@@ -274,6 +274,7 @@ async def test_disk_error_counts_and_fails_the_call(
         raise RecordingError(f"cannot write {self.partial_path}: {errno.errorcode[errno.ENOSPC]}")
 
     monkeypatch.setattr(Recording, "write", full_disk)
+    monkeypatch.setattr(Recording, "plan", lambda self, left, right: None)  # no batched appends
     running = await start(nursery, settings)
     frames = random_frames(np.random.default_rng(22), 100)
     with trio.fail_after(TIMEOUT):

@@ -230,6 +230,7 @@ def test_multichannel_sink_takes_pcm_only(tmp_path: Path, fmt: str) -> None:
         sink.write(b"\xff", b"\xff")
     with pytest.raises(ValueError, match="shape"):
         sink.write_pcm(pcm[:, :2])
+    assert getattr(sink, "plan", lambda left, right: None)(b"\xff", b"\xff") is None
     assert sink.frames_written == 9000 and sink.channels == 3
     sink.close()
     data, rate = soundfile.read(str(path), dtype="int16", always_2d=True)

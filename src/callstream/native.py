@@ -6,7 +6,7 @@ No other module imports the extension: each takes its kernel with ``kernel(name)
 
 - unset or ``1``: every kernel from the extension when it is built;
 - ``0``: every twin (as if the extension were not built);
-- a comma-separated list of ``-kernel`` (e.g. ``-wsframe,-inorder``): every kernel but those, each
+- a comma-separated list of ``-kernel`` (e.g. ``-wsframe,-append``): every kernel but those, each
   dropped one running its twin -- for measuring what one kernel is worth end to end.
 
 Any other value, or an unknown kernel name, raises ValueError.
@@ -18,11 +18,8 @@ mulaw      cs_*_decode/encode     codec.CBackend (G.711)                codec.Nu
 mediascan  cs_media_scan          engagevoice.mediascan.MediaScanner    engagevoice.protocol.parse_message
 wsframe    cs_ws_split            engagevoice.transport_websockets      websockets' own frame parser
 inorder    cs_inorder_place       call.inorder.SteadyLanes              call.timeline.Timeline.push (Python)
+append     cs_append_batch        storage.wavbatch.AppendBatch          storage.sinks writes each file itself
 =========  =====================  ====================================  ======================================
-
-Removed (issue 13, point 5: a kernel stays where dropping it costs at least 3 % of server CPU at
-1,000 real-time calls): ``append`` (``cs_append_batch``, batched WAV appends in the disk writer),
-see benchmarks/RESULTS.md of 2026-12-06.
 """
 
 from __future__ import annotations
@@ -32,7 +29,7 @@ from typing import Any
 
 __all__ = ["AVAILABLE", "DISABLED", "DROPPED", "IMPORT_ERROR", "KERNELS", "ffi", "kernel", "lib"]
 
-KERNELS = ("mulaw", "mediascan", "wsframe", "inorder")
+KERNELS = ("mulaw", "mediascan", "wsframe", "inorder", "append")
 
 
 def _wanted() -> tuple[bool, frozenset[str]]:
@@ -46,7 +43,7 @@ def _wanted() -> tuple[bool, frozenset[str]]:
     if not all(name.startswith("-") and name[1:] in KERNELS for name in names):
         raise ValueError(
             f"CALLSTREAM_NATIVE is {wanted!r}, expected '0', '1', unset or a list like "
-            f"'-wsframe,-inorder' (kernels: {', '.join(KERNELS)})"
+            f"'-wsframe,-append' (kernels: {', '.join(KERNELS)})"
         )
     return False, frozenset(name[1:] for name in names)
 

@@ -368,8 +368,8 @@ class Settings:
                         help="worker processes sharing the port (SO_REUSEPORT), each with its own event loop; "
                         "recommended: one per core. --max-calls counts across all of them; /metrics sums them")
     disk_threads: int = _opt(DEFAULT_DISK_THREADS, group="performance", parse=parse_int, unit="THREADS", low=1,
-                             high=1024, help="threads the disk writer spreads calls over, each writing its calls' "
-                             "blocks of a batch (more help a disk with high latency, such as a network file system)")
+                             high=1024, help="threads the disk writer spreads calls over; each batch is one C call "
+                             "per thread (more help a disk with high latency, such as a network file system)")
     write_queue_blocks: int = _opt(DEFAULT_WRITE_QUEUE_BLOCKS, group="performance", parse=parse_int,
                                    unit="BLOCKS", low=1,
                                    help="blocks (about a second of stereo audio each) a call may have waiting for "

@@ -41,7 +41,7 @@ from typing import Any
 
 import trio
 
-from callstream.call.blocks import Block
+from callstream.call.blocks import Block, StereoBlock
 from callstream.call.core import CallCore
 from callstream.call.events import CallEnded
 from callstream.call.segments import SegmentMixer
@@ -59,6 +59,7 @@ from callstream.server.metrics import NO_MEDIA, Metrics
 from callstream.settings import Settings
 from callstream.storage.diskwriter import DiskWriter
 from callstream.storage.recording import Recording
+from callstream.storage.wavbatch import PlannedAppend
 
 LOGGER = logging.getLogger("callstream.recorder")
 
@@ -416,11 +417,23 @@ class CallRecorder:
         if self._recording is None:
             self._create_recording()
 
+    def plan_block(self, block: Block) -> PlannedAppend | None:
+        """In the event loop: a stereo block as a batched append (`wavbatch`: the shard writes
+        every planned block of a batch in one C call, without the GIL), or None: then
+        `write_block` it (FLAC, multichannel, a build without the kernel)."""
+        assert self._recording is not None, "open_target() first"
+        if type(block) is not StereoBlock:
+            return None
+        plan = self._recording.plan(block.left, block.right)
+        if plan is not None:
+            self.level_sample = level_sample(block)  # not the block: it would live a second longer
+        return plan
+
     def write_block(self, block: Block) -> None:
         """In a disk thread: append the block (either engine's: `Recording.append`)."""
         assert self._recording is not None, "open_target() first"
         self._recording.append(block)
-        self.level_sample = level_sample(block)  # not the block: it would live a second longer
+        self.level_sample = level_sample(block)
 
     def flush_blocks(self) -> None:
         """After a batch of this call's blocks: about once per flush interval, so flushing costs

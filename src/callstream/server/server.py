@@ -114,6 +114,7 @@ class Server:
             per_lane=self.settings.write_queue_blocks,
             max_lanes=self.settings.max_calls,
             shards=self.settings.disk_threads,
+            fsync=self.settings.fsync,
             observe_lag=self.metrics.observe_write_lag,
             stall_timeout=self.settings.disk_stall_timeout,
         )

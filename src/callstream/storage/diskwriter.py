@@ -7,11 +7,12 @@ queued (waiting at least ``batch_interval`` seconds between batches so that batc
 under load) and, for a batch:
 1. creates the files of calls whose first block it is, each in a thread of its own, in the
    background: the lane's items wait in the lane meanwhile, other lanes' blocks go on;
-2. groups the blocks by shard (a lane always uses the same shard);
-3. runs each shard in a worker thread, the shards in parallel: its blocks in order, each target
-   flushed once after its last block of the batch. One trio-to-thread hop for the whole batch:
-   that thread runs the first shard and hands the others to a pool of its own
-   (`concurrent.futures`), because under load
+2. plans every block in the event loop (offsets reserved, no system call; see `wavbatch`) and
+   prepares, per shard (a lane always uses the same shard), one C call for all of them;
+3. runs each shard in a worker thread, the shards in parallel: the C call with the GIL released
+   throughout, then the blocks of targets that cannot be batched (FLAC), in order, each of their
+   targets flushed once. One trio-to-thread hop for the whole batch: that thread runs the first
+   shard and hands the others to a pool of its own (`concurrent.futures`), because under load
    every further trip through trio's scheduler (a task per shard, waking the writer after them)
    waited for a whole round of the busy event loop (measured at 750 calls: the thread phase's
    p99 was 0.6-1.3 s for writes of a few milliseconds);
@@ -21,11 +22,9 @@ under load) and, for a batch:
 Why: a trio-to-thread hop costs about as much as all the per-message work of a second of one
 call; with a hop per block (one a second per call) the hops alone capped the server at a few
 hundred calls per core. Batched, the hops cost at most ``shards / batch_interval`` a second
-whatever the load. The threads run Python (a block's decode, write and header rewrite) and wait
-for the GIL while the event loop is busy; a C kernel that wrote a whole shard with the GIL
-released once (``cs_append_batch``) was measured and removed: at 1,000 real-time calls it made
-no difference to server CPU or write lag beyond the shared machine's noise (benchmarks/RESULTS.md,
-2026-12-06).
+whatever the load. And Python code in the threads is kept to nothing: while the event loop is
+busy a thread waits for the GIL at every turn (planning 150 blocks in a thread took 0.1-0.8 s of
+wall time at 1,000 calls).
 
 Backpressure: a lane holds at most ``per_lane`` blocks queued or being written. A receive loop
 that would exceed it waits (its socket is then not read: TCP pushes back on the platform); the
@@ -61,6 +60,7 @@ import trio
 
 from callstream.call.blocks import Block
 from callstream.errors import DiskStalledError, RecordingError
+from callstream.storage.wavbatch import AppendBatch, PlannedAppend
 
 T = TypeVar("T")
 
@@ -79,11 +79,15 @@ FINISH_THREADS: Final = 8
 
 class BlockTarget(Protocol):
     """What a lane writes to (the call's recorder). ``open_target``, ``write_block`` and
-    ``flush_blocks`` run in a worker thread; ``write_failed`` in the event loop and must not
-    block."""
+    ``flush_blocks`` run in a worker thread; ``plan_block`` and ``write_failed`` in the event
+    loop and must not block."""
 
     def open_target(self) -> None:
         """Before the lane's first block: create the file. Raises RecordingError."""
+
+    def plan_block(self, block: Block) -> PlannedAppend | None:
+        """The block as a batched append (see `wavbatch`; no system call), or None: then
+        `write_block` it. Raises RecordingError (a file at its size limit)."""
 
     def write_block(self, block: Block) -> None:
         """Append one block. Raises RecordingError when the disk fails (or a file at its size
@@ -235,14 +239,16 @@ class DiskWriter:
         max_lanes: int,
         shards: int = DEFAULT_SHARDS,
         batch_interval: float = DEFAULT_BATCH_INTERVAL,
+        fsync: bool = False,
         observe_lag: Callable[[float], None] | None = None,
         stall_timeout: float = DEFAULT_STALL_TIMEOUT,
         retry_interval: float = DEFAULT_RETRY_INTERVAL,
     ) -> None:
         """``per_lane``: blocks a lane may have queued; ``max_lanes``: lanes expected at most
-        (sizes the shared channel; the targets' `flush_blocks` decide about fsync);
-        ``observe_lag``: called in the event loop after each batch with each written block's
-        seconds from ready to flushed; ``stall_timeout``: seconds a lane's wait on the disk may last (see the module's
+        (sizes the shared channel); ``fsync``: fsync what a batch appended (batched appends; the
+        targets' `flush_blocks` decide for themselves); ``observe_lag``: called in the event
+        loop after each batch with each written block's seconds from ready to flushed;
+        ``stall_timeout``: seconds a lane's wait on the disk may last (see the module's
         docstring); ``retry_interval``: seconds between attempts at a refused finish (see
         `retry`)."""
         if per_lane < 1 or shards < 1:
@@ -257,6 +263,7 @@ class DiskWriter:
         self._shards = shards
         self._batch_interval = batch_interval
         self._observe_lag = observe_lag
+        self._fsync = fsync
         # room for every lane's blocks, its finish and the wake-up when its file is created
         self._send, self._receive = trio.open_memory_channel[Any]((per_lane + 2) * max(1, max_lanes) + 64)
         self._reopened: list[_Block | _Call] = []  # held items of lanes whose file now exists
@@ -361,14 +368,23 @@ class DiskWriter:
                 ready.append(item)
         blocks = [item for item in ready if type(item) is _Block]
         failures: list[tuple[Lane, RecordingError]] = []
-        shards = _by_shard(blocks)
+        shards = self._plan(blocks, failures)
         if shards:
             self._batch_started = trio.current_time()
             try:
                 failures += await trio.to_thread.run_sync(self._write_shards, shards, limiter=self._batch_thread)
             finally:
                 self._batch_started = None
-        written = [item for shard in shards for item in shard.written]
+        written: list[_Block] = []
+        for shard in shards:
+            if shard.batch is not None:
+                errors = shard.batch.results()
+                for (item, _), error in zip(shard.planned, errors, strict=True):
+                    if error is None:
+                        written.append(item)
+                    else:
+                        _fail(item.lane, error, failures)
+            written += shard.written
         if self._observe_lag is not None:
             now = time.monotonic()
             for item in written:
@@ -396,6 +412,31 @@ class DiskWriter:
         self._reopened += held
         self._send.send_nowait(None)  # wake the writer
 
+    def _plan(self, blocks: list[_Block], failures: list[tuple[Lane, RecordingError]]) -> list[_Shard]:
+        """In the event loop: each block planned as a batched append, or left for the Python
+        path; per shard, the appends prepared as one C call."""
+        shards: dict[int, _Shard] = {}
+        for item in blocks:
+            lane = item.lane
+            if lane.failed:
+                continue
+            shard = shards.get(lane.shard)
+            if shard is None:
+                shard = shards[lane.shard] = _Shard()
+            try:
+                plan = lane.target.plan_block(item.block)
+            except RecordingError as error:
+                _fail(lane, error, failures)
+                continue
+            if plan is None:
+                shard.python.append(item)
+            else:
+                shard.planned.append((item, plan))
+        for shard in shards.values():
+            if shard.planned:
+                shard.batch = AppendBatch([plan for _, plan in shard.planned], fsync=self._fsync)
+        return list(shards.values())
+
     def _write_shards(self, shards: list[_Shard]) -> list[tuple[Lane, RecordingError]]:
         """In a worker thread: every shard's writes, the first here, the others in the pool, in
         parallel; their failures."""
@@ -415,34 +456,25 @@ class DiskWriter:
         call.done.set()
 
 
-def _by_shard(blocks: list[_Block]) -> list[_Shard]:
-    """The blocks of lanes not failed, by shard, each shard's in the order given."""
-    shards: dict[int, _Shard] = {}
-    for item in blocks:
-        lane = item.lane
-        if lane.failed:
-            continue
-        shard = shards.get(lane.shard)
-        if shard is None:
-            shard = shards[lane.shard] = _Shard()
-        shard.blocks.append(item)
-    return list(shards.values())
-
-
 class _Shard:
-    """One shard's part of a batch."""
+    """One shard's part of a batch: its prepared C appends and its Python-path blocks."""
 
-    __slots__ = ("blocks", "written")
+    __slots__ = ("batch", "planned", "python", "written")
 
     def __init__(self) -> None:
-        self.blocks: list[_Block] = []
-        self.written: list[_Block] = []  # blocks written and flushed
+        self.planned: list[tuple[_Block, PlannedAppend]] = []
+        self.batch: AppendBatch | None = None
+        self.python: list[_Block] = []
+        self.written: list[_Block] = []  # Python-path blocks written and flushed
 
     def write(self) -> list[tuple[Lane, RecordingError]]:
-        """In a worker thread: the blocks in order, each target flushed once at the end."""
+        """In a worker thread: the C appends in one call (the GIL released), then the
+        Python-path blocks in order, each of their targets flushed once at the end."""
+        if self.batch is not None:
+            self.batch.run()
         failures: list[tuple[Lane, RecordingError]] = []
         unflushed: dict[Lane, list[_Block]] = {}
-        for item in self.blocks:
+        for item in self.python:
             lane = item.lane
             if lane.failed:
                 continue

@@ -31,6 +31,7 @@ from callstream.call.blocks import Block, PcmBlock
 from callstream.errors import RecordingError
 from callstream.storage.naming import FILE_MODE, Reservation, render_path, reserve
 from callstream.storage.sinks import EXTENSIONS, AudioSink, open_sink
+from callstream.storage.wavbatch import PlannedAppend
 from callstream.storage.wavfile import CHANNELS, SAMPLE_RATE
 
 LOGGER = logging.getLogger("callstream.recording")
@@ -246,6 +247,12 @@ class Recording:
         self._metadata = dict(metadata)
         self._channel_map = dict(channel_map)
         self._publish(RECORDING, ended=None, sha256=None, statistics={}, durable=durable)
+
+    def plan(self, left: bytes, right: bytes) -> PlannedAppend | None:
+        """The block as a batched append (`wavbatch.append_all` writes it), or None when this
+        format or build has none (then use `write` and `flush`)."""
+        planner = getattr(self._sink, "plan", None)
+        return None if planner is None else planner(left, right)
 
     def finish(self, status: str, *, ended: datetime, metadata: Mapping[str, Any],
                statistics: Mapping[str, Any] | Any, channel_map: Mapping[str, Any] | None = None) -> Path:

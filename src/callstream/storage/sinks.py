@@ -3,8 +3,8 @@
 Every sink takes the two perspectives as G.711 mu-law bytes of equal length (left = agent,
 right = caller) and appends them as one stereo file at 8 kHz, or takes 16-bit PCM frames of its
 channel count (`write_pcm`: the RingCX front end, stereo or one channel per participant). A sink
-opened with other than 2 channels takes PCM only: its `write` raises ValueError, so the stereo
-sinks' per-block path is the same as before channel counts existed. Disk
+opened with other than 2 channels takes PCM only: its `write` raises ValueError (and it has no
+`plan`), so the stereo sinks' per-block path is the same as before channel counts existed. Disk
 failures raise RecordingError naming the path, chained to the underlying error.
 """
 
@@ -19,6 +19,7 @@ import soundfile as sf
 
 from callstream import codec
 from callstream.errors import RecordingError
+from callstream.storage import wavbatch
 from callstream.storage.wavfile import CHANNELS, FILE_MODE, MAX_CHANNELS, SAMPLE_RATE, WavEncoding, WavWriter
 
 FLAC_MAX_CHANNELS: Final = 8  # the FLAC format's limit
@@ -90,8 +91,9 @@ class _WavSink:
         self.path = Path(path)
         self.channels = channels
         self._writer = WavWriter(self.path, encoding=self._encoding, channels=channels)
-        if channels != CHANNELS:  # set once here: the stereo write tests nothing per block
+        if channels != CHANNELS:  # set once here: the stereo write and plan test nothing per block
             self.write = _pcm_only.__get__(self)  # type: ignore[method-assign]
+            self.plan = lambda left, right: None  # type: ignore[method-assign]
 
     @property
     def frames_written(self) -> int:
@@ -102,6 +104,13 @@ class _WavSink:
 
     def close(self) -> None:
         self._writer.close(fsync=True)
+
+    def plan(self, left: bytes, right: bytes) -> wavbatch.PlannedAppend | None:
+        """The block as a `wavbatch` append (what `write` + `flush` would write), or None
+        without the C extension (then use `write`)."""
+        if not wavbatch.AVAILABLE:
+            return None
+        return wavbatch.plan(self._writer, left, right)
 
 
 class WavPcmSink(_WavSink):

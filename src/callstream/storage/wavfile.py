@@ -120,6 +120,8 @@ class WavWriter:
         self.channels = channels
         self.block_align = self._layout.block_align  # bytes per sample frame
         self._data_bytes = 0
+        self._reserved = 0  # bytes reserved behind the data for an append made outside (wavbatch)
+        self._appended_outside = False  # the buffered file's position is behind the data
         self._flushed_bytes = -1  # data size the header on disk states; -1: no header yet
         try:
             fd = os.open(self.path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, FILE_MODE)
@@ -155,9 +157,39 @@ class WavWriter:
         return self._layout.header_size
 
     def fileno(self) -> int:
-        """The file's descriptor (the data goes through a buffer: see `flush`)."""
+        """The file's descriptor, for appends made outside (`reserve` / `appended`)."""
         self._check_open()
         return self._file.fileno()
+
+    def reserve(self, size: int) -> int:
+        """Reserve ``size`` more bytes of whole frames for an append made outside this object
+        (`wavbatch`, with ``pwrite`` at the returned file offset); report it with `appended`, or
+        drop every reservation with `cancel_reserved`. Raises like `write`."""
+        self._check_open()
+        if size % self.block_align:
+            raise ValueError(f"{size} bytes is not a whole number of {self.block_align}-byte frames")
+        end = self._data_bytes + self._reserved
+        if self._layout.header_size - 8 + end + size > RIFF_LIMIT:
+            raise RecordingError(f"{str(self.path)!r} would exceed the 4 GiB RIFF size limit")
+        self._reserved += size
+        return self._layout.header_size + end
+
+    def header_for_reserved(self) -> bytes:
+        """The header for the data written plus everything reserved."""
+        return self._layout.header(self._data_bytes + self._reserved)
+
+    def appended(self, size: int, *, header: bool) -> None:
+        """The oldest ``size`` reserved bytes are on disk; ``header``: and so is the header of
+        `header_for_reserved` as it was for them."""
+        self._reserved -= size
+        self._data_bytes += size
+        self._appended_outside = True
+        if header:
+            self._flushed_bytes = self._data_bytes
+
+    def cancel_reserved(self) -> None:
+        """Forget every reservation not reported (their append failed)."""
+        self._reserved = 0
 
     def write(self, data: object) -> None:
         """Append whole interleaved frames: any C-contiguous buffer (bytes, a numpy array).
@@ -166,6 +198,8 @@ class WavWriter:
         RecordingError when the file would exceed the 4 GiB RIFF limit or the disk fails.
         """
         self._check_open()
+        if self._reserved:
+            raise ValueError("an append made outside is not reported yet")
         view = memoryview(data).cast("B")  # type: ignore[arg-type]
         size = view.nbytes
         if size % self.block_align:
@@ -173,6 +207,9 @@ class WavWriter:
         if self._layout.header_size - 8 + self._data_bytes + size > RIFF_LIMIT:
             raise RecordingError(f"{str(self.path)!r} would exceed the 4 GiB RIFF size limit")
         try:
+            if self._appended_outside:
+                self._file.seek(self._layout.header_size + self._data_bytes)
+                self._appended_outside = False
             self._file.write(view)
         except OSError as exc:
             raise _error(self.path, "write", exc) from exc
