@@ -282,4 +282,5 @@ def test_a_stall_of_the_whole_stream_is_not_a_pause() -> None:
     assert np.array_equal(audio[:, 1], np.concatenate([pcm(tone_chunk(1, k)) for k in range(30)]))
     assert np.array_equal(audio[:, 0], np.concatenate([pcm(tone_chunk(2, k)) for k in range(30)]))
     stats = {s["segment_id"]: s["statistics"] for s in mixer.segments()}
-    assert stats["c"]["pauses"] == 0 and stats["c"]["stalls"] >= 1 and stats["c"]["shifted_seconds"] == 0
+    for name in "ca":  # the other segment's chunks, in the stream's order, say nothing paused
+        assert stats[name]["pauses"] == 0 and stats[name]["shifted_seconds"] == 0

@@ -13,14 +13,19 @@ clocks:
   out of order waits (at most ``window_ms`` of audio, or until it is ``window_ms`` old) for the
   ones before it; a repeated ``seq`` is dropped; a ``seq`` that never came becomes silence of
   the segment's last chunk length (its own duration is lost with it).
-- A pause (hold): when the next chunk in ``seq`` order arrives more than ``window_ms`` later
-  than its place by ``seq`` (``pos(at) - n - cursor``) beyond the call's backlog, the
-  segment's media stopped meanwhile although ``seq`` went on: the chunk is placed by its
-  arrival less the backlog, the time between is silence. The backlog is how late the call's
-  other segments arrived about then (see `_backlog`): a reader that falls behind (an
-  overloaded server) makes every segment late alike, and that is lag, not a pause; with no
-  other segment arriving, the segment's own previous lateness. Sequence gaps are filled first,
-  so a platform that numbers through the hold is not counted twice.
+- A pause (hold) is judged only from the platform's evidence, never from our own read delay
+  (the process starved, the GIL busy, the bridge full: every segment of the dialog read late
+  alike). The stream's own order is that evidence: when another live segment's chunks came since
+  this segment's previous one (a witness), its audio says where this chunk belongs (where the
+  witness's audio ends, to within a chunk); more than ``window_ms`` beyond the cursor, the media
+  paused while ``seq`` went on, and the pause is the arrival's length (less the witness's
+  lateness) held to within half a chunk of that. Every live segment quiet at once (no witness) is
+  the platform's hold of all only on its word: a HOLD SegmentInfo since the segment's last chunk;
+  then, and for a lone segment, the arrival decides: a chunk more than ``window_ms`` later than
+  its place by ``seq`` beyond the call's backlog (see `_backlog`) is held until the next one says
+  whether the media paused (it comes a chunk later) or the stream stalled (at once). Otherwise no
+  silence: a stall, the segments stay aligned. Sequence gaps are filled first, so a platform that
+  numbers through the hold is not counted twice.
 Channels (``layout="stereo"``): AGENT segments on the left (0); CONTACT, BOT and unspecified
 participants on the right (1). Segments on one channel at the same time are mixed with a
 saturating 16-bit add (summed in 32 bits, clipped to 16, chunk by chunk).
@@ -84,7 +89,9 @@ STEREO: Final = 2
 LAYOUTS: Final = ("stereo", "participants")
 MAX_CHANNELS: Final = 8  # participants layout: FLAC's limit, and past any real transfer chain
 MAX_LEAD: Final = 2 * SAMPLE_RATE  # samples: the most the call's first event may have come late
-CLOCK_SLACK: Final = SAMPLE_RATE  # samples: how far the clock may run ahead of all audio (a stall)
+# samples: how far the clock may run ahead of all audio (a stall of the platform, or our own read
+# delay: the process starved): every segment quiet this long moves the emission on without them
+CLOCK_SLACK: Final = 4 * SAMPLE_RATE
 BYTE_ORDERS: Final = ("big", "little")
 HISTORY: Final = 8  # arrivals per segment kept to judge a held chunk (a second of a reader's catch-up)
 
@@ -93,7 +100,7 @@ class _Segment:
     __slots__ = (
         "arrived", "arrived_at", "backlog", "bad_payloads", "channel", "chunks", "cursor", "decode", "duplicates",
         "format", "history", "info", "joined", "last_samples", "late", "left", "lost_chunks", "lost_samples",
-        "next_seq", "paused",
+        "next_seq", "order", "paused",
         "pauses", "pending", "pending_samples", "reordered", "restarts", "samples", "shared", "shifted",
         "stalls", "start", "stopped", "suspect", "unrecorded", "why_not",
     )
@@ -107,6 +114,7 @@ class _Segment:
         self.decode = decode
         self.why_not = why_not  # None: recorded; else why this segment is not
         self.next_seq: int | None = None
+        self.order = 0  # the call's count of arrived chunks at its latest one (the stream's order)
         self.arrived = 0  # where (by the clock, in samples) its last chunk placed on arrival started
         self.arrived_at = float("-inf")  # the clock (s) at its latest chunk's arrival
         # samples by which its latest chunk arrived after its place by seq (a held one's too), and
@@ -227,6 +235,8 @@ class SegmentMixer:
         self._lead = 0
         self._filled = [0] * self.channels  # per channel: the end of the audio placed on it
         self._segments: dict[str, _Segment] = {}
+        self._order = 0  # chunks of recorded segments arrived so far: the stream's own order
+        self._hold_order = -1  # _order when the latest HOLD SegmentInfo came (the platform's word)
         self._live: list[_Segment] = []  # started, not stopped, recorded
         self._format = DEFAULT_FORMAT  # the last one a SegmentStarted gave
         self._orphans: list[SegmentMedia] = []
@@ -329,6 +339,7 @@ class SegmentMixer:
             self._origin = media.at - len(pcm) / SAMPLE_RATE
             self._now = round((self._clock - self._origin) * SAMPLE_RATE)
         seq = media.seq
+        self._order += 1
         if segment.next_seq is None:  # its first chunk: placed where it arrived
             arrived = round((media.at - self._origin) * SAMPLE_RATE) - len(pcm)  # type: ignore[operator]
             segment.arrived = arrived
@@ -423,6 +434,36 @@ class SegmentMixer:
         if on_arrival:
             segment.history.append((segment.arrived_at, segment.late))
             segment.arrived_at = at
+        witness, told = None, False
+        if on_arrival:
+            witness = self._witness(segment) if segment.samples else None  # its first: where it joined
+            told = self._hold_order >= segment.order  # a HOLD came since its last chunk
+            segment.order = self._order
+        ahead = 0 if witness is None else witness - n // 2 - segment.cursor
+        if witness is not None and (ahead > self._window or not told):
+            # Another segment's chunks came (in the stream's order) since this one's last: its audio
+            # says where this chunk belongs, whatever our own read delay (the process starved, the
+            # bridge full: every segment late alike). Beyond the window behind it, the media paused
+            # while seq went on; the pause's length is the arrival's, within a chunk of that.
+            # (the witness's audio ends where this chunk does to within a chunk, whichever of
+            # two chunks spoken together the platform sent first: the middle of that)
+            if ahead > self._window:
+                backlog, _ = self._backlog(segment, since, at)
+                excess = min(max(arrived - segment.cursor - backlog, ahead - n // 2), ahead + n // 2)
+                segment.pauses += 1
+                segment.paused += excess
+                segment.cursor += excess
+            segment.late = segment.backlog = max(0, arrived - segment.cursor)
+            return self._put(segment, pcm)
+        if on_arrival and not told and any(other is not segment and other.joined is not None for other in self._live):
+            # Late, and no other segment's chunk came meanwhile although one is live: every segment
+            # was quiet at once, the platform's hold of all or, as likely, our own read delay (the
+            # process starved). Without the platform's word (a HOLD SegmentInfo), no silence: the
+            # segments stay aligned. With it, its arrival below says how long.
+            if arrived - segment.cursor - max(0, segment.backlog) > self._window:
+                segment.stalls += 1
+            segment.late = segment.backlog = max(0, arrived - segment.cursor)
+            return self._put(segment, pcm)
         # how much later than the call's backlog explains: a pause of that length, or a stall
         backlog, others = self._backlog(segment, since, at)
         excess = arrived - segment.cursor - backlog
@@ -442,6 +483,22 @@ class SegmentMixer:
             segment.cursor += excess
         if on_arrival or paused is not None:
             segment.late = segment.backlog = arrived - segment.cursor
+        self._put(segment, pcm)
+
+    def _witness(self, segment: _Segment) -> int | None:
+        """Where the audio of the call's other live segments that kept arriving since
+        ``segment``'s latest chunk ends (the furthest), in the stream's own order: None when no
+        other did (``segment`` alone, or every segment quiet together)."""
+        since, end = segment.order, None
+        for other in self._live:
+            if other is not segment and other.order > since and other.joined is not None and other.suspect is None:
+                if end is None or other.cursor > end:
+                    end = other.cursor
+        return end
+
+    def _put(self, segment: _Segment, pcm: np.ndarray) -> None:
+        """Write the chunk numbered next_seq at the segment's cursor and move it on."""
+        n = len(pcm)
         if segment.cursor < self._emitted:
             segment.shifted += self._emitted - segment.cursor
             segment.cursor = self._emitted
@@ -565,6 +622,9 @@ class SegmentMixer:
             self._live.remove(segment)
 
     def _info(self, info: SegmentInfo) -> None:
+        event = info.event.upper()
+        if "HOLD" in event and not event.startswith("UN"):
+            self._hold_order = self._order
         if len(self.infos) >= MAX_INFOS:
             self.counters["infos_dropped"] += 1
             return
