@@ -240,6 +240,7 @@ class SegmentMixer:
         self._live: list[_Segment] = []  # started, not stopped, recorded
         self._format = DEFAULT_FORMAT  # the last one a SegmentStarted gave
         self._orphans: list[SegmentMedia] = []
+        self._run_pcm: tuple[Sequence[Any], int, list[tuple[Any, np.ndarray | None]]] | None = None
         self.infos: list[dict[str, Any]] = []
         self.counters = {"unknown_segment_media": 0, "media_after_stop": 0, "segments_over_cap": 0,
                          "bad_events": 0, "infos_dropped": 0}
@@ -282,6 +283,13 @@ class SegmentMixer:
             raise RuntimeError("the call is finished")
         i, end = start, len(items)
         place = self._media
+        # the run's PCMU payloads decoded in one call (a chunk's own call cost more than its
+        # decoding), kept while the caller pops a block in the middle of the run
+        cache = self._run_pcm
+        if cache is None or cache[0] is not items or not cache[1] <= start < cache[1] + len(cache[2]):
+            cache = self._run_pcm = (items, start, self._decode_run(items, start))
+        _, first, decoded = cache
+        last = first + len(decoded)
         # Stop whenever a block may be ready (pop_block's own first test), also before the first
         # item: the caller pops before this places anything more, as it would after each event
         # (where a segment joins depends on what has left). Such an item, not placed here, the
@@ -295,9 +303,39 @@ class SegmentMixer:
                 self._clock = at
                 if self._origin is not None:
                     self._now = round((at - self._origin) * SAMPLE_RATE)
-            place(media)
+            if i < last and decoded[i - first][0] is media:
+                place(media, decoded[i - first][1])
+            else:
+                place(media)
             i += 1
+        if i >= last or type(items[i]) is not SegmentMedia:
+            self._run_pcm = None  # the run is placed: its PCM goes now
         return i
+
+    def _decode_run(self, items: Sequence[Any], start: int) -> list[tuple[Any, np.ndarray | None]]:
+        """(media, its PCM or None) for the `SegmentMedia` of ``items`` from ``start`` on, up to
+        the first item of another kind: PCMU payloads of recorded segments decoded in one call
+        (the PCM are views of one array); None where `_media` decodes (or drops) it itself."""
+        segments, found = self._segments, []
+        payloads: list[bytes] = []
+        for index in range(start, len(items)):
+            media = items[index]
+            if type(media) is not SegmentMedia:
+                break
+            segment = segments.get(media.segment_id)
+            if segment is not None and segment.decode is not None and segment.format.codec == "PCMU" and media.payload:
+                payloads.append(media.payload)
+                found.append([media, len(media.payload)])
+            else:
+                found.append([media, None])
+        if len(payloads) < 2:
+            return [(media, None) for media, _ in found]
+        pcm = codec.decode_ulaw(b"".join(payloads))
+        at = 0
+        for entry in found:
+            if entry[1] is not None:
+                entry[1], at = pcm[at : at + entry[1]], at + entry[1]
+        return [(media, view) for media, view in found]
 
     def tick(self, now: float) -> None:
         """Time has passed (``now`` on the events' clock): give up waiting for lost chunks and
@@ -308,7 +346,7 @@ class SegmentMixer:
                 self._now = round((now - self._origin) * SAMPLE_RATE)
         self._expire(now)
 
-    def _media(self, media: SegmentMedia) -> None:
+    def _media(self, media: SegmentMedia, decoded: np.ndarray | None = None) -> None:
         segment = self._segments.get(media.segment_id)
         if segment is None:
             if len(self._orphans) < MAX_ORPHANS:
@@ -323,7 +361,9 @@ class SegmentMixer:
             segment.unrecorded += 1
             return
         payload = media.payload
-        if payload:
+        if decoded is not None:
+            pcm = decoded
+        elif payload:
             pcm = segment.decode(payload)
             if segment.format.codec == "L16" and len(payload) % 2:
                 segment.bad_payloads += 1
@@ -708,6 +748,7 @@ class SegmentMixer:
         self.counters["unknown_segment_media"] += len(self._orphans)
         self._orphans = []
         self._finished = True
+        self._run_pcm = None
         end = self._newest
         return self._cut(end - self._emitted) if end > self._emitted else None
 
