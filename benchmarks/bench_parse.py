@@ -33,9 +33,9 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 from callstream.engagevoice.encoding import encode_media
 from callstream.engagevoice.mediascan import MediaScanner
+from callstream.engagevoice.messages import Media, Perspective
 from callstream.engagevoice.protocol import parse_message
 from callstream.engagevoice.textbatch import TextBatch
-from callstream.events import Media, Perspective
 
 SEED = 20240611
 PAYLOAD_BYTES = 160  # 20 ms of mu-law at 8 kHz

@@ -40,10 +40,10 @@ def child(shape: str, calls: int, seconds: float) -> dict[str, float]:
 
     from callstream.engagevoice.encoding import encode_connected, encode_media, encode_start
     from callstream.engagevoice.mediascan import MediaScanner
+    from callstream.engagevoice.messages import Perspective
     from callstream.engagevoice.query import parse_query
     from callstream.engagevoice.textbatch import TextBatch
     from callstream.engagevoice.transport import StreamClosed
-    from callstream.events import Perspective
     from callstream.server.recorder import CallRecorder
     from callstream.settings import Settings
 

@@ -113,7 +113,7 @@ def frames_buffer() -> bytes:
     from websockets.frames import Frame, Opcode
 
     from callstream.engagevoice.encoding import encode_media
-    from callstream.events import Perspective
+    from callstream.engagevoice.messages import Perspective
 
     rng = random.Random(SEED)
     out = []

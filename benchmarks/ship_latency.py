@@ -30,8 +30,8 @@ from trio_websocket import open_websocket_url
 HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE.parent / "tests"))
 
+from callstream.engagevoice.messages import Perspective  # noqa: E402
 from callstream.engagevoice.query import build_query  # noqa: E402
-from callstream.events import Perspective  # noqa: E402
 from conftest import call_messages, metadata, random_frames, send_all  # noqa: E402
 from serverprocess import ServerProcess  # noqa: E402
 from services import ACCESS_KEY, BUCKET, SECRET_KEY, NatsServer, S3Server, WebhookReceiver  # noqa: E402

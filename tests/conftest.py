@@ -16,8 +16,8 @@ from trio_websocket import open_websocket_url
 
 from callstream.codec import decode_ulaw_stereo
 from callstream.engagevoice.encoding import encode_connected, encode_media, encode_start, encode_stop
+from callstream.engagevoice.messages import Perspective
 from callstream.engagevoice.query import build_query
-from callstream.events import Perspective
 from callstream.server.server import Server, serve
 from callstream.settings import DEFAULT_TRANSPORT, Settings
 from services import ACCESS_KEY, SECRET_KEY, NatsServer, S3Server

@@ -12,8 +12,8 @@ from hypothesis import strategies as st
 from trio_websocket import open_websocket_url
 
 from callstream.engagevoice.encoding import encode_connected, encode_media, encode_start
+from callstream.engagevoice.messages import Connected, Perspective, Start, Stop
 from callstream.engagevoice.query import build_query
-from callstream.events import Connected, Perspective, Start, Stop
 from callstream.server.auth import message_credential, secret_matches, upgrade_credential
 from conftest import (
     call_messages,

@@ -14,8 +14,8 @@ import soundfile
 import trio
 
 from callstream.engagevoice.encoding import encode_connected, encode_media, encode_start
+from callstream.engagevoice.messages import Perspective
 from callstream.engagevoice.query import build_query
-from callstream.events import Perspective
 from callstream.settings import READ_INTERVAL_SHARE
 from callstream.storage.recording import read_sidecar
 from conftest import expected_stereo, metadata, random_frames, read_audio

@@ -11,9 +11,9 @@ import numpy as np
 import pytest
 import trio
 
+from callstream.engagevoice.messages import Perspective
 from callstream.engagevoice.query import build_query
 from callstream.errors import RecordingError
-from callstream.events import Perspective
 from callstream.storage.recording import Recording
 from callstream.storage.wavbatch import AppendBatch
 from conftest import (

@@ -21,8 +21,8 @@ import trio
 
 from callstream.codec import decode_ulaw_stereo
 from callstream.engagevoice.encoding import encode_connected, encode_media, encode_start, encode_stop
+from callstream.engagevoice.messages import Perspective
 from callstream.engagevoice.query import build_query
-from callstream.events import Perspective
 from callstream.fleet.processes import Balancer, FleetError, Node, start_nodes
 from callstream.fleet.services import PREFIX, Shipping
 from callstream.sim.simulate import noisy_tone_audio

@@ -21,6 +21,7 @@ from hypothesis import strategies as st
 from callstream.call.core import CallCore
 from callstream.call.timeline import StereoBlock, Timeline
 from callstream.engagevoice.mediascan import MediaScanner
+from callstream.engagevoice.messages import BadMessage, Connected, Event, Media, Perspective, Start, Stop, Unknown
 from callstream.engagevoice.protocol import parse_message
 from callstream.engagevoice.query import parse_query
 from callstream.engagevoice.session import EngageVoiceSession, core_event
@@ -30,7 +31,6 @@ from callstream.errors import (
     CLOSE_UNSUPPORTED_DATA,
     ProtocolError,
 )
-from callstream.events import BadMessage, Connected, Event, Media, Perspective, Start, Stop, Unknown
 
 FUZZ = settings(
     max_examples=400,

@@ -27,9 +27,9 @@ from wsproto.connection import ConnectionState
 from wsproto.utilities import LocalProtocolError
 
 from callstream.engagevoice.encoding import encode_connected, encode_media, encode_start, encode_stop
+from callstream.engagevoice.messages import Perspective
 from callstream.engagevoice.protocol import MAX_MEDIA_PAYLOAD
 from callstream.engagevoice.query import build_query
-from callstream.events import Perspective
 from callstream.settings import DEFAULT_TRANSPORT
 from conftest import expected_stereo, metadata, random_frames, read_audio
 from serverprocess import ServerProcess

@@ -119,9 +119,9 @@ def test_imports_point_one_way(path: Path) -> None:
 
 
 # The call core is protocol-neutral: it takes `callstream.call.events`, never a front end's message
-# types (the shared `callstream.events` are the Engage Voice messages, which its front end
+# types (`callstream.engagevoice.messages` are the Engage Voice messages, which its front end
 # translates; the RingCX front end's are its generated protobuf classes, which it translates).
-WIRE_MESSAGES = {"callstream.events", "callstream.ringcx"}
+WIRE_MESSAGES = {"callstream.engagevoice", "callstream.ringcx"}
 FRONT_ENDS = ("engagevoice", "ringcx")
 
 
@@ -142,9 +142,9 @@ def test_the_call_core_takes_no_wire_messages() -> None:
 @pytest.mark.parametrize(
     ("module", "source"),
     [
-        ("callstream.call.core", "from callstream.events import Start\n"),
-        ("callstream.call.core", "from callstream import events\n"),
-        ("callstream.call.events", "import callstream.events\n"),
+        ("callstream.call.core", "from callstream.engagevoice.messages import Start\n"),
+        ("callstream.call.core", "from callstream.engagevoice import messages\n"),
+        ("callstream.call.events", "import callstream.engagevoice.messages\n"),
         ("callstream.call.segments", "from callstream.ringcx import streaming_pb2 as pb\n"),
         ("callstream.call.core", "from callstream.ringcx.convert import convert\n"),
     ],

@@ -9,9 +9,9 @@ import pytest
 import trio
 
 from callstream.engagevoice.encoding import encode_connected, encode_media, encode_start
+from callstream.engagevoice.messages import Perspective
 from callstream.engagevoice.query import build_query
 from callstream.errors import RecordingError
-from callstream.events import Perspective
 from conftest import (
     expect_rejection,
     expected_stereo,

@@ -19,10 +19,10 @@ from hypothesis import strategies as st
 from callstream.call.batch import ScannedMedia
 from callstream.engagevoice.encoding import encode_media
 from callstream.engagevoice.mediascan import MediaScanner, _lib
+from callstream.engagevoice.messages import Media, Perspective
 from callstream.engagevoice.protocol import MAX_MEDIA_PAYLOAD, parse_message
 from callstream.engagevoice.textbatch import TextBatch
 from callstream.errors import ProtocolError
-from callstream.events import Media, Perspective
 
 needs_c = pytest.mark.skipif(_lib is None, reason="callstream._mulaw is not built")
 

@@ -14,9 +14,9 @@ import trio
 from prometheus_client.parser import text_string_to_metric_families
 
 import callstream
+from callstream.engagevoice.messages import Perspective
 from callstream.engagevoice.query import build_query
 from callstream.errors import RecordingError
-from callstream.events import Perspective
 from callstream.server.metrics import WRITE_LAG_BUCKETS, Metrics
 from callstream.settings import Settings
 from callstream.storage.recording import Recording

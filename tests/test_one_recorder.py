@@ -15,8 +15,8 @@ import pytest
 import trio
 
 from callstream.engagevoice.encoding import encode_connected, encode_media, encode_start
+from callstream.engagevoice.messages import Perspective
 from callstream.engagevoice.query import build_query
-from callstream.events import Perspective
 from callstream.ringcx import streaming_pb2 as pb
 from callstream.ringcx import streaming_pb2_grpc
 from callstream.server.recorder import CallRecorder

@@ -13,10 +13,7 @@ from hypothesis import strategies as st
 
 from callstream.engagevoice import protocol
 from callstream.engagevoice.encoding import encode_connected, encode_media, encode_start, encode_stop
-from callstream.engagevoice.protocol import MAX_MEDIA_PAYLOAD, parse_message
-from callstream.engagevoice.query import QueryMetadata, build_query, parse_query
-from callstream.errors import CLOSE_MESSAGE_TOO_BIG, CLOSE_UNSUPPORTED_DATA, ProtocolError
-from callstream.events import (
+from callstream.engagevoice.messages import (
     BadMessage,
     Connected,
     Media,
@@ -25,6 +22,9 @@ from callstream.events import (
     Stop,
     Unknown,
 )
+from callstream.engagevoice.protocol import MAX_MEDIA_PAYLOAD, parse_message
+from callstream.engagevoice.query import QueryMetadata, build_query, parse_query
+from callstream.errors import CLOSE_MESSAGE_TOO_BIG, CLOSE_UNSUPPORTED_DATA, ProtocolError
 
 EVENT_TYPES = (Connected, Start, Media, Stop, Unknown, BadMessage)
 CANONICAL = (

@@ -127,4 +127,5 @@ def test_property_a_real_pause_is_silence_even_behind_a_late_reader(
         assert pauses == {"c": int(held == "c"), "a": int(held == "a")}
         other = audio[:, 1 - channel]
         assert np.array_equal(other[np.flatnonzero(other)],
-                              np.concatenate([pcm(tone_chunk(2 if held == "c" else 1, k)) for k in range(chunks + paused)]))
+                              np.concatenate([pcm(tone_chunk(2 if held == "c" else 1, k))
+                                              for k in range(chunks + paused)]))

@@ -9,8 +9,8 @@ import numpy as np
 import trio
 
 from callstream.engagevoice.encoding import encode_connected, encode_media, encode_start, encode_stop
+from callstream.engagevoice.messages import Perspective
 from callstream.engagevoice.query import build_query
-from callstream.events import Perspective
 from conftest import (
     RunningServer,
     call_messages,

@@ -6,7 +6,7 @@ from __future__ import annotations
 import numpy as np
 import trio
 
-from callstream.events import Perspective
+from callstream.engagevoice.messages import Perspective
 from conftest import (
     RunningServer,
     call_messages,

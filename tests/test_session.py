@@ -12,12 +12,12 @@ from callstream.call.core import CallCore
 from callstream.call.events import CallStarted, InputIgnored, InputRejected, SideStopped, StreamEnded
 from callstream.engagevoice.encoding import encode_connected, encode_media, encode_start, encode_stop
 from callstream.engagevoice.mediascan import MediaScanner
+from callstream.engagevoice.messages import Perspective
 from callstream.engagevoice.query import parse_query
 from callstream.engagevoice.session import EngageVoiceSession
 from callstream.engagevoice.textbatch import TextBatch
 from callstream.engagevoice.transport import StreamClosed
 from callstream.errors import CLOSE_POLICY_VIOLATION, CLOSE_UNSUPPORTED_DATA, ProtocolError
-from callstream.events import Perspective
 
 
 def session(target: str = "/?callId=q&secret=s3", **options) -> EngageVoiceSession:

@@ -23,8 +23,8 @@ import soundfile
 import trio
 
 from callstream.engagevoice.encoding import encode_connected, encode_media, encode_start
+from callstream.engagevoice.messages import Perspective
 from callstream.engagevoice.query import build_query
-from callstream.events import Perspective
 from callstream.settings import Settings
 from callstream.shipping_settings import ShippingSettings
 from callstream.storage.shipping.shipper import Shipper

@@ -18,8 +18,8 @@ import pytest
 import trio
 
 from callstream.engagevoice.encoding import encode_connected, encode_media, encode_start, encode_stop
+from callstream.engagevoice.messages import Perspective
 from callstream.engagevoice.query import build_query
-from callstream.events import Perspective
 from conftest import expected_stereo, metadata, random_frames, read_audio, recordings
 from serverprocess import ServerProcess
 from test_workers import Supervisor

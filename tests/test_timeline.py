@@ -26,7 +26,7 @@ from hypothesis.stateful import (
 
 from callstream.call.batch import ScannedMedia
 from callstream.call.timeline import SILENCE, STEADY_FRAMES, STEADY_IN_C, StereoBlock, Timeline, TimelineFinishedError
-from callstream.events import Perspective
+from callstream.engagevoice.messages import Perspective
 
 SIL = bytes([SILENCE])
 PROPERTY = settings(max_examples=60, deadline=None, suppress_health_check=[HealthCheck.too_slow])

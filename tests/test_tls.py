@@ -12,7 +12,7 @@ import trio
 import trustme
 from trio_websocket import open_websocket_url
 
-from callstream.events import Perspective
+from callstream.engagevoice.messages import Perspective
 from conftest import (
     call_messages,
     expected_stereo,

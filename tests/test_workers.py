@@ -11,8 +11,8 @@ import trio
 
 from callstream.cli import main as cli_main
 from callstream.engagevoice.encoding import encode_stop
+from callstream.engagevoice.messages import Perspective
 from callstream.engagevoice.query import build_query
-from callstream.events import Perspective
 from conftest import call_messages, expect_rejection, metadata, recordings
 from serverprocess import ServerProcess
 from wsclient import Closed, WsClient, connect

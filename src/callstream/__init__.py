@@ -1,4 +1,5 @@
-"""callstream: a production recorder for telephony audio streamed over WebSocket."""
+"""callstream: a production call recorder for RingCentral's audio streams: Engage Voice
+Call Streaming (WebSocket) and RingCX audio streaming (gRPC), one stereo recording per call."""
 
 from importlib.metadata import PackageNotFoundError, version
 

@@ -1,4 +1,5 @@
-"""Typed errors. Each one knows how the edge (the WebSocket server) must answer it."""
+"""Typed errors. Each one knows how the edge must answer it: a WebSocket close code (RFC 6455),
+which the RingCX front end maps to a gRPC status (`ringcx.session.GRPC_STATUS`)."""
 
 from __future__ import annotations
 

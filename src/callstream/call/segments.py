@@ -531,9 +531,9 @@ class SegmentMixer:
         other did (``segment`` alone, or every segment quiet together)."""
         since, end = segment.order, None
         for other in self._live:
-            if other is not segment and other.order > since and other.joined is not None and other.suspect is None:
-                if end is None or other.cursor > end:
-                    end = other.cursor
+            if (other is not segment and other.order > since and other.joined is not None
+                    and other.suspect is None and (end is None or other.cursor > end)):
+                end = other.cursor
         return end
 
     def _put(self, segment: _Segment, pcm: np.ndarray) -> None:

@@ -11,8 +11,8 @@ from typing import Any, Final
 
 import msgspec
 
+from callstream.engagevoice.messages import Perspective
 from callstream.engagevoice.protocol import DEFAULT_CONTENT_TYPE, DEFAULT_SAMPLE_RATE
-from callstream.events import Perspective
 
 __all__ = ["encode_connected", "encode_media", "encode_start", "encode_stop"]
 

@@ -29,8 +29,7 @@ from typing import Any, Final, Literal
 import msgspec
 
 from callstream import audio
-from callstream.errors import CLOSE_MESSAGE_TOO_BIG, CLOSE_UNSUPPORTED_DATA, ProtocolError
-from callstream.events import (
+from callstream.engagevoice.messages import (
     BadMessage,
     Connected,
     Event,
@@ -40,6 +39,7 @@ from callstream.events import (
     Stop,
     Unknown,
 )
+from callstream.errors import CLOSE_MESSAGE_TOO_BIG, CLOSE_UNSUPPORTED_DATA, ProtocolError
 
 __all__ = [
     "CANONICAL_FIELDS",

@@ -10,8 +10,8 @@ from __future__ import annotations
 from typing import Any
 from urllib.parse import parse_qsl, urlencode
 
+from callstream.engagevoice.messages import QueryMetadata
 from callstream.engagevoice.protocol import CANONICAL_FIELDS, SECRET_KEY, normalise_key
-from callstream.events import QueryMetadata
 
 __all__ = ["QueryMetadata", "build_query", "parse_query"]
 

@@ -16,11 +16,11 @@ from typing import Any
 from callstream.call.batch import MediaFields
 from callstream.call.events import CallStarted, InputIgnored, InputRejected, SideStopped, StreamEnded
 from callstream.engagevoice.mediascan import MediaScanner
+from callstream.engagevoice.messages import BadMessage, Connected, Event, Media, QueryMetadata, Start, Stop, Unknown
 from callstream.engagevoice.protocol import DEFAULT_MAX_BYTES, parse_message
 from callstream.engagevoice.textbatch import TextBatch
 from callstream.engagevoice.transport import StreamClosed
 from callstream.errors import CLOSE_POLICY_VIOLATION, ProtocolError
-from callstream.events import BadMessage, Connected, Event, Media, QueryMetadata, Start, Stop, Unknown
 
 __all__ = ["CoreEvent", "EngageVoiceSession", "core_event", "message_credential"]
 

@@ -1,4 +1,5 @@
-"""`callstream serve`: the WebSocket server. A thin shell: admission, one `CallRecorder` per call,
+"""`callstream serve`: the recorder's server, both front ends (the Engage Voice WebSocket listener
+and, with ``--ringcx-port``, the RingCX gRPC one). A thin shell: admission, one `CallRecorder` per call,
 one log line per call start and end, and a graceful drain on SIGTERM/SIGINT.
 """
 

@@ -39,8 +39,8 @@ import trio
 
 from callstream.audio import FRAME_BYTES, SAMPLE_RATE
 from callstream.engagevoice.encoding import encode_connected, encode_media, encode_start, encode_stop
+from callstream.engagevoice.messages import Perspective
 from callstream.engagevoice.query import build_query
-from callstream.events import Perspective
 from callstream.sim.simclient import Client, Closed, Rejected, connect, masked_text_header
 
 FRAME_SECONDS = FRAME_BYTES / SAMPLE_RATE  # FRAME_BYTES: 20 ms of 8 kHz mu-law

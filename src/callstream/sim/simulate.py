@@ -26,8 +26,8 @@ import trio
 from callstream.audio import FRAME_BYTES, SAMPLE_RATE
 from callstream.codec import encode_ulaw
 from callstream.engagevoice.encoding import encode_connected, encode_media, encode_start, encode_stop
+from callstream.engagevoice.messages import Perspective
 from callstream.engagevoice.query import build_query
-from callstream.events import Perspective
 from callstream.sim.simclient import connect
 
 LOGGER = logging.getLogger("callstream.simulate")
