@@ -1,3 +1,5 @@
+"""``python -m callstream``: the command line (`callstream.cli`)."""
+
 import sys
 
 from callstream.cli import main
