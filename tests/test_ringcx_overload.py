@@ -9,7 +9,7 @@ from hypothesis import strategies as st
 
 from callstream.call.events import AGENT, CONTACT, SegmentMedia, SegmentStarted
 from callstream.call.segments import PcmBlock, SegmentMixer
-from test_segments import N, pcm, tone_chunk
+from test_segments import N, finish_recording, pcm, tone_chunk
 
 CHUNK = 0.1  # seconds of a chunk
 TAKE = 0.5  # seconds between the recorder's takes
@@ -61,14 +61,7 @@ def record(sent: list[tuple[float, str, int]], reads: list[float]) -> tuple[np.n
         mixer.tick(take)
         while (block := mixer.pop_block(partial=True)) is not None:
             blocks.append(block)
-    tail = mixer.finish()
-    if tail is not None:
-        blocks.append(tail)
-    position = 0
-    for block in blocks:
-        assert block.start == position
-        position += block.samples
-    return np.concatenate([block.frames for block in blocks]), mixer
+    return finish_recording(mixer, blocks), mixer
 
 
 def runs(channel: np.ndarray) -> list[tuple[int, np.ndarray]]:

@@ -34,11 +34,9 @@ def pcm(payload: bytes) -> np.ndarray:
     return codec.decode_ulaw(payload)
 
 
-def collect(mixer: SegmentMixer) -> np.ndarray:
-    """Pop every block, then finish; the whole recording, blocks checked to be contiguous."""
-    blocks: list[PcmBlock] = []
-    while (block := mixer.pop_block()) is not None:
-        blocks.append(block)
+def finish_recording(mixer: SegmentMixer, blocks: list[PcmBlock]) -> np.ndarray:
+    """``blocks`` (those popped so far) and the mixer's tail: the whole recording, the blocks
+    checked to be contiguous."""
     tail = mixer.finish()
     if tail is not None:
         blocks.append(tail)
@@ -49,6 +47,14 @@ def collect(mixer: SegmentMixer) -> np.ndarray:
     if not blocks:
         return np.zeros((0, 2), dtype=np.int16)
     return np.concatenate([block.frames for block in blocks])
+
+
+def collect(mixer: SegmentMixer) -> np.ndarray:
+    """Pop every block, then finish (see `finish_recording`)."""
+    blocks: list[PcmBlock] = []
+    while (block := mixer.pop_block()) is not None:
+        blocks.append(block)
+    return finish_recording(mixer, blocks)
 
 
 def start(segment: str, kind: str, at: float, fmt: AudioFormat | None = None) -> SegmentStarted:
@@ -65,15 +71,7 @@ def run(events: list, *, window_ms: float = 200.0, tick: bool = True) -> tuple[n
         mixer.handle(event)
         while (block := mixer.pop_block()) is not None:
             blocks.append(block)
-    tail = mixer.finish()
-    if tail is not None:
-        blocks.append(tail)
-    position = 0
-    for block in blocks:
-        assert block.start == position
-        position += block.samples
-    audio = np.concatenate([b.frames for b in blocks]) if blocks else np.zeros((0, 2), np.int16)
-    return audio, mixer
+    return finish_recording(mixer, blocks), mixer
 
 
 def test_two_participants_agent_joining_later_starts_where_it_joined() -> None:
