@@ -80,11 +80,7 @@ def render(config: BalancerConfig) -> str:
     if config.grpc:
         return _render_grpc(config)
     upstreams = " ".join(config.upstreams)
-    admin = "off" if config.admin_socket is None else f"unix/{config.admin_socket}"
-    if config.listen.startswith("fd/"):
-        site, bind = "http://", f"\n\tbind {config.listen}"
-    else:
-        site, bind = f"http://{config.listen}", ""
+    admin, site, bind = _listen_parts(config)
     return f"""{{
 \tadmin {admin}
 \tauto_https off
@@ -128,11 +124,7 @@ def _render_grpc(config: BalancerConfig) -> str:
     """The gRPC site: h2c in from the client (or TLS with a certificate, see docs/fleet.md), h2c
     out to the nodes, least_conn per gRPC call, passive health only (see the module docstring)."""
     upstreams = " ".join(f"h2c://{upstream}" for upstream in config.upstreams)
-    admin = "off" if config.admin_socket is None else f"unix/{config.admin_socket}"
-    if config.listen.startswith("fd/"):
-        site, bind = "http://", f"\n\tbind {config.listen}"
-    else:
-        site, bind = f"http://{config.listen}", ""
+    admin, site, bind = _listen_parts(config)
     return f"""{{
 \tadmin {admin}
 \tauto_https off
@@ -163,3 +155,12 @@ def _render_grpc(config: BalancerConfig) -> str:
 \t}}
 }}
 """
+
+
+def _listen_parts(config: BalancerConfig) -> tuple[str, str, str]:
+    """The global ``admin`` value, the site address and its ``bind`` line (empty unless the
+    balancer listens on a socket handed over by file descriptor)."""
+    admin = "off" if config.admin_socket is None else f"unix/{config.admin_socket}"
+    if config.listen.startswith("fd/"):
+        return admin, "http://", f"\n\tbind {config.listen}"
+    return admin, f"http://{config.listen}", ""
