@@ -54,6 +54,8 @@ async def test_sigkill_mid_dialog_then_restart_recovers_it(tmp_path: Path) -> No
     [sidecar_path] = output.rglob("crashed.json")
     sidecar = read_sidecar(sidecar_path)
     assert sidecar["status"] == "recovered" and sidecar["metadata"]["front_end"] == "ringcx"
+    # the agent joined after the file was created: the live sidecar was rewritten for it
+    assert sorted(s["participant"]["type"] for s in sidecar["metadata"]["segments"]) == ["AGENT", "CONTACT"]
     audio, rate = soundfile.read(sidecar_path.with_name(sidecar["file"]), dtype="int16", always_2d=True)
     assert rate == 8000 and len(audio) >= 1.5 * 8000  # 3 s sent; the window, reads and a flush may be lost
     # what was kept is exact: the runs cut to the recording's length

@@ -372,9 +372,11 @@ class CallCore:
 
     @property
     def channel_map_version(self) -> int:
-        """Changes whenever `channel_map` does (a participant took a channel of its own); cheap."""
+        """Changes whenever `channel_map` or the segments' report in `sidecar_metadata` does (a
+        segment started): the live sidecar is then rewritten, so that a recording recovered after
+        a crash lists every segment that had started, not only those of its DialogInit; cheap."""
         mixer = self._mixer
-        return 0 if mixer is None or mixer.layout == "stereo" else mixer.segment_count
+        return 0 if mixer is None else mixer.segment_count
 
     # ------------------------------------------------------------------------------- internals
 
