@@ -29,17 +29,15 @@ def _serve(output: Path) -> ServerProcess:
                          ready=RINGCX_READY)
 
 
-async def test_sigkill_mid_dialog_then_restart_recovers_it(tmp_path: Path) -> None:
-    output = tmp_path / "recordings"
-    script = client.platform_dialog("crashed", seconds=6.0, agent_join=0.5, hold=None, transfer=None)
-    server = _serve(output)
+async def _kill_mid_dialog_then_recover(server: ServerProcess, script: client.Script, output: Path) -> dict:
+    """Play ``script`` to ``server``, SIGKILL it 3 s in, restart on ``output`` (it recovers before
+    it listens) and stop that cleanly; the recovered sidecar of "crashed"."""
     stop = threading.Event()
 
     def play() -> None:
-        with client.open_channel(f"127.0.0.1:{server.port}") as channel:
-            events = client.paced(script.steps)
-            with contextlib.suppress(grpc.RpcError):  # the server is killed under it
-                client.stream(channel, (e for e in events if not stop.is_set()), timeout=30)
+        # the server is killed under it
+        with client.open_channel(f"127.0.0.1:{server.port}") as channel, contextlib.suppress(grpc.RpcError):
+            client.stream(channel, (e for e in client.paced(script.steps) if not stop.is_set()), timeout=30)
 
     with trio.fail_after(60):
         async with trio.open_nursery() as nursery:
@@ -53,6 +51,15 @@ async def test_sigkill_mid_dialog_then_restart_recovers_it(tmp_path: Path) -> No
     assert not list(output.rglob("*.partial.*"))
     [sidecar_path] = output.rglob("crashed.json")
     sidecar = read_sidecar(sidecar_path)
+    sidecar["path"] = sidecar_path
+    return sidecar
+
+
+async def test_sigkill_mid_dialog_then_restart_recovers_it(tmp_path: Path) -> None:
+    output = tmp_path / "recordings"
+    script = client.platform_dialog("crashed", seconds=6.0, agent_join=0.5, hold=None, transfer=None)
+    sidecar = await _kill_mid_dialog_then_recover(_serve(output), script, output)
+    sidecar_path = sidecar["path"]
     assert sidecar["status"] == "recovered" and sidecar["metadata"]["front_end"] == "ringcx"
     # the agent joined after the file was created: the live sidecar was rewritten for it
     assert sorted(s["participant"]["type"] for s in sidecar["metadata"]["segments"]) == ["AGENT", "CONTACT"]
@@ -129,25 +136,8 @@ async def test_sigkill_mid_transfer_in_participants_layout_recovers_every_channe
     script = client.platform_dialog("crashed", seconds=5.0, agent_join=0.3, hold=None, transfer=1.0)
     server = ServerProcess(output, "--ringcx-port", "0", "--ringcx-plaintext", "--flush-interval", "0.2",
                            "--format", fmt, "--channel-layout", "participants", ready=RINGCX_READY)
-    stop = threading.Event()
-
-    def play() -> None:
-        # the server is killed under it
-        with client.open_channel(f"127.0.0.1:{server.port}") as channel, contextlib.suppress(grpc.RpcError):
-            client.stream(channel, (e for e in client.paced(script.steps) if not stop.is_set()), timeout=30)
-
-    with trio.fail_after(60):
-        async with trio.open_nursery() as nursery:
-            nursery.start_soon(trio.to_thread.run_sync, play)
-            await trio.sleep(3.0)
-            assert server.stop(signal.SIGKILL) == -signal.SIGKILL
-            stop.set()
-    assert list(output.rglob("*.partial.*")), "nothing was left to recover"
-    restarted = ServerProcess(output)  # recovers before it listens
-    assert restarted.stop(signal.SIGTERM) == 0
-    assert not list(output.rglob("*.partial.*"))
-    [sidecar_path] = output.rglob("crashed.json")
-    sidecar = read_sidecar(sidecar_path)
+    sidecar = await _kill_mid_dialog_then_recover(server, script, output)
+    sidecar_path = sidecar["path"]
     assert sidecar["status"] == "recovered" and sidecar["channels"] == 4
     assert [s["channel"] for s in sidecar["metadata"]["segments"]] == [0, 1, 2]
     audio, rate = soundfile.read(sidecar_path.with_name(sidecar["file"]), dtype="int16", always_2d=True)
