@@ -76,64 +76,40 @@ def _duration(seconds: float) -> str:
 
 def render(config: BalancerConfig) -> str:
     """The Caddyfile text: plain HTTP on ``listen`` (put TLS in front, or add a site address with
-    a certificate: see deploy/Caddyfile), no admin endpoint, no automatic HTTPS."""
-    if config.grpc:
-        return _render_grpc(config)
-    upstreams = " ".join(config.upstreams)
+    a certificate: see deploy/Caddyfile), no admin endpoint, no automatic HTTPS. The gRPC site
+    (``config.grpc``): h2c in from the client (or TLS with a certificate, see docs/fleet.md), h2c
+    out to the nodes, least_conn per gRPC call, passive health only (see the module docstring)."""
     admin, site, bind = _listen_parts(config)
-    return f"""{{
-\tadmin {admin}
-\tauto_https off
-\tpersist_config off
-\t# a node leaving or rejoining rotation ("unhealthy" / "healthy" events) is logged
-\tlog health {{
+    if config.grpc:
+        upstreams = " ".join(f"h2c://{upstream}" for upstream in config.upstreams)
+        global_extra = """\t# gRPC clients speak HTTP/2 with prior knowledge in cleartext (h2c) when TLS ends elsewhere
+\tservers {
+\t\tprotocols h1 h2 h2c
+\t}
+"""
+        active_health, unhealthy, versions = "", "502 503", "\t\t\tversions h2c\n"
+    else:
+        upstreams = " ".join(config.upstreams)
+        global_extra = """\t# a node leaving or rejoining rotation ("unhealthy" / "healthy" events) is logged
+\tlog health {
 \t\tlevel DEBUG
 \t\tinclude events
-\t}}
-}}
-
-{site} {{{bind}
-\treverse_proxy {upstreams} {{
-\t\tlb_policy least_conn
-\t\tlb_try_duration {_duration(config.try_duration)}
-\t\tlb_try_interval {_duration(config.try_interval)}
-
-\t\thealth_uri /readyz
+\t}
+"""
+        active_health = f"""\t\thealth_uri /readyz
 \t\thealth_port {config.health_port}
 \t\thealth_interval {_duration(config.health_interval)}
 \t\thealth_timeout {_duration(config.health_timeout)}
 \t\thealth_passes 1
 \t\thealth_fails 1
 
-\t\tfail_duration {_duration(config.fail_duration)}
-\t\tmax_fails 1
-\t\tunhealthy_status 503
-
-\t\tstream_timeout {_duration(config.stream_timeout)}
-\t\tstream_close_delay {_duration(config.stream_timeout)}
-
-\t\ttransport http {{
-\t\t\tdial_timeout {_duration(DIAL_TIMEOUT)}
-\t\t}}
-\t}}
-}}
 """
-
-
-def _render_grpc(config: BalancerConfig) -> str:
-    """The gRPC site: h2c in from the client (or TLS with a certificate, see docs/fleet.md), h2c
-    out to the nodes, least_conn per gRPC call, passive health only (see the module docstring)."""
-    upstreams = " ".join(f"h2c://{upstream}" for upstream in config.upstreams)
-    admin, site, bind = _listen_parts(config)
+        unhealthy, versions = "503", ""
     return f"""{{
 \tadmin {admin}
 \tauto_https off
 \tpersist_config off
-\t# gRPC clients speak HTTP/2 with prior knowledge in cleartext (h2c) when TLS ends elsewhere
-\tservers {{
-\t\tprotocols h1 h2 h2c
-\t}}
-}}
+{global_extra}}}
 
 {site} {{{bind}
 \treverse_proxy {upstreams} {{
@@ -141,16 +117,15 @@ def _render_grpc(config: BalancerConfig) -> str:
 \t\tlb_try_duration {_duration(config.try_duration)}
 \t\tlb_try_interval {_duration(config.try_interval)}
 
-\t\tfail_duration {_duration(config.fail_duration)}
+{active_health}\t\tfail_duration {_duration(config.fail_duration)}
 \t\tmax_fails 1
-\t\tunhealthy_status 502 503
+\t\tunhealthy_status {unhealthy}
 
 \t\tstream_timeout {_duration(config.stream_timeout)}
 \t\tstream_close_delay {_duration(config.stream_timeout)}
 
 \t\ttransport http {{
-\t\t\tversions h2c
-\t\t\tdial_timeout {_duration(DIAL_TIMEOUT)}
+{versions}\t\t\tdial_timeout {_duration(DIAL_TIMEOUT)}
 \t\t}}
 \t}}
 }}
