@@ -8,7 +8,7 @@ import time
 
 import trio
 
-from callstream.ringcx.bridge import DialogChannel, DialogEnded
+from callstream.ringcx.bridge import DialogChannel, DialogEnded, TakeGrid
 
 
 class AsyncioThread:
@@ -80,3 +80,44 @@ async def test_events_are_taken_in_batches_every_interval() -> None:
         assert first == list(range(6)) and second == list(range(6))
     finally:
         side.close()
+
+
+async def test_a_take_grid_wakes_every_dialog_at_its_points_and_once_stopped_leaves_them_their_timers(
+        autojump_clock) -> None:
+    interval = 0.5
+    loop = asyncio.new_event_loop()  # not run: the events are put from trio (put_nowait is thread-safe)
+    try:
+        grid = TakeGrid(interval)
+        channels = [DialogChannel(loop, capacity=64, interval=interval, grid=grid) for _ in range(2)]
+        with trio.fail_after(30):
+            async with trio.open_nursery() as timer:
+                timer.start_soon(grid.run)
+                await trio.sleep(0.01)
+                assert grid.running
+                for channel in channels:  # the first take is not held back
+                    channel.put_nowait("first")
+                    assert await channel.receive_batch() == ["first"]
+                first = trio.current_time()
+                taken: list[float] = []
+
+                async def take(channel: DialogChannel, item: int) -> None:
+                    assert await channel.receive_batch() == [item]
+                    taken.append(trio.current_time())
+
+                async with trio.open_nursery() as takes:
+                    for k, channel in enumerate(channels):
+                        takes.start_soon(take, channel, k)
+                    await trio.sleep(0.1)
+                    channels[0].put_nowait(0)
+                    await trio.sleep(0.2)
+                    channels[1].put_nowait(1)
+                # both at one point of the grid, at least its minimum share after the last take
+                assert taken[0] == taken[1]
+                assert abs(taken[0] / interval - round(taken[0] / interval)) < 1e-6
+                assert taken[0] - first >= 0.7 * interval
+                timer.cancel_scope.cancel()
+            assert not grid.running
+            channels[0].put_nowait(2)  # a wait without the grid times itself
+            assert await channels[0].receive_batch() == [2]
+    finally:
+        loop.close()

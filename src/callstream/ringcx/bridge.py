@@ -6,7 +6,8 @@ platform) until the recorder has taken them. The recorder takes everything queue
 (`receive_batch`) every ``interval`` seconds, or as soon as half the capacity is queued or the
 stream has ended, so that a real-time dialog (20 events a second) costs two cross-thread
 wake-ups a second, not twenty; those takes fall on a grid shared by every dialog, so that trio's
-thread wakes once per interval for all of them (see GRID_MIN_SHARE). The reader is woken
+thread wakes once per interval for all of them (see GRID_MIN_SHARE), and one timer (`TakeGrid`)
+wakes them all rather than a timeout of each dialog's own. The reader is woken
 (``loop.call_soon_threadsafe``) only when it waits for room, the recorder
 (``TrioToken.run_sync_soon``) only early. A lock guards the waiting
 flags against the race between "found nothing" and "asleep".
@@ -47,11 +48,53 @@ class DialogEnded(Exception):
         self.how = how
 
 
+class TakeGrid:
+    """The timer of every dialog's takes by the clock: a task (`run`) that wakes, at each point
+    of the grid of ``interval`` seconds on trio's clock, every channel that waits for one.
+    Why: a timeout per wait (a cancel scope and its deadline in trio's heap, set and expired
+    twice a second per dialog) took about a tenth of trio's thread in a profile at 300 dialogs
+    (benchmarks/RESULTS.md, 2026-12-06 12:09 UTC). Use from trio only. While `run` is not
+    running, channels time their waits themselves."""
+
+    def __init__(self, interval: float) -> None:
+        if not interval > 0:
+            raise ValueError("interval must be positive")
+        self.interval = interval
+        self.running = False
+        self._waiting: list[trio.Event] = []
+
+    def wake_at_next_point(self, event: trio.Event) -> None:
+        """Set ``event`` at the grid's next point (an event already set stays set)."""
+        self._waiting.append(event)
+
+    async def run(self) -> None:
+        """Wake the waiting channels at every point of the grid, until cancelled."""
+        interval = self.interval
+        self.running = True
+        try:
+            while True:
+                # the same points as DialogChannel._grid: k * interval
+                await trio.sleep_until((math.floor(trio.current_time() / interval) + 1) * interval)
+                waiting, self._waiting = self._waiting, []
+                for event in waiting:
+                    event.set()
+        finally:  # the channels still waiting time their next waits themselves
+            self.running = False
+            waiting, self._waiting = self._waiting, []
+            for event in waiting:
+                event.set()
+
+
 class DialogChannel:
-    """Create in trio (it keeps the trio token); the reader side runs on ``loop``."""
+    """Create in trio (it keeps the trio token); the reader side runs on ``loop``. ``grid``:
+    the shared timer of the takes by the clock (its interval must be ``interval``); without
+    one, or while it is not running, each wait has a timeout of its own."""
 
     def __init__(self, loop: asyncio.AbstractEventLoop, *, capacity: int = DEFAULT_CAPACITY,
-                 interval: float = DEFAULT_INTERVAL) -> None:
+                 interval: float = DEFAULT_INTERVAL, grid: TakeGrid | None = None) -> None:
+        if grid is not None and grid.interval != interval:
+            raise ValueError("the grid's interval differs from the channel's")
+        self._grid_timer = grid
         self._loop = loop
         self._token = trio.lowlevel.current_trio_token()
         self._capacity = capacity
@@ -156,8 +199,14 @@ class DialogChannel:
                 if self._ended is not None:
                     raise DialogEnded(self._ended)
                 self._trio_wait = event = trio.Event()
-            with trio.move_on_at(self._next_take if queued else max(self._next_take, self._grid(now))):
+            deadline = self._next_take if queued else max(self._next_take, self._grid(now))
+            grid = self._grid_timer
+            if grid is not None and grid.running:  # woken at the next point (deadlines are points)
+                grid.wake_at_next_point(event)
                 await event.wait()
+            else:
+                with trio.move_on_at(deadline):
+                    await event.wait()
             with self._lock:
                 self._trio_wait = None
         self._next_take = self._grid(trio.current_time())

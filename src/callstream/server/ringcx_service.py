@@ -31,7 +31,7 @@ import trio
 from google.protobuf import empty_pb2
 
 from callstream.ringcx import streaming_pb2_grpc
-from callstream.ringcx.bridge import DialogChannel
+from callstream.ringcx.bridge import DialogChannel, TakeGrid
 from callstream.ringcx.convert import convert
 from callstream.server.auth import secret_matches, upgrade_credential
 from callstream.server.recorder import CallRecorder
@@ -140,6 +140,7 @@ async def serve_ringcx(
     # a dialog's events are taken this often (as the WebSocket reads): at most half the flush
     # interval, so what a crash can lose grows by at most that much
     interval = min(settings.read_interval, settings.flush_interval * READ_INTERVAL_SHARE)
+    grid = TakeGrid(interval)  # one timer for every dialog's takes
 
     def admit_in_trio(credential: str | None, remote: str, loop: asyncio.AbstractEventLoop,
                       future: asyncio.Future[Any]) -> None:
@@ -157,7 +158,7 @@ async def serve_ringcx(
             if refusal is not None:
                 answer = ("RESOURCE_EXHAUSTED" if refusal == "capacity" else "UNAVAILABLE", refusal)
             else:
-                channel = DialogChannel(loop, capacity=settings.ringcx_queue_events, interval=interval)
+                channel = DialogChannel(loop, capacity=settings.ringcx_queue_events, interval=interval, grid=grid)
                 recorder = CallRecorder.dialog(channel, settings, server.disk, remote=remote, metrics=server.metrics)
                 dialogs.start_soon(server.record_other, recorder, remote)
                 answer = channel
@@ -182,6 +183,7 @@ async def serve_ringcx(
         raise started["error"]
     try:
         async with trio.open_nursery() as dialogs:
+            dialogs.start_soon(grid.run)
             holder["dialogs"] = dialogs
             task_status.started(RingcxListener(settings.host, started["port"], credentials is not None))
             try:
