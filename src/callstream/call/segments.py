@@ -93,6 +93,13 @@ MAX_LEAD: Final = 2 * SAMPLE_RATE  # samples: the most the call's first event ma
 # delay: the process starved): every segment quiet this long moves the emission on without them
 CLOCK_SLACK: Final = 4 * SAMPLE_RATE
 BYTE_ORDERS: Final = ("big", "little")
+# numpy releases the GIL around a copy or a ufunc loop of more elements than this (its
+# NPY_BEGIN_THREADS_THRESHOLDED). In the server the gRPC front end's thread often waits for the
+# GIL while trio places chunks: each release of a microsecond's copy handed it over, with a futex
+# wake and context switches (their cost on this VM: a fifth of the process's CPU). Chunks are
+# therefore copied in pieces of at most this many samples, and the blocks' frames moved through
+# memoryviews (a memmove that keeps the GIL). See benchmarks/RESULTS.md, 2026-12-06 12:09 UTC.
+GIL_HELD_ELEMENTS: Final = 500
 HISTORY: Final = 8  # arrivals per segment kept to judge a held chunk (a second of a reader's catch-up)
 
 
@@ -241,6 +248,7 @@ class SegmentMixer:
         self._format = DEFAULT_FORMAT  # the last one a SegmentStarted gave
         self._orphans: list[SegmentMedia] = []
         self._run_pcm: tuple[Sequence[Any], int, list[tuple[Any, np.ndarray | None]]] | None = None
+        self._run_stop = 0  # the index of ``items`` where receive_run stopped in the cached run
         self.infos: list[dict[str, Any]] = []
         self.counters = {"unknown_segment_media": 0, "media_after_stop": 0, "segments_over_cap": 0,
                          "bad_events": 0, "infos_dropped": 0}
@@ -264,7 +272,7 @@ class SegmentMixer:
             if self._origin is not None:
                 self._now = round((at - self._origin) * SAMPLE_RATE)
         if kind is SegmentMedia:
-            self._media(event)  # type: ignore[arg-type]
+            self._media(event, self._cached_pcm(event))  # type: ignore[arg-type]
         elif kind is SegmentStarted:
             self._start(event)  # type: ignore[arg-type]
         elif kind is SegmentStopped:
@@ -310,7 +318,24 @@ class SegmentMixer:
             i += 1
         if i >= last or type(items[i]) is not SegmentMedia:
             self._run_pcm = None  # the run is placed: its PCM goes now
+        else:
+            self._run_stop = i
         return i
+
+    def _cached_pcm(self, media: SegmentMedia) -> np.ndarray | None:
+        """The PCM of ``media`` decoded with its run, when it is the item where `receive_run`
+        stopped (a block may be ready; the shell hands that item to `handle`): decoded
+        alone, each such chunk cost a call into the kernel, a window's worth of them
+        before every block."""
+        cache = self._run_pcm
+        if cache is None:
+            return None
+        index = self._run_stop - cache[1]
+        decoded = cache[2]
+        if 0 <= index < len(decoded) and decoded[index][0] is media:
+            self._run_stop += 1  # the next item may come here too
+            return decoded[index][1]
+        return None
 
     def _decode_run(self, items: Sequence[Any], start: int) -> list[tuple[Any, np.ndarray | None]]:
         """(media, its PCM or None) for the `SegmentMedia` of ``items`` from ``start`` on, up to
@@ -549,13 +574,16 @@ class SegmentMixer:
             self._grow(end)
             mix = self._mix
         channel, filled = segment.channel, self._filled
-        column = mix[start:end, channel]
+        step = GIL_HELD_ELEMENTS  # pieces numpy copies without releasing the GIL
         if filled[channel] <= segment.cursor:  # nothing there yet: a copy
-            column[:] = pcm
+            for at in range(0, n, step):
+                mix[start + at : min(end, start + at + step), channel] = pcm[at : at + step]
         else:  # another segment of this side is there: a saturating 16-bit add
-            total = column.astype(np.int32)
-            total += pcm
-            column[:] = np.clip(total, -32768, 32767)
+            for at in range(0, n, step):
+                column = mix[start + at : min(end, start + at + step), channel]
+                total = column.astype(np.int32)
+                total += pcm[at : at + step]
+                column[:] = np.clip(total, -32768, 32767)
         if segment.cursor + n > filled[channel]:
             filled[channel] = segment.cursor + n
         segment.cursor += n
@@ -756,14 +784,18 @@ class SegmentMixer:
         if n > len(self._mix):
             self._grow(n)
         mix = self._mix
-        frames = mix[:n].copy()
+        # byte copies through memoryviews (see GIL_HELD_ELEMENTS); the mix is C-contiguous
+        frames = np.empty((n, mix.shape[1]), dtype=np.int16)
+        row = mix.shape[1] * mix.itemsize
+        raw = memoryview(mix).cast("B")
+        memoryview(frames).cast("B")[:] = raw[: n * row]
         block = PcmBlock(frames, self._emitted)
         used = self._newest - self._emitted  # samples of the mix that may hold audio
         if used > n:
-            mix[: used - n] = mix[n:used]  # overlapping: numpy copies through a buffer
-            mix[used - n : used] = 0
+            raw[: (used - n) * row] = raw[n * row : used * row]  # overlapping: a memmove
+            raw[(used - n) * row : used * row] = bytes(n * row)
         elif used > 0:
-            mix[:used] = 0
+            raw[: used * row] = bytes(used * row)
         self._emitted += n
         return block
 
