@@ -574,15 +574,15 @@ class SegmentMixer:
             self._grow(end)
             mix = self._mix
         channel, filled = segment.channel, self._filled
-        step = GIL_HELD_ELEMENTS  # pieces numpy copies without releasing the GIL
-        if filled[channel] <= segment.cursor:  # nothing there yet: a copy
-            for at in range(0, n, step):
-                mix[start + at : min(end, start + at + step), channel] = pcm[at : at + step]
-        else:  # another segment of this side is there: a saturating 16-bit add
-            for at in range(0, n, step):
-                column = mix[start + at : min(end, start + at + step), channel]
+        alone = filled[channel] <= segment.cursor  # else another segment of this side is there
+        for at in range(0, n, GIL_HELD_ELEMENTS):  # pieces numpy copies without releasing the GIL
+            piece = pcm[at : at + GIL_HELD_ELEMENTS]
+            column = mix[start + at : start + at + len(piece), channel]
+            if alone:  # a copy
+                column[:] = piece
+            else:  # a saturating 16-bit add
                 total = column.astype(np.int32)
-                total += pcm[at : at + step]
+                total += piece
                 column[:] = np.clip(total, -32768, 32767)
         if segment.cursor + n > filled[channel]:
             filled[channel] = segment.cursor + n
