@@ -415,3 +415,15 @@ def test_append_takes_either_engines_block(tmp_path: Path, fmt: str) -> None:
     with pytest.raises(ValueError):
         four.append(StereoBlock(left, right, 0))  # a mu-law pair in a file of four channels
     four.abandon()
+
+
+@settings(max_examples=60, deadline=None)
+@given(content=st.binary(max_size=200), chunk=st.integers(1, 64))
+def test_sha256_file_hashes_every_byte_across_its_reads(content: bytes, chunk: int) -> None:
+    """The hash reads in chunks into one buffer: a short last read must not hash stale bytes."""
+    import tempfile
+
+    with tempfile.TemporaryDirectory() as directory:
+        path = Path(directory) / "audio.wav"
+        path.write_bytes(content)
+        assert recording_module.sha256_file(path, chunk) == hashlib.sha256(content).hexdigest()

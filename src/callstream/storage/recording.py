@@ -40,7 +40,10 @@ STATUSES: Final = frozenset({"complete", "incomplete", "recovered", "failed"})
 RECORDING: Final = "recording"  # the status of a sidecar whose audio is still being written
 CHANNEL_MAP: Final = {"left": "agent (Participant)", "right": "caller (Conference)"}
 SIDECAR_VERSION: Final = 2  # 2: "root" and "stream" instead of the list of "siblings"
-_HASH_CHUNK: Final = 1 << 20  # bytes read at a time for the SHA-256
+# Bytes read at a time for the SHA-256, into one reused buffer: a fresh large bytes object
+# per read costs page faults (~0.4 ms of a 30 s call's ~1 ms hash); each read and update
+# releases the GIL, so a few large reads rather than many small ones.
+_HASH_CHUNK: Final = 1 << 18
 # NAME.failed: an empty file left beside a recording whose failed finish could not write its
 # sidecar (a full disk: creating an empty file takes no data block); recovery then marks the
 # recording "failed" instead of "recovered", and removes the mark.
@@ -122,13 +125,15 @@ def read_sidecar(path: Path) -> dict[str, Any]:
     return data
 
 
-def sha256_file(path: Path) -> str:
-    """Hex SHA-256 of a file's content; RecordingError on failure."""
+def sha256_file(path: Path, chunk: int = _HASH_CHUNK) -> str:
+    """Hex SHA-256 of a file's content, read ``chunk`` bytes at a time; RecordingError on failure."""
     digest = hashlib.sha256()
+    buffer = bytearray(chunk)
+    view = memoryview(buffer)
     try:
-        with open(path, "rb") as file:
-            while chunk := file.read(_HASH_CHUNK):
-                digest.update(chunk)
+        with open(path, "rb", buffering=0) as file:
+            while size := file.readinto(buffer):
+                digest.update(view[:size])
     except OSError as exc:
         raise _error("read", Path(path), exc) from exc
     return digest.hexdigest()
