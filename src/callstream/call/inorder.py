@@ -100,18 +100,18 @@ class SteadyLanes:
             held[number] = pool[position : position + length]
             position += length
         pool = _rotated(lane.ring_pool, lane.ring_cap, lane.ring_start)
-        ring_seq: list[int | None] = [None] * size
+        # one unpack per array: indexing a cdata array element by element cost most of a leave
+        ring_lengths = _ffi.unpack(lane.ring_len, size)
+        none = _lib.CS_NO_SEQUENCE
+        ring_seq: list[int | None] = [None if n == none else n for n in _ffi.unpack(lane.ring_seq, size)]
         ring_payload: list[bytes | None] = [None] * size
         position = 0
         first = nxt % size
-        for k in range(size):
-            slot = (first + k) % size
-            length = lane.ring_len[slot]
+        for slot in [*range(first, size), *range(first)]:
+            length = ring_lengths[slot]
             if length >= 0:
                 ring_payload[slot] = pool[position : position + length]
                 position += length
-            number = lane.ring_seq[slot]
-            ring_seq[slot] = None if number == _lib.CS_NO_SEQUENCE else number
         return held, ring_seq, ring_payload
 
     def _allocate(self, left: Side, right: Side) -> None:
