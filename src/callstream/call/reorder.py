@@ -33,8 +33,8 @@ within ``ring_limit`` (`evict`: over it, entries are forgotten from about the ol
 
 from __future__ import annotations
 
-from dataclasses import dataclass
-from typing import Final
+from dataclasses import dataclass, fields
+from typing import Any, Final
 
 from callstream.audio import ULAW_SILENCE
 
@@ -66,6 +66,14 @@ class PerspectiveStatistics:
     frames_held: int
     samples_committed: int  # position of this side on the call's timeline
     nominal_frame_samples: int | None  # None until the side's first non-empty payload
+
+    def as_dict(self) -> dict[str, Any]:
+        """The counters by name (JSON-ready: every field is a number or None)."""
+        return {name: getattr(self, name) for name in _PERSPECTIVE_FIELDS}
+
+
+# (dataclasses.asdict deep-copies field by field: ~50 us for a call's statistics, at every ending)
+_PERSPECTIVE_FIELDS: Final = tuple(field.name for field in fields(PerspectiveStatistics))
 
 
 class Side:

@@ -99,7 +99,7 @@ a side, the same 12U: its pools of 2U (held) and 8U (ring), the held dict's stal
 from __future__ import annotations
 
 from collections.abc import Sequence
-from dataclasses import asdict, dataclass
+from dataclasses import dataclass
 from itertools import pairwise
 from typing import Any, Final
 
@@ -144,7 +144,15 @@ class TimelineStatistics:
         return self.conference if perspective else self.participant
 
     def as_dict(self) -> dict[str, Any]:
-        return asdict(self)
+        """What `dataclasses.asdict` gives, built directly (it is called at every call's end)."""
+        return {
+            "participant": self.participant.as_dict(),
+            "conference": self.conference.as_dict(),
+            "samples_emitted": self.samples_emitted,
+            "sequence_mode": self.sequence_mode,
+            "sequence_mode_decided": self.sequence_mode_decided,
+            "sample_rate": self.sample_rate,
+        }
 
 
 class Timeline:
