@@ -47,8 +47,10 @@ import shutil
 import subprocess
 import sys
 import tempfile
+import threading
 import time
 from pathlib import Path
+from typing import Any
 
 import grpc
 import numpy as np
@@ -214,7 +216,9 @@ def run_variant(variant: str, dialogs: int, seconds: float, connections: int = 1
 
 
 def _listening(process: subprocess.Popen, variant: str) -> int:
-    """The gRPC port a server (stderr piped, text) logs once it listens."""
+    """The gRPC port a server (stderr piped, text) logs once it listens. The rest of its stderr
+    is then read and dropped by a thread: a pipe nobody reads fills (64 KiB, ~300 dialogs' log
+    lines) and the server's next log line blocks its event loop for good."""
     assert process.stderr is not None
     while True:
         line = process.stderr.readline()
@@ -222,7 +226,13 @@ def _listening(process: subprocess.Popen, variant: str) -> int:
             raise RuntimeError(f"{variant} server ended before listening")
         found = re.search(r"RingCX gRPC on [\d.]+:(\d+)", line)
         if found:
+            threading.Thread(target=_discard, args=(process.stderr,), daemon=True).start()
             return int(found.group(1))
+
+
+def _discard(stream: Any) -> None:
+    for _ in stream:
+        pass
 
 
 # -- steps ----------------------------------------------------------------------------------------
