@@ -72,12 +72,13 @@ DEFAULT_RETRY_INTERVAL: Final = 10.0  # seconds between attempts at a finish the
 # and a batch its own thread, rather than all sharing trio's default limiter (40 threads): when
 # many calls ended together (1,800 calls ending over 18 s on two workers), their finishes took
 # all 40 and queued 60-170 more, and each batch of every live call's audio waited behind them
-# for 1.5-3.6 s (write lag p99 1.5-10 s in 8 of 12 such steps). Finishes, two at a time: each
-# makes ~25 system calls that release the GIL, and eight finishing threads taking it in turns
-# with the event loop switched context twice as often (perf: finish threads' CPU 5.7-5.9 s
-# against 4.3-5.0 s over 1,000 endings) for no gain on one disk, where the commit's fsyncs queue
-# anyway (the code before issue 13 wrote one sidecar at a time per directory, under an flock).
-OPEN_THREADS: Final = 8
+# for 1.5-3.6 s (write lag p99 1.5-10 s in 8 of 12 such steps). Two of each: a create or a
+# finish makes ~10-25 system calls that release the GIL, and eight threads taking it in turns
+# with the event loop switched context twice as often (perf over 1,000 endings: finish threads
+# 5.7-5.9 k samples with eight, 4.3-5.0 k with two), while creating files in one directory they
+# spun on its lock (perf over 100 creates: 400-630 samples in the creating threads with eight,
+# 200-220 with two). One disk gains nothing from more: its fsyncs and inode allocations queue.
+OPEN_THREADS: Final = 2
 FINISH_THREADS: Final = 2
 
 
