@@ -5,6 +5,7 @@ from __future__ import annotations
 import dataclasses
 import hashlib
 import json
+import tempfile
 import threading
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
@@ -421,8 +422,6 @@ def test_append_takes_either_engines_block(tmp_path: Path, fmt: str) -> None:
 @given(content=st.binary(max_size=200), chunk=st.integers(1, 64))
 def test_sha256_file_hashes_every_byte_across_its_reads(content: bytes, chunk: int) -> None:
     """The hash reads in chunks into one buffer: a short last read must not hash stale bytes."""
-    import tempfile
-
     with tempfile.TemporaryDirectory() as directory:
         path = Path(directory) / "audio.wav"
         path.write_bytes(content)

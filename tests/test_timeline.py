@@ -8,10 +8,9 @@ code under test. Payloads never contain the silence byte, so silence in the outp
 from __future__ import annotations
 
 import copy
-import dataclasses
 import json
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import asdict, dataclass
 from itertools import pairwise
 
 import pytest
@@ -1004,7 +1003,7 @@ def test_statistics_are_a_frozen_json_ready_snapshot() -> None:
     timeline = Timeline(sequence_mode="connection")
     timeline.push(0, 1, F[0])
     stats = timeline.statistics()
-    assert list(stats.as_dict().items()) == list(dataclasses.asdict(stats).items())  # every field, in order
+    assert list(stats.as_dict().items()) == list(asdict(stats).items())  # every field, in order
     data = json.loads(json.dumps(stats.as_dict()))
     assert data["participant"]["frames_received"] == 1
     assert data["sequence_mode"] == "connection"
