@@ -73,7 +73,7 @@ class TakeGrid:
         self.running = True
         try:
             while True:
-                # the same points as DialogChannel._grid: k * interval
+                # the same points as DialogChannel._next_point: k * interval
                 await trio.sleep_until((math.floor(trio.current_time() / interval) + 1) * interval)
                 waiting, self._waiting = self._waiting, []
                 for event in waiting:
@@ -199,23 +199,22 @@ class DialogChannel:
                 if self._ended is not None:
                     raise DialogEnded(self._ended)
                 self._trio_wait = event = trio.Event()
-            deadline = self._next_take if queued else max(self._next_take, self._grid(now))
             grid = self._grid_timer
             if grid is not None and grid.running:  # woken at the next point (deadlines are points)
                 grid.wake_at_next_point(event)
                 await event.wait()
             else:
-                with trio.move_on_at(deadline):
+                with trio.move_on_at(self._next_take if queued else max(self._next_take, self._next_point(now))):
                     await event.wait()
             with self._lock:
                 self._trio_wait = None
-        self._next_take = self._grid(trio.current_time())
+        self._next_take = self._next_point(trio.current_time())
         if room is not None:
             with contextlib.suppress(RuntimeError):  # a closed gRPC loop: the reader is gone
                 self._loop.call_soon_threadsafe(room.set)
         return items
 
-    def _grid(self, now: float) -> float:
+    def _next_point(self, now: float) -> float:
         """The first point of the shared grid at least GRID_MIN_SHARE of an interval after ``now``."""
         interval = self._interval
         return math.ceil((now + interval * GRID_MIN_SHARE) / interval) * interval
