@@ -1,7 +1,7 @@
 """cffi build of the C kernels into ``callstream._mulaw`` (out-of-line API mode): G.711
 (``mulaw.c``), the disk writer's batched WAV appends (``append.c``), the websockets adapter's
-frame splitter (``wsframe.c``), the Media fast path (``mediascan.c``) and the timeline's steady
-state (``inorder.c``).
+frame splitter (``wsframe.c``), the Media fast path (``mediascan.c``), the timeline's steady
+state (``inorder.c``) and the segment mixer's writes (``mix.c``).
 
 ``setup.py`` names ``ffibuilder`` in ``cffi_modules``, so ``pip install -e .`` (or
 ``python setup.py build_ext --inplace``) compiles it into ``src/callstream/``.  The header
@@ -19,8 +19,9 @@ from cffi import FFI
 HERE = Path(__file__).resolve().parent
 
 # setuptools wants source paths relative to the project root (the directory pip builds in).
-HEADERS = ("mulaw.h", "append.h", "wsframe.h", "mediascan.h", "inorder.h")
-SOURCES = [os.path.relpath(HERE / name) for name in ("mulaw.c", "append.c", "wsframe.c", "mediascan.c", "inorder.c")]
+HEADERS = ("mulaw.h", "append.h", "wsframe.h", "mediascan.h", "inorder.h", "mix.h")
+SOURCES = [os.path.relpath(HERE / name)
+           for name in ("mulaw.c", "append.c", "wsframe.c", "mediascan.c", "inorder.c", "mix.c")]
 DEPENDS = [os.path.relpath(HERE / name) for name in HEADERS]  # rebuild when a header changes
 INCLUDE_DIRS = [os.path.relpath(HERE)]
 
@@ -33,7 +34,7 @@ ffibuilder.cdef("\n".join((HERE / name).read_text(encoding="utf-8") for name in 
 ffibuilder.set_source(
     "callstream._mulaw",
     '#include <stddef.h>\n#include <stdint.h>\n#include "mulaw.h"\n#include "append.h"\n#include "wsframe.h"\n'
-    '#include "mediascan.h"\n#include "inorder.h"\n',
+    '#include "mediascan.h"\n#include "inorder.h"\n#include "mix.h"\n',
     sources=SOURCES,
     depends=DEPENDS,
     include_dirs=INCLUDE_DIRS,

@@ -5,7 +5,8 @@ code still records a call sample for sample.
 The twins are tested against the C kernels where each lives (test_codec: every backend against
 G.711 and each other; test_mediascan: the scan against protocol.parse_message; test_timeline: the
 C lanes against the Python placement; test_websockets_adapter: the C split against websockets'
-parser; test_wavbatch: the batched appends against the sinks' own writes). Here: the switch.
+parser; test_wavbatch: the batched appends against the sinks' own writes; test_mixing: the segment
+mixer's writes against numpy). Here: the switch.
 """
 
 from __future__ import annotations
@@ -27,6 +28,7 @@ USERS = (  # every module that takes a kernel from native.py
     "callstream.engagevoice.mediascan",
     "callstream.engagevoice.transport_websockets",
     "callstream.storage.wavbatch",
+    "callstream.call.mixing",
 )
 needs_c = pytest.mark.skipif(not native.AVAILABLE, reason="callstream._mulaw is not built")
 
@@ -49,8 +51,8 @@ print(native.AVAILABLE, [m._lib is None for m in mods], codec.BACKEND, timeline.
 def test_native_0_selects_every_twin_without_a_warning() -> None:
     result = python(CHECK, CALLSTREAM_NATIVE="0")
     assert result.returncode == 0, result.stderr
-    assert result.stdout.split() == ["False", "[True,", "True,", "True,", "True,", "True]", "numpy", "False",
-                                     "False"]
+    assert result.stdout.split() == ["False", "[True,", "True,", "True,", "True,", "True,", "True]", "numpy",
+                                     "False", "False"]
 
 
 @needs_c
@@ -58,24 +60,24 @@ def test_native_1_and_unset_use_the_extension() -> None:
     for value in ("1", ""):
         result = python(CHECK, CALLSTREAM_NATIVE=value)
         assert result.returncode == 0, result.stderr
-        assert result.stdout.split() == ["True", "[False,", "False,", "False,", "False,", "False]", "c", "True",
-                                         "True"]
+        assert result.stdout.split() == ["True", "[False,", "False,", "False,", "False,", "False,", "False]", "c",
+                                         "True", "True"]
 
 
 @needs_c
 def test_a_list_drops_only_the_kernels_it_names() -> None:
-    result = python(CHECK, CALLSTREAM_NATIVE="-wsframe, -inorder")
+    result = python(CHECK, CALLSTREAM_NATIVE="-wsframe, -inorder, -mix")
     assert result.returncode == 0, result.stderr
-    # USERS order: codec, inorder, mediascan, wsframe, append
-    assert result.stdout.split() == ["True", "[False,", "True,", "False,", "True,", "False]", "c", "False",
-                                     "True"]
+    # USERS order: codec, inorder, mediascan, wsframe, append, mix
+    assert result.stdout.split() == ["True", "[False,", "True,", "False,", "True,", "False,", "True]", "c",
+                                     "False", "True"]
 
 
 def test_dropping_the_codec_kernel_selects_numpy_without_a_warning() -> None:
     result = python(CHECK, CALLSTREAM_NATIVE="-mulaw")  # -W error: a warning would fail the child
     assert result.returncode == 0, result.stderr
     words = result.stdout.split()
-    assert words[1] == "[True," and words[6] == "numpy"
+    assert words[1] == "[True," and words[7] == "numpy"
 
 
 @pytest.mark.parametrize("value", ["yes", "-wsframe,+append", "-nosuch", "wsframe"])
@@ -83,7 +85,7 @@ def test_a_bad_value_is_refused_in_one_line(value: str) -> None:
     result = python("import callstream.codec", CALLSTREAM_NATIVE=value)
     assert result.returncode == 1
     assert (f"ValueError: CALLSTREAM_NATIVE is {value!r}, expected '0', '1', unset or a list like "
-            "'-wsframe,-append' (kernels: mulaw, mediascan, wsframe, inorder, append)") in result.stderr
+            "'-wsframe,-append' (kernels: mulaw, mediascan, wsframe, inorder, append, mix)") in result.stderr
 
 
 def test_a_recorder_without_native_code_records_calls_sample_for_sample(tmp_path: Path) -> None:

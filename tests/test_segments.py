@@ -143,6 +143,21 @@ def test_transfer_overlap_mixes_with_saturation_on_one_side() -> None:
     assert not audio[:, 1].any()
 
 
+def test_overlapping_chunks_are_added_in_the_order_they_were_placed_whatever_their_codec() -> None:
+    """Clipping makes a saturating add depend on its order: mu-law +32124 (placed first), mu-law
+    -32124, then L16 +32000 gives 32000; L16 first (PCM written at once, before the G.711 chunks
+    that wait for the block's cut) would give 643."""
+    events: list = [start("c1", CONTACT, 0.0), start("c2", CONTACT, 0.0),
+                    start("c3", CONTACT, 0.0, AudioFormat("L16", 8000, 100))]
+    for k in range(3):
+        at = (k + 1) * 0.1
+        events.append(SegmentMedia("c1", b"\x80" * N, k, 100, at))
+        events.append(SegmentMedia("c2", b"\x00" * N, k, 100, at))
+        events.append(SegmentMedia("c3", np.full(N, 32000, ">i2").tobytes(), k, 100, at))
+    audio, _ = run(events)
+    assert len(audio) == 3 * N and (audio[:, 1] == 32000).all() and not audio[:, 0].any()
+
+
 def test_pcma_and_bot_on_the_right_unsupported_codec_not_recorded() -> None:
     alaw = bytes(range(0x10, 0x10 + 160)) * 5
     events: list = [

@@ -5,8 +5,9 @@ fully that way).
 `native.py` decides at import, so the twins need a process of their own: a child pytest with
 ``CALLSTREAM_NATIVE=0`` runs TWIN_MODULES -- the recorder end to end on every transport, with its
 limits and drain, the timeline's placement through a real server, the front end's translation and
-the call core (the Media scan's and the placement's twins), and the transport adapter contract
-(the websockets frame split's twin). The twins themselves are tested against the kernels where each lives (see
+the call core (the Media scan's and the placement's twins), the transport adapter contract
+(the websockets frame split's twin), and the segment mixer with the call core (the mixer's
+writes' twin). The twins themselves are tested against the kernels where each lives (see
 test_native.py); this checks that the recorder built from them records correctly.
 """
 
@@ -29,6 +30,8 @@ TWIN_MODULES = (
     "test_session.py",
     "test_core.py",
     "test_transport.py",
+    "test_segments.py",
+    "test_core_segments.py",
 )
 TIMEOUT = 300  # seconds: the child run as a whole
 # the child checks that it has no kernel before it runs the tests (in the same process)

@@ -19,6 +19,7 @@ mediascan  cs_media_scan          engagevoice.mediascan.MediaScanner    engagevo
 wsframe    cs_ws_split            engagevoice.transport_websockets      websockets' own frame parser
 inorder    cs_inorder_place       call.inorder.SteadyLanes              call.timeline.Timeline.push (Python)
 append     cs_append_batch        storage.wavbatch.AppendBatch          storage.sinks writes each file itself
+mix        cs_mix_g711            call.mixing.MixWrites                 call.mixing.apply_numpy
 =========  =====================  ====================================  ======================================
 """
 
@@ -29,7 +30,7 @@ from typing import Any
 
 __all__ = ["AVAILABLE", "DISABLED", "DROPPED", "IMPORT_ERROR", "KERNELS", "ffi", "kernel", "lib"]
 
-KERNELS = ("mulaw", "mediascan", "wsframe", "inorder", "append")
+KERNELS = ("mulaw", "mediascan", "wsframe", "inorder", "append", "mix")
 
 
 def _wanted() -> tuple[bool, frozenset[str]]:

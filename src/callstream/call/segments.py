@@ -43,9 +43,15 @@ newest audio placed or of the clock: a live segment that falls silent (hold, los
 others back by at most the window. A chunk that would land before W (a segment late past
 the window) is moved to W and the move counted (``shifted_seconds``), never dropped.
 
+Writing: a G.711 chunk is not decoded when it is placed; its payload waits, with its place, in
+`MixWrites` until the mix is next read (a block cut) or grown, and then every waiting chunk is
+decoded and added in one C call (`callstream.call.mixing`). L16 and silence are written at once,
+after the chunks waiting before them (a saturating add depends on the order).
+
 Memory: per call, the unemitted mix (one block + the window + one chunk per channel, int16:
 42 KB at the defaults in stereo, 21 KB more per participants channel; a longer chunk grows
-it), per segment at most ``window_ms`` of waiting chunks (and MAX_PENDING of them), at most
+it) and the G.711 payloads placed in it since the last cut (a byte a sample), per segment
+at most ``window_ms`` of waiting chunks (and MAX_PENDING of them), at most
 MAX_ORPHANS chunks of media for segments not started yet (held for ``window_ms``, then dropped
 and counted), at most MAX_SEGMENTS segments and MAX_INFOS SegmentInfo events kept.
 """
@@ -59,7 +65,6 @@ from typing import Any, Final
 
 import numpy as np
 
-from callstream import codec
 from callstream.call.blocks import PcmBlock
 from callstream.call.events import (
     AGENT,
@@ -70,6 +75,7 @@ from callstream.call.events import (
     SegmentStarted,
     SegmentStopped,
 )
+from callstream.call.mixing import ALAW, ULAW, MixWrites
 from callstream.errors import CLOSE_INVALID_PAYLOAD, ProtocolError
 
 __all__ = ["LAYOUTS", "MAX_CHANNELS", "SAMPLE_RATE", "PcmBlock", "SegmentMixer"]
@@ -77,6 +83,8 @@ __all__ = ["LAYOUTS", "MAX_CHANNELS", "SAMPLE_RATE", "PcmBlock", "SegmentMixer"]
 LOGGER = logging.getLogger("callstream.call.segments")
 
 SegmentEvent = SegmentStarted | SegmentMedia | SegmentInfo | SegmentStopped | CallStarted
+# a chunk of audio on its way to the mix: a G.711 payload (bytes, one a sample) or PCM (int16)
+Chunk = bytes | np.ndarray
 
 SAMPLE_RATE: Final = 8000  # Hz: the only rate recorded
 DEFAULT_FORMAT: Final = AudioFormat("PCMU", SAMPLE_RATE, 100)  # RINGCX.md: the platform's today
@@ -96,9 +104,10 @@ BYTE_ORDERS: Final = ("big", "little")
 # numpy releases the GIL around a copy or a ufunc loop of more elements than this (its
 # NPY_BEGIN_THREADS_THRESHOLDED). In the server the gRPC front end's thread often waits for the
 # GIL while trio places chunks: each release of a microsecond's copy handed it over, with a futex
-# wake and context switches (their cost on this VM: a fifth of the process's CPU). Chunks are
-# therefore copied in pieces of at most this many samples, and the blocks' frames moved through
-# memoryviews (a memmove that keeps the GIL). See benchmarks/RESULTS.md, 2026-12-06 12:09 UTC.
+# wake and context switches (their cost on this VM: a fifth of the process's CPU). PCM chunks (L16,
+# silence) are therefore copied in pieces of at most this many samples, and the blocks' frames
+# moved through memoryviews (a memmove that keeps the GIL); G.711 chunks wait in `MixWrites` for
+# one C call per block. See benchmarks/RESULTS.md, 2026-12-06 12:09 UTC.
 GIL_HELD_ELEMENTS: Final = 500
 HISTORY: Final = 8  # arrivals per segment kept to judge a held chunk (a second of a reader's catch-up)
 
@@ -106,18 +115,21 @@ HISTORY: Final = 8  # arrivals per segment kept to judge a held chunk (a second 
 class _Segment:
     __slots__ = (
         "arrived", "arrived_at", "backlog", "bad_payloads", "channel", "chunks", "cursor", "decode", "duplicates",
-        "format", "history", "info", "joined", "last_samples", "late", "left", "lost_chunks", "lost_samples",
+        "format", "history", "info", "joined", "last_samples", "late", "law", "left", "lost_chunks", "lost_samples",
         "next_seq", "order", "paused",
         "pauses", "pending", "pending_samples", "reordered", "restarts", "samples", "shared", "shifted",
         "stalls", "start", "stopped", "suspect", "unrecorded", "why_not",
     )
 
     def __init__(self, start: SegmentStarted, fmt: AudioFormat, channel: int | None,
-                 decode: Callable[[bytes], np.ndarray] | None, why_not: str | None) -> None:
+                 law: int | None, decode: Callable[[bytes], np.ndarray] | None, why_not: str | None) -> None:
         self.start = start
         self.format = fmt
         self.channel = channel  # None: not recorded (participants layout)
         self.shared = False  # participants layout: mixed into the last channel, past the cap
+        # G.711 (ULAW, ALAW): its payloads are the chunks, added into the mix by `MixWrites`;
+        # else (L16) ``decode`` makes PCM of them
+        self.law = law
         self.decode = decode
         self.why_not = why_not  # None: recorded; else why this segment is not
         self.next_seq: int | None = None
@@ -133,13 +145,13 @@ class _Segment:
         self.history: deque[tuple[float, int]] = deque(maxlen=HISTORY)
         # a chunk that came late by more than the window, held until the next one says whether
         # the media paused (the next comes a chunk later) or the stream stalled (it comes at once)
-        self.suspect: tuple[np.ndarray, float, float] | None = None  # (pcm, its arrival, the one before)
+        self.suspect: tuple[Chunk, float, float] | None = None  # (chunk, its arrival, the one before)
         self.stalls = 0
         self.cursor = 0  # where the chunk numbered next_seq starts
         self.joined: int | None = None  # first sample placed
         self.left: int | None = None  # SegmentStopped: where its audio ended
         self.stopped = False
-        self.pending: dict[int, tuple[np.ndarray, float]] = {}
+        self.pending: dict[int, tuple[Chunk, float]] = {}
         self.pending_samples = 0
         self.last_samples = fmt.ptime * SAMPLE_RATE // 1000 or 800
         self.chunks = self.samples = self.duplicates = self.lost_chunks = self.lost_samples = 0
@@ -175,23 +187,24 @@ class _Segment:
         }
 
 
-def _decoder(fmt: AudioFormat, l16_byte_order: str) -> tuple[Callable[[bytes], np.ndarray] | None, str | None]:
+_LAWS: Final = {"PCMU": ULAW, "PCMA": ALAW}
+
+
+def _decoder(fmt: AudioFormat, l16_byte_order: str) -> tuple[int | None, Callable[[bytes], np.ndarray] | None,
+                                                              str | None]:
+    """(the G.711 law, the decoder of anything else, why it is not recorded): one is not None."""
     if fmt.codec not in ("PCMU", "PCMA", "L16"):
-        return None, f"codec {fmt.codec} is not recorded (PCMU, PCMA and L16 are)"
+        return None, None, f"codec {fmt.codec} is not recorded (PCMU, PCMA and L16 are)"
     if fmt.rate != SAMPLE_RATE:
-        return None, f"sample rate {fmt.rate} Hz is not recorded (only {SAMPLE_RATE} Hz)"
-    if fmt.codec == "PCMU":
-        return codec.decode_ulaw, None
-    if fmt.codec == "PCMA":
-        return codec.decode_alaw, None
-    if fmt.codec == "L16":
-        dtype = np.dtype(">i2" if l16_byte_order == "big" else "<i2")
+        return None, None, f"sample rate {fmt.rate} Hz is not recorded (only {SAMPLE_RATE} Hz)"
+    if fmt.codec in _LAWS:
+        return _LAWS[fmt.codec], None, None
+    dtype = np.dtype(">i2" if l16_byte_order == "big" else "<i2")
 
-        def decode_l16(payload: bytes) -> np.ndarray:
-            return np.frombuffer(payload, dtype=dtype, count=len(payload) // 2).astype(np.int16)
+    def decode_l16(payload: bytes) -> np.ndarray:
+        return np.frombuffer(payload, dtype=dtype, count=len(payload) // 2).astype(np.int16)
 
-        return decode_l16, None
-    raise AssertionError(fmt.codec)
+    return None, decode_l16, None
 
 
 class SegmentMixer:
@@ -247,8 +260,8 @@ class SegmentMixer:
         self._live: list[_Segment] = []  # started, not stopped, recorded
         self._format = DEFAULT_FORMAT  # the last one a SegmentStarted gave
         self._orphans: list[SegmentMedia] = []
-        self._run_pcm: tuple[Sequence[Any], int, list[tuple[Any, np.ndarray | None]]] | None = None
-        self._run_stop = 0  # the index of ``items`` where receive_run stopped in the cached run
+        # the G.711 chunks placed since the mix was last cut, to be added into it (`_apply`)
+        self._writes = MixWrites()
         self.infos: list[dict[str, Any]] = []
         self.counters = {"unknown_segment_media": 0, "media_after_stop": 0, "segments_over_cap": 0,
                          "bad_events": 0, "infos_dropped": 0}
@@ -272,7 +285,7 @@ class SegmentMixer:
             if self._origin is not None:
                 self._now = round((at - self._origin) * SAMPLE_RATE)
         if kind is SegmentMedia:
-            self._media(event, self._cached_pcm(event))  # type: ignore[arg-type]
+            self._media(event)  # type: ignore[arg-type]
         elif kind is SegmentStarted:
             self._start(event)  # type: ignore[arg-type]
         elif kind is SegmentStopped:
@@ -291,13 +304,6 @@ class SegmentMixer:
             raise RuntimeError("the call is finished")
         i, end = start, len(items)
         place = self._media
-        # the run's PCMU payloads decoded in one call (a chunk's own call cost more than its
-        # decoding), kept while the caller pops a block in the middle of the run
-        cache = self._run_pcm
-        if cache is None or cache[0] is not items or not cache[1] <= start < cache[1] + len(cache[2]):
-            cache = self._run_pcm = (items, start, self._decode_run(items, start))
-        _, first, decoded = cache
-        last = first + len(decoded)
         # Stop whenever a block may be ready (pop_block's own first test), also before the first
         # item: the caller pops before this places anything more, as it would after each event
         # (where a segment joins depends on what has left). Such an item, not placed here, the
@@ -311,56 +317,9 @@ class SegmentMixer:
                 self._clock = at
                 if self._origin is not None:
                     self._now = round((at - self._origin) * SAMPLE_RATE)
-            if i < last and decoded[i - first][0] is media:
-                place(media, decoded[i - first][1])
-            else:
-                place(media)
+            place(media)
             i += 1
-        if i >= last or type(items[i]) is not SegmentMedia:
-            self._run_pcm = None  # the run is placed: its PCM goes now
-        else:
-            self._run_stop = i
         return i
-
-    def _cached_pcm(self, media: SegmentMedia) -> np.ndarray | None:
-        """The PCM of ``media`` decoded with its run, when it is the item where `receive_run`
-        stopped (a block may be ready; the shell hands that item to `handle`): decoded
-        alone, each such chunk cost a call into the kernel, a window's worth of them
-        before every block."""
-        cache = self._run_pcm
-        if cache is None:
-            return None
-        index = self._run_stop - cache[1]
-        decoded = cache[2]
-        if 0 <= index < len(decoded) and decoded[index][0] is media:
-            self._run_stop += 1  # the next item may come here too
-            return decoded[index][1]
-        return None
-
-    def _decode_run(self, items: Sequence[Any], start: int) -> list[tuple[Any, np.ndarray | None]]:
-        """(media, its PCM or None) for the `SegmentMedia` of ``items`` from ``start`` on, up to
-        the first item of another kind: PCMU payloads of recorded segments decoded in one call
-        (the PCM are views of one array); None where `_media` decodes (or drops) it itself."""
-        segments, found = self._segments, []
-        payloads: list[bytes] = []
-        for index in range(start, len(items)):
-            media = items[index]
-            if type(media) is not SegmentMedia:
-                break
-            segment = segments.get(media.segment_id)
-            if segment is not None and segment.decode is not None and segment.format.codec == "PCMU" and media.payload:
-                payloads.append(media.payload)
-                found.append([media, len(media.payload)])
-            else:
-                found.append([media, None])
-        if len(payloads) < 2:
-            return [(media, None) for media, _ in found]
-        pcm = codec.decode_ulaw(b"".join(payloads))
-        at = 0
-        for entry in found:
-            if entry[1] is not None:
-                entry[1], at = pcm[at : at + entry[1]], at + entry[1]
-        return [(media, view) for media, view in found]
 
     def tick(self, now: float) -> None:
         """Time has passed (``now`` on the events' clock): give up waiting for lost chunks and
@@ -371,7 +330,7 @@ class SegmentMixer:
                 self._now = round((now - self._origin) * SAMPLE_RATE)
         self._expire(now)
 
-    def _media(self, media: SegmentMedia, decoded: np.ndarray | None = None) -> None:
+    def _media(self, media: SegmentMedia) -> None:
         segment = self._segments.get(media.segment_id)
         if segment is None:
             if len(self._orphans) < MAX_ORPHANS:
@@ -382,15 +341,16 @@ class SegmentMixer:
         if segment.stopped:
             self.counters["media_after_stop"] += 1
             return
-        if segment.decode is None:
+        if segment.why_not is not None:
             segment.unrecorded += 1
             return
         payload = media.payload
-        if decoded is not None:
-            pcm = decoded
+        pcm: Chunk
+        if payload and segment.law is not None:  # G.711: one byte a sample, added into the mix later
+            pcm = payload if type(payload) is bytes else bytes(payload)
         elif payload:
-            pcm = segment.decode(payload)
-            if segment.format.codec == "L16" and len(payload) % 2:
+            pcm = segment.decode(payload)  # type: ignore[misc]
+            if len(payload) % 2:
                 segment.bad_payloads += 1
         else:  # no audio but a duration: silence of that length (DTX)
             pcm = np.zeros(media.duration * SAMPLE_RATE // 1000, dtype=np.int16)
@@ -418,7 +378,7 @@ class SegmentMixer:
                 segment.duplicates += 1
                 return
         if seq == segment.next_seq:
-            self._place(segment, pcm, media.at, on_arrival=True)
+            self._arrive(segment, pcm, media.at)
             if segment.pending:
                 self._drain(segment)
             return
@@ -476,51 +436,46 @@ class SegmentMixer:
         if segment.pending:
             self._drain(segment)
 
-    def _place(self, segment: _Segment, pcm: np.ndarray, at: float, *, on_arrival: bool = False,
-               paused: bool | None = None, since: float | None = None) -> None:
-        """The chunk numbered next_seq: at the segment's cursor, or at its arrival after a pause.
-        ``on_arrival``: it is placed as it arrives (not after waiting for an earlier one): if it
-        comes more than the window late it is held (see `_Segment.suspect`). ``paused``: the
-        decision for a held chunk, ``since`` the arrival of the chunk before it."""
+    def _arrive(self, segment: _Segment, pcm: Chunk, at: float) -> None:
+        """The chunk numbered next_seq as it arrives (not after waiting for an earlier one), at
+        ``at``: at the segment's cursor, or after a pause; more than the window late and no
+        other segment to tell why, it is held (see `_Segment.suspect`)."""
         n = len(pcm)
         raw = round((at - self._origin) * SAMPLE_RATE) - n  # type: ignore[operator]
-        if on_arrival:
-            # A chunk that arrives a real chunk's time after the previous one (not in a burst)
-            # and starts, by seq, later than the clock says: the clock is behind by that much
-            # (the call's first events came late). Joins and pauses are measured with it.
-            if segment.samples and raw - segment.arrived >= n // 2:
-                lead = segment.cursor - raw
-                if lead > self._lead:
-                    self._lead = min(lead, MAX_LEAD)
-            segment.arrived = raw
+        first = not segment.samples  # its first chunk: placed where it joined
+        # A chunk that arrives a real chunk's time after the previous one (not in a burst)
+        # and starts, by seq, later than the clock says: the clock is behind by that much
+        # (the call's first events came late). Joins and pauses are measured with it.
+        if not first and raw - segment.arrived >= n // 2:
+            lead = segment.cursor - raw
+            if lead > self._lead:
+                self._lead = min(lead, MAX_LEAD)
+        segment.arrived = raw
         arrived = raw + self._lead
-        if since is None:
-            since = segment.arrived_at
-        if on_arrival:
-            segment.history.append((segment.arrived_at, segment.late))
-            segment.arrived_at = at
-        witness, told = None, False
-        if on_arrival:
-            witness = self._witness(segment) if segment.samples else None  # its first: where it joined
-            told = self._hold_order >= segment.order  # a HOLD came since its last chunk
-            segment.order = self._order
-        ahead = 0 if witness is None else witness - n // 2 - segment.cursor
-        if witness is not None and (ahead > self._window or not told):
+        since = segment.arrived_at
+        segment.history.append((since, segment.late))
+        segment.arrived_at = at
+        witness = None if first else self._witness(segment)
+        told = self._hold_order >= segment.order  # a HOLD came since its last chunk
+        segment.order = self._order
+        if witness is not None:
             # Another segment's chunks came (in the stream's order) since this one's last: its audio
             # says where this chunk belongs, whatever our own read delay (the process starved, the
             # bridge full: every segment late alike). Beyond the window behind it, the media paused
             # while seq went on; the pause's length is the arrival's, within a chunk of that.
             # (the witness's audio ends where this chunk does to within a chunk, whichever of
             # two chunks spoken together the platform sent first: the middle of that)
+            ahead = witness - n // 2 - segment.cursor
             if ahead > self._window:
                 backlog, _ = self._backlog(segment, since, at)
                 excess = min(max(arrived - segment.cursor - backlog, ahead - n // 2), ahead + n // 2)
                 segment.pauses += 1
                 segment.paused += excess
                 segment.cursor += excess
-            segment.late = segment.backlog = max(0, arrived - segment.cursor)
-            return self._put(segment, pcm)
-        if on_arrival and not told and any(other is not segment and other.joined is not None for other in self._live):
+            if ahead > self._window or not told:
+                segment.late = segment.backlog = max(0, arrived - segment.cursor)
+                return self._put(segment, pcm)
+        elif not told and any(other is not segment and other.joined is not None for other in self._live):
             # Late, and no other segment's chunk came meanwhile although one is live: every segment
             # was quiet at once, the platform's hold of all or, as likely, our own read delay (the
             # process starved). Without the platform's word (a HOLD SegmentInfo), no silence: the
@@ -530,14 +485,25 @@ class SegmentMixer:
             segment.late = segment.backlog = max(0, arrived - segment.cursor)
             return self._put(segment, pcm)
         # how much later than the call's backlog explains: a pause of that length, or a stall
-        backlog, others = self._backlog(segment, since, at)
+        backlog, _ = self._backlog(segment, since, at)
+        if arrived - segment.cursor - backlog > self._window:  # the media paused (hold), or the stream stalled
+            segment.late = arrived - segment.cursor
+            segment.suspect = (pcm, at, since)
+            return None
+        segment.late = segment.backlog = arrived - segment.cursor
+        return self._put(segment, pcm)
+
+    def _place(self, segment: _Segment, pcm: Chunk, at: float, *, paused: bool | None = None,
+               since: float | None = None) -> None:
+        """The chunk numbered next_seq, which waited (for an earlier one, or held) and arrived at
+        ``at``: at the segment's cursor, or at its arrival after a pause. ``paused``: the decision
+        for a held chunk, ``since`` the arrival of the chunk before it."""
+        arrived = round((at - self._origin) * SAMPLE_RATE) - len(pcm) + self._lead  # type: ignore[operator]
+        # how much later than the call's backlog explains: a pause of that length, or a stall
+        backlog, others = self._backlog(segment, segment.arrived_at if since is None else since, at)
         excess = arrived - segment.cursor - backlog
         if others and paused is not None:  # the others kept arriving: they tell a pause from a stall
             paused = excess > self._window
-        if excess > self._window and on_arrival:  # the media paused (hold), or the stream stalled
-            segment.late = arrived - segment.cursor
-            segment.suspect = (pcm, at, since)
-            return
         if paused is False or (paused and excess <= self._window):
             # held, then at once its successor, or by now the call's other segments came as
             # late: the stream (or the reader) stalled
@@ -546,7 +512,7 @@ class SegmentMixer:
             segment.pauses += 1
             segment.paused += excess
             segment.cursor += excess
-        if on_arrival or paused is not None:
+        if paused is not None:
             segment.late = segment.backlog = arrived - segment.cursor
         self._put(segment, pcm)
 
@@ -561,21 +527,39 @@ class SegmentMixer:
                 end = other.cursor
         return end
 
-    def _put(self, segment: _Segment, pcm: np.ndarray) -> None:
-        """Write the chunk numbered next_seq at the segment's cursor and move it on."""
+    def _put(self, segment: _Segment, pcm: Chunk) -> None:
+        """Write the chunk numbered next_seq at the segment's cursor (G.711: when the mix is next
+        read, see `_apply`) and move it on."""
         n = len(pcm)
-        if segment.cursor < self._emitted:
-            segment.shifted += self._emitted - segment.cursor
-            segment.cursor = self._emitted
-        start = segment.cursor - self._emitted
-        end = start + n
-        mix = self._mix
-        if end > len(mix):
-            self._grow(end)
-            mix = self._mix
+        cursor, emitted = segment.cursor, self._emitted
+        if cursor < emitted:
+            segment.shifted += emitted - cursor
+            cursor = emitted
+        start = cursor - emitted
+        if start + n > len(self._mix):
+            self._grow(start + n)
         channel, filled = segment.channel, self._filled
-        alone = filled[channel] <= segment.cursor  # else another segment of this side is there
-        for at in range(0, n, GIL_HELD_ELEMENTS):  # pieces numpy copies without releasing the GIL
+        if type(pcm) is bytes:
+            self._writes.add(pcm, segment.law, start, channel)  # type: ignore[arg-type]
+        else:
+            self._write_pcm(pcm, start, channel, alone=filled[channel] <= cursor)  # type: ignore[arg-type]
+        cursor += n
+        if cursor > filled[channel]:  # type: ignore[index]
+            filled[channel] = cursor  # type: ignore[index]
+        segment.cursor = cursor
+        segment.next_seq += 1  # type: ignore[operator]
+        segment.samples += n
+        if n:
+            segment.last_samples = n
+        if cursor > self._newest:
+            self._newest = cursor
+
+    def _write_pcm(self, pcm: np.ndarray, start: int, channel: int, *, alone: bool) -> None:
+        """Write PCM at row ``start`` of ``channel`` now: after the G.711 chunks placed before it
+        (a saturating add depends on the order). ``alone``: no other segment's audio is there."""
+        self._apply()
+        mix = self._mix
+        for at in range(0, len(pcm), GIL_HELD_ELEMENTS):  # pieces numpy copies without releasing the GIL
             piece = pcm[at : at + GIL_HELD_ELEMENTS]
             column = mix[start + at : start + at + len(piece), channel]
             if alone:  # a copy
@@ -584,15 +568,11 @@ class SegmentMixer:
                 total = column.astype(np.int32)
                 total += piece
                 column[:] = np.clip(total, -32768, 32767)
-        if segment.cursor + n > filled[channel]:
-            filled[channel] = segment.cursor + n
-        segment.cursor += n
-        segment.next_seq += 1  # type: ignore[operator]
-        segment.samples += n
-        if n:
-            segment.last_samples = n
-        if segment.cursor > self._newest:
-            self._newest = segment.cursor
+
+    def _apply(self) -> None:
+        """Add the G.711 chunks placed so far into the mix: before it is read, grown or written."""
+        if len(self._writes):
+            self._writes.apply(self._mix)
 
     def _backlog(self, segment: _Segment, since: float, at: float) -> tuple[int, bool]:
         """Samples by which the call's chunks arrive after their places now (never below 0): how
@@ -624,6 +604,7 @@ class SegmentMixer:
         return (max(0, *others), True) if others else (max(0, segment.backlog), False)
 
     def _grow(self, needed: int) -> None:
+        self._apply()
         size = len(self._mix)
         while size < needed:
             size *= 2
@@ -641,7 +622,7 @@ class SegmentMixer:
         if len(self._segments) >= MAX_SEGMENTS:
             self.counters["segments_over_cap"] += 1
             return
-        decode, why_not = _decoder(fmt, self._l16)
+        law, decode, why_not = _decoder(fmt, self._l16)
         shared = False
         if self.layout == "stereo":
             channel: int | None = 0 if start.role == AGENT else 1
@@ -657,7 +638,7 @@ class SegmentMixer:
                 LOGGER.warning("call %s: segment %s (%s %s) is mixed into the last channel (%d): "
                                "all %d channels are taken", self.label, start.segment_id,
                                start.role, start.participant_id, channel, self.channels)
-        segment = _Segment(start, fmt, channel, decode, why_not)
+        segment = _Segment(start, fmt, channel, law, decode, why_not)
         segment.shared = shared
         if why_not is not None:
             LOGGER.warning("call %s: segment %s (%s %s): %s", self.label, start.segment_id, start.role,
@@ -776,13 +757,13 @@ class SegmentMixer:
         self.counters["unknown_segment_media"] += len(self._orphans)
         self._orphans = []
         self._finished = True
-        self._run_pcm = None
         end = self._newest
         return self._cut(end - self._emitted) if end > self._emitted else None
 
     def _cut(self, n: int) -> PcmBlock:
         if n > len(self._mix):
             self._grow(n)
+        self._apply()
         mix = self._mix
         # byte copies through memoryviews (see GIL_HELD_ELEMENTS); the mix is C-contiguous
         frames = np.empty((n, mix.shape[1]), dtype=np.int16)
