@@ -28,11 +28,13 @@ Two modes (nothing here asserts speed):
   (results/e2e-latest.json; make bench runs bench_e2e first). The generator runs in
   ceil(dialogs / GENERATOR_DIALOGS) processes. ``--workers 1,2``: every step on one worker,
   then on two (a worker count stops stepping at its first failed step).
-- ratio (``--dialogs N [--seconds S]``): one size, bare then full, whole-run CPU per message.
+- ratio (``--dialogs N [--seconds S] [--rounds R]``): one size, bare then full, whole-run CPU per
+  message; R pairs in turn, each pair's ratio and their median (one variant's CPU moves by a tenth
+  from run to run on a shared machine).
 
     .venv/bin/python benchmarks/bench_ringcx.py [--steps 100,300,600,900] [--step-seconds 10]
         [--workers 1,2] [--connections 16] [--websocket]
-    .venv/bin/python benchmarks/bench_ringcx.py --dialogs 100 --seconds 20
+    .venv/bin/python benchmarks/bench_ringcx.py --dialogs 300 --seconds 20 --rounds 5
 """
 
 from __future__ import annotations
@@ -44,6 +46,7 @@ import os
 import platform
 import re
 import shutil
+import statistics
 import subprocess
 import sys
 import tempfile
@@ -541,6 +544,8 @@ def main() -> int:
                         "(bench_e2e's step), for CPU per 1,000 of both front ends from one run")
     parser.add_argument("--dialogs", type=int, help="ratio mode: real-time dialogs at once")
     parser.add_argument("--seconds", type=float, default=20.0, help="ratio mode: length of each dialog, s")
+    parser.add_argument("--rounds", type=int, default=1,
+                        help="ratio mode: pairs of runs (bare, then full), for the median of their ratios (a count)")
     parser.add_argument("--bare-server", action="store_true", help=argparse.SUPPRESS)
     parser.add_argument("--bare-port", type=int, default=0, help=argparse.SUPPRESS)
     parser.add_argument("--generate", help=argparse.SUPPRESS)  # HOST:PORT: a generator process
@@ -564,22 +569,41 @@ def main() -> int:
     if args.dialogs is None:
         return steps_main([int(x) for x in args.steps.split(",")], args.step_seconds, args.budget,
                           [int(x) for x in args.workers.split(",")], args.connections, args.websocket)
-    results = {variant: run_variant(variant, args.dialogs, args.seconds, args.connections)
-               for variant in ("bare", "full")}
-    ratio = results["full"]["server_cpu_s"] / max(results["bare"]["server_cpu_s"], 1e-9)
-    busy_ratio = results["full"]["busy_cpu_s"] / max(results["bare"]["busy_cpu_s"], 1e-9)
+    return ratio_main(args.dialogs, args.seconds, args.connections, args.rounds, args.json)
+
+
+def ratio_main(dialogs: int, seconds: float, connections: int, rounds: int, output: Path | None) -> int:
+    """Ratio mode: ``rounds`` pairs (bare, then full), each pair's ratio, their median and the
+    ratio of the rounds' sums. Why rounds: on a shared machine one variant's run alone moves by a
+    tenth from one run to the next (the bare receiver's too), a pair's ratio by more."""
     print(f"Machine: {machine()}")
-    print(f"{args.dialogs} real-time dialogs x {args.seconds:g} s, 2 segments, 100 ms chunks")
-    print("| receiver | dialogs ok | server CPU (s) | CPU-us per message | cores | idle cores | "
-          "CPU-us per message beyond idle |")
-    print("|---|---:|---:|---:|---:|---:|---:|")
-    for variant, result in results.items():
-        print(f"| {variant} | {result['dialogs_ok']} | {result['server_cpu_s']} | {result['cpu_us_per_message']} | "
-              f"{result['server_cores']} | {result['idle_cores']} | {result['busy_us_per_message']} |")
-    print(f"full / bare CPU: {ratio:.2f} (beyond idle: {busy_ratio:.2f})")
-    if args.json:
-        args.json.write_text(json.dumps({"machine": machine(), "results": results, "ratio": ratio,
-                                         "ratio_beyond_idle": busy_ratio}, indent=2))
+    print(f"{dialogs} real-time dialogs x {seconds:g} s, 2 segments, 100 ms chunks; {rounds} round(s) of bare, "
+          "then full")
+    print("| round | receiver | dialogs ok | server CPU (s) | CPU-us per message | cores | idle cores | "
+          "CPU-us per message beyond idle | full / bare |")
+    print("|---:|---|---:|---:|---:|---:|---:|---:|---:|")
+    pairs = []
+    for number in range(1, rounds + 1):
+        results = {variant: run_variant(variant, dialogs, seconds, connections) for variant in ("bare", "full")}
+        ratio = results["full"]["server_cpu_s"] / max(results["bare"]["server_cpu_s"], 1e-9)
+        busy_ratio = results["full"]["busy_cpu_s"] / max(results["bare"]["busy_cpu_s"], 1e-9)
+        pairs.append({"results": results, "ratio": round(ratio, 3), "ratio_beyond_idle": round(busy_ratio, 3)})
+        for variant, result in results.items():
+            print(f"| {number} | {variant} | {result['dialogs_ok']} | {result['server_cpu_s']} | "
+                  f"{result['cpu_us_per_message']} | {result['server_cores']} | {result['idle_cores']} | "
+                  f"{result['busy_us_per_message']} | {f'{ratio:.2f}' if variant == 'full' else ''} |", flush=True)
+    ratios = [pair["ratio"] for pair in pairs]
+    total = (sum(pair["results"]["full"]["server_cpu_s"] for pair in pairs)
+             / max(sum(pair["results"]["bare"]["server_cpu_s"] for pair in pairs), 1e-9))
+    print(f"full / bare CPU: {', '.join(f'{r:.2f}' for r in ratios)}; median {statistics.median(ratios):.2f}, "
+          f"all rounds together {total:.2f} (beyond idle, median: "
+          f"{statistics.median(pair['ratio_beyond_idle'] for pair in pairs):.2f})")
+    if output:
+        output.write_text(json.dumps({"machine": machine(), "rounds": pairs, "ratio_median": statistics.median(ratios),
+                                      "ratio_all_rounds": round(total, 3),
+                                      # one round's figures where a single pair was read before
+                                      "results": pairs[0]["results"], "ratio": ratios[0],
+                                      "ratio_beyond_idle": pairs[0]["ratio_beyond_idle"]}, indent=2))
     return 0
 
 
