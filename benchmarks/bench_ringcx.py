@@ -600,10 +600,7 @@ def ratio_main(dialogs: int, seconds: float, connections: int, rounds: int, outp
           f"{statistics.median(pair['ratio_beyond_idle'] for pair in pairs):.2f})")
     if output:
         output.write_text(json.dumps({"machine": machine(), "rounds": pairs, "ratio_median": statistics.median(ratios),
-                                      "ratio_all_rounds": round(total, 3),
-                                      # one round's figures where a single pair was read before
-                                      "results": pairs[0]["results"], "ratio": ratios[0],
-                                      "ratio_beyond_idle": pairs[0]["ratio_beyond_idle"]}, indent=2))
+                                      "ratio_all_rounds": round(total, 3)}, indent=2))
     return 0
 
 
