@@ -123,6 +123,57 @@ def test_the_core_gives_the_mixers_blocks_byte_for_byte(plan: Plan, takes: list[
     assert statistics["segments"] == len(plan) and statistics["bad_messages"] == 0
 
 
+def fed(events: list, takes: list[int], *, runs: bool, block_ms: float, window_ms: float
+        ) -> tuple[list[tuple[int, bytes]], SegmentMixer]:
+    """The mixer's blocks (start, frames) fed take by take: with ``runs``, `receive_run` over
+    each take and every item it leaves to `handle`; else `handle` item by item. Either way every
+    block popped as soon as the contract allows (after an item, after receive_run stops), and a
+    tick and a partial pop between takes."""
+    mixer = SegmentMixer(block_ms=block_ms, window_ms=window_ms)
+    blocks: list[tuple[int, bytes]] = []
+
+    def pop() -> None:
+        while (block := mixer.pop_block()) is not None:
+            blocks.append((block.start, block.frames.tobytes()))
+
+    position = 0
+    for size in [*takes, len(events)]:
+        items = events[position : position + size]
+        i, end = 0, len(items)
+        while i < end:
+            if runs:
+                i = mixer.receive_run(items, i)
+                pop()
+            if i < end:
+                mixer.handle(items[i])
+                i += 1
+                pop()
+        position += size
+        if position >= len(events):
+            break
+        mixer.tick(events[position - 1].at)
+        if (block := mixer.pop_block(partial=True)) is not None:
+            blocks.append((block.start, block.frames.tobytes()))
+        pop()
+    if (tail := mixer.finish()) is not None:
+        blocks.append((tail.start, tail.frames.tobytes()))
+    return blocks, mixer
+
+
+@settings(max_examples=80, deadline=None)
+@given(jittered_dialog(), st.lists(st.integers(1, 40), max_size=8), st.sampled_from([200.0, 300.0, 1000.0]),
+       st.sampled_from([100.0, 200.0]))
+def test_receive_run_is_handle_and_pop_after_each_item(plan: Plan, takes: list[int], block_ms: float,
+                                                       window_ms: float) -> None:
+    """Block for block (where each starts, its frames) and counter for counter: receive_run
+    computes the watermark only where a block may be ready or a lost chunk be given up."""
+    events = dialog_events(plan)
+    expected, alone = fed(events, takes, runs=False, block_ms=block_ms, window_ms=window_ms)
+    blocks, mixer = fed(events, takes, runs=True, block_ms=block_ms, window_ms=window_ms)
+    assert blocks == expected
+    assert mixer.statistics() == alone.statistics() and mixer.segments() == alone.segments()
+
+
 def test_a_dialogs_record_merges_its_start_and_its_segments() -> None:
     core = CallCore(segments=SegmentMixer(), connection={"front_end": "ringcx", "session_id": None}, now=0.0)
     assert core.call_id == "unknown" and not core.started

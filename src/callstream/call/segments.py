@@ -262,6 +262,9 @@ class SegmentMixer:
         self._orphans: list[SegmentMedia] = []
         # the G.711 chunks placed since the mix was last cut, to be added into it (`_apply`)
         self._writes = MixWrites()
+        # the watermark receive_run found a block ready at, for the caller's next pop_block
+        # (nothing may happen in between: every other input forgets it)
+        self._ready_mark: int | None = None
         self.infos: list[dict[str, Any]] = []
         self.counters = {"unknown_segment_media": 0, "media_after_stop": 0, "segments_over_cap": 0,
                          "bad_events": 0, "infos_dropped": 0}
@@ -276,6 +279,7 @@ class SegmentMixer:
         A `CallStarted` is the core's business: ignored here. ValueError for anything else."""
         if self._finished:
             raise RuntimeError("the call is finished")
+        self._ready_mark = None
         kind = type(event)
         if kind is CallStarted:
             return
@@ -296,22 +300,31 @@ class SegmentMixer:
             raise ValueError(f"not a segment event: {event!r}")
 
     def receive_run(self, items: Sequence[Any], start: int = 0) -> int:
-        """Place the `SegmentMedia` of ``items`` from ``start`` on until a full block may be ready
-        (then `pop_block` until None) or an item of another kind; returns the index of the first
-        item not placed (the shell's receive loop, as `Timeline.push_run`). The same as
-        `handle` and `pop_block` after each item."""
+        """Place the `SegmentMedia` of ``items`` from ``start`` on until a full block is ready
+        (then `pop_block` until None, before anything else) or an item of another kind; returns
+        the index of the first item not placed (the shell's receive loop, as `Timeline.push_run`).
+        The same as `handle` and `pop_block` after each item."""
         if self._finished:
             raise RuntimeError("the call is finished")
+        self._ready_mark = None
         i, end = start, len(items)
-        place = self._media
-        # Stop whenever a block may be ready (pop_block's own first test), also before the first
-        # item: the caller pops before this places anything more, as it would after each event
-        # (where a segment joins depends on what has left). Such an item, not placed here, the
-        # caller gives to `handle` (the shell's loop does: it takes it for an event).
-        while i < end and max(self._now + self._lead, self._newest) - self._emitted < self._block:
+        place, block, window = self._media, self._block, self._window
+        # Stop when a block is ready (pop_block's tests, also before the first item): the caller
+        # pops before this places anything more, as it would after each event (where a segment
+        # joins depends on what has left). Such an item, not placed here, the caller gives to
+        # `handle` (the shell's loop does: it takes it for an event). The watermark is never more
+        # than the newest audio (or the clock) less the window: short of that, it is computed
+        # only when it may give up a lost chunk (its one side effect), as pop_block would.
+        while i < end:
             media = items[i]
             if type(media) is not SegmentMedia:
                 break
+            ahead = max(self._now + self._lead, self._newest) - self._emitted
+            if ahead >= block and (ahead - window >= block or self._waiting()):
+                mark = self.watermark()
+                if mark - self._emitted >= block:
+                    self._ready_mark = mark  # pop_block's, computed once as it would be
+                    break
             at = media.at  # as `handle`, without its dispatch
             if at > self._clock:
                 self._clock = at
@@ -321,9 +334,14 @@ class SegmentMixer:
             i += 1
         return i
 
+    def _waiting(self) -> bool:
+        """Whether a live segment has chunks waiting for a lost one."""
+        return any(segment.pending for segment in self._live)
+
     def tick(self, now: float) -> None:
         """Time has passed (``now`` on the events' clock): give up waiting for lost chunks and
         for media of segments never started."""
+        self._ready_mark = None
         if now > self._clock:
             self._clock = now
             if self._origin is not None:
@@ -716,7 +734,9 @@ class SegmentMixer:
     # -- output ----------------------------------------------------------------------------
 
     def watermark(self) -> int:
-        """Where the emitted audio may end now (samples from the call's start)."""
+        """Where the emitted audio may end now (samples from the call's start). Gives up the
+        chunks still missing below where it may end (their segments' waiting chunks are placed)."""
+        self._ready_mark = None
         now = self._now + self._lead
         # a window behind the newest audio (a silent segment holds the others back no longer),
         # and further behind the clock, less the backlog of a reader that falls behind: all
@@ -736,9 +756,12 @@ class SegmentMixer:
 
     def pop_block(self, *, partial: bool = False) -> PcmBlock | None:
         """A full block when one is ready (or, with ``partial``, whatever is ready); else None."""
-        if not partial and max(self._now + self._lead, self._newest) - self._emitted < self._block:
-            return None  # the watermark is never past the clock or the newest audio
-        ready = self.watermark() - self._emitted
+        mark, self._ready_mark = self._ready_mark, None
+        if mark is None:
+            if not partial and max(self._now + self._lead, self._newest) - self._emitted < self._block:
+                return None  # the watermark is never past the clock or the newest audio
+            mark = self.watermark()
+        ready = mark - self._emitted
         if ready >= self._block:
             return self._cut(self._block)
         if partial and ready > 0:
@@ -749,6 +772,7 @@ class SegmentMixer:
         """End of the stream: every segment closed, everything placed comes out (one block)."""
         if self._finished:
             return None
+        self._ready_mark = None
         for segment in self._live:  # held chunks first, while every segment can still testify;
             if segment.suspect is not None:  # without a witness, the stream's last chunk is late, not a pause
                 self._resolve(segment, paused=False)
