@@ -28,9 +28,12 @@ Two modes (nothing here asserts speed):
   (results/e2e-latest.json; make bench runs bench_e2e first). The generator runs in
   ceil(dialogs / GENERATOR_DIALOGS) processes. ``--workers 1,2``: every step on one worker,
   then on two (a worker count stops stepping at its first failed step).
-- ratio (``--dialogs N [--seconds S] [--rounds R]``): one size, bare then full, whole-run CPU per
-  message; R pairs in turn, each pair's ratio and their median (one variant's CPU moves by a tenth
-  from run to run on a shared machine).
+- ratio (``--dialogs N [--seconds S] [--rounds R]``): one size; R runs of the full recorder, each
+  between two runs of the bare receiver (bare, full, bare, ... bare), each full run's ratios to
+  the mean of the bare runs beside it, and their medians. CPU per message over the whole run
+  and over its steady state (every dialog live, STEADY_MARGIN clear of the starts and ends),
+  and what the rest cost per dialog (its start and its finish: for the full recorder, creating
+  and finishing the recording).
 
     .venv/bin/python benchmarks/bench_ringcx.py [--steps 100,300,600,900] [--step-seconds 10]
         [--workers 1,2] [--connections 16] [--websocket]
@@ -80,6 +83,10 @@ STEP_OVERHEAD = 10.0  # seconds a step (bare + full) takes beyond 2 x (ramp + au
 LAG_LIMIT = 2.0  # seconds: the issue's write lag p99 for dialogs
 ARRIVALS_PER_SECOND = 200.0  # new dialogs per second in a step's ramp (at least MIN_RAMP)
 MIN_RAMP = 1.0  # seconds
+RATIO_RAMP = 1.0  # seconds: the ratio mode's dialogs start spread over this
+# seconds between the ratio mode's steady window and the dialogs' starts and ends: 300 recordings
+# created in a second keep the server busy for about one more (the disk threads' inodes)
+STEADY_MARGIN = 2.0
 GENERATOR_DIALOGS = 300  # real-time dialogs one generator process (one grpc.aio loop) is given
 MESSAGES_PER_SECOND = 20  # per dialog: two segments, a 100 ms chunk each every 100 ms
 CONNECTIONS = 16  # HTTP/2 connections a step's dialogs are dealt over (all generator processes together)
@@ -180,10 +187,22 @@ async def _generate_at(target: str, first: int, count: int, total: int, seconds:
         await asyncio.gather(*(channel.close() for channel in channels))
 
 
-async def _generate(target: str, dialogs: int, seconds: float, connections: int = 1) -> int:
-    """The ratio mode's generator, in this process: dialogs spread over one second."""
-    late = await _generate_at(target, 0, dialogs, dialogs, seconds, 1.0, time.time(), connections)
+async def _generate(target: str, dialogs: int, seconds: float, start: float, connections: int = 1) -> int:
+    """The ratio mode's generator, in this process: dialogs spread over RATIO_RAMP seconds from
+    ``start`` (time.time())."""
+    late = await _generate_at(target, 0, dialogs, dialogs, seconds, RATIO_RAMP, start, connections)
     return sum(1 for x in late if x is not None)
+
+
+def _sample_at(moments: list[float], read: Any, into: list[tuple[float, float]]) -> threading.Thread:
+    """A thread that appends (time.time(), read()) to ``into`` at each of ``moments``."""
+    def run() -> None:
+        for at in moments:
+            time.sleep(max(0.0, at - time.time()))
+            into.append((time.time(), read()))
+    thread = threading.Thread(target=run, daemon=True)
+    thread.start()
+    return thread
 
 
 def run_variant(variant: str, dialogs: int, seconds: float, connections: int = 1) -> dict[str, float]:
@@ -203,19 +222,31 @@ def run_variant(variant: str, dialogs: int, seconds: float, connections: int = 1
             before = cpu_seconds(process.pid)
             idle_cores = (before - idle) / IDLE
             started = time.monotonic()
-            ok = asyncio.run(_generate(f"127.0.0.1:{port}", dialogs, seconds, connections))
+            start = time.time() + 0.5  # the channels are open by then
+            # every dialog live: from STEADY_MARGIN after the last one started to STEADY_MARGIN
+            # before the first one ends (creating a recording, and finishing one, fall outside)
+            window: list[tuple[float, float]] = []
+            sampler = _sample_at([start + RATIO_RAMP + STEADY_MARGIN, start + seconds - STEADY_MARGIN],
+                                 lambda: cpu_seconds(process.pid), window)
+            ok = asyncio.run(_generate(f"127.0.0.1:{port}", dialogs, seconds, start, connections))
             wall = time.monotonic() - started
             cpu = cpu_seconds(process.pid) - before
+            sampler.join()
         finally:
             process.terminate()
             process.wait(30)
     messages = dialogs * (3 + 2 * round(seconds * 10) + 2)
     busy = cpu - idle_cores * wall  # what the dialogs cost beyond the idle server's own timers
+    (t0, c0), (t1, c1) = window
+    steady = (c1 - c0) / (t1 - t0)  # cores while every dialog is live
     return {"dialogs_ok": ok, "server_cpu_s": round(cpu, 3), "wall_s": round(wall, 2),
             "idle_cores": round(idle_cores, 4), "busy_cpu_s": round(busy, 3),
             "busy_us_per_message": round(busy / messages * 1e6, 1),
             "cpu_us_per_message": round(cpu / messages * 1e6, 1), "server_cores": round(cpu / wall, 3),
-            "messages": messages}
+            "messages": messages, "steady_cores": round(steady, 4),
+            "steady_us_per_message": round(steady / (dialogs * MESSAGES_PER_SECOND) * 1e6, 1),
+            # what the run cost beyond the steady rate, per dialog: its start and its finish
+            "ends_ms_per_dialog": round((cpu - steady * wall) / dialogs * 1e3, 2)}
 
 
 def _listening(process: subprocess.Popen, variant: str) -> int:
@@ -545,7 +576,8 @@ def main() -> int:
     parser.add_argument("--dialogs", type=int, help="ratio mode: real-time dialogs at once")
     parser.add_argument("--seconds", type=float, default=20.0, help="ratio mode: length of each dialog, s")
     parser.add_argument("--rounds", type=int, default=1,
-                        help="ratio mode: pairs of runs (bare, then full), for the median of their ratios (a count)")
+                        help="ratio mode: runs of the full recorder, each between two of the bare receiver, for the "
+                        "median of their ratios (a count)")
     parser.add_argument("--bare-server", action="store_true", help=argparse.SUPPRESS)
     parser.add_argument("--bare-port", type=int, default=0, help=argparse.SUPPRESS)
     parser.add_argument("--generate", help=argparse.SUPPRESS)  # HOST:PORT: a generator process
@@ -569,38 +601,64 @@ def main() -> int:
     if args.dialogs is None:
         return steps_main([int(x) for x in args.steps.split(",")], args.step_seconds, args.budget,
                           [int(x) for x in args.workers.split(",")], args.connections, args.websocket)
+    if args.seconds < RATIO_RAMP + 2 * STEADY_MARGIN + 1.0:
+        parser.error(f"--seconds must be at least {RATIO_RAMP + 2 * STEADY_MARGIN + 1.0:g} (the steady window "
+                     f"starts {STEADY_MARGIN:g} s after the last dialog started, ends {STEADY_MARGIN:g} s before "
+                     "the first one ends)")
     return ratio_main(args.dialogs, args.seconds, args.connections, args.rounds, args.json)
 
 
 def ratio_main(dialogs: int, seconds: float, connections: int, rounds: int, output: Path | None) -> int:
-    """Ratio mode: ``rounds`` pairs (bare, then full), each pair's ratio, their median and the
-    ratio of the rounds' sums. Why rounds: on a shared machine one variant's run alone moves by a
-    tenth from one run to the next (the bare receiver's too), a pair's ratio by more."""
+    """Ratio mode: ``rounds`` runs of the full recorder, each between two runs of the bare
+    receiver (bare, full, bare, full, ..., bare: one bare run more than full ones), and each
+    full run's ratios to the mean of the bare runs either side of it; then their medians. Why:
+    on a shared machine one variant's run alone moves by a tenth from one run to the next (the
+    bare receiver's most), and the machine drifts over minutes; a bare run on either side halves
+    the first and cancels a steady drift."""
     print(f"Machine: {machine()}")
-    print(f"{dialogs} real-time dialogs x {seconds:g} s, 2 segments, 100 ms chunks; {rounds} round(s) of bare, "
-          "then full")
-    print("| round | receiver | dialogs ok | server CPU (s) | CPU-us per message | cores | idle cores | "
-          "CPU-us per message beyond idle | full / bare |")
-    print("|---:|---|---:|---:|---:|---:|---:|---:|---:|")
+    print(f"{dialogs} real-time dialogs x {seconds:g} s, 2 segments, 100 ms chunks; {rounds} run(s) of the "
+          f"full recorder, each between two of the bare receiver")
+    print("| run | receiver | dialogs ok | server CPU (s) | CPU-us per message | cores | idle cores | "
+          "steady: cores | CPU-us per message | start + finish, CPU-ms per dialog | full / bare | "
+          "steady full / bare |")
+    print("|---:|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|")
+    runs: list[dict[str, Any]] = []
     pairs = []
-    for number in range(1, rounds + 1):
-        results = {variant: run_variant(variant, dialogs, seconds, connections) for variant in ("bare", "full")}
-        ratio = results["full"]["server_cpu_s"] / max(results["bare"]["server_cpu_s"], 1e-9)
-        busy_ratio = results["full"]["busy_cpu_s"] / max(results["bare"]["busy_cpu_s"], 1e-9)
-        pairs.append({"results": results, "ratio": round(ratio, 3), "ratio_beyond_idle": round(busy_ratio, 3)})
-        for variant, result in results.items():
-            print(f"| {number} | {variant} | {result['dialogs_ok']} | {result['server_cpu_s']} | "
-                  f"{result['cpu_us_per_message']} | {result['server_cores']} | {result['idle_cores']} | "
-                  f"{result['busy_us_per_message']} | {f'{ratio:.2f}' if variant == 'full' else ''} |", flush=True)
+
+    def run(variant: str) -> dict[str, Any]:
+        result = {"run": len(runs) + 1, "variant": variant, **run_variant(variant, dialogs, seconds, connections)}
+        runs.append(result)
+        return result
+
+    def show(result: dict[str, Any], ratios: str = " | ") -> None:
+        print(f"| {result['run']} | {result['variant']} | {result['dialogs_ok']} | {result['server_cpu_s']} | "
+              f"{result['cpu_us_per_message']} | {result['server_cores']} | {result['idle_cores']} | "
+              f"{result['steady_cores']} | {result['steady_us_per_message']} | {result['ends_ms_per_dialog']} | "
+              f"{ratios} |", flush=True)
+
+    before = run("bare")
+    show(before)
+    for _ in range(rounds):
+        full = run("full")
+        after = run("bare")
+        bare_cpu = (before["server_cpu_s"] + after["server_cpu_s"]) / 2
+        bare_steady = (before["steady_cores"] + after["steady_cores"]) / 2
+        ratio = full["server_cpu_s"] / max(bare_cpu, 1e-9)
+        steady_ratio = full["steady_cores"] / max(bare_steady, 1e-9)
+        pairs.append({"ratio": round(ratio, 3), "steady_ratio": round(steady_ratio, 3)})
+        show(full, f"{ratio:.2f} | {steady_ratio:.2f}")
+        show(after)
+        before = after
     ratios = [pair["ratio"] for pair in pairs]
-    total = (sum(pair["results"]["full"]["server_cpu_s"] for pair in pairs)
-             / max(sum(pair["results"]["bare"]["server_cpu_s"] for pair in pairs), 1e-9))
-    print(f"full / bare CPU: {', '.join(f'{r:.2f}' for r in ratios)}; median {statistics.median(ratios):.2f}, "
-          f"all rounds together {total:.2f} (beyond idle, median: "
-          f"{statistics.median(pair['ratio_beyond_idle'] for pair in pairs):.2f})")
+    steady = [pair["steady_ratio"] for pair in pairs]
+    print(f"full / bare CPU, whole runs: {', '.join(f'{r:.2f}' for r in ratios)}; median "
+          f"{statistics.median(ratios):.2f}")
+    print(f"full / bare CPU, steady (every dialog live): {', '.join(f'{r:.2f}' for r in steady)}; median "
+          f"{statistics.median(steady):.2f}")
     if output:
-        output.write_text(json.dumps({"machine": machine(), "rounds": pairs, "ratio_median": statistics.median(ratios),
-                                      "ratio_all_rounds": round(total, 3)}, indent=2))
+        output.write_text(json.dumps({"machine": machine(), "dialogs": dialogs, "seconds": seconds, "runs": runs,
+                                      "ratios": pairs, "ratio_median": statistics.median(ratios),
+                                      "steady_ratio_median": statistics.median(steady)}, indent=2))
     return 0
 
 
