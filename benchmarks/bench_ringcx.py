@@ -21,7 +21,9 @@ Two modes (nothing here asserts speed):
   p99 (the server's histogram) under LAG_LIMIT and the generator on time (its dialogs end within
   REALTIME_SLACK of their schedule: a server that reads too slowly holds the platform back
   through HTTP/2 flow control instead of losing audio). Stepping stops at the first step the
-  full recorder fails. The server's CPU is read over the window in which every dialog is live;
+  full recorder fails. The server's CPU is read over the window in which every dialog is live,
+  STEADY_MARGIN clear of the last start and the first end (a step's dialogs last long enough for
+  MIN_WINDOW of it);
   the table "CPU per 1,000 calls/dialogs" sets it beside the WebSocket front end's: from this
   run with ``--websocket`` (a WebSocket step of as many real-time calls on one worker after each
   one-worker RingCX step, bench_e2e's step), else from the last bench_e2e run
@@ -87,6 +89,7 @@ RATIO_RAMP = 1.0  # seconds: the ratio mode's dialogs start spread over this
 # seconds between the ratio mode's steady window and the dialogs' starts and ends: 300 recordings
 # created in a second keep the server busy for about one more (the disk threads' inodes)
 STEADY_MARGIN = 2.0
+MIN_WINDOW = 6.0  # seconds of steady state a step measures at least (its dialogs last longer if need be)
 GENERATOR_DIALOGS = 300  # real-time dialogs one generator process (one grpc.aio loop) is given
 MESSAGES_PER_SECOND = 20  # per dialog: two segments, a 100 ms chunk each every 100 ms
 CONNECTIONS = 16  # HTTP/2 connections a step's dialogs are dealt over (all generator processes together)
@@ -356,8 +359,9 @@ def verify(output: Path, dialogs: int, seconds: float, wait: float = 60.0) -> tu
 def step(variant: str, dialogs: int, seconds: float, work: Path, *, workers: int = 1,
          connections: int = CONNECTIONS) -> dict:
     """One step: the bare receiver or the full recorder (``workers`` processes) under
-    ``dialogs`` real-time dialogs; CPU over the window in which all of them are live."""
-    ramp = max(MIN_RAMP, dialogs / ARRIVALS_PER_SECOND)
+    ``dialogs`` real-time dialogs of ``seconds`` (see `step_seconds`); CPU over the window in
+    which all of them are live."""
+    ramp = ramp_of(dialogs)
     output = work / f"{variant}-{dialogs}-{workers}"
     output.mkdir()
     server: Server | None = None
@@ -381,7 +385,9 @@ def step(variant: str, dialogs: int, seconds: float, work: Path, *, workers: int
     try:
         time.sleep(SETTLE + (2.0 if workers > 1 else 0.0))  # workers start after the supervisor listens
         processes, start = _generators(port, dialogs, seconds, ramp, connections)
-        window = (start + ramp + 1.0, start + ramp + seconds - 1.0)  # every dialog live
+        # every dialog live (from the last start to the first end), STEADY_MARGIN clear of both:
+        # creating the recordings and finishing them are not the steady state
+        window = (start + ramp + STEADY_MARGIN, start + seconds - STEADY_MARGIN)
         samples: list[tuple[float, float, dict | None]] = []
         for at in window:
             time.sleep(max(0.0, at - time.time()))
@@ -417,6 +423,17 @@ def step(variant: str, dialogs: int, seconds: float, work: Path, *, workers: int
                         and behind <= REALTIME_SLACK)
     shutil.rmtree(output, ignore_errors=True)
     return result
+
+
+def ramp_of(dialogs: int) -> float:
+    """Seconds over which a step's dialogs start."""
+    return max(MIN_RAMP, dialogs / ARRIVALS_PER_SECOND)
+
+
+def step_seconds(dialogs: int, seconds: float) -> float:
+    """A step's dialog length: ``seconds``, or longer where the ramp leaves less than MIN_WINDOW
+    of steady state between the margins."""
+    return max(seconds, ramp_of(dialogs) + 2 * STEADY_MARGIN + MIN_WINDOW)
 
 
 def websocket_per_1000() -> list[tuple[str, int, float]]:
@@ -462,9 +479,11 @@ def _load(result: dict) -> str:
 
 def markdown(data: dict) -> str:
     lines = [f"Machine: {data['machine_line']}",
-             f"Real-time dialogs of two segments (100 ms PCMU chunks), {data['step_seconds']:g} s each, dealt over "
+             f"Real-time dialogs of two segments (100 ms PCMU chunks), {data['step_seconds']:g} s each (longer "
+             f"where a step's ramp needs it: at least {MIN_WINDOW:g} s of steady state), dealt over "
              f"{data.get('connections', 1)} HTTP/2 connections; CPU (all the server's processes) over the window "
-             "in which every dialog is live; load average (1 min) at the step's start and end.", "",
+             f"in which every dialog is live, {STEADY_MARGIN:g} s clear of the last start and the first end; "
+             "load average (1 min) at the step's start and end.", "",
              "| receiver | workers | dialogs | ok | server CPU | cores per 1,000 | CPU-us per message | full / bare | "
              "lag p50 (s) | lag p99 (s) | behind (s) | exact recordings | with pauses | failed | dialogs per worker "
              "| load average |",
@@ -518,17 +537,18 @@ def steps_main(steps: list[int], seconds: float, budget: float, workers: list[in
     with tempfile.TemporaryDirectory() as temp:
         work = Path(temp)
         for dialogs in steps:
-            ramp = max(MIN_RAMP, dialogs / ARRIVALS_PER_SECOND)
+            ramp = ramp_of(dialogs)
+            length = step_seconds(dialogs, seconds)
             for count in workers:
                 if count in failed:
                     continue
-                if time.monotonic() - started + 2 * (ramp + seconds) + STEP_OVERHEAD > budget:
+                if time.monotonic() - started + 2 * (ramp + length) + STEP_OVERHEAD > budget:
                     print(f"{dialogs} dialogs on {count} worker(s): beyond the {budget:g} s budget, not run",
                           flush=True)
                     failed.add(count)
                     continue
-                pair = {"bare": step("bare", dialogs, seconds, work, workers=count, connections=connections)}
-                pair["full"] = full = step("full", dialogs, seconds, work, workers=count, connections=connections)
+                pair = {"bare": step("bare", dialogs, length, work, workers=count, connections=connections)}
+                pair["full"] = full = step("full", dialogs, length, work, workers=count, connections=connections)
                 data["steps"].append(pair)
                 print(json.dumps(pair), flush=True)
                 if not full["ok"]:
@@ -536,7 +556,7 @@ def steps_main(steps: list[int], seconds: float, budget: float, workers: list[in
                 else:
                     data["capacity"][count] = dialogs
                 if websocket and count == 1:
-                    data["websocket"].append(ws := websocket_step(dialogs, seconds, work))
+                    data["websocket"].append(ws := websocket_step(dialogs, length, work))
                     print(json.dumps(ws), flush=True)
     per_1000 = [] if data["websocket"] else websocket_per_1000()
     for result in data["websocket"]:
