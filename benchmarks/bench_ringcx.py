@@ -35,7 +35,8 @@ Two modes (nothing here asserts speed):
   the mean of the bare runs beside it, and their medians. CPU per message over the whole run
   and over its steady state (every dialog live, STEADY_MARGIN clear of the starts and ends),
   and what the rest cost per dialog (its start and its finish: for the full recorder, creating
-  and finishing the recording).
+  and finishing the recording). The dialogs start over the steps' ramp, from the same generator
+  processes.
 
     .venv/bin/python benchmarks/bench_ringcx.py [--steps 100,300,600,900] [--step-seconds 10]
         [--workers 1,2] [--connections 16] [--websocket]
@@ -85,9 +86,8 @@ STEP_OVERHEAD = 10.0  # seconds a step (bare + full) takes beyond 2 x (ramp + au
 LAG_LIMIT = 2.0  # seconds: the issue's write lag p99 for dialogs
 ARRIVALS_PER_SECOND = 200.0  # new dialogs per second in a step's ramp (at least MIN_RAMP)
 MIN_RAMP = 1.0  # seconds
-RATIO_RAMP = 1.0  # seconds: the ratio mode's dialogs start spread over this
-# seconds between the ratio mode's steady window and the dialogs' starts and ends: 300 recordings
-# created in a second keep the server busy for about one more (the disk threads' inodes)
+# seconds between the steady window and the dialogs' starts and ends: 300 recordings created in a
+# second keep the server busy for about one more (the disk threads' inodes)
 STEADY_MARGIN = 2.0
 MIN_WINDOW = 6.0  # seconds of steady state a step measures at least (its dialogs last longer if need be)
 GENERATOR_DIALOGS = 300  # real-time dialogs one generator process (one grpc.aio loop) is given
@@ -190,13 +190,6 @@ async def _generate_at(target: str, first: int, count: int, total: int, seconds:
         await asyncio.gather(*(channel.close() for channel in channels))
 
 
-async def _generate(target: str, dialogs: int, seconds: float, start: float, connections: int = 1) -> int:
-    """The ratio mode's generator, in this process: dialogs spread over RATIO_RAMP seconds from
-    ``start`` (time.time())."""
-    late = await _generate_at(target, 0, dialogs, dialogs, seconds, RATIO_RAMP, start, connections)
-    return sum(1 for x in late if x is not None)
-
-
 def _sample_at(moments: list[float], read: Any, into: list[tuple[float, float]]) -> threading.Thread:
     """A thread that appends (time.time(), read()) to ``into`` at each of ``moments``."""
     def run() -> None:
@@ -225,13 +218,15 @@ def run_variant(variant: str, dialogs: int, seconds: float, connections: int = 1
             before = cpu_seconds(process.pid)
             idle_cores = (before - idle) / IDLE
             started = time.monotonic()
-            start = time.time() + 0.5  # the channels are open by then
+            ramp = ramp_of(dialogs)
+            generators, start = _generators(port, dialogs, seconds, ramp, connections)
             # every dialog live: from STEADY_MARGIN after the last one started to STEADY_MARGIN
             # before the first one ends (creating a recording, and finishing one, fall outside)
             window: list[tuple[float, float]] = []
-            sampler = _sample_at([start + RATIO_RAMP + STEADY_MARGIN, start + seconds - STEADY_MARGIN],
+            sampler = _sample_at([start + ramp + STEADY_MARGIN, start + seconds - STEADY_MARGIN],
                                  lambda: cpu_seconds(process.pid), window)
-            ok = asyncio.run(_generate(f"127.0.0.1:{port}", dialogs, seconds, start, connections))
+            failed, _, _ = _gather(generators)
+            ok = dialogs - failed
             wall = time.monotonic() - started
             cpu = cpu_seconds(process.pid) - before
             sampler.join()
@@ -621,10 +616,11 @@ def main() -> int:
     if args.dialogs is None:
         return steps_main([int(x) for x in args.steps.split(",")], args.step_seconds, args.budget,
                           [int(x) for x in args.workers.split(",")], args.connections, args.websocket)
-    if args.seconds < RATIO_RAMP + 2 * STEADY_MARGIN + 1.0:
-        parser.error(f"--seconds must be at least {RATIO_RAMP + 2 * STEADY_MARGIN + 1.0:g} (the steady window "
-                     f"starts {STEADY_MARGIN:g} s after the last dialog started, ends {STEADY_MARGIN:g} s before "
-                     "the first one ends)")
+    shortest = ramp_of(args.dialogs) + 2 * STEADY_MARGIN + 1.0
+    if args.seconds < shortest:
+        parser.error(f"--seconds must be at least {shortest:g} for {args.dialogs} dialogs (the steady window "
+                     f"starts {STEADY_MARGIN:g} s after the last dialog started, {ramp_of(args.dialogs):g} s after "
+                     f"the first, and ends {STEADY_MARGIN:g} s before the first one ends)")
     return ratio_main(args.dialogs, args.seconds, args.connections, args.rounds, args.json)
 
 
