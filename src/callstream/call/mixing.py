@@ -25,7 +25,7 @@ import numpy as np
 from callstream import codec
 from callstream.native import kernel as _kernel
 
-__all__ = ["ALAW", "AVAILABLE", "ULAW", "MixWrites", "apply_numpy"]
+__all__ = ["ALAW", "AVAILABLE", "ULAW", "MixWrites", "add_clipped", "apply_numpy"]
 
 # the C kernel, or None (not built, or CALLSTREAM_NATIVE drops "mix": the numpy twin runs)
 _ffi, _lib = _kernel("mix")
@@ -95,6 +95,13 @@ def apply_numpy(mix: np.ndarray, payloads: bytes, ops: array) -> int:
             return k
         codes = payloads[offset : offset + length]
         pcm = _NUMPY.decode_ulaw(codes) if law == ULAW else _NUMPY.decode_alaw(codes)
-        column = mix[frame : frame + length, channel]
-        column[:] = np.clip(column.astype(np.int32) + pcm, -32768, 32767)
+        add_clipped(mix[frame : frame + length, channel], pcm)
     return len(ops) // FIELDS
+
+
+def add_clipped(column: np.ndarray, pcm: np.ndarray) -> None:
+    """Add ``pcm`` into ``column`` (an int16 view, written in place, the same length): the sum
+    taken in 32 bits and clipped to 16, as cs_mix_g711 adds."""
+    total = column.astype(np.int32)
+    total += pcm
+    column[:] = np.clip(total, -32768, 32767)

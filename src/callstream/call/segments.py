@@ -75,7 +75,7 @@ from callstream.call.events import (
     SegmentStarted,
     SegmentStopped,
 )
-from callstream.call.mixing import ALAW, ULAW, MixWrites
+from callstream.call.mixing import ALAW, ULAW, MixWrites, add_clipped
 from callstream.errors import CLOSE_INVALID_PAYLOAD, ProtocolError
 
 __all__ = ["LAYOUTS", "MAX_CHANNELS", "SAMPLE_RATE", "PcmBlock", "SegmentMixer"]
@@ -583,9 +583,7 @@ class SegmentMixer:
             if alone:  # a copy
                 column[:] = piece
             else:  # a saturating 16-bit add
-                total = column.astype(np.int32)
-                total += piece
-                column[:] = np.clip(total, -32768, 32767)
+                add_clipped(column, piece)
 
     def _apply(self) -> None:
         """Add the G.711 chunks placed so far into the mix: before it is read, grown or written."""
