@@ -8,9 +8,11 @@
  * SSE2's saturating 16-bit add (x86-64's baseline: no run-time choice), the piece's samples
  * interleaved with zeros so that the other channel gains nothing; else sample by sample. Adding
  * two int16s with 16-bit saturation is the 32-bit sum clipped, so both paths give the same mix.
+ * A block's cut (cs_mix_cut) follows the writes in the same call, while the mix is in the cache.
  */
 #include <stddef.h>
 #include <stdint.h>
+#include <string.h>
 
 #if defined(__SSE2__)
 #include <emmintrin.h>
@@ -81,6 +83,25 @@ size_t cs_mix_g711(int16_t *mix, size_t frames, size_t channels, const uint8_t *
                 cs_alaw_decode(pcm, src + at, n);
             add_column(rows + at * channels, channels, (size_t)channel, pcm, n);
         }
+    }
+    return count;
+}
+
+size_t cs_mix_cut(int16_t *mix, size_t frames, size_t channels, const uint8_t *payloads, size_t size,
+                  const int64_t *ops, size_t count, int16_t *out, size_t n, size_t used)
+{
+    if (n > frames || used > frames)
+        return count + 1;
+    size_t applied = cs_mix_g711(mix, frames, channels, payloads, size, ops, count);
+    if (applied != count)
+        return applied;
+    size_t row = channels * sizeof(int16_t);
+    memcpy(out, mix, n * row);
+    if (used > n) {
+        memmove(mix, mix + n * channels, (used - n) * row);
+        memset(mix + (used - n) * channels, 0, n * row);
+    } else {
+        memset(mix, 0, used * row);
     }
     return count;
 }

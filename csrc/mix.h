@@ -21,3 +21,12 @@ enum {
  * of range, a negative field), which is not applied, nor is any after it. */
 size_t cs_mix_g711(int16_t *mix, size_t frames, size_t channels, const uint8_t *payloads, size_t size,
                    const int64_t *ops, size_t count);
+
+/* The mix's first ``n`` frames out, after the ops are applied (as cs_mix_g711, the same return):
+ * when every op applied, copies frames [0, n) to ``out`` (``n`` rows, the caller's), moves frames
+ * [n, used) to the start and zeroes what they leave, so that frames [0, used - n) hold what
+ * followed and the mix is zero from there to ``used`` (frames past ``used``, zero already, are
+ * not touched); when an op did not apply, cuts nothing. Needs n <= frames and used <= frames
+ * (else returns ``count`` + 1 and does nothing). */
+size_t cs_mix_cut(int16_t *mix, size_t frames, size_t channels, const uint8_t *payloads, size_t size,
+                  const int64_t *ops, size_t count, int16_t *out, size_t n, size_t used);

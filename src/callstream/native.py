@@ -11,16 +11,16 @@ No other module imports the extension: each takes its kernel with ``kernel(name)
 
 Any other value, or an unknown kernel name, raises ValueError.
 
-=========  =====================  ====================================  ======================================
+=========  =====================  ====================================  =======================================
 name       kernel (csrc/)         used by                               twin when ``lib`` is None
-=========  =====================  ====================================  ======================================
+=========  =====================  ====================================  =======================================
 mulaw      cs_*_decode/encode     codec.CBackend (G.711)                codec.NumpyBackend (256-entry tables)
 mediascan  cs_media_scan          engagevoice.mediascan.MediaScanner    engagevoice.protocol.parse_message
 wsframe    cs_ws_split            engagevoice.transport_websockets      websockets' own frame parser
 inorder    cs_inorder_place       call.inorder.SteadyLanes              call.timeline.Timeline.push (Python)
 append     cs_append_batch        storage.wavbatch.AppendBatch          storage.sinks writes each file itself
-mix        cs_mix_g711            call.mixing.MixWrites                 call.mixing.apply_numpy
-=========  =====================  ====================================  ======================================
+mix        cs_mix_g711, _cut      call.mixing.MixWrites                 call.mixing.apply_numpy, shift_numpy
+=========  =====================  ====================================  =======================================
 """
 
 from __future__ import annotations

@@ -105,9 +105,9 @@ BYTE_ORDERS: Final = ("big", "little")
 # NPY_BEGIN_THREADS_THRESHOLDED). In the server the gRPC front end's thread often waits for the
 # GIL while trio places chunks: each release of a microsecond's copy handed it over, with a futex
 # wake and context switches (their cost on this VM: a fifth of the process's CPU). PCM chunks (L16,
-# silence) are therefore copied in pieces of at most this many samples, and the blocks' frames
-# moved through memoryviews (a memmove that keeps the GIL); G.711 chunks wait in `MixWrites` for
-# one C call per block. See benchmarks/RESULTS.md, 2026-12-06 12:09 UTC.
+# silence) are therefore copied in pieces of at most this many samples; G.711 chunks wait in
+# `MixWrites` for one C call per block, which also cuts the block (the twin: memoryviews, whose
+# memmove keeps the GIL). See benchmarks/RESULTS.md, 2026-12-06 12:09 UTC.
 GIL_HELD_ELEMENTS: Final = 500
 HISTORY: Final = 8  # arrivals per segment kept to judge a held chunk (a second of a reader's catch-up)
 
@@ -785,20 +785,8 @@ class SegmentMixer:
     def _cut(self, n: int) -> PcmBlock:
         if n > len(self._mix):
             self._grow(n)
-        self._apply()
-        mix = self._mix
-        # byte copies through memoryviews (see GIL_HELD_ELEMENTS); the mix is C-contiguous
-        frames = np.empty((n, mix.shape[1]), dtype=np.int16)
-        row = mix.shape[1] * mix.itemsize
-        raw = memoryview(mix).cast("B")
-        memoryview(frames).cast("B")[:] = raw[: n * row]
-        block = PcmBlock(frames, self._emitted)
-        used = self._newest - self._emitted  # samples of the mix that may hold audio
-        if used > n:
-            raw[: (used - n) * row] = raw[n * row : used * row]  # overlapping: a memmove
-            raw[(used - n) * row : used * row] = bytes(n * row)
-        elif used > 0:
-            raw[: used * row] = bytes(used * row)
+        used = min(self._newest - self._emitted, len(self._mix))  # samples of the mix that may hold audio
+        block = PcmBlock(self._writes.cut(self._mix, n, max(0, used)), self._emitted)
         self._emitted += n
         return block
 
