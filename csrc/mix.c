@@ -61,47 +61,73 @@ static void add_column(int16_t *frames, size_t channels, size_t channel, const i
         column[i * channels] = saturate((int32_t)column[i * channels] + pcm[i]);
 }
 
+/* Whether op (CS_MIX_FIELDS int64s) fits: its bytes within ``size``, its frames within ``frames``,
+ * its channel and law known, no field negative. */
+static int op_fits(const int64_t *op, size_t frames, size_t channels, size_t size)
+{
+    int64_t offset = op[0], length = op[1], frame = op[2], channel = op[3], law = op[4];
+    return !(offset < 0 || length < 0 || frame < 0 || channel < 0 || (size_t)channel >= channels
+             || (law != CS_MIX_ULAW && law != CS_MIX_ALAW) || (size_t)offset > size
+             || (size_t)length > size - (size_t)offset || (size_t)frame > frames
+             || (size_t)length > frames - (size_t)frame);
+}
+
+/* Decodes the ``length`` codes at ``src`` (``law``) and adds them into ``channel`` of ``rows``. */
+static void add_codes(int16_t *rows, size_t channels, size_t channel, const uint8_t *src, size_t length,
+                      int64_t law)
+{
+    int16_t pcm[PIECE];
+    for (size_t at = 0; at < length; at += PIECE) {
+        size_t n = length - at < PIECE ? length - at : PIECE;
+        if (law == CS_MIX_ULAW)
+            cs_ulaw_decode(pcm, src + at, n);
+        else
+            cs_alaw_decode(pcm, src + at, n);
+        add_column(rows + at * channels, channels, channel, pcm, n);
+    }
+}
+
 size_t cs_mix_g711(int16_t *mix, size_t frames, size_t channels, const uint8_t *payloads, size_t size,
                    const int64_t *ops, size_t count)
 {
-    int16_t pcm[PIECE];
     for (size_t k = 0; k < count; k++) {
         const int64_t *op = ops + (size_t)CS_MIX_FIELDS * k;
-        int64_t offset = op[0], length = op[1], frame = op[2], channel = op[3], law = op[4];
-        if (offset < 0 || length < 0 || frame < 0 || channel < 0 || (size_t)channel >= channels
-            || (law != CS_MIX_ULAW && law != CS_MIX_ALAW) || (size_t)offset > size
-            || (size_t)length > size - (size_t)offset || (size_t)frame > frames
-            || (size_t)length > frames - (size_t)frame)
+        if (!op_fits(op, frames, channels, size))
             return k;
-        const uint8_t *src = payloads + offset;
-        int16_t *rows = mix + (size_t)frame * channels;
-        for (size_t at = 0; at < (size_t)length; at += PIECE) {
-            size_t n = (size_t)length - at < PIECE ? (size_t)length - at : PIECE;
-            if (law == CS_MIX_ULAW)
-                cs_ulaw_decode(pcm, src + at, n);
-            else
-                cs_alaw_decode(pcm, src + at, n);
-            add_column(rows + at * channels, channels, (size_t)channel, pcm, n);
-        }
+        add_codes(mix + (size_t)op[2] * channels, channels, (size_t)op[3], payloads + op[0], (size_t)op[1], op[4]);
     }
     return count;
 }
 
 size_t cs_mix_cut(int16_t *mix, size_t frames, size_t channels, const uint8_t *payloads, size_t size,
-                  const int64_t *ops, size_t count, int16_t *out, size_t n, size_t used)
+                  const int64_t *ops, size_t count, int16_t *out, size_t n, size_t dirty)
 {
-    if (n > frames || used > frames)
+    if (n > frames || dirty > frames)
         return count + 1;
-    size_t applied = cs_mix_g711(mix, frames, channels, payloads, size, ops, count);
-    if (applied != count)
-        return applied;
-    size_t row = channels * sizeof(int16_t);
-    memcpy(out, mix, n * row);
-    if (used > n) {
-        memmove(mix, mix + n * channels, (used - n) * row);
-        memset(mix + (used - n) * channels, 0, n * row);
+    for (size_t k = 0; k < count; k++)
+        if (!op_fits(ops + (size_t)CS_MIX_FIELDS * k, frames, channels, size))
+            return k;
+    /* what the mix held before the writes: the block's part out, the rest up (rows from
+     * ``dirty`` on are zero: neither read nor written) */
+    size_t row = channels * sizeof(int16_t), held = dirty < n ? dirty : n;
+    memcpy(out, mix, held * row);
+    memset(out + held * channels, 0, (n - held) * row);
+    if (dirty > n) {
+        memmove(mix, mix + n * channels, (dirty - n) * row);
+        memset(mix + (dirty - n) * channels, 0, n * row);
     } else {
-        memset(mix, 0, used * row);
+        memset(mix, 0, dirty * row);
+    }
+    /* then the writes, in order, each sample where its row went: a row's sums in the same order */
+    for (size_t k = 0; k < count; k++) {
+        const int64_t *op = ops + (size_t)CS_MIX_FIELDS * k;
+        size_t frame = (size_t)op[2], length = (size_t)op[1], channel = (size_t)op[3];
+        const uint8_t *src = payloads + op[0];
+        size_t head = frame >= n ? 0 : (length < n - frame ? length : n - frame);
+        if (head)
+            add_codes(out + frame * channels, channels, channel, src, head, op[4]);
+        if (length > head)
+            add_codes(mix + (frame + head - n) * channels, channels, channel, src + head, length - head, op[4]);
     }
     return count;
 }

@@ -22,11 +22,12 @@ enum {
 size_t cs_mix_g711(int16_t *mix, size_t frames, size_t channels, const uint8_t *payloads, size_t size,
                    const int64_t *ops, size_t count);
 
-/* The mix's first ``n`` frames out, after the ops are applied (as cs_mix_g711, the same return):
- * when every op applied, copies frames [0, n) to ``out`` (``n`` rows, the caller's), moves frames
- * [n, used) to the start and zeroes what they leave, so that frames [0, used - n) hold what
- * followed and the mix is zero from there to ``used`` (frames past ``used``, zero already, are
- * not touched); when an op did not apply, cuts nothing. Needs n <= frames and used <= frames
- * (else returns ``count`` + 1 and does nothing). */
+/* A block's cut after the ops: the first ``n`` frames of the mix with the ops applied (as
+ * cs_mix_g711 applies them) into ``out`` (``n`` rows, the caller's), and the mix moved up by ``n``
+ * frames, zero in its last ``n``. The mix must be zero from frame ``dirty`` on before the ops (the
+ * caller knows how far it wrote): those frames are neither read nor written but where an op
+ * lands, so that a cut touches the memory of its audio only. Returns ``count``, or the index of
+ * the first op that does not fit (as cs_mix_g711), or ``count`` + 1 when ``n`` or ``dirty``
+ * exceeds ``frames``: then nothing is written. */
 size_t cs_mix_cut(int16_t *mix, size_t frames, size_t channels, const uint8_t *payloads, size_t size,
-                  const int64_t *ops, size_t count, int16_t *out, size_t n, size_t used);
+                  const int64_t *ops, size_t count, int16_t *out, size_t n, size_t dirty);

@@ -1,5 +1,5 @@
 """The segment mixer's writes: csrc/mix.c (``cs_mix_g711``, and ``cs_mix_cut``, which cuts a
-block after them) against their numpy twins (`mixing.apply_numpy`, `mixing.shift_numpy`) and
+block after them) against their numpy twins (`mixing.apply_numpy`, `mixing.cut_numpy`) and
 against G.711, a saturating add and a cut written out here; `MixWrites` with whichever runs in
 this process."""
 
@@ -14,7 +14,7 @@ from hypothesis import strategies as st
 
 from callstream import codec
 from callstream.call import mixing
-from callstream.call.mixing import ALAW, ULAW, MixWrites, apply_numpy, shift_numpy
+from callstream.call.mixing import ALAW, ULAW, MixWrites, apply_numpy, cut_numpy
 
 NUMPY = codec.NumpyBackend()
 needs_c = pytest.mark.skipif(not mixing.AVAILABLE, reason="callstream._mulaw is not built")
@@ -35,19 +35,10 @@ def cut_c(mix: np.ndarray, payloads: bytes, ops: array, out: np.ndarray, n: int,
                           n, used)
 
 
-def cut_numpy(mix: np.ndarray, payloads: bytes, ops: array, out: np.ndarray, n: int, used: int) -> int:
-    applied = apply_numpy(mix, payloads, ops)
-    if applied == len(ops) // mixing.FIELDS:
-        shift_numpy(mix, out, n, used)
-    return applied
-
-
-def reference_cut(mix: np.ndarray, n: int, used: int) -> tuple[np.ndarray, np.ndarray]:
-    """(the block, the mix after it) of a mix whose audio ends at ``used``, written out."""
-    after = mix.copy()
-    moved = mix[n:used]
-    after[: len(moved)] = moved
-    after[len(moved) : max(used, 0)] = 0
+def reference_cut(mix: np.ndarray, n: int) -> tuple[np.ndarray, np.ndarray]:
+    """(the block, the mix after it): the first ``n`` frames, and the rest moved up, zero behind."""
+    after = np.zeros_like(mix)
+    after[: len(mix) - n] = mix[n:]
     return mix[:n].copy(), after
 
 
@@ -150,59 +141,58 @@ def test_mix_writes_refuse_a_mix_they_cannot_write() -> None:
 
 @st.composite
 def cuts(draw: st.DrawFn) -> tuple[np.ndarray, bytes, array, int, int]:
-    """`mixes` whose audio ends at ``used`` (zero past it), and a cut of ``n`` frames."""
+    """`mixes` that hold audio up to ``dirty`` only (zero from there), and a cut of ``n`` frames:
+    the ops anywhere, before, across and after both."""
     mix, payloads, ops = draw(mixes())
     frames = len(mix)
-    used = draw(st.integers(0, frames))
-    mix[used:] = 0
-    keep = array("q")
-    for k in range(len(ops) // mixing.FIELDS):  # the ops within the audio
-        op = ops[mixing.FIELDS * k : mixing.FIELDS * (k + 1)]
-        if op[2] + op[1] <= used:
-            keep.extend(op)
-    return mix, payloads, keep, draw(st.integers(0, frames)), used
+    dirty = draw(st.integers(0, frames))
+    mix[dirty:] = 0
+    return mix, payloads, ops, draw(st.integers(0, frames)), dirty
 
 
 @needs_c
-@settings(max_examples=300, deadline=None)
+@settings(max_examples=400, deadline=None)
 @given(cuts())
 def test_the_cut_kernel_is_its_twin_and_the_cut_written_out(case: tuple[np.ndarray, bytes, array, int, int]) -> None:
-    mix, payloads, ops, n, used = case
+    mix, payloads, ops, n, dirty = case
     twin = mix.copy()
     expected = mix.copy()
     reference(expected, payloads, ops)
-    block, after = reference_cut(expected, n, used)
+    block, after = reference_cut(expected, n)
     out, twin_out = np.full((n, mix.shape[1]), 7, np.int16), np.full((n, mix.shape[1]), 7, np.int16)
     count = len(ops) // mixing.FIELDS
-    assert cut_c(mix, payloads, ops, out, n, used) == cut_numpy(twin, payloads, ops, twin_out, n, used) == count
+    assert cut_c(mix, payloads, ops, out, n, dirty) == cut_numpy(twin, payloads, ops, twin_out, n, dirty) == count
     np.testing.assert_array_equal(out, block)
     np.testing.assert_array_equal(twin_out, block)
     np.testing.assert_array_equal(mix, after)
     np.testing.assert_array_equal(twin, after)
 
 
-@needs_c
-def test_the_cut_kernel_cuts_nothing_when_an_op_or_the_cut_does_not_fit() -> None:
+@pytest.mark.parametrize("cut", [cut_numpy, pytest.param(cut_c, marks=needs_c)])
+def test_a_cut_writes_nothing_when_an_op_or_the_cut_does_not_fit(cut) -> None:
     mix = np.arange(20, dtype=np.int16).reshape(10, 2)
+    before = mix.copy()
     out = np.zeros((4, 2), np.int16)
     ops = array("q", (0, 2, 0, 1, ULAW, 0, 8, 3, 0, ULAW))  # the second past the mix's end
-    assert cut_c(mix, bytes(8), ops, out, 4, 10) == 1
-    assert not out.any() and mix[5, 0] == 10  # the first op applied, nothing cut
-    before = mix.copy()
-    assert cut_c(mix, b"", array("q"), out, 11, 10) == 1  # more than the mix: count + 1
-    assert cut_c(mix, b"", array("q"), out, 4, 11) == 1
+    assert cut(mix, bytes(8), ops, out, 4, 10) == 1
+    assert cut(mix, b"", array("q"), out, 11, 10) == 1  # more than the mix: count + 1
+    assert cut(mix, b"", array("q"), out, 4, 11) == 1
     np.testing.assert_array_equal(mix, before)
+    assert not out.any()
 
 
 def test_mix_writes_cut_a_block_after_the_writes() -> None:
     mix = np.zeros((6, 2), dtype=np.int16)
-    mix[4, 1] = 5  # audio already there (an L16 write): the mix is used to 5
+    mix[1, 0] = 3
+    mix[4, 1] = 5  # audio already there (an L16 write): the mix holds audio up to 5
     writes = MixWrites()
-    writes.add(bytes((0x00, 0x00)), ULAW, 1, 0)
-    writes.add(bytes((0xD5,)), ALAW, 3, 1)
+    writes.add(bytes((0x00, 0x00)), ULAW, 1, 0)  # -32124 twice, onto the 3 first
+    writes.add(bytes((0xD5,)), ALAW, 3, 1)  # 8
+    writes.add(bytes((0xFF,)), ULAW, 5, 0)  # 0, past the audio
+    assert writes.end == 6
     block = writes.cut(mix, 2, 5)
-    np.testing.assert_array_equal(block, [[0, 0], [-32124, 0]])
+    np.testing.assert_array_equal(block, [[0, 0], [-32121, 0]])
     np.testing.assert_array_equal(mix, [[-32124, 0], [0, 8], [0, 5], [0, 0], [0, 0], [0, 0]])
-    assert len(writes) == 0
+    assert len(writes) == 0 and writes.end == 0
     with pytest.raises(ValueError, match="cannot cut 7 frames"):
         writes.cut(mix, 7, 5)

@@ -249,6 +249,9 @@ class SegmentMixer:
         # conversion; room for a block, the window and a chunk (see Memory above)
         self._mix = np.zeros((self._block + self._window + 800, self.channels), dtype=np.int16)
         self._newest = 0  # end of the newest audio placed
+        # the mix is zero from here on (samples from the call's start), but for the G.711 chunks
+        # waiting in _writes: what a cut must read of it (see MixWrites.cut)
+        self._dirty = 0
         # samples by which the clock runs behind the audio: the call's first events came late
         # (its RPC was set up, or the network was slow, while the platform already spoke); see
         # _place. Every position taken from the clock adds it.
@@ -577,6 +580,7 @@ class SegmentMixer:
         (a saturating add depends on the order). ``alone``: no other segment's audio is there."""
         self._apply()
         mix = self._mix
+        self._dirty = max(self._dirty, self._emitted + start + len(pcm))
         for at in range(0, len(pcm), GIL_HELD_ELEMENTS):  # pieces numpy copies without releasing the GIL
             piece = pcm[at : at + GIL_HELD_ELEMENTS]
             column = mix[start + at : start + at + len(piece), channel]
@@ -587,8 +591,10 @@ class SegmentMixer:
 
     def _apply(self) -> None:
         """Add the G.711 chunks placed so far into the mix: before it is read, grown or written."""
-        if len(self._writes):
-            self._writes.apply(self._mix)
+        writes = self._writes
+        if len(writes):
+            self._dirty = max(self._dirty, self._emitted + writes.end)
+            writes.apply(self._mix)
 
     def _backlog(self, segment: _Segment, since: float, at: float) -> tuple[int, bool]:
         """Samples by which the call's chunks arrive after their places now (never below 0): how
@@ -785,9 +791,12 @@ class SegmentMixer:
     def _cut(self, n: int) -> PcmBlock:
         if n > len(self._mix):
             self._grow(n)
-        used = min(self._newest - self._emitted, len(self._mix))  # samples of the mix that may hold audio
-        block = PcmBlock(self._writes.cut(self._mix, n, max(0, used)), self._emitted)
-        self._emitted += n
+        emitted, writes = self._emitted, self._writes
+        dirty = min(max(0, self._dirty - emitted), len(self._mix))
+        reach = emitted + writes.end  # the chunks past the block land in the mix
+        block = PcmBlock(writes.cut(self._mix, n, dirty), emitted)
+        self._dirty = max(self._dirty, reach)
+        self._emitted = emitted + n
         return block
 
     # -- reports ---------------------------------------------------------------------------
