@@ -199,6 +199,28 @@ def test_memory_stays_bounded_when_one_segment_runs_far_ahead() -> None:
     assert mixer.emitted >= 59 * RATE
 
 
+def test_media_counters_count_a_segment_whose_chunk_came_after_its_place_had_left() -> None:
+    mixer = SegmentMixer()
+    mixer.handle(start("c", CONTACT, 0.0))
+    mixer.handle(start("a", AGENT, 0.0))
+    for k in range(2):
+        mixer.handle(SegmentMedia("a", tone_chunk(2, k), k, 100, 0.1 * (k + 1)))
+        mixer.handle(SegmentMedia("c", tone_chunk(1, k), k, 100, 0.1 * (k + 1)))
+    mixer.handle(SegmentMedia("c", tone_chunk(1, 1), 1, 100, 0.2))  # a repeat
+    mixer.tick(6.0)  # the whole stream quiet: the clock moves the recording on without it
+    assert mixer.pop_block(partial=True) is not None and mixer.emitted > 2 * N
+    mixer.handle(SegmentMedia("a", tone_chunk(2, 2), 2, 100, 6.0))  # a stall: placed where it belongs, shifted
+    assert mixer.media_counters() == (6, 5 * N, 0, 0, 1, 1)  # chunks, samples, lost, their samples, repeats, shifted
+    mixer.handle(start("b", BOT, 6.1))
+    mixer.handle(SegmentMedia("b", tone_chunk(3, 0), 0, 100, 6.1))
+    mixer.handle(start("x", CONTACT, 6.2, AudioFormat("OPUS", 48000, 20)))
+    mixer.handle(SegmentMedia("x", bytes(60), 0, 20, 6.2))  # received, not recorded
+    assert mixer.media_counters() == (8, 6 * N, 0, 0, 1, 1)
+    mixer.handle(SegmentMedia("b", tone_chunk(3, 2), 2, 100, 6.3))  # its chunk 1 lost
+    mixer.tick(7.0)  # given up: silence of a chunk
+    assert mixer.media_counters() == (9, 7 * N, 1, N, 1, 1)
+
+
 Plan = list[tuple[str, int, int, int, list[tuple[int, int, bool]]]]
 
 

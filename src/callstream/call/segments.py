@@ -745,17 +745,22 @@ class SegmentMixer:
         # a window behind the newest audio (a silent segment holds the others back no longer),
         # and further behind the clock, less the backlog of a reader that falls behind: all
         # audio late together is a stall or lag, not silence
-        backlog = max([0, *(segment.backlog for segment in self._live)])
+        live = self._live
+        backlog = 0
+        for segment in live:
+            if segment.backlog > backlog:
+                backlog = segment.backlog
         floor = max(now - backlog - max(self._window, CLOCK_SLACK), self._newest - self._window)
-        for segment in self._live:  # a held chunk is placed at its cursor, or after: wait for it
+        for segment in live:  # a held chunk is placed at its cursor, or after: wait for it
             if segment.suspect is not None and segment.cursor < floor:
                 floor = segment.cursor
-        for segment in self._live:  # a chunk still missing below the floor is as good as lost
-            while segment.pending and segment.cursor < floor:
-                self._skip_gap(segment)
         # a window behind the clock too: a segment joining now lands after what has left
-        placed = [segment.cursor for segment in self._live if segment.joined is not None]
-        mark = min(now - self._window, *placed) if placed else now - self._window
+        mark = now - self._window
+        for segment in live:
+            while segment.pending and segment.cursor < floor:  # a chunk missing below the floor is as good as lost
+                self._skip_gap(segment)  # (moves this segment's cursor only)
+            if segment.joined is not None and segment.cursor < mark:
+                mark = segment.cursor
         return max(mark, floor, self._emitted)
 
     def pop_block(self, *, partial: bool = False) -> PcmBlock | None:
@@ -820,12 +825,16 @@ class SegmentMixer:
         """The media counters so far, as `Timeline.media_counters`: chunks received, samples
         placed, lost chunks, their samples, repeats, segments with chunks moved past the window
         (as late). Cheap enough for once per tick."""
-        segments = self._segments.values()
-        return (
-            sum(s.chunks + s.unrecorded for s in segments), sum(s.samples for s in segments),
-            sum(s.lost_chunks for s in segments), sum(s.lost_samples for s in segments),
-            sum(s.duplicates for s in segments), sum(1 for s in segments if s.shifted),
-        )
+        chunks = samples = lost = lost_samples = duplicates = shifted = 0
+        for segment in self._segments.values():  # one pass: a call has a handful
+            chunks += segment.chunks + segment.unrecorded
+            samples += segment.samples
+            lost += segment.lost_chunks
+            lost_samples += segment.lost_samples
+            duplicates += segment.duplicates
+            if segment.shifted:
+                shifted += 1
+        return chunks, samples, lost, lost_samples, duplicates, shifted
 
     def channel_map(self) -> dict[str, Any]:
         """What each channel holds, for the sidecar's ``channel_map``: in stereo, the fixed
