@@ -4,8 +4,9 @@ Plain seeded script: DIALOGS dialogs of two segments (caller and agent, 100 ms P
 order, each chunk arriving as it is spoken), taken round-robin in batches of 10 events (a dialog's
 take at the default 0.5 s), ``receive_run`` then ``pop_block`` until None, a tick after each take:
 the work of trio's thread at 300 real-time dialogs, without the transport. The same events feed
-the mixer with the C kernel's writes (``cs_mix_g711``) and with its numpy twin
-(`mixing.apply_numpy`), round after round in one process, so their ratio holds on a noisy machine.
+the mixer with the C kernel's writes and cuts (``cs_mix_g711``, ``cs_mix_cut``) and with their
+numpy twins (`mixing.apply_numpy`, `mixing.cut_numpy`), round after round in one process, so their
+ratio holds on a noisy machine.
 
     .venv/bin/python benchmarks/bench_mixer.py [--dialogs 300] [--seconds 10] [--rounds 5]
 """

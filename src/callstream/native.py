@@ -19,7 +19,7 @@ mediascan  cs_media_scan          engagevoice.mediascan.MediaScanner    engagevo
 wsframe    cs_ws_split            engagevoice.transport_websockets      websockets' own frame parser
 inorder    cs_inorder_place       call.inorder.SteadyLanes              call.timeline.Timeline.push (Python)
 append     cs_append_batch        storage.wavbatch.AppendBatch          storage.sinks writes each file itself
-mix        cs_mix_g711, _cut      call.mixing.MixWrites                 call.mixing.apply_numpy, shift_numpy
+mix        cs_mix_g711, _cut      call.mixing.MixWrites                 call.mixing.apply_numpy, cut_numpy
 =========  =====================  ====================================  =======================================
 """
 

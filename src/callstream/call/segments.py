@@ -45,8 +45,10 @@ the window) is moved to W and the move counted (``shifted_seconds``), never drop
 
 Writing: a G.711 chunk is not decoded when it is placed; its payload waits, with its place, in
 `MixWrites` until the mix is next read (a block cut) or grown, and then every waiting chunk is
-decoded and added in one C call (`callstream.call.mixing`). L16 and silence are written at once,
-after the chunks waiting before them (a saturating add depends on the order).
+decoded and added in one C call (`callstream.call.mixing`); at a cut the same call decodes them
+straight into the block (those past its end into the mix) and reads of the mix only how far it
+was written (``_dirty``). L16 and silence are written at once, after the chunks waiting before
+them (a saturating add depends on the order).
 
 Memory: per call, the unemitted mix (one block + the window + one chunk per channel, int16:
 42 KB at the defaults in stereo, 21 KB more per participants channel; a longer chunk grows
