@@ -172,13 +172,13 @@ def test_the_cut_kernel_is_its_twin_and_the_cut_written_out(case: tuple[np.ndarr
 def test_a_cut_writes_nothing_when_an_op_or_the_cut_does_not_fit(cut) -> None:
     mix = np.arange(20, dtype=np.int16).reshape(10, 2)
     before = mix.copy()
-    out = np.zeros((4, 2), np.int16)
+    out = np.full((4, 2), 7, np.int16)
     ops = array("q", (0, 2, 0, 1, ULAW, 0, 8, 3, 0, ULAW))  # the second past the mix's end
     assert cut(mix, bytes(8), ops, out, 4, 10) == 1
     assert cut(mix, b"", array("q"), out, 11, 10) == 1  # more than the mix: count + 1
     assert cut(mix, b"", array("q"), out, 4, 11) == 1
     np.testing.assert_array_equal(mix, before)
-    assert not out.any()
+    assert (out == 7).all()
 
 
 def test_mix_writes_cut_a_block_after_the_writes() -> None:

@@ -9,7 +9,7 @@ of its numpy twin (`apply_numpy`), in the order the chunks were added. At a bloc
 held before (audio past the last cut, L16) copied out and moved up, and the chunks decoded and
 added straight into the block or, past its end, into the mix. At 600 dialogs the mixes do not
 stay in the cache, and a cut is mostly memory: applied into the mix, then copied and cleared in
-numpy's and memoryviews' steps, it cost 65 us.
+numpy's and memoryviews' steps, it cost 65 us (benchmarks/RESULTS.md, 2026-12-06 19:45 UTC).
 
 Why: per chunk, a decode and numpy's copies or adds cost the mixer a few microseconds (half of
 its time at 300 real-time dialogs), and each C decode released the GIL to the gRPC thread; here
@@ -30,7 +30,7 @@ import numpy as np
 from callstream import codec
 from callstream.native import kernel as _kernel
 
-__all__ = ["ALAW", "AVAILABLE", "ULAW", "MixWrites", "add_clipped", "apply_numpy", "cut_numpy", "shift_numpy"]
+__all__ = ["ALAW", "AVAILABLE", "ULAW", "MixWrites", "add_clipped", "apply_numpy", "cut_numpy"]
 
 # the C kernel, or None (not built, or CALLSTREAM_NATIVE drops "mix": the numpy twin runs)
 _ffi, _lib = _kernel("mix")
@@ -135,8 +135,8 @@ def apply_numpy(mix: np.ndarray, payloads: bytes, ops: array) -> int:
 
 
 def cut_numpy(mix: np.ndarray, payloads: bytes, ops: array, out: np.ndarray, n: int, dirty: int) -> int:
-    """The twin of cs_mix_cut (csrc/mix.h), the same contract: `apply_numpy`, then `shift_numpy`
-    of the frames the mix may hold audio in."""
+    """The twin of cs_mix_cut (csrc/mix.h), the same contract: `apply_numpy`, then `_shift` of
+    the frames the mix may hold audio in."""
     frames, channels = mix.shape
     count = len(ops) // FIELDS
     if n > frames or dirty > frames:
@@ -148,11 +148,11 @@ def cut_numpy(mix: np.ndarray, payloads: bytes, ops: array, out: np.ndarray, n: 
             return k
         used = max(used, op[2] + op[1])
     apply_numpy(mix, payloads, ops)
-    shift_numpy(mix, out, n, used)
+    _shift(mix, out, n, used)
     return count
 
 
-def shift_numpy(mix: np.ndarray, out: np.ndarray, n: int, used: int) -> None:
+def _shift(mix: np.ndarray, out: np.ndarray, n: int, used: int) -> None:
     """Frames ``[0, n)`` of ``mix`` into ``out``, frames ``[n, used)`` moved to the start, zero
     from ``used - n`` (or 0) to ``used`` (the mix zero from ``used`` on: then it is moved up by
     ``n``). Byte copies through memoryviews: numpy's copies of more than a few hundred elements
