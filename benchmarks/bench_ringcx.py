@@ -220,11 +220,8 @@ def run_variant(variant: str, dialogs: int, seconds: float, connections: int = 1
             started = time.monotonic()
             ramp = ramp_of(dialogs)
             generators, start = _generators(port, dialogs, seconds, ramp, connections)
-            # every dialog live: from STEADY_MARGIN after the last one started to STEADY_MARGIN
-            # before the first one ends (creating a recording, and finishing one, fall outside)
             window: list[tuple[float, float]] = []
-            sampler = _sample_at([start + ramp + STEADY_MARGIN, start + seconds - STEADY_MARGIN],
-                                 lambda: cpu_seconds(process.pid), window)
+            sampler = _sample_at(list(steady_window(start, ramp, seconds)), lambda: cpu_seconds(process.pid), window)
             failed, _, _ = _gather(generators)
             ok = dialogs - failed
             wall = time.monotonic() - started
@@ -380,9 +377,7 @@ def step(variant: str, dialogs: int, seconds: float, work: Path, *, workers: int
     try:
         time.sleep(SETTLE + (2.0 if workers > 1 else 0.0))  # workers start after the supervisor listens
         processes, start = _generators(port, dialogs, seconds, ramp, connections)
-        # every dialog live (from the last start to the first end), STEADY_MARGIN clear of both:
-        # creating the recordings and finishing them are not the steady state
-        window = (start + ramp + STEADY_MARGIN, start + seconds - STEADY_MARGIN)
+        window = steady_window(start, ramp, seconds)
         samples: list[tuple[float, float, dict | None]] = []
         for at in window:
             time.sleep(max(0.0, at - time.time()))
@@ -423,6 +418,13 @@ def step(variant: str, dialogs: int, seconds: float, work: Path, *, workers: int
 def ramp_of(dialogs: int) -> float:
     """Seconds over which a step's dialogs start."""
     return max(MIN_RAMP, dialogs / ARRIVALS_PER_SECOND)
+
+
+def steady_window(start: float, ramp: float, seconds: float) -> tuple[float, float]:
+    """The steady state of dialogs of ``seconds`` started over ``ramp`` from ``start`` (time.time()):
+    every dialog live, STEADY_MARGIN clear of the last start and the first end (creating the
+    recordings and finishing them are not the steady state)."""
+    return start + ramp + STEADY_MARGIN, start + seconds - STEADY_MARGIN
 
 
 def step_seconds(dialogs: int, seconds: float) -> float:
