@@ -42,7 +42,11 @@ static int run_job(const cs_append_job *job, uint8_t *scratch, size_t scratch_si
 {
     size_t n = job->samples;
     size_t size;
-    if (job->mode == CS_APPEND_PCM16) {
+    const uint8_t *data = scratch;
+    if (job->mode == CS_APPEND_RAW) {
+        size = n;
+        data = job->left;
+    } else if (job->mode == CS_APPEND_PCM16) {
         size = 4 * n;
         if (size > scratch_size)
             return EINVAL;
@@ -59,7 +63,7 @@ static int run_job(const cs_append_job *job, uint8_t *scratch, size_t scratch_si
     } else {
         return EINVAL;
     }
-    int error = write_all(job->fd, scratch, size, job->offset);
+    int error = write_all(job->fd, data, size, job->offset);
     if (!error && job->header != NULL)
         error = write_all(job->fd, job->header, job->header_size, 0);
     if (!error && job->fsync && fsync(job->fd) != 0)

@@ -6,6 +6,7 @@ import os
 import tempfile
 from pathlib import Path
 
+import numpy as np
 import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
@@ -55,6 +56,62 @@ def test_batched_appends_equal_python_writes(batches: list[list[tuple[int, int]]
             batched[index].close()
             python[index].close()
             assert (root / f"b{index}.wav").read_bytes() == (root / f"p{index}.wav").read_bytes()
+
+
+def frames_of(seed: int, n: int, channels: int) -> np.ndarray:
+    values = (np.arange(n * channels, dtype=np.int64) * 2654435761 + seed * 40503) % 65536 - 32768
+    return values.astype(np.int16).reshape(n, channels)
+
+
+@settings(max_examples=60, deadline=None)
+@given(batches=batches, channels=st.sampled_from((1, 2, 4)), fsync=st.booleans())
+def test_batched_pcm_frames_equal_python_writes(
+    batches: list[list[tuple[int, int]]], channels: int, fsync: bool
+) -> None:
+    """A RingCX dialog's mixed frames (any channel count) in a batch beside stereo mu-law
+    blocks of other files: each file gets what write_pcm + flush (or write + flush) write."""
+    with tempfile.TemporaryDirectory() as directory:
+        root = Path(directory)
+        batched = [WavPcmSink(root / f"b{i}.wav", channels) for i in range(3)] + [WavPcmSink(root / "b3.wav")]
+        python = [WavPcmSink(root / f"p{i}.wav", channels) for i in range(3)] + [WavPcmSink(root / "p3.wav")]
+        seed = 0
+        for batch in batches:
+            plans = []
+            for index, n in batch:
+                seed += 1
+                if index == 3:  # a WebSocket call's stereo mu-law block in the same batch
+                    left, right = payload(seed, n)
+                    plans.append(batched[3].plan(left, right))
+                    python[3].write(left, right)
+                    continue
+                frames = frames_of(seed, n, channels)
+                plan = batched[index].plan_pcm(frames)
+                if plan is None:  # no frames: nothing to write
+                    assert n == 0
+                    continue
+                plans.append(plan)
+                python[index].write_pcm(frames)
+            assert wavbatch.append_all(plans, fsync=fsync) == [None] * len(plans)
+            for index in {index for index, _ in batch}:
+                python[index].flush()
+                assert (root / f"b{index}.wav").read_bytes() == (root / f"p{index}.wav").read_bytes()
+        for index in range(4):
+            assert batched[index].frames_written == python[index].frames_written
+            batched[index].close()
+            python[index].close()
+            assert (root / f"b{index}.wav").read_bytes() == (root / f"p{index}.wav").read_bytes()
+
+
+def test_pcm_frames_of_another_shape_are_refused(tmp_path: Path) -> None:
+    sink, mulaw = WavPcmSink(tmp_path / "a.wav", 4), WavMulawSink(tmp_path / "m.wav")
+    try:
+        with pytest.raises(ValueError, match="shape"):
+            sink.plan_pcm(np.zeros((10, 2), np.int16))
+        with pytest.raises(ValueError, match="16-bit PCM"):
+            wavbatch.plan_pcm(mulaw._writer, np.zeros((10, 2), np.int16))
+    finally:
+        sink.close()
+        mulaw.close()
 
 
 @pytest.mark.parametrize("kind", SINKS)

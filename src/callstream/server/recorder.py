@@ -418,15 +418,19 @@ class CallRecorder:
             self._create_recording()
 
     def plan_block(self, block: Block) -> PlannedAppend | None:
-        """In the event loop: a stereo block as a batched append (`wavbatch`: the shard writes
-        every planned block of a batch in one C call, without the GIL), or None: then
-        `write_block` it (FLAC, multichannel, a build without the kernel)."""
+        """In the event loop: a block as a batched append (`wavbatch`: the shard writes every
+        planned block of a batch in one C call, without the GIL), or None: then `write_block`
+        it (FLAC, a mixed block for mu-law WAV, a build without the kernel)."""
         assert self._recording is not None, "open_target() first"
-        if type(block) is not StereoBlock:
-            return None
-        plan = self._recording.plan(block.left, block.right)
+        if type(block) is StereoBlock:
+            plan = self._recording.plan(block.left, block.right)
+        else:
+            plan = self._recording.plan_pcm(block.frames)  # type: ignore[union-attr]
         if plan is not None:
             self.level_sample = level_sample(block)  # not the block: it would live a second longer
+            update = self._map_update
+            if update is not None and update[0] != self._map_written:
+                plan.after = self._write_map_update  # no flush_blocks follows a planned block
         return plan
 
     def write_block(self, block: Block) -> None:
@@ -443,12 +447,19 @@ class CallRecorder:
         recording = self._recording
         if recording is not None:
             recording.flush(fsync=self._settings.fsync)
-            update = self._map_update  # replaced whole by trio, never changed here
-            if update is not None and update[0] != self._map_written and not recording.finished:
-                self._map_written = update[0]
-                channel_map = update[2]
-                if channel_map is not None:
-                    recording.update(metadata=update[1], channel_map=channel_map, durable=self._settings.fsync)
+            self._write_map_update()
+
+    def _write_map_update(self) -> None:
+        """In a disk thread, after a batch of this call's blocks: rewrite the live sidecar when
+        the channel map or the segments changed since it was written (see `tick`). Raises
+        RecordingError."""
+        recording = self._recording
+        update = self._map_update  # replaced whole by trio, never changed here
+        if recording is not None and update is not None and update[0] != self._map_written and not recording.finished:
+            self._map_written = update[0]
+            channel_map = update[2]
+            if channel_map is not None:
+                recording.update(metadata=update[1], channel_map=channel_map, durable=self._settings.fsync)
 
     def write_failed(self, error: RecordingError) -> None:
         self._fail(error)

@@ -437,6 +437,8 @@ class DiskWriter:
                 shard.python.append(item)
             else:
                 shard.planned.append((item, plan))
+                if plan.after is not None:
+                    shard.after.append((lane, plan.after))
         for shard in shards.values():
             if shard.planned:
                 shard.batch = AppendBatch([plan for _, plan in shard.planned], fsync=self._fsync)
@@ -464,20 +466,27 @@ class DiskWriter:
 class _Shard:
     """One shard's part of a batch: its prepared C appends and its Python-path blocks."""
 
-    __slots__ = ("batch", "planned", "python", "written")
+    __slots__ = ("after", "batch", "planned", "python", "written")
 
     def __init__(self) -> None:
         self.planned: list[tuple[_Block, PlannedAppend]] = []
+        self.after: list[tuple[Lane, Callable[[], None]]] = []  # plans' `after`, in order
         self.batch: AppendBatch | None = None
         self.python: list[_Block] = []
         self.written: list[_Block] = []  # Python-path blocks written and flushed
 
     def write(self) -> list[tuple[Lane, RecordingError]]:
-        """In a worker thread: the C appends in one call (the GIL released), then the
-        Python-path blocks in order, each of their targets flushed once at the end."""
+        """In a worker thread: the C appends in one call (the GIL released), the planned
+        appends' `after` work, then the Python-path blocks in order, each of their targets
+        flushed once at the end."""
         if self.batch is not None:
             self.batch.run()
         failures: list[tuple[Lane, RecordingError]] = []
+        for lane, after in self.after:
+            try:
+                after()
+            except RecordingError as error:
+                _fail(lane, error, failures)
         unflushed: dict[Lane, list[_Block]] = {}
         for item in self.python:
             lane = item.lane

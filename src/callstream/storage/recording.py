@@ -271,6 +271,12 @@ class Recording:
         planner = getattr(self._sink, "plan", None)
         return None if planner is None else planner(left, right)
 
+    def plan_pcm(self, frames: Any) -> PlannedAppend | None:
+        """16-bit PCM frames, (n, channels) int16, as a batched append, or None when this format
+        or build has none (then use `write_pcm` and `flush`)."""
+        planner = getattr(self._sink, "plan_pcm", None)
+        return None if planner is None else planner(frames)
+
     def finish(self, status: str, *, ended: datetime, metadata: Mapping[str, Any],
                statistics: Mapping[str, Any] | Any, channel_map: Mapping[str, Any] | None = None) -> Path:
         """Close the audio, hash it, write the final sidecar, move the audio to its final name.

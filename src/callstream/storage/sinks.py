@@ -127,6 +127,13 @@ class WavPcmSink(_WavSink):
         if len(frames):
             self._writer.write(frames)
 
+    def plan_pcm(self, frames: np.ndarray) -> wavbatch.PlannedAppend | None:
+        """PCM frames as a `wavbatch` append (what `write_pcm` + `flush` would write), or None
+        without the C extension or for no frames (then use `write_pcm`)."""
+        if not wavbatch.AVAILABLE or not len(frames):
+            return None
+        return wavbatch.plan_pcm(self._writer, frames)
+
 
 class WavMulawSink(_WavSink):
     """G.711 mu-law WAV (format tag 7): the received bytes, interleaved, never re-encoded."""

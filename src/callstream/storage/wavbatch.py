@@ -1,8 +1,8 @@
-"""Appends of stereo blocks to many WAV files in one C call (``cs_append_batch``, csrc/append.h).
+"""Appends of blocks to many WAV files in one C call (``cs_append_batch``, csrc/append.h).
 
-Stereo only, by design: its input is the WebSocket front end's pair of mu-law perspectives. The
-RingCX front end mixes PCM itself and writes through `WavWriter.write` (any channel count), so the
-C kernel and this module stay two-channel and their per-block cost unchanged.
+Two kinds of block: the WebSocket front end's pair of mu-law perspectives (`plan`: decoded or
+interleaved in C, stereo files), and PCM the call core mixed already (`plan_pcm`: a RingCX
+dialog's frames, any channel count, written as they are).
 
 Theory of operation: the disk writer's threads hold Python's GIL around every system call made
 from Python, and when the event loop keeps the interpreter busy each re-acquisition can wait a
@@ -19,8 +19,11 @@ time for a few ms of work, waiting for the GIL. The result is byte for byte what
 from __future__ import annotations
 
 import os
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any, Final
+
+import numpy as np
 
 from callstream.errors import RecordingError
 from callstream.native import kernel as _kernel
@@ -35,13 +38,17 @@ AVAILABLE: Final = _lib is not None  # False without the C extension: sinks writ
 
 @dataclass(slots=True)
 class PlannedAppend:
-    """One block for one file, its offset reserved on ``writer`` (see `plan`)."""
+    """One block for one file, its offset reserved on ``writer`` (see `plan`, `plan_pcm`)."""
 
     writer: WavWriter
-    left: bytes
-    right: bytes
+    left: Any  # mu-law bytes of the left channel; raw: the file's bytes (a buffer)
+    right: bytes  # mu-law bytes of the right channel; raw: empty
     offset: int
     size: int  # bytes of the interleaved block in the file
+    raw: bool = False  # `left` is written as it is (`plan_pcm`)
+    # run in the writing thread after the batch (rare: a target's own file work that must follow
+    # its blocks, e.g. a live sidecar's rewrite); may raise RecordingError
+    after: Callable[[], None] | None = None
 
 
 def plan(writer: WavWriter, left: bytes, right: bytes) -> PlannedAppend:
@@ -55,6 +62,20 @@ def plan(writer: WavWriter, left: bytes, right: bytes) -> PlannedAppend:
         raise ValueError(f"batched appends are stereo; {str(writer.path)!r} has {writer.channels} channels")
     size = n * writer.block_align
     return PlannedAppend(writer, left, right, writer.reserve(size), size)
+
+
+def plan_pcm(writer: WavWriter, frames: np.ndarray) -> PlannedAppend:
+    """Reserve the place of 16-bit PCM ``frames`` (int16, shape (n, writer.channels)) at the end
+    of ``writer``'s data, to be written as `WavWriter.write` would (little-endian). ValueError for
+    a writer that is not 16-bit PCM or frames of another shape; RecordingError at the RIFF
+    limit."""
+    if writer.encoding is not WavEncoding.PCM_16:
+        raise ValueError(f"{str(writer.path)!r} is not 16-bit PCM")
+    if frames.ndim != 2 or frames.shape[1] != writer.channels or frames.dtype != np.int16:
+        raise ValueError(f"expected int16 frames of shape (n, {writer.channels}), got {frames.dtype} {frames.shape}")
+    data = np.ascontiguousarray(frames, dtype="<i2")
+    size = data.nbytes
+    return PlannedAppend(writer, data, b"", writer.reserve(size), size, raw=True)
 
 
 class AppendBatch:
@@ -73,22 +94,28 @@ class AppendBatch:
         self._keep: list[Any] = []  # cffi buffers that must outlive the call
         self._last: dict[int, int] = {id(planned.writer): index for index, planned in enumerate(plans)}
         largest = 0
-        pcm, ulaw = _lib.CS_APPEND_PCM16, _lib.CS_APPEND_ULAW
+        pcm, ulaw, raw = _lib.CS_APPEND_PCM16, _lib.CS_APPEND_ULAW, _lib.CS_APPEND_RAW
         for index, planned in enumerate(plans):
             writer = planned.writer
             job = jobs[index]
             job.fd = writer.fileno()
-            job.mode = pcm if writer.encoding is WavEncoding.PCM_16 else ulaw
-            left, right = _ffi.from_buffer(planned.left), _ffi.from_buffer(planned.right)
-            self._keep += (left, right)
-            job.left, job.right = left, right
-            job.samples = len(planned.left)
+            if planned.raw:
+                job.mode = raw
+                left = _ffi.from_buffer(planned.left)
+                self._keep.append(left)
+                job.left, job.samples = left, planned.size
+            else:
+                job.mode = pcm if writer.encoding is WavEncoding.PCM_16 else ulaw
+                left, right = _ffi.from_buffer(planned.left), _ffi.from_buffer(planned.right)
+                self._keep += (left, right)
+                job.left, job.right = left, right
+                job.samples = len(planned.left)
+                largest = max(largest, planned.size)
             job.offset = planned.offset
             if self._last[id(writer)] == index:
                 header = _ffi.from_buffer(writer.header_for_reserved())
                 self._keep.append(header)
                 job.header, job.header_size, job.fsync = header, len(header), fsync
-            largest = max(largest, planned.size)
         self._scratch = _ffi.new("uint8_t[]", max(largest, 1))
         self._scratch_size = largest
         self._ran = False
