@@ -391,6 +391,9 @@ class CallRecorder:
         fields are known): what its file is created with."""
         core = self.core
         self._snapshot = (dict(core.fields), core.sidecar_metadata(), core.channel_map())
+        # the file is created with the segments as of now: rewritten only when they change again
+        # (the disk thread reads _map_written only once it has created the file)
+        self._map_version = self._map_written = core.channel_map_version
 
     def _log_sequence_mode(self) -> None:
         """docs/protocol.md: when auto-detection falls back to connection-wide ordering, say so once."""
