@@ -242,7 +242,8 @@ class CallRecorder:
                     await self._receive_buffered()  # stopped by us: what reached us counts
                 tail = self.core.finish()
                 if tail is not None:
-                    self._first_block()
+                    if self._snapshot is None:  # the tail is the call's only block
+                        self._first_block()
                     try:
                         await self._lane.send(tail, time.monotonic())
                     except DiskStalledError as error:
