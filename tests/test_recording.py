@@ -20,7 +20,7 @@ from callstream.call.blocks import PcmBlock, StereoBlock
 from callstream.codec import decode_ulaw_stereo
 from callstream.errors import RecordingError
 from callstream.storage import recording as recording_module
-from callstream.storage.recording import Recording, read_sidecar, rfc3339, write_sidecar
+from callstream.storage.recording import Recording, encode_sidecar, read_sidecar, rfc3339, write_sidecar
 from callstream.storage.sinks import FORMATS
 
 STARTED = datetime(2024, 5, 1, 12, 0, 0, 250_000, tzinfo=UTC)
@@ -426,3 +426,51 @@ def test_sha256_file_hashes_every_byte_across_its_reads(content: bytes, chunk: i
         path = Path(directory) / "audio.wav"
         path.write_bytes(content)
         assert recording_module.sha256_file(path, chunk) == hashlib.sha256(content).hexdigest()
+
+
+# -- the sidecar's JSON (orjson, the standard library where orjson refuses) ---------------------
+
+_TEXT = st.text(st.characters(exclude_categories=("Cs",)), max_size=12)  # any but lone surrogates
+_SCALARS = st.none() | st.booleans() | st.integers(-(2**63), 2**63 - 1) | _TEXT
+
+
+def _trees(leaves: st.SearchStrategy) -> st.SearchStrategy:
+    return st.recursive(leaves, lambda inner: st.lists(inner, max_size=4) | st.dictionaries(_TEXT, inner, max_size=4),
+                        max_leaves=20)
+
+
+@given(st.dictionaries(_TEXT, _trees(_SCALARS), max_size=6))
+@settings(max_examples=300, deadline=None)
+def test_sidecar_json_is_the_standard_librarys_indented_layout_in_utf8(data: dict) -> None:
+    """Byte for byte what ``json.dumps(indent=2, ensure_ascii=False)`` writes (escapes, nesting,
+    empty containers), as UTF-8, with a newline at the end."""
+    assert encode_sidecar(data) == (json.dumps(data, indent=2, ensure_ascii=False) + "\n").encode("utf-8")
+
+
+@given(st.dictionaries(_TEXT, _trees(_SCALARS | st.floats(allow_nan=False, allow_infinity=False)), max_size=6))
+@settings(max_examples=200, deadline=None)
+def test_sidecar_json_reads_back_as_written(data: dict) -> None:
+    """Floats too (orjson spells some exponents its own way, ``1e16`` for ``1e+16``: the same value)."""
+    assert json.loads(encode_sidecar(data)) == data
+
+
+@dataclasses.dataclass
+class _Point:
+    x: int
+
+
+def test_sidecar_json_writes_what_json_cannot_hold_as_its_str() -> None:
+    when = datetime(2026, 12, 6, 21, 0, tzinfo=UTC)
+    data = {"when": when, "path": Path("/a/b"), "point": _Point(3), 7: "int key", "set": {1}}
+    expected = json.dumps(data, indent=2, default=str) + "\n"
+    assert encode_sidecar(data) == expected.encode("ascii")
+    assert json.loads(encode_sidecar(data))["when"] == "2026-12-06 21:00:00+00:00"  # str(), not ISO
+
+
+@pytest.mark.parametrize("value", ["\ud800 alone", 2**64, -(2**70)])
+def test_sidecar_json_falls_back_to_ascii_for_what_orjson_refuses(value: object) -> None:
+    """A lone surrogate (no UTF-8 for it) and integers beyond 64 bits: the standard library's ASCII."""
+    data = {"caller": value, "name": "José"}
+    encoded = encode_sidecar(data)
+    assert encoded == (json.dumps(data, indent=2) + "\n").encode("ascii")
+    assert json.loads(encoded) == data
