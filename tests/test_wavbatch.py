@@ -46,16 +46,26 @@ def test_batched_appends_equal_python_writes(batches: list[list[tuple[int, int]]
                 plans.append(batched[index].plan(left, right))
                 python[index].write(left, right)
             assert wavbatch.append_all(plans, fsync=fsync) == [None] * len(plans)
-            touched = {index for index, _ in batch}
-            for index in touched:
-                python[index].flush()
-                # between batches the header on disk already matches the data (a crash loses nothing)
-                assert (root / f"b{index}.wav").read_bytes() == (root / f"p{index}.wav").read_bytes()
-        for index in range(4):
-            assert batched[index].frames_written == python[index].frames_written
-            batched[index].close()
-            python[index].close()
-            assert (root / f"b{index}.wav").read_bytes() == (root / f"p{index}.wav").read_bytes()
+            flush_and_compare(root, python, {index for index, _ in batch})
+        close_and_compare(root, batched, python)
+
+
+def flush_and_compare(root: Path, python: list, touched: set[int]) -> None:
+    """The Python-path files ``touched`` by a batch flushed; each batched file (``b<i>.wav``) equal
+    to its twin (``p<i>.wav``): between batches the header on disk already matches the data (a
+    crash loses nothing)."""
+    for index in touched:
+        python[index].flush()
+        assert (root / f"b{index}.wav").read_bytes() == (root / f"p{index}.wav").read_bytes()
+
+
+def close_and_compare(root: Path, batched: list, python: list) -> None:
+    """Both sides closed, each batched file equal to its twin, the same frames counted."""
+    for index, (ours, theirs) in enumerate(zip(batched, python, strict=True)):
+        assert ours.frames_written == theirs.frames_written
+        ours.close()
+        theirs.close()
+        assert (root / f"b{index}.wav").read_bytes() == (root / f"p{index}.wav").read_bytes()
 
 
 def frames_of(seed: int, n: int, channels: int) -> np.ndarray:
@@ -92,14 +102,8 @@ def test_batched_pcm_frames_equal_python_writes(
                 plans.append(plan)
                 python[index].write_pcm(frames)
             assert wavbatch.append_all(plans, fsync=fsync) == [None] * len(plans)
-            for index in {index for index, _ in batch}:
-                python[index].flush()
-                assert (root / f"b{index}.wav").read_bytes() == (root / f"p{index}.wav").read_bytes()
-        for index in range(4):
-            assert batched[index].frames_written == python[index].frames_written
-            batched[index].close()
-            python[index].close()
-            assert (root / f"b{index}.wav").read_bytes() == (root / f"p{index}.wav").read_bytes()
+            flush_and_compare(root, python, {index for index, _ in batch})
+        close_and_compare(root, batched, python)
 
 
 def test_pcm_frames_of_another_shape_are_refused(tmp_path: Path) -> None:
