@@ -12,7 +12,7 @@ import trio
 
 from callstream.cli import main
 from callstream.settings import Settings
-from callstream.sim.loadgen import FRAME_BYTES, LoadSpec, build_pool, plan_calls
+from callstream.sim.loadgen import FRAME_BYTES, FRAME_SECONDS, LoadSpec, build_pool, plan_calls
 from callstream.sim.simverify import verify
 from conftest import RunningServer, start_server, wait_for_calls
 
@@ -58,9 +58,10 @@ async def test_real_time_calls_through_the_pacer_verify(
     out = capsys.readouterr().out
     assert code == 0, out
     assert out == ""  # --quiet: nothing when everything passed
-    # never ahead of real time (a slow machine only makes it longer)
+    # never ahead of real time (a slow machine only makes it longer): each pair goes out when its
+    # 20 ms begin, so the last of a second's 50 at 0.98 s (then the Stops and the close)
     calls = json.loads(report.read_text())["calls"]
-    assert min(call["ended"] - call["connected"] for call in calls) >= 1.0
+    assert min(call["ended"] - call["connected"] for call in calls) >= 1.0 - FRAME_SECONDS
 
 
 async def test_calls_have_distinct_content(server: RunningServer, tmp_path: Path) -> None:
