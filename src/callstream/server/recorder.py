@@ -432,8 +432,7 @@ class CallRecorder:
             plan = self._recording.plan_pcm(block.frames)  # type: ignore[union-attr]
         if plan is not None:
             self.level_sample = level_sample(block)  # not the block: it would live a second longer
-            update = self._map_update
-            if update is not None and update[0] != self._map_written:
+            if self._map_stale(self._map_update):
                 plan.after = self._write_map_update  # no flush_blocks follows a planned block
         return plan
 
@@ -459,11 +458,17 @@ class CallRecorder:
         RecordingError."""
         recording = self._recording
         update = self._map_update  # replaced whole by trio, never changed here
-        if recording is not None and update is not None and update[0] != self._map_written and not recording.finished:
+        if recording is not None and self._map_stale(update) and not recording.finished:
+            assert update is not None
             self._map_written = update[0]
             channel_map = update[2]
             if channel_map is not None:
                 recording.update(metadata=update[1], channel_map=channel_map, durable=self._settings.fsync)
+
+    def _map_stale(self, update: tuple[int, dict[str, Any], dict[str, Any] | None] | None) -> bool:
+        """Whether ``update`` (a `_map_update`, read once by the caller: trio replaces it from
+        another thread) has a channel map or segments the live sidecar does not have yet."""
+        return update is not None and update[0] != self._map_written
 
     def write_failed(self, error: RecordingError) -> None:
         self._fail(error)
