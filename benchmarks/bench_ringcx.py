@@ -36,7 +36,9 @@ Two modes (nothing here asserts speed):
   and over its steady state (every dialog live, STEADY_MARGIN clear of the starts and ends),
   and what the rest cost per dialog (its start and its finish: for the full recorder, creating
   and finishing the recording). The dialogs start over the steps' ramp, from the same generator
-  processes.
+  processes. The steady CPU is also read by thread (`thread_cpu`), and each steady ratio split in
+  two: the full recorder's gRPC threads over the bare receiver's whole CPU (the transport as the
+  recorder runs it), and the rest (trio's thread, the disk workers: the recorder's own work).
 
     .venv/bin/python benchmarks/bench_ringcx.py [--steps 100,300,600,900] [--step-seconds 10]
         [--workers 1,2] [--connections 16] [--websocket]
@@ -100,6 +102,41 @@ STARTED = re.compile(r"worker-(\d+)\[\d+\] .*dialog from .* started")  # a worke
 def cpu_seconds(pid: int) -> float:
     fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
     return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
+# the threads of a server by role, for the steady window's CPU (see thread_cpu)
+ROLES = ("main", "python", "grpc core", "workers", "ended")
+
+
+def thread_cpu(pid: int) -> dict[str, float]:
+    """CPU seconds (user + system) of the process's live threads, summed by role (ROLES): ``main``
+    (its first thread: trio's in the full recorder, the asyncio loop in the bare receiver), ``python``
+    (other threads Python started without a name of their own: the full recorder's gRPC loop and
+    grpc.aio's completion-queue poller), ``grpc core`` (grpcio's C threads: event engine, timers),
+    ``workers`` (threads trio named: its worker threads, which open, write and finish the
+    recordings). Python 3.11 leaves its threads the process's name; trio names its own."""
+    tick = os.sysconf("SC_CLK_TCK")
+    roles = dict.fromkeys(ROLES[:-1], 0.0)
+    for tid in os.listdir(f"/proc/{pid}/task"):
+        try:
+            name = Path(f"/proc/{pid}/task/{tid}/comm").read_text().strip()
+            fields = Path(f"/proc/{pid}/task/{tid}/stat").read_text().rsplit(")", 1)[1].split()
+        except OSError:  # the thread ended meanwhile
+            continue
+        if tid == str(pid):
+            role = "main"
+        elif name.startswith(("event_engine", "grpc", "lifeguard")):
+            role = "grpc core"
+        elif name.startswith("python"):
+            role = "python"
+        else:
+            role = "workers"
+        roles[role] += (int(fields[11]) + int(fields[12])) / tick
+    return roles
+
+
+def _process_and_threads(pid: int) -> tuple[float, dict[str, float]]:
+    return cpu_seconds(pid), thread_cpu(pid)
 
 
 def machine() -> str:
@@ -190,7 +227,7 @@ async def _generate_at(target: str, first: int, count: int, total: int, seconds:
         await asyncio.gather(*(channel.close() for channel in channels))
 
 
-def _sample_at(moments: list[float], read: Any, into: list[tuple[float, float]]) -> threading.Thread:
+def _sample_at(moments: list[float], read: Any, into: list[tuple[float, Any]]) -> threading.Thread:
     """A thread that appends (time.time(), read()) to ``into`` at each of ``moments``."""
     def run() -> None:
         for at in moments:
@@ -220,8 +257,9 @@ def run_variant(variant: str, dialogs: int, seconds: float, connections: int = 1
             started = time.monotonic()
             ramp = ramp_of(dialogs)
             generators, start = _generators(port, dialogs, seconds, ramp, connections)
-            window: list[tuple[float, float]] = []
-            sampler = _sample_at(list(steady_window(start, ramp, seconds)), lambda: cpu_seconds(process.pid), window)
+            window: list[tuple[float, tuple[float, dict[str, float]]]] = []
+            sampler = _sample_at(list(steady_window(start, ramp, seconds)),
+                                 lambda: _process_and_threads(process.pid), window)
             failed, _, _ = _gather(generators)
             ok = dialogs - failed
             wall = time.monotonic() - started
@@ -232,14 +270,18 @@ def run_variant(variant: str, dialogs: int, seconds: float, connections: int = 1
             process.wait(30)
     messages = dialogs * (3 + 2 * round(seconds * 10) + 2)
     busy = cpu - idle_cores * wall  # what the dialogs cost beyond the idle server's own timers
-    (t0, c0), (t1, c1) = window
+    (t0, (c0, threads0)), (t1, (c1, threads1)) = window
     steady = (c1 - c0) / (t1 - t0)  # cores while every dialog is live
+    roles = {role: round((threads1[role] - threads0[role]) / (t1 - t0), 4) for role in ROLES[:-1]}
+    # threads that ended within the window (trio's idle workers) took their CPU with them
+    roles["ended"] = round(steady - sum(roles.values()), 4)
     return {"dialogs_ok": ok, "server_cpu_s": round(cpu, 3), "wall_s": round(wall, 2),
             "idle_cores": round(idle_cores, 4), "busy_cpu_s": round(busy, 3),
             "busy_us_per_message": round(busy / messages * 1e6, 1),
             "cpu_us_per_message": round(cpu / messages * 1e6, 1), "server_cores": round(cpu / wall, 3),
             "messages": messages, "steady_cores": round(steady, 4),
             "steady_us_per_message": round(steady / (dialogs * MESSAGES_PER_SECOND) * 1e6, 1),
+            "steady_cores_by_thread": roles,
             # what the run cost beyond the steady rate, per dialog: its start and its finish
             "ends_ms_per_dialog": round((cpu - steady * wall) / dialogs * 1e3, 2)}
 
@@ -663,7 +705,12 @@ def ratio_main(dialogs: int, seconds: float, connections: int, rounds: int, outp
         bare_steady = (before["steady_cores"] + after["steady_cores"]) / 2
         ratio = full["server_cpu_s"] / max(bare_cpu, 1e-9)
         steady_ratio = full["steady_cores"] / max(bare_steady, 1e-9)
-        pairs.append({"ratio": round(ratio, 3), "steady_ratio": round(steady_ratio, 3)})
+        threads = full["steady_cores_by_thread"]
+        transport = (threads["python"] + threads["grpc core"]) / max(bare_steady, 1e-9)
+        pairs.append({"ratio": round(ratio, 3), "steady_ratio": round(steady_ratio, 3),
+                      # the steady ratio's two parts: the full recorder's gRPC threads, and the rest
+                      # (trio's thread, the disk workers), each over the bare receiver's whole CPU
+                      "steady_transport": round(transport, 3), "steady_recorder": round(steady_ratio - transport, 3)})
         show(full, f"{ratio:.2f} | {steady_ratio:.2f}")
         show(after)
         before = after
@@ -673,6 +720,19 @@ def ratio_main(dialogs: int, seconds: float, connections: int, rounds: int, outp
           f"{statistics.median(ratios):.2f}")
     print(f"full / bare CPU, steady (every dialog live): {', '.join(f'{r:.2f}' for r in steady)}; median "
           f"{statistics.median(steady):.2f}")
+    transport = [pair["steady_transport"] for pair in pairs]
+    recorder = [pair["steady_recorder"] for pair in pairs]
+    print(f"  of which the full recorder's gRPC threads (its loop, grpc.aio's poller, grpc core): "
+          f"{', '.join(f'{r:.2f}' for r in transport)}; median {statistics.median(transport):.2f}")
+    print(f"  and the rest (trio's thread, the disk workers): {', '.join(f'{r:.2f}' for r in recorder)}; "
+          f"median {statistics.median(recorder):.2f}")
+    print("\nSteady cores by thread (bench_ringcx.thread_cpu):\n")
+    print("| run | receiver | " + " | ".join(ROLES) + " |")
+    print("|---:|---|" + "---:|" * len(ROLES))
+    for result in runs:
+        threads = result["steady_cores_by_thread"]
+        cells = " | ".join(f"{threads[role]:.3f}" for role in ROLES)
+        print(f"| {result['run']} | {result['variant']} | {cells} |")
     if output:
         output.write_text(json.dumps({"machine": machine(), "dialogs": dialogs, "seconds": seconds, "runs": runs,
                                       "ratios": pairs, "ratio_median": statistics.median(ratios),
