@@ -714,18 +714,15 @@ def ratio_main(dialogs: int, seconds: float, connections: int, rounds: int, outp
         show(full, f"{ratio:.2f} | {steady_ratio:.2f}")
         show(after)
         before = after
-    ratios = [pair["ratio"] for pair in pairs]
-    steady = [pair["steady_ratio"] for pair in pairs]
-    print(f"full / bare CPU, whole runs: {', '.join(f'{r:.2f}' for r in ratios)}; median "
-          f"{statistics.median(ratios):.2f}")
-    print(f"full / bare CPU, steady (every dialog live): {', '.join(f'{r:.2f}' for r in steady)}; median "
-          f"{statistics.median(steady):.2f}")
-    transport = [pair["steady_transport"] for pair in pairs]
-    recorder = [pair["steady_recorder"] for pair in pairs]
-    print(f"  of which the full recorder's gRPC threads (its loop, grpc.aio's poller, grpc core): "
-          f"{', '.join(f'{r:.2f}' for r in transport)}; median {statistics.median(transport):.2f}")
-    print(f"  and the rest (trio's thread, the disk workers): {', '.join(f'{r:.2f}' for r in recorder)}; "
-          f"median {statistics.median(recorder):.2f}")
+    medians = {}
+    for key, label in (("ratio", "full / bare CPU, whole runs"),
+                       ("steady_ratio", "full / bare CPU, steady (every dialog live)"),
+                       ("steady_transport", "  of which the full recorder's gRPC threads (its loop, grpc.aio's "
+                        "poller, grpc core)"),
+                       ("steady_recorder", "  and the rest (trio's thread, the disk workers)")):
+        values = [pair[key] for pair in pairs]
+        medians[key] = statistics.median(values)
+        print(f"{label}: {', '.join(f'{r:.2f}' for r in values)}; median {medians[key]:.2f}")
     print("\nSteady cores by thread (bench_ringcx.thread_cpu):\n")
     print("| run | receiver | " + " | ".join(ROLES) + " |")
     print("|---:|---|" + "---:|" * len(ROLES))
@@ -735,8 +732,8 @@ def ratio_main(dialogs: int, seconds: float, connections: int, rounds: int, outp
         print(f"| {result['run']} | {result['variant']} | {cells} |")
     if output:
         output.write_text(json.dumps({"machine": machine(), "dialogs": dialogs, "seconds": seconds, "runs": runs,
-                                      "ratios": pairs, "ratio_median": statistics.median(ratios),
-                                      "steady_ratio_median": statistics.median(steady)}, indent=2))
+                                      "ratios": pairs, "ratio_median": medians["ratio"],
+                                      "steady_ratio_median": medians["steady_ratio"]}, indent=2))
     return 0
 
 
