@@ -99,9 +99,14 @@ WORKERS = (1, 2)  # worker counts each step runs with
 STARTED = re.compile(r"worker-(\d+)\[\d+\] .*dialog from .* started")  # a worker's log line per dialog
 
 
-def cpu_seconds(pid: int) -> float:
-    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+def _stat_seconds(stat: str) -> float:
+    """User + system CPU seconds of a /proc ``stat`` file (a process's or a thread's)."""
+    fields = Path(stat).read_text().rsplit(")", 1)[1].split()
     return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
+def cpu_seconds(pid: int) -> float:
+    return _stat_seconds(f"/proc/{pid}/stat")
 
 
 # the threads of a server by role, for the steady window's CPU (see thread_cpu)
@@ -115,12 +120,11 @@ def thread_cpu(pid: int) -> dict[str, float]:
     grpc.aio's completion-queue poller), ``grpc core`` (grpcio's C threads: event engine, timers),
     ``workers`` (threads trio named: its worker threads, which open, write and finish the
     recordings). Python 3.11 leaves its threads the process's name; trio names its own."""
-    tick = os.sysconf("SC_CLK_TCK")
     roles = dict.fromkeys(ROLES[:-1], 0.0)
     for tid in os.listdir(f"/proc/{pid}/task"):
         try:
             name = Path(f"/proc/{pid}/task/{tid}/comm").read_text().strip()
-            fields = Path(f"/proc/{pid}/task/{tid}/stat").read_text().rsplit(")", 1)[1].split()
+            seconds = _stat_seconds(f"/proc/{pid}/task/{tid}/stat")
         except OSError:  # the thread ended meanwhile
             continue
         if tid == str(pid):
@@ -131,7 +135,7 @@ def thread_cpu(pid: int) -> dict[str, float]:
             role = "python"
         else:
             role = "workers"
-        roles[role] += (int(fields[11]) + int(fields[12])) / tick
+        roles[role] += seconds
     return roles
 
 
