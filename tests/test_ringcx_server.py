@@ -18,11 +18,12 @@ import pytest
 import soundfile
 import trio
 import trustme
+from google.protobuf.message import DecodeError
 
 from callstream.cli import build_parser, settings_from
 from callstream.ringcx import streaming_pb2 as pb
 from callstream.ringcx import streaming_pb2_grpc
-from callstream.server.ringcx_service import serve_ringcx
+from callstream.server.ringcx_service import SERVICE, serve_ringcx
 from callstream.server.server import Server
 from callstream.settings import Settings, SettingsError
 from callstream.sim import ringcx_client as client
@@ -204,6 +205,37 @@ async def test_reordering_duplicates_unknown_segments_and_an_unsupported_codec(r
     assert segments["caller"]["statistics"]["duplicates"] == 2
     assert not segments["bot"]["recorded"] and "OPUS" in segments["bot"]["not_recorded_because"]
     assert sidecar["statistics"]["unknown_segment_media"] == 1
+
+
+async def test_a_malformed_message_is_a_bad_message_and_the_dialog_goes_on(rsettings: Settings) -> None:
+    """Bytes that are no StreamEvent, sent between two of the caller's chunks by a client that sends
+    raw bytes: counted against --max-bad-messages as a WebSocket call's malformed message; every
+    chunk before and after recorded, the dialog complete."""
+    garbage = b"\xff\xff\xff"
+    with pytest.raises(DecodeError):
+        pb.StreamEvent.FromString(garbage)
+    messages = [event.SerializeToString() for event in (_init("malformed"), _start("caller", pb.CONTACT))]
+    chunks = [event.SerializeToString() for event in _chunks("caller", list(range(6)), 1)]
+    messages += [*chunks[:3], garbage, *chunks[3:]]
+
+    def run(target: str) -> grpc.StatusCode:
+        with client.open_channel(target) as channel:
+            grpc.channel_ready_future(channel).result(timeout=TIMEOUT)
+            rpc = channel.stream_unary(f"/{SERVICE}/Stream", request_serializer=None, response_deserializer=None)
+            try:
+                rpc(iter(messages), timeout=TIMEOUT)
+            except grpc.RpcError as error:
+                return error.code()
+        return grpc.StatusCode.OK
+
+    with trio.fail_after(TIMEOUT):
+        async with ringcx_server(rsettings) as running:
+            assert await trio.to_thread.run_sync(run, running.target) == grpc.StatusCode.OK
+    [(path, sidecar)] = finished(rsettings.output_dir)
+    assert sidecar["status"] == "complete"
+    assert sidecar["statistics"]["bad_messages"] == 1
+    caller = np.concatenate([client.codec.decode_ulaw(client.chunk_payload(1, k)) for k in range(6)])
+    assert client.verify(read(path), [client.Run(1, 0, caller)], tolerance=800) == []
 
 
 async def test_cancelled_stream_is_incomplete_with_what_was_received(rsettings: Settings) -> None:

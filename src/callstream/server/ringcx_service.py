@@ -30,9 +30,9 @@ import grpc
 import trio
 from google.protobuf import empty_pb2
 
-from callstream.ringcx import streaming_pb2_grpc
+from callstream.ringcx import streaming_pb2
 from callstream.ringcx.bridge import DialogChannel, TakeGrid
-from callstream.ringcx.convert import convert
+from callstream.ringcx.convert import EventDecoder
 from callstream.server.auth import secret_matches, upgrade_credential
 from callstream.server.recorder import CallRecorder
 from callstream.settings import READ_INTERVAL_SHARE, Settings
@@ -42,6 +42,7 @@ LOGGER = logging.getLogger("callstream.server.ringcx_service")
 GRACE: Final = 5.0  # seconds grpc gets to finish answering RPCs when the listener stops
 CANCEL_GRACE: Final = 0.1  # seconds after the last request for grpc to report a cancellation
 KEEPALIVE_MIN_PING_MS: Final = 10_000  # the platform may ping this often without being refused
+SERVICE: Final = streaming_pb2.DESCRIPTOR.services_by_name["Streaming"].full_name
 
 
 class TlsRequiredError(ValueError):
@@ -59,9 +60,13 @@ def _status(name: str) -> grpc.StatusCode:
     return getattr(grpc.StatusCode, name, grpc.StatusCode.UNKNOWN)
 
 
-class _Servicer(streaming_pb2_grpc.StreamingServicer):
+class _Servicer:
+    """The Stream RPC, its requests unparsed (bytes): each is decoded by the loop's one
+    `EventDecoder`."""
+
     def __init__(self, admit: Callable[[str | None, str, asyncio.AbstractEventLoop], Awaitable[Any]]) -> None:
         self._admit = admit
+        self._decode = EventDecoder().decode
 
     async def Stream(self, request_iterator: Any, context: grpc.aio.ServicerContext) -> empty_pb2.Empty:
         credential = None
@@ -73,7 +78,7 @@ class _Servicer(streaming_pb2_grpc.StreamingServicer):
             status, details = admitted
             await context.abort(_status(status), details)
         channel = admitted
-        reader = asyncio.ensure_future(_read(context, channel))
+        reader = asyncio.ensure_future(_read(context, channel, self._decode))
         try:
             await asyncio.wait({reader, channel.done}, return_when=asyncio.FIRST_COMPLETED)
             if not reader.done():  # the recorder ended the dialog (drain, timeout, bad input)
@@ -89,13 +94,14 @@ class _Servicer(streaming_pb2_grpc.StreamingServicer):
         return empty_pb2.Empty()
 
 
-async def _read(context: grpc.aio.ServicerContext, channel: DialogChannel) -> None:
+async def _read(context: grpc.aio.ServicerContext, channel: DialogChannel,
+                decode: Callable[[bytes, float], Any]) -> None:
     # context.read() rather than the request iterator: the iterator is an async generator
     # around the same read, one more frame per message (RESULTS.md, 2026-12-07)
     put, stamp, read, eof = channel.put_nowait, channel.stamp, context.read, grpc.aio.EOF
     try:
-        while (message := await read()) is not eof:
-            room = put(convert(message, stamp()))
+        while (data := await read()) is not eof:
+            room = put(decode(data, stamp()))  # decoded before the next await: the decoder is shared
             if room is not None:  # the recorder is behind: stop reading this stream until it has caught up
                 await channel.wait_room(room)
     except asyncio.CancelledError:
@@ -215,7 +221,11 @@ async def _grpc_main(admit: Any, settings: Settings, credentials: grpc.ServerCre
         ("grpc.keepalive_permit_without_calls", 1),
     ]
     server = grpc.aio.server(options=options)
-    streaming_pb2_grpc.add_StreamingServicer_to_server(_Servicer(admit), server)
+    # the generated add_StreamingServicer_to_server, but with the requests left as bytes
+    handlers = {"Stream": grpc.stream_unary_rpc_method_handler(
+        _Servicer(admit).Stream, request_deserializer=None, response_serializer=empty_pb2.Empty.SerializeToString)}
+    server.add_generic_rpc_handlers((grpc.method_handlers_generic_handler(SERVICE, handlers),))
+    server.add_registered_method_handlers(SERVICE, handlers)
     address = f"{settings.host}:{settings.ringcx_port}"
     port = server.add_secure_port(address, credentials) if credentials else server.add_insecure_port(address)
     await server.start()
