@@ -1,10 +1,8 @@
 """Wire messages to the call core's events: every field carried over; any bytes either fail to parse
-(a bad message for the core) or convert without raising; the server's decoder, which parses every
-message into one reused StreamEvent, gives what a fresh parse gives."""
+(`decode`: a bad message for the core) or convert without raising."""
 
 from __future__ import annotations
 
-import pytest
 from google.protobuf.message import DecodeError
 from hypothesis import given
 from hypothesis import strategies as st
@@ -19,7 +17,7 @@ from callstream.call.events import (
     SegmentStopped,
 )
 from callstream.ringcx import streaming_pb2 as pb
-from callstream.ringcx.convert import EventDecoder, convert
+from callstream.ringcx.convert import convert, decode
 
 text = st.text(max_size=20)
 u32 = st.integers(0, 2**32 - 1)
@@ -91,46 +89,10 @@ def test_any_bytes_parse_and_convert_or_fail_to_parse(data: bytes) -> None:
     convert(message, 0.0)  # never raises
 
 
-def _fresh(data: bytes, at: float) -> object:
-    """What grpc's own deserializer and `convert` make of ``data``."""
-    try:
-        message = pb.StreamEvent.FromString(data)
-    except DecodeError:
-        return InputRejected("malformed StreamEvent")
-    return convert(message, at)
-
-
 @given(st.binary(max_size=300))
-def test_the_decoder_gives_a_bad_message_for_what_does_not_parse_else_a_fresh_parse(data: bytes) -> None:
-    assert EventDecoder().decode(data, 1.5) == _fresh(data, 1.5)
-
-
-_events = st.one_of(
-    st.builds(lambda segment, payload, seq: pb.StreamEvent(session_id="s", segment_media=pb.SegmentMediaEvent(
-        segment_id=segment, audio_content=pb.AudioContent(payload=payload, seq=seq, duration=100))),
-        text, st.binary(max_size=900), u32),
-    st.builds(lambda segment, name: pb.StreamEvent(segment_start=pb.SegmentStartEvent(
-        segment_id=segment, participant=pb.Participant(id=segment, type=pb.AGENT, name=name))),
-        text, st.none() | text),
-    st.builds(lambda segment, data: pb.StreamEvent(segment_info=pb.SegmentInfoEvent(
-        segment_id=segment, event="HOLD", data=data)), text, st.none() | text),
-    st.builds(lambda segment: pb.StreamEvent(segment_stop=pb.SegmentStopEvent(segment_id=segment)), text),
-    st.builds(lambda dialog, attributes: pb.StreamEvent(session_id="s", dialog_init=pb.DialogInitEvent(
-        dialog=pb.Dialog(id=dialog, attributes=attributes))), text, st.dictionaries(text, text, max_size=3)),
-    st.just(pb.StreamEvent(session_id="nothing set")),
-)
-
-
-@given(st.lists(st.one_of(_events.map(lambda event: event.SerializeToString()), st.binary(max_size=40)),
-                max_size=30), st.integers(1, 4))
-def test_a_reused_message_decodes_a_stream_as_fresh_parses_do(stream: list[bytes], reuse: int) -> None:
-    """Every kind of event after every other (a field of one never shows in the next), malformed
-    bytes among them, and the message replaced every ``reuse`` parses."""
-    decoder = EventDecoder(reuse)
-    assert [decoder.decode(data, float(k)) for k, data in enumerate(stream)] == [
-        _fresh(data, float(k)) for k, data in enumerate(stream)]
-
-
-def test_a_decoder_reuses_at_least_once() -> None:
-    with pytest.raises(ValueError, match="reuse"):
-        EventDecoder(0)
+def test_decode_gives_a_bad_message_for_what_does_not_parse_else_its_conversion(data: bytes) -> None:
+    try:
+        expected = convert(pb.StreamEvent.FromString(data), 1.5)
+    except DecodeError:
+        expected = InputRejected("malformed StreamEvent")
+    assert decode(data, 1.5) == expected

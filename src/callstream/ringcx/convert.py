@@ -1,17 +1,16 @@
 """The RingCX wire messages (serialized StreamEvents) turned into the call core's events.
 
-Runs in the gRPC thread for every message; nothing here blocks, and only `EventDecoder` keeps
-state (the one message it parses into). Every event of a segment is stamped ``at``: the dialog's
-clock when it arrived (see `callstream.ringcx.bridge`). A DialogInit becomes the call's
-`CallStarted`: its ids as the canonical fields (``callId`` is the dialog id: it names the file and
-the log lines), the account and dialog as the raw metadata of the sidecar. A StreamEvent with no
-event set (a newer platform's kind) is `InputIgnored`; bytes that are no StreamEvent are
-`InputRejected`.
+Runs in the gRPC thread for every message; nothing here blocks or keeps state. Every event of a
+segment is stamped ``at``: the dialog's clock when it arrived (see `callstream.ringcx.bridge`).
+A DialogInit becomes the call's `CallStarted`: its ids as the canonical fields (``callId`` is the
+dialog id: it names the file and the log lines), the account and dialog as the raw metadata of
+the sidecar. A StreamEvent with no event set (a newer platform's kind) is `InputIgnored`; bytes
+that are no StreamEvent are `InputRejected` (`decode`).
 """
 
 from __future__ import annotations
 
-from typing import Any, Final
+from typing import Any
 
 from google.protobuf.message import DecodeError
 
@@ -27,12 +26,10 @@ from callstream.call.events import (
 )
 from callstream.ringcx import streaming_pb2 as pb
 
-__all__ = ["REUSE", "DialogEvent", "EventDecoder", "convert", "started"]
+__all__ = ["DialogEvent", "convert", "decode", "started"]
 
 DialogEvent = (CallStarted | SegmentStarted | SegmentMedia | SegmentInfo | SegmentStopped | InputIgnored
                | InputRejected)
-
-REUSE: Final = 1000  # parses into one message before it is replaced (its arena: ~0.9 MB of chunks by then)
 
 _CODECS = {value.number: value.name for value in pb.Codec.DESCRIPTOR.values}
 _PARTICIPANTS = {value.number: value.name for value in pb.ParticipantType.DESCRIPTOR.values}
@@ -48,39 +45,15 @@ def _optional(message: Any, name: str) -> str | None:
     return getattr(message, name) if message.HasField(name) else None
 
 
-class EventDecoder:
-    """Serialized StreamEvents to call events (`decode`), parsed into one message that is reused
-    ``reuse`` times. Why: a message parsed by grpc's deserializer (``StreamEvent.FromString``)
-    is a upb arena of its own, and protobuf's Python module calls ``malloc_trim(0)`` once every
-    10,000 arenas it frees (``upb_trim_allocfunc``): at 600 real-time dialogs, every second,
-    handing the free pages of every thread's heap back to the kernel, which every thread then
-    faulted back in (benchmarks/RESULTS.md, 2026-12-07 02:00 UTC). A reused message keeps what
-    each parse decoded in its arena until it is replaced. Not thread-safe: one per event loop,
-    whose readers convert what they read before they next await."""
-
-    __slots__ = ("_left", "_message", "_reuse")
-
-    def __init__(self, reuse: int = REUSE) -> None:
-        if reuse < 1:
-            raise ValueError("reuse must be at least 1")
-        self._reuse = reuse
-        self._left = reuse
-        self._message = pb.StreamEvent()
-
-    def decode(self, data: bytes, at: float) -> DialogEvent:
-        """One serialized StreamEvent as `convert` makes it (arrived at ``at``, the dialog's
-        clock); bytes that are not a StreamEvent as `InputRejected` (counted against
-        ``--max-bad-messages``, as a WebSocket call's malformed message)."""
-        self._left -= 1
-        if self._left < 0:  # its arena holds every message parsed so far: a new one
-            self._left = self._reuse - 1
-            self._message = pb.StreamEvent()
-        message = self._message
-        try:
-            message.ParseFromString(data)
-        except DecodeError:
-            return InputRejected("malformed StreamEvent")
-        return convert(message, at)
+def decode(data: bytes, at: float) -> DialogEvent:
+    """One serialized StreamEvent as `convert` makes it (arrived at ``at``, the dialog's clock);
+    bytes that are not a StreamEvent as `InputRejected` (counted against ``--max-bad-messages``,
+    as a WebSocket call's malformed message: the dialog goes on)."""
+    try:
+        message = pb.StreamEvent.FromString(data)
+    except DecodeError:
+        return InputRejected("malformed StreamEvent")
+    return convert(message, at)
 
 
 def convert(event: pb.StreamEvent, at: float) -> DialogEvent:

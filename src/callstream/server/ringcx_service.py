@@ -32,7 +32,7 @@ from google.protobuf import empty_pb2
 
 from callstream.ringcx import streaming_pb2
 from callstream.ringcx.bridge import DialogChannel, TakeGrid
-from callstream.ringcx.convert import EventDecoder
+from callstream.ringcx.convert import decode
 from callstream.server.auth import secret_matches, upgrade_credential
 from callstream.server.recorder import CallRecorder
 from callstream.settings import READ_INTERVAL_SHARE, Settings
@@ -61,12 +61,11 @@ def _status(name: str) -> grpc.StatusCode:
 
 
 class _Servicer:
-    """The Stream RPC, its requests unparsed (bytes): each is decoded by the loop's one
-    `EventDecoder`."""
+    """The Stream RPC, its requests as bytes: `decode` parses each (bytes that are no StreamEvent
+    are a bad message for the core, where grpc's deserializer would fail the read)."""
 
     def __init__(self, admit: Callable[[str | None, str, asyncio.AbstractEventLoop], Awaitable[Any]]) -> None:
         self._admit = admit
-        self._decode = EventDecoder().decode
 
     async def Stream(self, request_iterator: Any, context: grpc.aio.ServicerContext) -> empty_pb2.Empty:
         credential = None
@@ -78,7 +77,7 @@ class _Servicer:
             status, details = admitted
             await context.abort(_status(status), details)
         channel = admitted
-        reader = asyncio.ensure_future(_read(context, channel, self._decode))
+        reader = asyncio.ensure_future(_read(context, channel))
         try:
             await asyncio.wait({reader, channel.done}, return_when=asyncio.FIRST_COMPLETED)
             if not reader.done():  # the recorder ended the dialog (drain, timeout, bad input)
@@ -94,14 +93,13 @@ class _Servicer:
         return empty_pb2.Empty()
 
 
-async def _read(context: grpc.aio.ServicerContext, channel: DialogChannel,
-                decode: Callable[[bytes, float], Any]) -> None:
+async def _read(context: grpc.aio.ServicerContext, channel: DialogChannel) -> None:
     # context.read() rather than the request iterator: the iterator is an async generator
     # around the same read, one more frame per message (RESULTS.md, 2026-12-07)
     put, stamp, read, eof = channel.put_nowait, channel.stamp, context.read, grpc.aio.EOF
     try:
         while (data := await read()) is not eof:
-            room = put(decode(data, stamp()))  # decoded before the next await: the decoder is shared
+            room = put(decode(data, stamp()))
             if room is not None:  # the recorder is behind: stop reading this stream until it has caught up
                 await channel.wait_room(room)
     except asyncio.CancelledError:
