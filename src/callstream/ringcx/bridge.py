@@ -100,7 +100,11 @@ class DialogChannel:
         self._capacity = capacity
         self._wake_at = max(1, capacity // 2)
         self._interval = interval
-        self._next_take = 0.0  # trio.current_time() of the next take by the clock
+        # trio.current_time() of the next take by the clock. The first waits for the grid too:
+        # a DialogInit taken alone (the recorder's task starting just after it was queued)
+        # would create the file before the segments that follow it within milliseconds, and
+        # the live sidecar would be written again for them at the next block.
+        self._next_take = self._next_point(trio.current_time())
         self._items: deque[Any] = deque()
         self._lock = threading.Lock()
         self._ended: str | None = None
