@@ -28,7 +28,11 @@ def test_media(segment: str, payload: bytes, seq: int, duration: int, at: float)
     event = pb.StreamEvent(segment_media=pb.SegmentMediaEvent(
         segment_id=segment, audio_content=pb.AudioContent(payload=payload, seq=seq, duration=duration)))
     wire = pb.StreamEvent.FromString(event.SerializeToString())
-    assert convert(wire, at) == SegmentMedia(segment, payload, seq, duration, at)
+    expected = SegmentMedia(segment, payload, seq, duration, at)
+    assert convert(wire, at) == expected
+    chunk = decode(event.SerializeToString(), at)  # its own path for the hot case
+    assert type(chunk) is SegmentMedia and chunk == expected
+    assert (chunk.segment_id, chunk.payload, chunk.seq, chunk.duration, chunk.at) == expected
 
 
 @given(segment=text, participant=text, kind=st.sampled_from([0, 1, 2, 5, 7]), name=st.none() | text,

@@ -45,14 +45,24 @@ def _optional(message: Any, name: str) -> str | None:
     return getattr(message, name) if message.HasField(name) else None
 
 
+_parse = pb.StreamEvent.FromString
+# A chunk is built as the tuple it is, without the NamedTuple's constructor (a Python function):
+# 0.25 against 0.35 us, ten times a second per segment.
+_new_tuple = tuple.__new__
+
+
 def decode(data: bytes, at: float) -> DialogEvent:
     """One serialized StreamEvent as `convert` makes it (arrived at ``at``, the dialog's clock);
     bytes that are not a StreamEvent as `InputRejected` (counted against ``--max-bad-messages``,
     as a WebSocket call's malformed message: the dialog goes on)."""
     try:
-        message = pb.StreamEvent.FromString(data)
+        message = _parse(data)
     except DecodeError:
         return InputRejected("malformed StreamEvent")
+    if message.WhichOneof("event") == "segment_media":  # nearly every message: `convert`'s first case, inline
+        media = message.segment_media
+        content = media.audio_content
+        return _new_tuple(SegmentMedia, (media.segment_id, content.payload, content.seq, content.duration, at))
     return convert(message, at)
 
 
@@ -62,7 +72,7 @@ def convert(event: pb.StreamEvent, at: float) -> DialogEvent:
     if kind == "segment_media":
         media = event.segment_media
         content = media.audio_content
-        return SegmentMedia(media.segment_id, content.payload, content.seq, content.duration, at)
+        return _new_tuple(SegmentMedia, (media.segment_id, content.payload, content.seq, content.duration, at))
     if kind == "segment_start":
         start = event.segment_start
         participant = start.participant
