@@ -292,9 +292,9 @@ async def test_the_file_is_created_at_the_dialog_init_before_any_audio(rsettings
 async def test_the_live_sidecar_is_rewritten_when_a_segment_joins_not_before(rsettings: Settings) -> None:
     """The live sidecar, once it lists the caller, stays as it is (the same inode) until another
     segment joins; then it is rewritten. Each rewrite costs a disk thread about 0.6 ms of CPU: one a
-    dialog too many was 12 % of a dialog's start and end. (The file is created once the DialogInit
-    is taken: with the caller already, or, when trio took the DialogInit alone, with no segment and
-    rewritten once the caller's start is taken.)"""
+    dialog too many was 12 % of a dialog's start and end. (The file is created at the first take,
+    which waits for the take grid: with the caller already when its start came with the DialogInit,
+    else with no segment and rewritten once the caller's start is taken.)"""
     agent_joins, release = threading.Event(), threading.Event()
 
     def held() -> Iterator[pb.StreamEvent]:
