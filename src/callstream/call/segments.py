@@ -117,7 +117,7 @@ HISTORY: Final = 8  # arrivals per segment kept to judge a held chunk (a second 
 class _Segment:
     __slots__ = (
         "arrived", "arrived_at", "backlog", "bad_payloads", "channel", "chunks", "cursor", "decode", "duplicates",
-        "format", "history", "info", "joined", "last_samples", "late", "law", "left", "lost_chunks", "lost_samples",
+        "format", "history", "joined", "last_samples", "late", "law", "left", "lost_chunks", "lost_samples",
         "next_seq", "order", "paused",
         "pauses", "pending", "pending_samples", "reordered", "restarts", "samples", "shared", "shifted",
         "stalls", "start", "stopped", "suspect", "unrecorded", "why_not",
