@@ -4,6 +4,8 @@ a call of two sides (start, endings and their close codes, limits, the bad-event
 
 from __future__ import annotations
 
+from typing import Any
+
 import numpy as np
 import pytest
 from hypothesis import given, settings
@@ -26,9 +28,9 @@ from callstream.call.events import (
     SegmentStopped,
     StreamEnded,
 )
-from callstream.call.segments import SegmentMixer
+from callstream.call.segments import SegmentMixer, _Segment
 from callstream.errors import ProtocolError
-from test_segments import Plan, jittered_dialog, tone_chunk
+from test_segments import Plan, jittered_dialog, rough_dialog, tone_chunk
 
 STARTED = CallStarted(
     fields={"callId": "dlg-1", "dialogId": "dlg-1", "sessionId": "sess"},
@@ -123,13 +125,13 @@ def test_the_core_gives_the_mixers_blocks_byte_for_byte(plan: Plan, takes: list[
     assert statistics["segments"] == len(plan) and statistics["bad_messages"] == 0
 
 
-def fed(events: list, takes: list[int], *, runs: bool, block_ms: float, window_ms: float
+def fed(events: list, takes: list[int], *, runs: bool, block_ms: float, window_ms: float, layout: str = "stereo"
         ) -> tuple[list[tuple[int, bytes]], SegmentMixer]:
     """The mixer's blocks (start, frames) fed take by take: with ``runs``, `receive_run` over
     each take and every item it leaves to `handle`; else `handle` item by item. Either way every
     block popped as soon as the contract allows (after an item, after receive_run stops), and a
     tick and a partial pop between takes."""
-    mixer = SegmentMixer(block_ms=block_ms, window_ms=window_ms)
+    mixer = SegmentMixer(block_ms=block_ms, window_ms=window_ms, layout=layout)
     blocks: list[tuple[int, bytes]] = []
 
     def pop() -> None:
@@ -172,6 +174,42 @@ def test_receive_run_is_handle_and_pop_after_each_item(plan: Plan, takes: list[i
     blocks, mixer = fed(events, takes, runs=True, block_ms=block_ms, window_ms=window_ms)
     assert blocks == expected
     assert mixer.statistics() == alone.statistics() and mixer.segments() == alone.segments()
+
+
+def mixer_state(mixer: SegmentMixer) -> dict[str, Any]:
+    """Everything the mixer decides with, to compare two mixers: its fields and every segment's
+    (`_Segment`'s slots, its history, waiting and held chunks), the mix and the waiting writes."""
+    state = {name: value for name, value in vars(mixer).items()
+             if name not in ("_writes", "_mix", "_segments", "_live", "reject")}
+    state["live"] = [segment.start.segment_id for segment in mixer._live]
+    writes = mixer._writes
+    state["writes"] = (len(writes), writes.end, bytes(writes._ops), b"".join(writes._payloads))
+    state["mix"] = mixer._mix.tobytes()
+    segments = []
+    for segment in mixer._segments.values():
+        fields = {name: getattr(segment, name) for name in _Segment.__slots__ if name not in ("decode", "start")}
+        fields["history"] = list(segment.history)
+        fields["pending"] = {seq: (bytes(chunk), at) for seq, (chunk, at) in segment.pending.items()}
+        if segment.suspect is not None:
+            held, at, since = segment.suspect
+            fields["suspect"] = (bytes(held), at, since)
+        segments.append(fields)
+    state["segments"] = segments
+    return state
+
+
+@settings(max_examples=150, deadline=None)
+@given(rough_dialog(), st.lists(st.integers(1, 40), max_size=10), st.sampled_from([300.0, 1000.0]),
+       st.sampled_from([100.0, 200.0]), st.sampled_from(["stereo", "participants"]))
+def test_receive_run_is_handle_after_each_item_in_rough_dialogs(events: list, takes: list[int], block_ms: float,
+                                                                window_ms: float, layout: str) -> None:
+    """As above, over dialogs with everything the common case is not (see `rough_dialog`: holds
+    with and without the platform's word, reader stalls, L16 and PCMA, empty payloads, a late
+    first event, stops, unknown segments), and the two mixers' whole state compared at the end."""
+    expected, alone = fed(events, takes, runs=False, block_ms=block_ms, window_ms=window_ms, layout=layout)
+    blocks, mixer = fed(events, takes, runs=True, block_ms=block_ms, window_ms=window_ms, layout=layout)
+    assert blocks == expected
+    assert mixer_state(mixer) == mixer_state(alone)
 
 
 def test_a_dialogs_record_merges_its_start_and_its_segments() -> None:

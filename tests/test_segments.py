@@ -3,6 +3,8 @@ gaps, pauses, mixing."""
 
 from __future__ import annotations
 
+from typing import Any
+
 import numpy as np
 from hypothesis import given, settings
 from hypothesis import strategies as st
@@ -222,6 +224,76 @@ def test_media_counters_count_a_segment_whose_chunk_came_after_its_place_had_lef
 
 
 Plan = list[tuple[str, int, int, int, list[tuple[int, int, bool]]]]
+
+
+def codec_chunk(seed: int, k: int, n: int, codec: str) -> bytes:
+    """Chunk k of a segment in ``codec`` (n samples): distinct per (seed, k)."""
+    rng = np.random.default_rng(seed * 100_003 + k)
+    if codec == "L16":
+        return rng.integers(-3000, 3000, n, dtype=np.int16).astype(">i2").tobytes()
+    return bytes(rng.integers(0, 0xFF, n, dtype=np.uint8))
+
+
+ROUGH_CODECS = {"PCMU": 8, "PCMA": 1, "L16": 1}  # weights: mostly the platform's PCMU
+
+
+@st.composite
+def rough_dialog(draw: st.DrawFn) -> list[Any]:
+    """A dialog with everything the common case is not, between stretches of it: one to three
+    segments (mostly PCMU; PCMA, L16; some silent a while after their start), 20 or 100 ms
+    chunks, jitter, repeats, losses, empty payloads, a pause of one segment with seq going on,
+    the platform's hold of all (with or without its HOLD), a HOLD without one, a reader stall (a
+    stretch of arrivals delivered at once), the call's first events late, stops, media of an
+    unknown segment. Events in arrival order."""
+    events: list[Any] = []
+    ptime = draw(st.sampled_from([100, 20]))
+    n = ptime * 8
+    step = ptime / 1000
+    lead = draw(st.sampled_from([0.0, 0.0, 0.3]))  # s: what was spoken before comes then, at once
+    roles = [CONTACT, AGENT, BOT]
+    # the platform's hold of every segment: from hold_at (s) on, every chunk hold_for later
+    hold_at, hold_for = draw(st.integers(2, 40)) * 0.1, draw(st.sampled_from([0.0, 0.0, 0.4, 1.2]))
+    if hold_for and draw(st.integers(0, 3)):  # and, mostly, its word for it
+        events.append(SegmentInfo("s0", "HOLD", at=hold_at + draw(st.integers(0, 3)) * step))
+        events.append(SegmentInfo("s0", "UNHOLD", at=hold_at + hold_for))
+    for index in range(draw(st.integers(1, 3))):
+        name = f"s{index}"
+        codec = draw(st.sampled_from([c for c, w in ROUGH_CODECS.items() for _ in range(w)]))
+        join = 0 if index == 0 else draw(st.integers(0, 15))
+        silent = draw(st.sampled_from([0, 0, 0, 5, 20]))  # chunks' time from its start to its media
+        count = draw(st.integers(1, 50))
+        seq0 = draw(st.integers(0, 1000))
+        pause_at = draw(st.integers(1, 40)) if draw(st.booleans()) else None
+        pause = draw(st.integers(3, 12)) * step
+        events.append(SegmentStarted(name, f"p-{name}", roles[index], name=name,
+                                     audio_format=AudioFormat(codec, 8000, ptime), at=max(join * step, lead)))
+        shift = 0.0
+        for k in range(count):
+            if k == pause_at:
+                shift += pause
+            if draw(st.integers(0, 19)) == 0 and 0 < k < count - 1:
+                continue  # lost
+            jitter = draw(st.integers(0, 90 if draw(st.integers(0, 7)) == 0 else ptime // 3)) / 1000
+            spoken = (join + silent + k + 1) * step + shift
+            at = max(spoken + jitter + (hold_for if spoken > hold_at else 0.0), lead)
+            payload = b"" if draw(st.integers(0, 39)) == 0 else codec_chunk(index, k, n, codec)
+            events.append(SegmentMedia(name, payload, seq0 + k, ptime, at))
+            if draw(st.integers(0, 9)) == 0:
+                events.append(SegmentMedia(name, payload, seq0 + k, ptime, at + draw(st.integers(0, 50)) / 1000))
+        if draw(st.booleans()):
+            events.append(SegmentStopped(name, at=(join + silent + count + 1) * step + shift + lead + 0.2))
+    if draw(st.integers(0, 3)) == 0:  # a HOLD without a pause
+        events.append(SegmentInfo("s0", "HOLD", at=lead + draw(st.integers(0, 40)) * 0.1))
+    if draw(st.integers(0, 9)) == 0:
+        events.append(SegmentMedia("nobody", b"\x55" * n, 0, ptime, lead + draw(st.integers(0, 40)) * 0.1))
+    events.sort(key=lambda event: event.at)
+    if draw(st.booleans()) and len(events) > 4:  # a reader stall: a stretch delivered at once
+        first = draw(st.integers(0, len(events) - 2))
+        last = draw(st.integers(first + 1, len(events) - 1))
+        until = events[last].at
+        events[first : last + 1] = [event._replace(at=until) if isinstance(event, SegmentMedia) else event
+                                    for event in events[first : last + 1]]
+    return events
 
 
 @st.composite
