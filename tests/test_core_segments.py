@@ -126,17 +126,20 @@ def test_the_core_gives_the_mixers_blocks_byte_for_byte(plan: Plan, takes: list[
 
 
 def fed(events: list, takes: list[int], *, runs: bool, block_ms: float, window_ms: float, layout: str = "stereo"
-        ) -> tuple[list[tuple[int, bytes]], SegmentMixer]:
-    """The mixer's blocks (start, frames) fed take by take: with ``runs``, `receive_run` over
-    each take and every item it leaves to `handle`; else `handle` item by item. Either way every
-    block popped as soon as the contract allows (after an item, after receive_run stops), and a
-    tick and a partial pop between takes."""
+        ) -> tuple[list[tuple[int, bytes, int]], SegmentMixer]:
+    """The mixer's blocks (start, frames, how many events had been fed when it was popped) fed
+    take by take: with ``runs``, `receive_run` over each take and every item it leaves to
+    `handle`; else `handle` item by item. Either way every block popped as soon as the contract
+    allows (after an item, after receive_run stops), and a tick and a partial pop between takes.
+    The count is the contract's point: receive_run stops at the very item after which `handle`
+    would have had a block ready, not one later."""
     mixer = SegmentMixer(block_ms=block_ms, window_ms=window_ms, layout=layout)
-    blocks: list[tuple[int, bytes]] = []
+    blocks: list[tuple[int, bytes, int]] = []
+    fed_so_far = 0
 
     def pop() -> None:
         while (block := mixer.pop_block()) is not None:
-            blocks.append((block.start, block.frames.tobytes()))
+            blocks.append((block.start, block.frames.tobytes(), fed_so_far))
 
     position = 0
     for size in [*takes, len(events)]:
@@ -145,20 +148,22 @@ def fed(events: list, takes: list[int], *, runs: bool, block_ms: float, window_m
         while i < end:
             if runs:
                 i = mixer.receive_run(items, i)
+                fed_so_far = position + i
                 pop()
             if i < end:
                 mixer.handle(items[i])
                 i += 1
+                fed_so_far = position + i
                 pop()
         position += size
         if position >= len(events):
             break
         mixer.tick(events[position - 1].at)
         if (block := mixer.pop_block(partial=True)) is not None:
-            blocks.append((block.start, block.frames.tobytes()))
+            blocks.append((block.start, block.frames.tobytes(), fed_so_far))
         pop()
     if (tail := mixer.finish()) is not None:
-        blocks.append((tail.start, tail.frames.tobytes()))
+        blocks.append((tail.start, tail.frames.tobytes(), fed_so_far))
     return blocks, mixer
 
 
@@ -210,6 +215,23 @@ def test_receive_run_is_handle_after_each_item_in_rough_dialogs(events: list, ta
     blocks, mixer = fed(events, takes, runs=True, block_ms=block_ms, window_ms=window_ms, layout=layout)
     assert blocks == expected
     assert mixer_state(mixer) == mixer_state(alone)
+
+
+@settings(max_examples=150, deadline=None)
+@given(rough_dialog(), st.sampled_from([300.0, 1000.0]), st.sampled_from([100.0, 200.0]))
+def test_the_watermark_is_idempotent(events: list, block_ms: float, window_ms: float) -> None:
+    """After every event (blocks popped as they come), the watermark computed twice gives the
+    same mark and leaves the same state: giving up lost chunks does not depend on how often it
+    is asked (receive_run asks again where handle would not)."""
+    mixer = SegmentMixer(block_ms=block_ms, window_ms=window_ms)
+    for event in events:
+        mixer.handle(event)
+        while mixer.pop_block() is not None:
+            pass
+        first = mixer.watermark()
+        state = mixer_state(mixer)
+        assert mixer.watermark() == first
+        assert mixer_state(mixer) == state
 
 
 def test_a_dialogs_record_merges_its_start_and_its_segments() -> None:

@@ -741,9 +741,32 @@ class SegmentMixer:
 
     def watermark(self) -> int:
         """Where the emitted audio may end now (samples from the call's start). Gives up the
-        chunks still missing below where it may end (their segments' waiting chunks are placed)."""
+        chunks still missing below where it may end (their segments' waiting chunks are placed).
+        Idempotent: a second call with nothing fed between gives the same mark and changes
+        nothing (a receive_run after pops to None computes it again, as handle would not)."""
         self._ready_mark = None
         now = self._now + self._lead
+        live = self._live
+        while True:
+            floor = self._floor(now)
+            newest = self._newest
+            for segment in live:
+                while segment.pending and segment.cursor < floor:  # a chunk missing below the floor is as good as lost
+                    self._skip_gap(segment)  # (moves this segment's cursor only)
+            # what waited behind a gap, placed, may be the newest audio: the floor rises with
+            # it, and gaps below the new floor are as good as lost too
+            if self._newest == newest:
+                break
+        # a window behind the clock too: a segment joining now lands after what has left
+        mark = now - self._window
+        for segment in live:
+            if segment.joined is not None and segment.cursor < mark:
+                mark = segment.cursor
+        return max(mark, floor, self._emitted)
+
+    def _floor(self, now: int) -> int:
+        """How far behind ``now`` (the clock in samples, its lead included) the watermark may
+        stay at most."""
         # a window behind the newest audio (a silent segment holds the others back no longer),
         # and further behind the clock, less the backlog of a reader that falls behind: all
         # audio late together is a stall or lag, not silence
@@ -756,14 +779,7 @@ class SegmentMixer:
         for segment in live:  # a held chunk is placed at its cursor, or after: wait for it
             if segment.suspect is not None and segment.cursor < floor:
                 floor = segment.cursor
-        # a window behind the clock too: a segment joining now lands after what has left
-        mark = now - self._window
-        for segment in live:
-            while segment.pending and segment.cursor < floor:  # a chunk missing below the floor is as good as lost
-                self._skip_gap(segment)  # (moves this segment's cursor only)
-            if segment.joined is not None and segment.cursor < mark:
-                mark = segment.cursor
-        return max(mark, floor, self._emitted)
+        return floor
 
     def pop_block(self, *, partial: bool = False) -> PcmBlock | None:
         """A full block when one is ready (or, with ``partial``, whatever is ready); else None."""
