@@ -50,7 +50,7 @@ QUICK_STEPS = (50, 100, 200)
 LAG_LIMIT = 1.5  # seconds: write lag p99 a step may have
 REALTIME_SLACK = 5.0  # seconds the generator may finish after ramp + audio (start-up, closing)
 FULL_BUDGET = 600.0  # seconds of stepping in a full run (all variants and the target); the blast comes first;
-# with bench_ringcx.py's ~4 minutes of gRPC steps make bench stays within ~16 minutes
+# with bench_ringcx.py's ~4 minutes of gRPC steps make bench stays within ~17 minutes
 QUICK_BUDGET = 100.0
 ARRIVALS_PER_SECOND = 100.0  # new calls per second in a step's ramp (at least MIN_RAMP seconds)
 MIN_RAMP = 5.0  # seconds
