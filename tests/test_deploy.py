@@ -18,6 +18,7 @@ from pathlib import Path
 import pytest
 import yaml
 
+import debian
 from callstream.cli import build_parser
 from callstream.fleet.caddyfile import BalancerConfig, render
 from callstream.fleet.processes import caddy_binary
@@ -249,26 +250,26 @@ def certificate(tmp_path: Path) -> tuple[Path, Path]:
     return chain, key
 
 
-@pytest.mark.skipif(shutil.which("haproxy") is None, reason="no haproxy on this machine")
 @pytest.mark.parametrize("block", ["haproxy", "haproxy-grpc"])
 def test_docs_haproxy_configuration_is_valid(tmp_path: Path, certificate: tuple[Path, Path], block: str) -> None:
+    haproxy = debian.program("haproxy", "haproxy")
     text = textwrap.dedent(docs_block(block))  # the gRPC one sits in a list item
     config = tmp_path / "haproxy.cfg"
     config.write_text(text.replace("/etc/haproxy/recorder.example.com.pem", str(certificate[0])))
-    result = subprocess.run(["haproxy", "-c", "-f", str(config)], capture_output=True, text=True, timeout=60)
+    result = subprocess.run([haproxy, "-c", "-f", str(config)], capture_output=True, text=True, timeout=60)
     assert result.returncode == 0, result.stdout + result.stderr
     assert "WARNING" not in result.stdout + result.stderr
 
 
-@pytest.mark.skipif(shutil.which("nginx") is None, reason="no nginx on this machine")
 def test_docs_nginx_configuration_is_valid(tmp_path: Path, certificate: tuple[Path, Path]) -> None:
+    nginx = debian.program("nginx", "nginx-light")
     server = (docs_block("nginx")
               .replace("/etc/letsencrypt/live/recorder.example.com/fullchain.pem", str(certificate[0]))
               .replace("/etc/letsencrypt/live/recorder.example.com/privkey.pem", str(certificate[1])))
     config = tmp_path / "nginx.conf"
     config.write_text(f"pid {tmp_path}/nginx.pid;\nerror_log {tmp_path}/error.log;\nevents {{}}\n"
                       f"http {{\n{server}\n}}\n")
-    result = subprocess.run(["nginx", "-t", "-c", str(config)], capture_output=True, text=True, timeout=60)
+    result = subprocess.run([nginx, "-t", "-c", str(config)], capture_output=True, text=True, timeout=60)
     assert result.returncode == 0, result.stderr
     assert "[warn]" not in result.stderr
 

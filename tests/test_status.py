@@ -7,7 +7,6 @@ from __future__ import annotations
 import json
 import os
 import re
-import shutil
 import subprocess
 import sys
 import threading
@@ -20,6 +19,7 @@ from pathlib import Path
 import pytest
 import trio
 
+import debian
 from callstream.engagevoice.query import build_query
 from callstream.ringcx import streaming_pb2 as pb
 from callstream.ringcx import streaming_pb2_grpc
@@ -152,28 +152,8 @@ def test_status_names_an_unreachable_endpoint() -> None:
     assert line.startswith("callstream status: cannot read http://127.0.0.1:9/metrics: ")
 
 
-def chromium() -> str:
-    """The Chromium binary; installs Debian's package when missing (apt-get update first), or
-    skips saying why it cannot."""
-    found = shutil.which("chromium") or shutil.which("chromium-browser")
-    if found:
-        return found
-    if shutil.which("apt-get") is None or os.geteuid() != 0:
-        pytest.skip("no chromium, and no apt-get as root to install Debian's chromium package")
-    quiet = {"stdout": subprocess.DEVNULL, "stderr": subprocess.DEVNULL, "timeout": 900}
-    env = os.environ | {"DEBIAN_FRONTEND": "noninteractive"}
-    if subprocess.run(["apt-get", "update"], env=env, **quiet).returncode != 0 or subprocess.run(
-        ["apt-get", "install", "-y", "--no-install-recommends", "chromium"], env=env, **quiet
-    ).returncode != 0:
-        pytest.skip("chromium is not installed and apt-get could not install it")
-    found = shutil.which("chromium")
-    if found is None:
-        pytest.skip("apt-get installed chromium but no chromium binary is on PATH")
-    return found
-
-
 def test_live_calls_page_in_headless_chromium(live: LiveServer, tmp_path: Path) -> None:
-    browser = chromium()
+    browser = debian.program("chromium", "chromium", aliases=("chromium-browser",))
     profile = tmp_path / "chromium-profile"
     base = [browser, *CHROMIUM_FLAGS, f"--user-data-dir={profile}", "--virtual-time-budget=5000"]
     dom = subprocess.run([*base, "--dump-dom", live.metrics_url + "/"], capture_output=True, text=True,
@@ -269,7 +249,7 @@ def test_recordings_waiting_for_upload(tmp_path: Path, s3_server: S3Server) -> N
 
         assert re.fullmatch(r"1 recording waiting \(0\.\d MB for the store, oldest queued 0:\d\d ago\)",
                             status_line()), status_line()
-        browser = chromium()
+        browser = debian.program("chromium", "chromium", aliases=("chromium-browser",))
         dom = subprocess.run([browser, *CHROMIUM_FLAGS, f"--user-data-dir={tmp_path / 'profile'}",
                               "--virtual-time-budget=5000", "--dump-dom", base + "/"],
                              capture_output=True, text=True, timeout=TIMEOUT)
