@@ -125,14 +125,15 @@ def test_the_core_gives_the_mixers_blocks_byte_for_byte(plan: Plan, takes: list[
     assert statistics["segments"] == len(plan) and statistics["bad_messages"] == 0
 
 
-def fed(events: list, takes: list[int], *, runs: bool, block_ms: float, window_ms: float, layout: str = "stereo"
-        ) -> tuple[list[tuple[int, bytes, int]], SegmentMixer]:
+def fed(events: list, takes: list[int], *, runs: bool, block_ms: float, window_ms: float, layout: str = "stereo",
+        states: dict[int, dict[str, Any]] | None = None) -> tuple[list[tuple[int, bytes, int]], SegmentMixer]:
     """The mixer's blocks (start, frames, how many events had been fed when it was popped) fed
     take by take: with ``runs``, `receive_run` over each take and every item it leaves to
     `handle`; else `handle` item by item. Either way every block popped as soon as the contract
     allows (after an item, after receive_run stops), and a tick and a partial pop between takes.
     The count is the contract's point: receive_run stops at the very item after which `handle`
-    would have had a block ready, not one later."""
+    would have had a block ready, not one later. ``states``: filled with the mixer's whole state
+    (`mixer_state`) by that count, after each item (or each return of receive_run) and its pops."""
     mixer = SegmentMixer(block_ms=block_ms, window_ms=window_ms, layout=layout)
     blocks: list[tuple[int, bytes, int]] = []
     fed_so_far = 0
@@ -140,7 +141,10 @@ def fed(events: list, takes: list[int], *, runs: bool, block_ms: float, window_m
     def pop() -> None:
         while (block := mixer.pop_block()) is not None:
             blocks.append((block.start, block.frames.tobytes(), fed_so_far))
+        if states is not None:
+            states[fed_so_far] = mixer_state(mixer)
 
+    pop()  # the state before any event
     position = 0
     for size in [*takes, len(events)]:
         items = events[position : position + size]
@@ -210,10 +214,17 @@ def test_receive_run_is_handle_after_each_item_in_rough_dialogs(events: list, ta
                                                                 window_ms: float, layout: str) -> None:
     """As above, over dialogs with everything the common case is not (see `rough_dialog`: holds
     with and without the platform's word, reader stalls, L16 and PCMA, empty payloads, a late
-    first event, stops, unknown segments), and the two mixers' whole state compared at the end."""
-    expected, alone = fed(events, takes, runs=False, block_ms=block_ms, window_ms=window_ms, layout=layout)
-    blocks, mixer = fed(events, takes, runs=True, block_ms=block_ms, window_ms=window_ms, layout=layout)
+    first event, stops, unknown segments), and the two mixers' whole state compared at every
+    return of receive_run (against handle's after as many events) and at the end."""
+    by_item: dict[int, dict[str, Any]] = {}
+    by_run: dict[int, dict[str, Any]] = {}
+    expected, alone = fed(events, takes, runs=False, block_ms=block_ms, window_ms=window_ms, layout=layout,
+                          states=by_item)
+    blocks, mixer = fed(events, takes, runs=True, block_ms=block_ms, window_ms=window_ms, layout=layout,
+                        states=by_run)
     assert blocks == expected
+    for count, state in by_run.items():
+        assert state == by_item[count], f"after {count} events"
     assert mixer_state(mixer) == mixer_state(alone)
 
 
